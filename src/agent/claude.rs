@@ -1,0 +1,163 @@
+//! Claude Code as a persistent process: `claude -p --input-format stream-json
+//! --output-format stream-json --verbose`, one JSON object per line each way.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::{Agent, Launch, Parsed, Signal, TurnResult};
+
+/// The flags that make Claude Code a long-lived, line-speaking process.
+const STREAM_ARGS: [&str; 6] = [
+    "-p",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+];
+
+#[derive(Debug, Clone)]
+pub struct Claude {
+    program: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl Claude {
+    pub fn new(program: impl Into<PathBuf>, extra_args: Vec<String>) -> Self {
+        Self {
+            program: program.into(),
+            extra_args,
+        }
+    }
+}
+
+impl Agent for Claude {
+    fn name(&self) -> &'static str {
+        "claude"
+    }
+
+    fn command(&self, launch: &Launch) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(STREAM_ARGS)
+            // --session-id on an existing transcript fails ("already in use"): the first start
+            // of a conversation creates it, every later one resumes it.
+            .arg(if launch.resume {
+                "--resume"
+            } else {
+                "--session-id"
+            })
+            .arg(&launch.conversation_id)
+            .args(&self.extra_args)
+            .current_dir(&launch.cwd);
+        cmd
+    }
+
+    fn user_line(&self, text: &str) -> String {
+        json!({
+            "type": "user",
+            "message": {"role": "user", "content": [{"type": "text", "text": text}]}
+        })
+        .to_string()
+    }
+
+    fn interrupt_line(&self, request_id: &str) -> Option<String> {
+        Some(
+            json!({
+                "type": "control_request",
+                "request_id": request_id,
+                "request": {"subtype": "interrupt"}
+            })
+            .to_string(),
+        )
+    }
+
+    fn parse_line(&self, line: &str) -> Parsed {
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+            return Parsed::Invalid;
+        };
+        let data = Value::Object(map);
+        let kind = data["type"].as_str().unwrap_or("unknown").to_string();
+        let signal = if kind == "result" {
+            Signal::TurnDone(TurnResult {
+                is_error: data["is_error"].as_bool().unwrap_or(false),
+                subtype: data["subtype"].as_str().unwrap_or("").to_string(),
+                text: data["result"].as_str().unwrap_or("").to_string(),
+                conversation_id: data["session_id"].as_str().map(str::to_string),
+                cumulative_cost_usd: data["total_cost_usd"].as_f64(),
+                duration_ms: data["duration_ms"].as_i64(),
+                usage: data.get("usage").cloned(),
+            })
+        } else {
+            Signal::None
+        };
+        Parsed::Event { kind, data, signal }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claude() -> Claude {
+        Claude::new("claude", vec!["--model".into(), "x".into()])
+    }
+
+    #[test]
+    fn first_start_uses_session_id_and_later_ones_resume() {
+        let mut launch = Launch {
+            conversation_id: "abc".into(),
+            cwd: "/tmp".into(),
+            resume: false,
+        };
+        let args = |l: &Launch| -> Vec<String> {
+            claude()
+                .command(l)
+                .as_std()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let first = args(&launch);
+        assert_eq!(&first[..6], &STREAM_ARGS);
+        assert_eq!(&first[6..], &["--session-id", "abc", "--model", "x"]);
+        launch.resume = true;
+        assert_eq!(&args(&launch)[6..8], &["--resume", "abc"]);
+    }
+
+    #[test]
+    fn user_line_is_one_json_line() {
+        let line = claude().user_line("two\nlines \"quoted\"");
+        assert!(!line.contains('\n'));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["message"]["content"][0]["text"], "two\nlines \"quoted\"");
+    }
+
+    #[test]
+    fn result_line_ends_the_turn() {
+        let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"hi","session_id":"s1","total_cost_usd":0.002,"duration_ms":12,"usage":{"input_tokens":1},"extra":{"kept":true}}"#;
+        let Parsed::Event { kind, data, signal } = claude().parse_line(line) else {
+            panic!("not parsed")
+        };
+        assert_eq!(kind, "result");
+        assert_eq!(data["extra"]["kept"], true);
+        let Signal::TurnDone(r) = signal else {
+            panic!("no turn end")
+        };
+        assert!(!r.is_error);
+        assert_eq!(r.text, "hi");
+        assert_eq!(r.conversation_id.as_deref(), Some("s1"));
+        assert_eq!(r.cumulative_cost_usd, Some(0.002));
+    }
+
+    #[test]
+    fn unknown_types_are_kept_and_garbage_is_invalid() {
+        let Parsed::Event { kind, signal, .. } = claude().parse_line(r#"{"type":"mystery","x":1}"#)
+        else {
+            panic!()
+        };
+        assert_eq!((kind.as_str(), signal), ("mystery", Signal::None));
+        assert!(matches!(claude().parse_line("not json {"), Parsed::Invalid));
+        assert!(matches!(claude().parse_line("[1,2]"), Parsed::Invalid));
+    }
+}

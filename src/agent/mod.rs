@@ -1,0 +1,131 @@
+//! How to start a coding CLI for a conversation and how to read its lines, behind one
+//! trait. Claude Code's stream-json is the one built; Codex (`app-server`) and Gemini
+//! (`--acp`) speak JSON-RPC lines and fit the same shape: a command per launch, a line per
+//! user message, an optional interrupt line, and a parser from stdout lines to events.
+
+pub mod claude;
+pub mod process;
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// What a process is started for.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The conversation id the CLI knows (for Claude: the session's UUID, or the id of its
+    /// latest `result` if the CLI handed out a new one).
+    pub conversation_id: String,
+    pub cwd: PathBuf,
+    /// The CLI has seen this conversation before: continue it instead of starting it.
+    pub resume: bool,
+}
+
+/// One coding CLI.
+pub trait Agent: Send + Sync + 'static {
+    /// Short name stored with each session (`claude`).
+    fn name(&self) -> &'static str;
+    /// The command that starts a long-lived process for a conversation.
+    fn command(&self, launch: &Launch) -> tokio::process::Command;
+    /// The stdin line (without newline) that sends one user message.
+    fn user_line(&self, text: &str) -> String;
+    /// The stdin line that interrupts the running turn, if the tool has one.
+    fn interrupt_line(&self, request_id: &str) -> Option<String>;
+    /// Reads one stdout line.
+    fn parse_line(&self, line: &str) -> Parsed;
+}
+
+/// A stdout line, read.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    /// A JSON object: its `type` and the whole object (unknown types and fields included).
+    Event {
+        kind: String,
+        data: Value,
+        signal: Signal,
+    },
+    /// Not a JSON object: logged and counted, never fatal.
+    Invalid,
+}
+
+/// What the session actor must act on in an event; most events need nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    None,
+    /// The turn ended.
+    TurnDone(TurnResult),
+}
+
+/// The end of a turn, as the CLI reported it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnResult {
+    pub is_error: bool,
+    pub subtype: String,
+    /// The final text (the reply, or the error message).
+    pub text: String,
+    /// The conversation id the CLI used; store it, some versions change it on resume.
+    pub conversation_id: Option<String>,
+    /// Cost so far in this process (Claude adds up over the life of a process).
+    pub cumulative_cost_usd: Option<f64>,
+    pub duration_ms: Option<i64>,
+    pub usage: Option<Value>,
+}
+
+/// Is the agent command usable? Shown on `/health`; chat answers 503 while it is not.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub command: String,
+    pub found: bool,
+    pub path: Option<PathBuf>,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+/// How long `<command> --version` may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Looks the command up (PATH or a path) and asks its version.
+pub async fn probe(command: &str) -> AgentStatus {
+    let mut status = AgentStatus {
+        command: command.to_string(),
+        found: false,
+        path: None,
+        version: None,
+        error: None,
+    };
+    let path = match which::which(command) {
+        Ok(p) => p,
+        Err(_) => {
+            status.error = Some(format!(
+                "agent command `{command}` was not found. Install Claude Code \
+                 (npm install -g @anthropic-ai/claude-code), log in once with `claude`, or set \
+                 agent.command (TETHER__AGENT__COMMAND) to its path"
+            ));
+            return status;
+        }
+    };
+    status.found = true;
+    status.path = Some(path.clone());
+    let out = tokio::time::timeout(
+        VERSION_TIMEOUT,
+        tokio::process::Command::new(&path)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(out)) if out.status.success() => {
+            let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            status.version = Some(v);
+        }
+        Ok(Ok(out)) => status.error = Some(format!("`{command} --version` failed: {}", out.status)),
+        Ok(Err(e)) => status.error = Some(format!("`{command} --version` could not run: {e}")),
+        Err(_) => status.error = Some(format!("`{command} --version` did not answer in time")),
+    }
+    status
+}

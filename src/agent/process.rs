@@ -1,0 +1,318 @@
+//! A running CLI child: its own process group (and, on Linux, a parent-death signal) so it
+//! dies with tether; stdout read as bounded lines on a task of its own; a short tail of
+//! stderr kept for error reasons; stopped the way the official SDKs do (close stdin, wait,
+//! SIGTERM the group, wait, SIGKILL the group) and always reaped.
+
+use std::{
+    collections::VecDeque,
+    io,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{killpg, Signal},
+    unistd::Pid,
+};
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin},
+    sync::mpsc,
+};
+
+/// Lines read ahead of the actor; the reader waits when this many are unread.
+const LINE_CHANNEL: usize = 64;
+/// Longest stderr line kept in the tail.
+const STDERR_LINE_BYTES: usize = 2048;
+
+/// One stdout line. `len` is its full length; when it exceeds the bound only the first
+/// `max_line_bytes` are in `text`.
+#[derive(Debug)]
+pub struct Line {
+    pub text: String,
+    pub len: usize,
+    pub truncated: bool,
+}
+
+/// A live child process speaking lines on stdio.
+pub struct AgentProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<io::Result<Line>>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    pub pid: u32,
+    /// The OS start time of the process (seconds since the epoch), to tell it from a later
+    /// process that reuses its pid.
+    pub start_time: u64,
+}
+
+impl AgentProcess {
+    /// Starts `cmd` with piped stdio in a process group of its own.
+    pub fn spawn(
+        mut cmd: tokio::process::Command,
+        max_line_bytes: usize,
+        stderr_lines: usize,
+    ) -> io::Result<Self> {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("child exited at once"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel(LINE_CHANNEL);
+        tokio::spawn(forward_lines(BufReader::new(stdout), max_line_bytes, tx));
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(stderr_lines)));
+        tokio::spawn(keep_stderr_tail(
+            BufReader::new(stderr),
+            stderr_tail.clone(),
+            stderr_lines,
+            pid,
+        ));
+        Ok(Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr_tail,
+            pid,
+            start_time: process_start_time(pid).unwrap_or(0),
+        })
+    }
+
+    /// Writes one line (a newline is added).
+    pub async fn write_line(&mut self, line: &str) -> io::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin closed"))?;
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        stdin.write_all(&buf).await?;
+        stdin.flush().await
+    }
+
+    /// The next stdout line; `None` once stdout is closed (the process is exiting).
+    pub async fn next_line(&mut self) -> Option<io::Result<Line>> {
+        self.lines.recv().await
+    }
+
+    /// The last lines the process wrote on stderr, joined.
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().expect("stderr tail lock");
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for the process to exit (after stdout closed).
+    pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Stops the process: close stdin and let it finish, then SIGTERM, then SIGKILL its
+    /// whole group, waiting `grace` between steps. Always reaps it.
+    pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
+        drop(self.stdin.take());
+        if let Some(status) = self.wait(grace).await {
+            return Some(status);
+        }
+        signal_group(self.pid, Signal::SIGTERM);
+        if let Some(status) = self.wait(grace).await {
+            return Some(status);
+        }
+        self.kill().await
+    }
+
+    /// Kills the whole group at once and reaps the process.
+    pub async fn kill(mut self) -> Option<ExitStatus> {
+        signal_group(self.pid, Signal::SIGKILL);
+        let _ = self.child.start_kill();
+        self.child.wait().await.ok()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // Dropped without stop() (a task aborted): leave no group members behind.
+        if let Ok(None) = self.child.try_wait() {
+            signal_group(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends a signal to a process group, ignoring "no such process".
+fn signal_group(pgid: u32, signal: Signal) {
+    let _ = killpg(Pid::from_raw(pgid as i32), signal);
+}
+
+/// Stops a process group left over from an earlier run of tether, if its leader is still
+/// the same process (same pid and start time). Returns true if one was found and killed.
+pub fn kill_orphan(pid: u32, start_time: u64) -> bool {
+    match process_start_time(pid) {
+        Some(t) if start_time == 0 || t == start_time => {
+            signal_group(pid, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The OS start time of a process, in seconds since the epoch.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    use sysinfo::{Pid as SPid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let mut sys = System::new();
+    let spid = SPid::from_u32(pid);
+    sys.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[spid]),
+        true,
+        ProcessRefreshKind::nothing(),
+    );
+    sys.process(spid).map(|p| p.start_time())
+}
+
+/// On Linux the child gets SIGKILL when tether dies, however it dies. (macOS has no such
+/// call: there a survivor is stopped by [`kill_orphan`] at the next start.)
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+    // parent; it is the only thing done between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut tokio::process::Command) {}
+
+/// Reads `\n`-terminated lines, keeping at most `max` bytes of each, so a runaway line
+/// costs bounded memory. The channel closes at EOF.
+async fn forward_lines<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    max: usize,
+    tx: mpsc::Sender<io::Result<Line>>,
+) {
+    loop {
+        match read_bounded_line(&mut reader, max).await {
+            Ok(Some(line)) => {
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One line of at most `max` kept bytes; `None` at EOF with nothing read.
+pub async fn read_bounded_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> io::Result<Option<Line>> {
+    let mut kept = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            if len == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (chunk, used, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1, true),
+            None => (buf, buf.len(), false),
+        };
+        let room = max.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        len += chunk.len();
+        reader.consume(used);
+        if end {
+            break;
+        }
+    }
+    if kept.last() == Some(&b'\r') {
+        kept.pop();
+    }
+    Ok(Some(Line {
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        len,
+        truncated: len > max,
+    }))
+}
+
+async fn keep_stderr_tail<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    keep: usize,
+    pid: u32,
+) {
+    while let Ok(Some(line)) = read_bounded_line(&mut reader, STDERR_LINE_BYTES).await {
+        tracing::debug!(pid, line = %line.text, "agent stderr");
+        if keep == 0 {
+            continue;
+        }
+        let mut tail = tail.lock().expect("stderr tail lock");
+        if tail.len() == keep {
+            tail.pop_front();
+        }
+        tail.push_back(line.text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_next_line_is_intact() {
+        let mut input = vec![b'x'; 100];
+        input.extend_from_slice(b"\nshort\r\nlast");
+        let mut r = BufReader::with_capacity(7, &input[..]);
+        let first = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        assert_eq!(
+            (first.text.len(), first.len, first.truncated),
+            (10, 100, true)
+        );
+        let second = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        assert_eq!((second.text.as_str(), second.truncated), ("short", false));
+        let third = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        assert_eq!(third.text, "last");
+        assert!(read_bounded_line(&mut r, 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn stop_closes_stdin_and_reaps() {
+        let cmd = tokio::process::Command::new("cat");
+        let mut p = AgentProcess::spawn(cmd, 1024, 4).unwrap();
+        p.write_line("hello").await.unwrap();
+        assert_eq!(p.next_line().await.unwrap().unwrap().text, "hello");
+        assert!(p.start_time > 0);
+        let status = p.stop(Duration::from_secs(5)).await.unwrap();
+        assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn stop_escalates_to_kill_when_stdin_is_ignored() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; sleep 30"]);
+        let p = AgentProcess::spawn(cmd, 1024, 4).unwrap();
+        let pid = p.pid;
+        let status = p.stop(Duration::from_millis(200)).await.unwrap();
+        assert!(!status.success());
+        assert!(process_start_time(pid).is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! Builds the application the binary runs and the tests start: store, auth, agent,
+//! sessions, push worker and router, bound to a listener; runs it until a shutdown signal.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use futures::FutureExt;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::{net::TcpListener, sync::Notify};
+
+use crate::{
+    agent::{self, claude::Claude, AgentStatus},
+    auth::Auth,
+    config::Settings,
+    http::{self, ApiError},
+    sessions::{Deps, Sessions},
+    store::Store,
+};
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub sessions: Sessions,
+    pub auth: Auth,
+    pub metrics: PrometheusHandle,
+    agent: Arc<tokio::sync::RwLock<AgentStatus>>,
+    agent_name: &'static str,
+}
+
+impl AppState {
+    /// The agent's status, looked up again while it is missing (it may have been installed).
+    pub async fn agent_status(&self) -> AgentStatus {
+        let current = self.agent.read().await.clone();
+        if current.found && current.error.is_none() {
+            return current;
+        }
+        let fresh = agent::probe(&self.settings.agent.command).await;
+        *self.agent.write().await = fresh.clone();
+        fresh
+    }
+
+    /// 503 with what to do when the agent command cannot be run.
+    pub async fn agent_ready(&self) -> Result<(), ApiError> {
+        let status = self.agent_status().await;
+        if status.found {
+            return Ok(());
+        }
+        Err(ApiError::unavailable(
+            "agent_unavailable",
+            status
+                .error
+                .unwrap_or_else(|| "the agent command is not available".into()),
+        ))
+    }
+
+    pub fn agent_name(&self) -> &'static str {
+        self.agent_name
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    push_wake: Arc<Notify>,
+}
+
+impl Application {
+    /// Opens the database, stops what an earlier run left behind, binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth_configured =
+            !secrecy::ExposeSecret::expose_secret(&settings.auth.secret).is_empty();
+        if !settings.server.bind.ip().is_loopback() && !auth_configured {
+            anyhow::bail!(
+                "refusing to bind {} (not loopback) without an explicit auth.secret (TETHER__AUTH__SECRET)",
+                settings.server.bind
+            );
+        }
+        let store = Store::open(&settings.database.path, settings.database.max_connections)
+            .await
+            .with_context(|| format!("opening database {}", settings.database.path.display()))?;
+        let auth = Auth::from_settings(&settings)?;
+        let status = agent::probe(&settings.agent.command).await;
+        match (&status.version, &status.error) {
+            (Some(version), _) => {
+                tracing::info!(command = %settings.agent.command, %version, "agent found")
+            }
+            (None, Some(error)) => {
+                tracing::warn!(%error, "agent not usable; chat answers 503 until it is")
+            }
+            _ => {}
+        }
+        let program = status
+            .path
+            .clone()
+            .unwrap_or_else(|| settings.agent.command.clone().into());
+        let agent = Arc::new(Claude::new(program, settings.agent.args.clone()));
+        let agent_name = crate::agent::Agent::name(agent.as_ref());
+        let push_wake = Arc::new(Notify::new());
+        let sessions = Sessions::new(Deps {
+            store: store.clone(),
+            agent,
+            agent_settings: settings.agent.clone(),
+            session_settings: settings.sessions.clone(),
+            push_wake: push_wake.clone(),
+        });
+        sessions.recover().await.context("recovering sessions")?;
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.server.bind))?;
+        let state = AppState {
+            settings: Arc::new(settings),
+            store,
+            sessions,
+            auth,
+            metrics: prometheus(),
+            agent: Arc::new(tokio::sync::RwLock::new(status)),
+            agent_name,
+        };
+        Ok(Self {
+            listener,
+            state,
+            push_wake,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves; then stops taking messages, gives running turns
+    /// `server.shutdown_grace_secs`, and stops and reaps every child before returning.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            push_wake,
+        } = self;
+        let _ = push_wake;
+        let shutdown = shutdown.shared();
+        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+        // Sessions stop as soon as the signal comes, so open event streams and waiting
+        // chats end and the HTTP server can drain.
+        let sessions = state.sessions.clone();
+        let stopping = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                sessions.shutdown(grace).await;
+            }
+        });
+        let store = state.store.clone();
+        axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        stopping.await?;
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once; tests build many apps).
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

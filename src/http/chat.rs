@@ -1,0 +1,276 @@
+//! `POST /api/chat`: validate, write the user message (queued), wake the session's actor,
+//! answer 202 (or, with `wait`, the reply once the turn ends).
+
+use std::path::PathBuf;
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use super::{views::MessageView, ApiError, ApiJson};
+use crate::{
+    auth::Caller,
+    config::expand_home,
+    store::{self, messages, sessions},
+    AppState,
+};
+
+/// Longest `clientMessageId` accepted.
+const MAX_CLIENT_MESSAGE_ID: usize = 128;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/chat", post(chat))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatRequest {
+    message: String,
+    session_id: Option<String>,
+    project_path: Option<String>,
+    client_message_id: Option<String>,
+    #[serde(default)]
+    wait: bool,
+}
+
+async fn chat(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    if state.sessions.is_closing() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "tether is shutting down; try again in a moment",
+        ));
+    }
+    validate_message(&state, &req)?;
+    let pool = state.store.pool();
+    if let Some(cmid) = &req.client_message_id {
+        if let Some(first) = messages::find_by_client_id(pool, &caller.owner, cmid).await? {
+            return answer(&state, first, req.wait).await;
+        }
+    }
+    state.agent_ready().await?;
+
+    let now = store::now_ms();
+    let mut tx = pool.begin().await?;
+    let session_id = match &req.session_id {
+        Some(id) => {
+            let session = Uuid::parse_str(id)
+                .ok()
+                .map(|u| u.to_string())
+                .ok_or_else(|| {
+                    ApiError::invalid("invalid_session_id", "sessionId must be a UUID")
+                })?;
+            let row = sessions::get(&mut *tx, &session)
+                .await?
+                .filter(|s| caller.can_see(&s.owner))
+                .ok_or_else(|| {
+                    ApiError::not_found("session_not_found", format!("no session {session}"))
+                })?;
+            if !row.is_active() {
+                return Err(ApiError::conflict(
+                    "session_ended",
+                    "this session has ended; start a new one with projectPath",
+                ));
+            }
+            let queued = messages::count_queued(&mut *tx, &session).await?;
+            let limit = state.settings.sessions.max_queued_per_session;
+            if queued >= i64::from(limit) {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "queue_full",
+                    format!("{queued} messages are already waiting in this session (sessions.max_queued_per_session = {limit}); wait for a reply"),
+                ));
+            }
+            session
+        }
+        None => {
+            let raw = req.project_path.as_deref().ok_or_else(|| {
+                ApiError::invalid(
+                    "project_path_required",
+                    "a new session needs projectPath (or send sessionId)",
+                )
+            })?;
+            let project = resolve_project(&state, raw)?;
+            let id = Uuid::new_v4().to_string();
+            let project = project.to_string_lossy();
+            let title = std::path::Path::new(project.as_ref())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            sessions::insert(
+                &mut *tx,
+                &sessions::NewSession {
+                    id: &id,
+                    owner: &caller.owner,
+                    agent: state.agent_name(),
+                    project_path: &project,
+                    title: title.as_deref(),
+                    now,
+                },
+            )
+            .await?;
+            id
+        }
+    };
+    let inserted = messages::insert_user(
+        &mut *tx,
+        &messages::NewUserMessage {
+            session_id: &session_id,
+            owner: &caller.owner,
+            text: &req.message,
+            client_message_id: req.client_message_id.as_deref(),
+            now,
+        },
+    )
+    .await;
+    let message_id = match inserted {
+        Ok(id) => id,
+        Err(e) if store::is_unique_violation(&e) => {
+            // The same clientMessageId raced in: answer with the first one.
+            drop(tx);
+            let cmid = req.client_message_id.as_deref().unwrap_or_default();
+            let first = messages::find_by_client_id(pool, &caller.owner, cmid)
+                .await?
+                .ok_or_else(|| ApiError::from(e))?;
+            return answer(&state, first, req.wait).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    sessions::touch(&mut *tx, &session_id, now).await?;
+    tx.commit().await?;
+    tracing::info!(session_id = %session_id, message_id, "message queued");
+    state.sessions.wake(&session_id);
+    let row = messages::get(pool, message_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("message vanished"))?;
+    answer(&state, row, req.wait).await
+}
+
+fn validate_message(state: &AppState, req: &ChatRequest) -> Result<(), ApiError> {
+    if req.message.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "empty_message",
+            "message must not be empty",
+        ));
+    }
+    let limit = state.settings.sessions.max_message_bytes;
+    if req.message.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_large",
+            format!(
+                "message is {} bytes; the limit (sessions.max_message_bytes) is {limit}",
+                req.message.len()
+            ),
+        ));
+    }
+    if let Some(cmid) = &req.client_message_id {
+        if cmid.is_empty() || cmid.len() > MAX_CLIENT_MESSAGE_ID {
+            return Err(ApiError::invalid(
+                "invalid_client_message_id",
+                format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An existing directory inside one of `projects.roots`, made canonical.
+fn resolve_project(state: &AppState, raw: &str) -> Result<PathBuf, ApiError> {
+    let path = expand_home(std::path::Path::new(raw.trim()));
+    if raw.trim().is_empty() || !path.is_absolute() {
+        return Err(ApiError::invalid(
+            "invalid_project_path",
+            "projectPath must be an absolute path",
+        ));
+    }
+    let canonical = std::fs::canonicalize(&path).map_err(|_| {
+        ApiError::invalid(
+            "project_not_found",
+            format!("projectPath {raw} does not exist"),
+        )
+    })?;
+    if !canonical.is_dir() {
+        return Err(ApiError::invalid(
+            "project_not_a_directory",
+            format!("projectPath {raw} is not a directory"),
+        ));
+    }
+    let roots = state.settings.projects.canonical_roots();
+    if !roots.iter().any(|root| canonical.starts_with(root)) {
+        return Err(ApiError::forbidden(format!(
+            "projectPath {raw} is outside the folders tether may use (projects.roots)"
+        )));
+    }
+    Ok(canonical)
+}
+
+/// 202 with the ids, or with `wait` the finished turn (200) when it ends in time.
+async fn answer(
+    state: &AppState,
+    msg: messages::MessageRow,
+    wait: bool,
+) -> Result<Response, ApiError> {
+    let msg = if wait {
+        wait_for_end(state, msg).await?
+    } else {
+        msg
+    };
+    let mut body = json!({
+        "sessionId": msg.session_id,
+        "messageId": msg.id,
+        "status": msg.status,
+    });
+    if !msg.status.is_terminal() {
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    if let Some(e) = &msg.error {
+        body["error"] = e.as_str().into();
+    }
+    let reply = messages::reply_to(state.store.pool(), msg.id).await?;
+    body["reply"] = serde_json::to_value(reply.map(MessageView::from)).unwrap_or_default();
+    let status = if wait {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Waits until the message is in a terminal state or `server.wait_timeout_secs` pass.
+async fn wait_for_end(
+    state: &AppState,
+    msg: messages::MessageRow,
+) -> Result<messages::MessageRow, ApiError> {
+    let pool = state.store.pool();
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(state.settings.server.wait_timeout_secs);
+    // Subscribe first, then look: an end after the look is always seen as an event.
+    let mut events = state.sessions.subscribe(&msg.session_id);
+    state.sessions.wake(&msg.session_id);
+    loop {
+        let current = messages::get(pool, msg.id).await?.unwrap_or(msg.clone());
+        if current.status.is_terminal() {
+            return Ok(current);
+        }
+        let Some(rx) = events.as_mut() else {
+            return Ok(current);
+        };
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Ok(current),
+            Ok(Ok(ev)) if !ev.kind.starts_with("tether.turn_") => {}
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) => events = None,
+        }
+    }
+}

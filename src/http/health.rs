@@ -1,0 +1,49 @@
+//! `GET /health` (no token: is the server, its database and its agent usable?) and
+//! `GET /metrics` (Prometheus text, admin token).
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use serde_json::json;
+
+use crate::{auth::Admin, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let database = state.store.ping().await;
+    let agent = state.agent_status().await;
+    let status = match (&database, agent.found && agent.error.is_none()) {
+        (Err(_), _) => "down",
+        (Ok(()), false) => "degraded",
+        (Ok(()), true) => "ok",
+    };
+    let code = if database.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    tracing::debug!(status, "health");
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": {"ok": database.is_ok()},
+        "agent": agent,
+        "liveProcesses": state.sessions.live_processes(),
+        "shuttingDown": state.sessions.is_closing(),
+    });
+    (code, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>, _admin: Admin) -> impl IntoResponse {
+    metrics::gauge!("tether_live_processes").set(state.sessions.live_processes() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

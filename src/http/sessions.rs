@@ -1,0 +1,253 @@
+//! Sessions: list, show, messages, the live event stream (SSE, resumable with
+//! `Last-Event-ID`), interrupt, and delete (end).
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Path, Query, State},
+    http::HeaderMap,
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse,
+    },
+    routing::{get, post},
+    Json, Router,
+};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+
+use super::{
+    views::{MessageView, SessionView},
+    ApiError,
+};
+use crate::{
+    auth::Caller,
+    sessions::LiveEvent,
+    store::{self, events, messages, sessions, sessions::SessionRow},
+    AppState,
+};
+
+/// Rows per page of a listing when the caller gives no `limit`, and the most it may ask.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+/// Events read from SQLite per step while catching a listener up.
+const CATCH_UP_PAGE: i64 = 500;
+/// Events queued for one SSE client before the sender waits for it.
+const SSE_BUFFER: usize = 64;
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/sessions", get(list))
+        .route("/api/sessions/{id}", get(show).delete(end))
+        .route("/api/sessions/{id}/messages", get(list_messages))
+        .route("/api/sessions/{id}/events", get(stream_events))
+        .route("/api/sessions/{id}/interrupt", post(interrupt))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+impl Page {
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::invalid(
+                "invalid_limit",
+                format!("limit must be 1 to {MAX_PAGE}"),
+            )),
+        }
+    }
+}
+
+/// The session if it exists and the caller may see it (else 404, to reveal nothing).
+async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<SessionRow, ApiError> {
+    sessions::get(state.store.pool(), id)
+        .await?
+        .filter(|s| caller.can_see(&s.owner))
+        .ok_or_else(|| ApiError::not_found("session_not_found", format!("no session {id}")))
+}
+
+fn view(state: &AppState, s: SessionRow) -> SessionView {
+    let process = state.sessions.process_info(&s.id);
+    SessionView::new(s, process)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(page): Query<Page>,
+) -> Result<impl IntoResponse, ApiError> {
+    let rows = sessions::list(state.store.pool(), caller.scope(), page.limit()?).await?;
+    let views: Vec<_> = rows.into_iter().map(|s| view(&state, s)).collect();
+    Ok(Json(json!({ "sessions": views })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let s = visible(&state, &caller, &id).await?;
+    Ok(Json(view(&state, s)))
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<impl IntoResponse, ApiError> {
+    visible(&state, &caller, &id).await?;
+    let rows = messages::list_after(
+        state.store.pool(),
+        &id,
+        page.after.unwrap_or(0),
+        page.limit()?,
+    )
+    .await?;
+    let views: Vec<MessageView> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(json!({ "messages": views })))
+}
+
+async fn interrupt(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    visible(&state, &caller, &id).await?;
+    if !state.sessions.interrupt(&id).await {
+        return Err(ApiError::conflict(
+            "no_running_turn",
+            "nothing is running in this session",
+        ));
+    }
+    Ok(Json(json!({ "interrupted": true })))
+}
+
+/// Ends the session: no new messages, the running turn is interrupted, queued ones are
+/// cancelled, the process is stopped. History stays readable.
+async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    visible(&state, &caller, &id).await?;
+    let pool = state.store.pool();
+    let now = store::now_ms();
+    if sessions::end(pool, &id, "deleted", now).await? {
+        state.sessions.end(&id).await;
+        let cancelled = messages::cancel_queued(pool, &id, "the session was ended", now).await?;
+        tracing::info!(session_id = %id, cancelled, "session ended");
+    }
+    let s = visible(&state, &caller, &id).await?;
+    Ok(Json(view(&state, s)))
+}
+
+/// Server-Sent Events of the session's log. Each event's id is its sequence number; a
+/// client that reconnects with `Last-Event-ID: N` first gets every event after N.
+async fn stream_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let session = visible(&state, &caller, &id).await?;
+    let last_seen = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid("invalid_last_event_id", "Last-Event-ID must be a number")
+            })?,
+        None => page.after.unwrap_or(0),
+    };
+    // Subscribe before reading the backlog, so nothing falls between the two.
+    let live = if session.is_active() {
+        state.sessions.subscribe(&id)
+    } else {
+        None
+    };
+    let (tx, rx) = mpsc::channel(SSE_BUFFER);
+    tokio::spawn(feed(state.store.clone(), id, last_seen, live, tx));
+    let stream = ReceiverStream::new(rx).map(|e: LiveEvent| {
+        Ok(Event::default()
+            .id(e.seq.to_string())
+            .event(e.kind)
+            .data(e.data.as_ref()))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)))
+}
+
+/// Sends the backlog after `sent`, then live events, catching up from SQLite whenever
+/// the live channel skipped some. Ends when the client goes or the session's actor stops.
+async fn feed(
+    store: store::Store,
+    id: String,
+    mut sent: i64,
+    live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
+    tx: mpsc::Sender<LiveEvent>,
+) {
+    if catch_up(&store, &id, &mut sent, &tx).await.is_err() {
+        return;
+    }
+    let Some(mut live) = live else { return };
+    loop {
+        let next = tokio::select! {
+            _ = tx.closed() => return,
+            next = live.recv() => next,
+        };
+        match next {
+            Ok(ev) if ev.seq <= sent => {}
+            Ok(ev) if ev.seq == sent + 1 => {
+                sent = ev.seq;
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                if catch_up(&store, &id, &mut sent, &tx).await.is_err() {
+                    return;
+                }
+            }
+            Err(RecvError::Closed) => {
+                let _ = catch_up(&store, &id, &mut sent, &tx).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends every stored event after `sent`. Err when the client is gone.
+async fn catch_up(
+    store: &store::Store,
+    id: &str,
+    sent: &mut i64,
+    tx: &mpsc::Sender<LiveEvent>,
+) -> Result<(), ()> {
+    loop {
+        let rows = match events::list_after(store.pool(), id, *sent, CATCH_UP_PAGE).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the event log");
+                return Err(());
+            }
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in rows {
+            *sent = row.seq;
+            tx.send(row.into()).await.map_err(|_| ())?;
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The JSON shapes the API returns (camelCase), built from store rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    sessions::ProcessInfo,
+    store::{messages::MessageRow, messages::Status, sessions::SessionRow},
+};
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    pub id: String,
+    pub owner: String,
+    pub agent: String,
+    pub project_path: String,
+    pub title: Option<String>,
+    pub state: String,
+    pub process: ProcessInfo,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+    pub message_count: i64,
+    pub total_cost_usd: f64,
+    /// The conversation id the CLI reported last (equal to `id` unless the CLI changed it).
+    pub agent_session_id: Option<String>,
+}
+
+impl SessionView {
+    pub fn new(s: SessionRow, process: ProcessInfo) -> Self {
+        Self {
+            id: s.id,
+            owner: s.owner,
+            agent: s.agent,
+            project_path: s.project_path,
+            title: s.title,
+            state: s.state,
+            process,
+            created_at: time(s.created_at),
+            last_activity_at: time(s.last_activity_at),
+            ended_at: s.ended_at.map(time),
+            end_reason: s.end_reason,
+            message_count: s.message_count,
+            total_cost_usd: s.total_cost_usd,
+            agent_session_id: s.agent_session_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    pub id: i64,
+    pub session_id: String,
+    pub role: String,
+    pub status: Status,
+    pub text: String,
+    pub client_message_id: Option<String>,
+    pub reply_to: Option<i64>,
+    pub error: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub duration_ms: Option<i64>,
+    pub usage: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(m: MessageRow) -> Self {
+        Self {
+            id: m.id,
+            session_id: m.session_id,
+            role: m.role,
+            status: m.status,
+            text: m.text,
+            client_message_id: m.client_message_id,
+            reply_to: m.reply_to,
+            error: m.error,
+            cost_usd: m.cost_usd,
+            duration_ms: m.duration_ms,
+            usage: m.usage.and_then(|u| serde_json::from_str(&u).ok()),
+            created_at: time(m.created_at),
+            started_at: m.started_at.map(time),
+            finished_at: m.finished_at.map(time),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! tether: keeps AI coding CLI sessions alive for a developer's phone.
+
+pub mod agent;
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod push;
+pub mod sessions;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{AppState, Application};

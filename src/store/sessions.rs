@@ -1,0 +1,170 @@
+//! Queries on `sessions`: one row per conversation, from creation until it is ended.
+
+use sqlx::{FromRow, SqliteExecutor};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionRow {
+    pub id: String,
+    pub owner: String,
+    pub agent: String,
+    pub project_path: String,
+    pub title: Option<String>,
+    pub state: String,
+    pub agent_session_id: Option<String>,
+    pub transcript_started: bool,
+    pub total_cost_usd: f64,
+    pub created_at: i64,
+    pub last_activity_at: i64,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub process_pid: Option<i64>,
+    pub process_start_time: Option<i64>,
+    /// Counted by the query, not stored.
+    pub message_count: i64,
+}
+
+impl SessionRow {
+    pub fn is_active(&self) -> bool {
+        self.state == STATE_ACTIVE
+    }
+}
+
+pub const STATE_ACTIVE: &str = "active";
+pub const STATE_ENDED: &str = "ended";
+
+const SELECT: &str = "SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) \
+                      AS message_count FROM sessions s";
+
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub agent: &'a str,
+    pub project_path: &'a str,
+    pub title: Option<&'a str>,
+    pub now: i64,
+}
+
+pub async fn insert(ex: impl SqliteExecutor<'_>, s: &NewSession<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO sessions (id, owner, agent, project_path, title, created_at, last_activity_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(s.id)
+    .bind(s.owner)
+    .bind(s.agent)
+    .bind(s.project_path)
+    .bind(s.title)
+    .bind(s.now)
+    .bind(s.now)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<Option<SessionRow>> {
+    sqlx::query_as(&format!("{SELECT} WHERE s.id = ?"))
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+}
+
+/// Sessions newest activity first; `owner: None` lists everyone's (admin).
+pub async fn list(
+    ex: impl SqliteExecutor<'_>,
+    owner: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<SessionRow>> {
+    sqlx::query_as(&format!(
+        "{SELECT} WHERE (?1 IS NULL OR s.owner = ?1) ORDER BY s.last_activity_at DESC LIMIT ?2"
+    ))
+    .bind(owner)
+    .bind(limit)
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn touch(ex: impl SqliteExecutor<'_>, id: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sessions SET last_activity_at = ? WHERE id = ?")
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Marks that the CLI has been given a turn: from now on it must be started with `--resume`.
+pub async fn mark_transcript_started(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sessions SET transcript_started = 1 WHERE id = ? AND transcript_started = 0",
+    )
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Records what a turn's `result` said about the conversation.
+pub async fn record_turn(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    agent_session_id: Option<&str>,
+    cost_usd: f64,
+    now: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE sessions SET agent_session_id = COALESCE(?, agent_session_id), \
+         total_cost_usd = total_cost_usd + ?, last_activity_at = ? WHERE id = ?",
+    )
+    .bind(agent_session_id)
+    .bind(cost_usd)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(())
+}
+
+/// Records (or clears) the live child process, so a later start can stop it if it survived us.
+pub async fn set_process(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    process: Option<(u32, u64)>,
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE sessions SET process_pid = ?, process_start_time = ? WHERE id = ?")
+        .bind(process.map(|p| p.0 as i64))
+        .bind(process.map(|p| p.1 as i64))
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(())
+}
+
+/// Sessions that still record a child process: after a crash of tether these may be orphans.
+pub async fn with_recorded_process(
+    ex: impl SqliteExecutor<'_>,
+) -> sqlx::Result<Vec<(String, i64, i64)>> {
+    sqlx::query_as(
+        "SELECT id, process_pid, COALESCE(process_start_time, 0) FROM sessions \
+         WHERE process_pid IS NOT NULL",
+    )
+    .fetch_all(ex)
+    .await
+}
+
+pub async fn end(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    reason: &str,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE sessions SET state = 'ended', ended_at = ?, end_reason = ? \
+         WHERE id = ? AND state = 'active'",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
