@@ -18,6 +18,7 @@ use crate::{
     auth::Auth,
     config::Settings,
     http::{self, ApiError},
+    push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
     store::Store,
 };
@@ -29,6 +30,8 @@ pub struct AppState {
     pub store: Store,
     pub sessions: Sessions,
     pub auth: Auth,
+    /// The push outbox: its worker's step (`tick`) and the gateway's status.
+    pub push: PushService,
     pub metrics: PrometheusHandle,
     agent: Arc<tokio::sync::RwLock<AgentStatus>>,
     agent_name: &'static str,
@@ -68,12 +71,21 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    push_wake: Arc<Notify>,
 }
 
 impl Application {
     /// Opens the database, stops what an earlier run left behind, binds the listener.
+    /// Pushes go to APNs when `push.apns.key_path` is set, else to the log.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let gateway = push::gateway_from_settings(&settings.push);
+        Self::build_with_gateway(settings, gateway).await
+    }
+
+    /// [`Self::build`] with the given push gateway (tests pass a scripted fake).
+    pub async fn build_with_gateway(
+        settings: Settings,
+        gateway: Arc<dyn PushGateway>,
+    ) -> anyhow::Result<Self> {
         let auth_configured =
             !secrecy::ExposeSecret::expose_secret(&settings.auth.secret).is_empty();
         if !settings.server.bind.ip().is_loopback() && !auth_configured {
@@ -100,7 +112,7 @@ impl Application {
             .path
             .clone()
             .unwrap_or_else(|| settings.agent.command.clone().into());
-        let agent = Arc::new(Claude::new(program, settings.agent.args.clone()));
+        let agent = Arc::new(Claude::new(program, &settings.agent));
         let agent_name = crate::agent::Agent::name(agent.as_ref());
         let push_wake = Arc::new(Notify::new());
         let sessions = Sessions::new(Deps {
@@ -110,6 +122,13 @@ impl Application {
             session_settings: settings.sessions.clone(),
             push_wake: push_wake.clone(),
         });
+        let push = PushService::new(
+            store.clone(),
+            gateway,
+            WorkerConfig::from_settings(&settings.push),
+            push_wake,
+        );
+        push.recover().await.context("recovering the push outbox")?;
         sessions.recover().await.context("recovering sessions")?;
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -119,15 +138,12 @@ impl Application {
             store,
             sessions,
             auth,
+            push,
             metrics: prometheus(),
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
         };
-        Ok(Self {
-            listener,
-            state,
-            push_wake,
-        })
+        Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -146,13 +162,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            state,
-            push_wake,
-        } = self;
-        let _ = push_wake;
+        let Self { listener, state } = self;
         let shutdown = shutdown.shared();
+        // The push worker stops at the same signal; what it has not sent waits for the next start.
+        let push_worker = tokio::spawn(state.push.clone().run(shutdown.clone()));
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         // Sessions stop as soon as the signal comes, so open event streams and waiting
         // chats end and the HTTP server can drain.
@@ -170,6 +183,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await?;
         stopping.await?;
+        push_worker.await?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -43,6 +43,7 @@ pub struct DatabaseSettings {
 pub struct AgentSettings {
     pub command: String,
     pub args: Vec<String>,
+    pub env: std::collections::BTreeMap<String, String>,
     pub turn_timeout_secs: u64,
     pub max_line_bytes: usize,
     pub stop_grace_secs: u64,
@@ -87,6 +88,7 @@ pub struct ApnsSettings {
     pub team_id: String,
     pub topic: String,
     pub request_timeout_secs: u64,
+    pub pool_idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

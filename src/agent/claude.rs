@@ -1,11 +1,12 @@
 //! Claude Code as a persistent process: `claude -p --input-format stream-json
 //! --output-format stream-json --verbose`, one JSON object per line each way.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{json, Value};
 
 use super::{Agent, Launch, Parsed, Signal, TurnResult};
+use crate::config::AgentSettings;
 
 /// The flags that make Claude Code a long-lived, line-speaking process.
 const STREAM_ARGS: [&str; 6] = [
@@ -21,13 +22,15 @@ const STREAM_ARGS: [&str; 6] = [
 pub struct Claude {
     program: PathBuf,
     extra_args: Vec<String>,
+    env: BTreeMap<String, String>,
 }
 
 impl Claude {
-    pub fn new(program: impl Into<PathBuf>, extra_args: Vec<String>) -> Self {
+    pub fn new(program: impl Into<PathBuf>, settings: &AgentSettings) -> Self {
         Self {
             program: program.into(),
-            extra_args,
+            extra_args: settings.args.clone(),
+            env: settings.env.clone(),
         }
     }
 }
@@ -49,6 +52,7 @@ impl Agent for Claude {
             })
             .arg(&launch.conversation_id)
             .args(&self.extra_args)
+            .envs(&self.env)
             .current_dir(&launch.cwd);
         cmd
     }
@@ -79,7 +83,7 @@ impl Agent for Claude {
         let data = Value::Object(map);
         let kind = data["type"].as_str().unwrap_or("unknown").to_string();
         let signal = if kind == "result" {
-            Signal::TurnDone(TurnResult {
+            Signal::TurnDone(Box::new(TurnResult {
                 is_error: data["is_error"].as_bool().unwrap_or(false),
                 subtype: data["subtype"].as_str().unwrap_or("").to_string(),
                 text: data["result"].as_str().unwrap_or("").to_string(),
@@ -87,11 +91,11 @@ impl Agent for Claude {
                 cumulative_cost_usd: data["total_cost_usd"].as_f64(),
                 duration_ms: data["duration_ms"].as_i64(),
                 usage: data.get("usage").cloned(),
-            })
+            }))
         } else {
             Signal::None
         };
-        Parsed::Event { kind, data, signal }
+        Parsed::Event { kind, signal }
     }
 }
 
@@ -100,7 +104,11 @@ mod tests {
     use super::*;
 
     fn claude() -> Claude {
-        Claude::new("claude", vec!["--model".into(), "x".into()])
+        Claude {
+            program: "claude".into(),
+            extra_args: vec!["--model".into(), "x".into()],
+            env: BTreeMap::new(),
+        }
     }
 
     #[test]
@@ -136,11 +144,10 @@ mod tests {
     #[test]
     fn result_line_ends_the_turn() {
         let line = r#"{"type":"result","subtype":"success","is_error":false,"result":"hi","session_id":"s1","total_cost_usd":0.002,"duration_ms":12,"usage":{"input_tokens":1},"extra":{"kept":true}}"#;
-        let Parsed::Event { kind, data, signal } = claude().parse_line(line) else {
+        let Parsed::Event { kind, signal } = claude().parse_line(line) else {
             panic!("not parsed")
         };
         assert_eq!(kind, "result");
-        assert_eq!(data["extra"]["kept"], true);
         let Signal::TurnDone(r) = signal else {
             panic!("no turn end")
         };

@@ -39,12 +39,9 @@ pub trait Agent: Send + Sync + 'static {
 /// A stdout line, read.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    /// A JSON object: its `type` and the whole object (unknown types and fields included).
-    Event {
-        kind: String,
-        data: Value,
-        signal: Signal,
-    },
+    /// A JSON object and its `type`. The line itself is what is stored and streamed, so
+    /// unknown types and fields are kept whole.
+    Event { kind: String, signal: Signal },
     /// Not a JSON object: logged and counted, never fatal.
     Invalid,
 }
@@ -54,7 +51,7 @@ pub enum Parsed {
 pub enum Signal {
     None,
     /// The turn ended.
-    TurnDone(TurnResult),
+    TurnDone(Box<TurnResult>),
 }
 
 /// The end of a turn, as the CLI reported it.

@@ -62,7 +62,7 @@ async fn chat(
     state.agent_ready().await?;
 
     let now = store::now_ms();
-    let mut tx = pool.begin().await?;
+    let mut tx = state.store.begin_write().await?;
     let session_id = match &req.session_id {
         Some(id) => {
             let session = Uuid::parse_str(id)

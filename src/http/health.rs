@@ -1,4 +1,5 @@
-//! `GET /health` (no token: is the server, its database and its agent usable?) and
+//! `GET /health` (no token: is the server, its database, its agent and its push gateway
+//! usable?) and
 //! `GET /metrics` (Prometheus text, admin token).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
@@ -15,7 +16,11 @@ pub fn router() -> Router<AppState> {
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let database = state.store.ping().await;
     let agent = state.agent_status().await;
-    let status = match (&database, agent.found && agent.error.is_none()) {
+    let push = state.push.status();
+    let unsent = crate::store::pushes::count_unsent(state.store.pool())
+        .await
+        .ok();
+    let status = match (&database, agent.found && agent.error.is_none() && push.ok) {
         (Err(_), _) => "down",
         (Ok(()), false) => "degraded",
         (Ok(()), true) => "ok",
@@ -31,6 +36,12 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "database": {"ok": database.is_ok()},
         "agent": agent,
+        "push": {
+            "gateway": push.gateway,
+            "ok": push.ok,
+            "error": push.error,
+            "unsent": unsent,
+        },
         "liveProcesses": state.sessions.live_processes(),
         "shuttingDown": state.sessions.is_closing(),
     });

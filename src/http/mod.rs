@@ -2,8 +2,10 @@
 //! tracing and the JSON 404.
 
 mod chat;
+mod devices;
 mod error;
 mod health;
+mod pushes;
 mod sessions;
 mod views;
 
@@ -20,6 +22,8 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(chat::router())
         .merge(sessions::router())
+        .merge(devices::router())
+        .merge(pushes::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(

@@ -1,10 +1,28 @@
 //! Pushes to the owner's phones: what the rest of tether hands over (an event about a
-//! session), turned into outbox rows in the caller's transaction.
+//! session), turned into outbox rows in the caller's transaction; the worker that sends them
+//! through a [`PushGateway`] (APNs, or the log when no key is configured).
+
+pub mod apns;
+pub mod fake;
+pub mod gateway;
+pub mod payload;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
-use crate::store::sessions::SessionRow;
+use crate::{
+    config::PushSettings,
+    store::{self, pushes, sessions::SessionRow},
+};
+
+pub use gateway::{classify, Action, Answer, Delivery, LogGateway, PushGateway, PushRequest};
+pub use worker::{GatewayStatus, PushService, TickReport, WorkerConfig};
 
 /// Why a push is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +38,49 @@ pub enum PushKind {
     ProcessExited,
 }
 
+impl PushKind {
+    /// The name stored in `pushes.kind` and sent as the `kind` custom key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TurnCompleted => "turn_completed",
+            Self::TurnFailed => "turn_failed",
+            Self::TurnInterrupted => "turn_interrupted",
+            Self::ProcessExited => "process_exited",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::TurnCompleted,
+            Self::TurnFailed,
+            Self::TurnInterrupted,
+            Self::ProcessExited,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The line under the title that says what happened (a reply needs none).
+    pub fn subtitle(self) -> Option<&'static str> {
+        match self {
+            Self::TurnCompleted => None,
+            Self::TurnFailed => Some("Turn failed"),
+            Self::TurnInterrupted => Some("Turn interrupted"),
+            Self::ProcessExited => Some("Agent process exited"),
+        }
+    }
+
+    /// The body when the event carries no text.
+    fn fallback_text(self) -> &'static str {
+        match self {
+            Self::TurnCompleted => "(empty reply)",
+            Self::TurnFailed => "The turn failed.",
+            Self::TurnInterrupted => "tether stopped during this turn; send the message again.",
+            Self::ProcessExited => "The agent process exited; the next message starts it again.",
+        }
+    }
+}
+
 /// Something the session's owner should hear about.
 pub struct PushEvent<'a> {
     pub kind: PushKind,
@@ -30,7 +91,69 @@ pub struct PushEvent<'a> {
     pub text: &'a str,
 }
 
-/// Adds one outbox row per active device of the session's owner, inside `tx`.
-pub async fn enqueue(_tx: &mut SqliteConnection, _event: &PushEvent<'_>) -> sqlx::Result<()> {
+/// Adds one outbox row per active device of the session's owner, inside `tx`: the push
+/// exists exactly when the event it is about was committed. Enqueueing the same event
+/// (kind, session, message) again adds nothing. The row keeps the title and a plain-text
+/// form of the text; the worker cuts the preview and builds the payload when it sends.
+pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::Result<()> {
+    let title = session_title(event.session);
+    let mut text =
+        payload::cut_at_word(&payload::plain_text(event.text), payload::MAX_STORED_CHARS);
+    if text.is_empty() {
+        text = event.kind.fallback_text().to_string();
+    }
+    let added = pushes::insert_for_owner_devices(
+        &mut *tx,
+        &pushes::NewPush {
+            owner: &event.session.owner,
+            session_id: &event.session.id,
+            message_id: event.message_id,
+            kind: event.kind.as_str(),
+            title: &title,
+            subtitle: event.kind.subtitle(),
+            text: &text,
+            now: store::now_ms(),
+        },
+    )
+    .await?;
+    tracing::debug!(
+        session_id = %event.session.id,
+        kind = event.kind.as_str(),
+        message_id = event.message_id,
+        devices = added,
+        "push queued"
+    );
     Ok(())
+}
+
+/// The session's title, else its project folder's name.
+fn session_title(session: &SessionRow) -> String {
+    session
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .or_else(|| {
+            std::path::Path::new(&session.project_path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "tether".to_string())
+}
+
+/// The gateway the settings ask for: APNs when `push.apns.key_path` is set, else the log.
+pub fn gateway_from_settings(settings: &PushSettings) -> Arc<dyn PushGateway> {
+    if settings.apns.key_path.trim().is_empty() {
+        tracing::info!("no APNs key configured (push.apns.key_path): pushes go to the log");
+        Arc::new(LogGateway)
+    } else {
+        Arc::new(apns::ApnsGateway::from_settings(&settings.apns))
+    }
+}
+
+/// The first characters of a device token, for logs: a whole token is never logged.
+pub fn token_prefix(token: &str) -> String {
+    let prefix: String = token.chars().take(8).collect();
+    format!("{prefix}…")
 }

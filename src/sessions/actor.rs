@@ -43,6 +43,8 @@ impl From<events::EventRow> for LiveEvent {
 const PREVIEW_CHARS: usize = 200;
 /// Wait before looking at the queue again after a database error.
 const DB_RETRY: Duration = Duration::from_secs(1);
+/// How often a turn waiting for a process slot asks again for an idle one to be evicted.
+const SLOT_RETRY: Duration = Duration::from_millis(250);
 
 /// The process and what it holds.
 struct Live {
@@ -273,17 +275,7 @@ impl Actor {
     /// Starts a process for this session: `--resume` once the CLI has seen a turn.
     async fn start_process(&mut self) -> Result<(), String> {
         let deps = self.sessions.deps();
-        let slots = self.sessions.inner.slots.clone();
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                self.sessions.evict_one_idle(&self.id);
-                slots
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| "tether is shutting down".to_string())?
-            }
-        };
+        let slot = self.take_slot().await?;
         let session = sessions::get(self.pool(), &self.id)
             .await
             .map_err(|e| format!("database error: {e}"))?
@@ -322,6 +314,27 @@ impl Actor {
         )
         .await;
         Ok(())
+    }
+
+    /// A process slot: free, or freed by evicting the least recently used idle process.
+    /// When every process is busy, waits, asking again as they finish their turns.
+    async fn take_slot(&self) -> Result<OwnedSemaphorePermit, String> {
+        let slots = self.sessions.inner.slots.clone();
+        loop {
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => return Ok(slot),
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Err("tether is shutting down".into())
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            }
+            self.sessions.evict_one_idle(&self.id);
+            if let Ok(Ok(slot)) =
+                tokio::time::timeout(SLOT_RETRY, slots.clone().acquire_owned()).await
+            {
+                return Ok(slot);
+            }
+        }
     }
 
     /// Logs one stdout line as an event; returns the turn's end when this line is it.
@@ -369,7 +382,7 @@ impl Actor {
             Parsed::Event { kind, signal, .. } => {
                 self.emit(kind, line.text).await;
                 match signal {
-                    Signal::TurnDone(result) => Some(result),
+                    Signal::TurnDone(result) => Some(*result),
                     Signal::None => None,
                 }
             }
@@ -465,7 +478,7 @@ impl Actor {
         reply: Option<&TurnResult>,
         conversation_id: Option<&str>,
     ) -> sqlx::Result<Option<i64>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.sessions.deps().store.begin_write().await?;
         if !messages::finish(&mut *tx, msg.id, outcome).await? {
             return Ok(None); // already ended (e.g. by a shutdown sweep): ends once only
         }
@@ -654,7 +667,8 @@ impl Actor {
     /// Pushes to the owner about something that is not a turn's end (its own transaction).
     async fn notify_owner(&self, kind: PushKind, message_id: Option<i64>, text: &str) {
         let result: sqlx::Result<()> = async {
-            let mut tx = self.pool().begin().await?;
+            // Reads the session, then writes: take the write lock first (see begin_write).
+            let mut tx = self.sessions.deps().store.begin_write().await?;
             if let Some(session) = sessions::get(&mut *tx, &self.id).await? {
                 push::enqueue(
                     &mut tx,

@@ -141,7 +141,7 @@ impl Sessions {
             sessions::set_process(pool, &id, None).await?;
         }
         let now = store::now_ms();
-        let mut tx = pool.begin().await?;
+        let mut tx = self.deps().store.begin_write().await?;
         let interrupted = messages::interrupt_all_running(
             &mut *tx,
             "tether stopped during this turn; send the message again to retry",

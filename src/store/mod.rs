@@ -1,8 +1,10 @@
 //! The SQLite store: the pool (WAL), the embedded migrations, and one module of query
 //! functions per table. No SQL lives outside this folder.
 
+pub mod devices;
 pub mod events;
 pub mod messages;
+pub mod pushes;
 pub mod sessions;
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -55,6 +57,14 @@ impl Store {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// A transaction holding the write lock from its start (`BEGIN IMMEDIATE`), for work
+    /// that reads and then writes. A plain (deferred) transaction that read first fails with
+    /// "database is locked" if another connection wrote meanwhile (its WAL snapshot is stale
+    /// and SQLite cannot wait that out); this one waits its turn (`BUSY_TIMEOUT`) instead.
+    pub async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
     /// A trivial query, for health checks.

@@ -1,0 +1,257 @@
+//! Devices: `POST /api/devices` registers (or re-registers) the caller's APNs token,
+//! `GET /api/devices` lists the caller's devices (an admin's: everyone's), and
+//! `DELETE /api/devices/{token}` removes one, cancelling its unsent pushes.
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{delete, get},
+    Json, Router,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiJson};
+use crate::{
+    auth::Caller,
+    push::token_prefix,
+    store::{
+        self,
+        devices::{self, DeviceRow, Environment},
+        pushes,
+    },
+    AppState,
+};
+
+/// APNs tokens are 32 bytes today; Apple may make them longer, so up to 100 bytes is taken.
+const MIN_TOKEN_HEX: usize = 64;
+const MAX_TOKEN_HEX: usize = 200;
+/// Longest topic (a bundle id, perhaps with a suffix such as `.voip`).
+const MAX_TOPIC_BYTES: usize = 255;
+/// Longest device name.
+const MAX_NAME_CHARS: usize = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/devices", get(list).post(register))
+        .route("/api/devices/{token}", delete(remove))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterRequest {
+    token: String,
+    environment: String,
+    topic: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceView {
+    id: i64,
+    owner: String,
+    token: String,
+    environment: Environment,
+    /// The topic it registered with; null: `push.apns.topic`.
+    topic: Option<String>,
+    name: Option<String>,
+    active: bool,
+    created_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    disabled_at: Option<DateTime<Utc>>,
+    disabled_reason: Option<String>,
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn view(d: DeviceRow) -> DeviceView {
+    DeviceView {
+        id: d.id,
+        active: d.is_active(),
+        owner: d.owner,
+        token: d.token,
+        environment: d.environment,
+        topic: d.topic,
+        name: d.name,
+        created_at: time(d.created_at),
+        last_seen_at: time(d.last_seen_at),
+        disabled_at: d.disabled_at.map(time),
+        disabled_reason: d.disabled_reason,
+    }
+}
+
+/// A token as stored: lowercase hex. `None` if it is not hex of an APNs token's length.
+fn normalize_token(token: &str) -> Option<String> {
+    let ok = (MIN_TOKEN_HEX..=MAX_TOKEN_HEX).contains(&token.len())
+        && token.len() % 2 == 0
+        && token.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| token.to_ascii_lowercase())
+}
+
+fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= MAX_TOPIC_BYTES
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+async fn register(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let token = normalize_token(&req.token).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_device_token",
+            format!(
+                "token must be the APNs device token in hex: {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} \
+                 hex digits (got {} characters)",
+                req.token.chars().count()
+            ),
+        )
+    })?;
+    let environment = Environment::parse(&req.environment).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_environment",
+            "environment must be \"sandbox\" (debug builds) or \"production\" (TestFlight, App Store)",
+        )
+    })?;
+    if let Some(topic) = &req.topic {
+        if !valid_topic(topic) {
+            return Err(ApiError::invalid(
+                "invalid_topic",
+                "topic must be the app's bundle id (letters, digits, '.', '-', '_')",
+            ));
+        }
+    }
+    let name = req.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            format!("name must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if req.topic.is_none()
+        && state.push.config().default_topic.is_none()
+        && state.push.gateway().needs_topic()
+    {
+        return Err(ApiError::invalid(
+            "topic_required",
+            "send the app's bundle id as topic (push.apns.topic is not set on this server)",
+        ));
+    }
+
+    let now = store::now_ms();
+    let mut tx = state.store.begin_write().await?;
+    let before = devices::get_by_token(&mut *tx, &token).await?;
+    let row = devices::upsert(
+        &mut *tx,
+        &devices::NewDevice {
+            owner: &caller.owner,
+            token: &token,
+            environment,
+            topic: req.topic.as_deref(),
+            name,
+            now,
+        },
+    )
+    .await?;
+    if let Some(before) = &before {
+        if before.owner != row.owner {
+            // The phone now belongs to someone else: the old owner's pushes stay unsent.
+            pushes::cancel_pending_for_device(
+                &mut *tx,
+                row.id,
+                "the device was registered again by another owner",
+                now,
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    let device = token_prefix(&token);
+    let status = match &before {
+        None => {
+            tracing::info!(device_id = row.id, %device, environment = environment.as_str(), "device registered");
+            StatusCode::CREATED
+        }
+        Some(before) => {
+            if !before.is_active() {
+                tracing::info!(device_id = row.id, %device, "disabled device registered again: enabled");
+            }
+            StatusCode::OK
+        }
+    };
+    Ok((status, Json(view(row))))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    let rows = devices::list(state.store.pool(), caller.scope()).await?;
+    let devices: Vec<DeviceView> = rows.into_iter().map(view).collect();
+    Ok(Json(json!({ "devices": devices })))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::not_found("device_not_found", "no such device");
+    let token = normalize_token(&token).ok_or_else(not_found)?;
+    let now = store::now_ms();
+    let mut tx = state.store.begin_write().await?;
+    let Some(device) = devices::get_by_token(&mut *tx, &token)
+        .await?
+        .filter(|d| caller.can_see(&d.owner))
+    else {
+        return Err(not_found());
+    };
+    let cancelled =
+        pushes::cancel_pending_for_device(&mut *tx, device.id, "the device was removed", now)
+            .await?;
+    devices::delete(&mut *tx, &token, None).await?;
+    tx.commit().await?;
+    tracing::info!(device_id = device.id, device = %token_prefix(&token), cancelled, "device removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_be_hex_of_an_apns_length() {
+        let good = "A0b1".repeat(16);
+        assert_eq!(normalize_token(&good), Some(good.to_ascii_lowercase()));
+        assert!(normalize_token(&"ab".repeat(100)).is_some());
+        for bad in [
+            String::new(),
+            "ab".repeat(31),                 // 62 digits: too short
+            "ab".repeat(101),                // too long
+            format!("{}a", "ab".repeat(32)), // odd
+            "zz".repeat(32),                 // not hex
+            format!("<{}>", "ab".repeat(32)),
+            format!("{} ", "ab".repeat(32)),
+        ] {
+            assert_eq!(normalize_token(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn topics_look_like_bundle_ids() {
+        assert!(valid_topic("com.example.tether"));
+        assert!(valid_topic("com.example.tether.voip"));
+        assert!(!valid_topic(""));
+        assert!(!valid_topic("com example"));
+        assert!(!valid_topic(&"a".repeat(256)));
+    }
+}

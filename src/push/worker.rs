@@ -1,0 +1,674 @@
+//! The outbox worker: claims due pushes, sends each through the gateway, records every
+//! answer in `push_attempts` and acts on it (apns.md's table, via [`classify`]): delivered,
+//! token disabled, retried with backoff and jitter, given up, or, on a configuration error,
+//! sending stopped until tether restarts, with the reason on `/health`.
+//!
+//! [`PushService::run`] loops until shutdown, woken by `push_wake` (a push was committed),
+//! by the next due retry, or by `push.poll_interval_secs`; [`PushService::tick`] is one
+//! step, which tests drive directly.
+
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use a2::request::payload::PayloadLike;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::{
+    classify,
+    gateway::{Action, Answer, PushGateway, PushRequest},
+    payload::{self, Content, MAX_PAYLOAD_BYTES},
+    token_prefix,
+};
+use crate::{
+    config::PushSettings,
+    store::{
+        self, devices,
+        pushes::{self, AfterAttempt, DuePush, NewAttempt, PushStatus},
+        Store,
+    },
+};
+
+/// Time allowed beyond a2's own request timeout before the worker stops waiting for a send
+/// (a2 enforces its timeout; this guards against a gateway that never answers).
+const SEND_GUARD_MARGIN: Duration = Duration::from_secs(5);
+/// Shortest pause between two steps of the loop, so it never spins.
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// The worker's settings, from `[push]`; tests adjust them directly.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Attempts before a push that keeps failing transiently is marked failed.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one, up to `backoff_max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Longest sleep between two looks at the outbox.
+    pub poll_interval: Duration,
+    /// Pushes claimed per step.
+    pub batch_size: u32,
+    /// Characters of text shown in a push.
+    pub preview_chars: usize,
+    /// Longest wait for one send's answer; no answer by then counts as a transport error.
+    pub send_timeout: Duration,
+    /// Topic for devices registered without one (`push.apns.topic`).
+    pub default_topic: Option<String>,
+}
+
+impl WorkerConfig {
+    pub fn from_settings(s: &PushSettings) -> Self {
+        Self {
+            max_attempts: s.max_attempts.max(1),
+            backoff_base: Duration::from_secs(s.backoff_base_secs),
+            backoff_max: Duration::from_secs(s.backoff_max_secs),
+            poll_interval: Duration::from_secs(s.poll_interval_secs),
+            batch_size: s.batch_size.max(1),
+            preview_chars: s.preview_chars.max(1),
+            send_timeout: Duration::from_secs(s.apns.request_timeout_secs) + SEND_GUARD_MARGIN,
+            default_topic: Some(s.apns.topic.trim().to_string()).filter(|t| !t.is_empty()),
+        }
+    }
+}
+
+/// What one step did, for the loop and for tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    /// Pushes taken from the outbox.
+    pub claimed: usize,
+    /// Sends tried (a renewal retry is a second one).
+    pub sent: usize,
+    pub delivered: usize,
+    pub logged: usize,
+    /// Put back to wait for a retry.
+    pub retried: usize,
+    pub failed: usize,
+    /// Devices disabled.
+    pub disabled: usize,
+    /// Claimed but not sent (sending stopped or tether is stopping): pending again.
+    pub released: usize,
+    /// Sending is stopped by a configuration error.
+    pub stopped: bool,
+}
+
+/// The push part of `/health`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GatewayStatus {
+    /// `apns`, `log` (or `fake` in tests).
+    pub gateway: &'static str,
+    pub ok: bool,
+    /// Why nothing is sent, when `ok` is false.
+    pub error: Option<String>,
+}
+
+/// The outbox worker's handle; cheap to clone.
+#[derive(Clone)]
+pub struct PushService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    gateway: Arc<dyn PushGateway>,
+    config: WorkerConfig,
+    /// Notified after a push row was committed.
+    wake: Arc<Notify>,
+    /// Set by a configuration error (or credentials that did not load): nothing is sent
+    /// until tether restarts with a fixed configuration.
+    stopped: Mutex<Option<String>>,
+    /// tether is shutting down: the step in progress sends nothing more.
+    closing: AtomicBool,
+    /// One step at a time (the loop and a test may both call `tick`).
+    step: tokio::sync::Mutex<()>,
+}
+
+impl PushService {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn PushGateway>,
+        config: WorkerConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let stopped = gateway.check().err();
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                gateway,
+                config,
+                wake,
+                stopped: Mutex::new(stopped),
+                closing: AtomicBool::new(false),
+                step: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn gateway(&self) -> &Arc<dyn PushGateway> {
+        &self.inner.gateway
+    }
+
+    pub fn config(&self) -> &WorkerConfig {
+        &self.inner.config
+    }
+
+    /// Asks the worker to look at the outbox now.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub fn status(&self) -> GatewayStatus {
+        let error = self.inner.stopped.lock().expect("stopped lock").clone();
+        GatewayStatus {
+            gateway: self.inner.gateway.name(),
+            ok: error.is_none(),
+            error,
+        }
+    }
+
+    /// At start: pushes a stopped run left `sending` are pending again (sent once more; the
+    /// collapse id makes the phone show one), and pending pushes of devices that are gone
+    /// are cancelled.
+    pub async fn recover(&self) -> sqlx::Result<()> {
+        let pool = self.inner.store.pool();
+        let now = store::now_ms();
+        let reset = pushes::reset_sending(pool, now).await?;
+        if reset > 0 {
+            tracing::warn!(
+                count = reset,
+                "pushes the last run was sending are pending again"
+            );
+        }
+        let cancelled = pushes::cancel_orphans(pool, now).await?;
+        if cancelled > 0 {
+            tracing::info!(count = cancelled, "pushes to removed devices cancelled");
+        }
+        Ok(())
+    }
+
+    /// One step: sends the due pushes (up to `batch_size`).
+    pub async fn tick(&self) -> sqlx::Result<TickReport> {
+        self.tick_at(store::now_ms()).await
+    }
+
+    /// [`Self::tick`] as if the time were `now` (ms): tests make retries due without waiting.
+    pub async fn tick_at(&self, now: i64) -> sqlx::Result<TickReport> {
+        let _step = self.inner.step.lock().await;
+        let mut report = TickReport::default();
+        if self.is_stopped() {
+            report.stopped = true;
+            return Ok(report);
+        }
+        let pool = self.inner.store.pool();
+        let limit = i64::from(self.inner.config.batch_size);
+        let ids = pushes::claim_due(pool, now, limit).await?;
+        if ids.is_empty() {
+            return Ok(report);
+        }
+        report.claimed = ids.len();
+        let due = match pushes::sending_with_devices(pool, &ids).await {
+            Ok(due) => due,
+            Err(e) => {
+                let _ = pushes::release(pool, &ids, now).await;
+                return Err(e);
+            }
+        };
+        for (i, push) in due.iter().enumerate() {
+            if self.is_stopped() || self.inner.closing.load(Ordering::SeqCst) {
+                let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
+                report.released += pushes::release(pool, &rest, now).await? as usize;
+                break;
+            }
+            // Its device may have been disabled (by an answer in this step) or removed.
+            match pushes::is_sending(pool, push.push.id).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
+                    let _ = pushes::release(pool, &rest, now).await;
+                    return Err(e);
+                }
+            }
+            if let Err(e) = self.send_one(push, now, &mut report).await {
+                let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
+                let _ = pushes::release(pool, &rest, now).await;
+                return Err(e);
+            }
+        }
+        // Claimed rows that were not returned (none in practice) must not stay `sending`.
+        report.released += pushes::release(pool, &ids, now).await? as usize;
+        report.stopped = self.is_stopped();
+        Ok(report)
+    }
+
+    /// Runs steps until `shutdown` resolves. A step in progress finishes the send it is in;
+    /// the pushes it had not sent yet are pending again for the next start.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        let status = self.status();
+        tracing::info!(
+            gateway = status.gateway,
+            ok = status.ok,
+            "push worker started"
+        );
+        loop {
+            let step = self.tick();
+            tokio::pin!(step);
+            let result = tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    self.inner.closing.store(true, Ordering::SeqCst);
+                    let _ = step.await;
+                    break;
+                }
+                r = &mut step => r,
+            };
+            let full = match result {
+                Ok(r) => r.claimed >= self.inner.config.batch_size as usize && !r.stopped,
+                Err(e) => {
+                    tracing::error!(error = %e, "push worker step failed");
+                    false
+                }
+            };
+            if full {
+                continue;
+            }
+            let wait = self.next_wait().await;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.inner.closing.store(true, Ordering::SeqCst);
+        tracing::info!("push worker stopped");
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.inner.stopped.lock().expect("stopped lock").is_some()
+    }
+
+    /// Until the next retry is due, at most the poll interval.
+    async fn next_wait(&self) -> Duration {
+        let poll = self.inner.config.poll_interval.max(MIN_WAIT);
+        if self.is_stopped() {
+            return poll;
+        }
+        match pushes::next_due(self.inner.store.pool()).await {
+            Ok(Some(at)) => {
+                let ms = (at - store::now_ms()).max(0) as u64;
+                Duration::from_millis(ms).clamp(MIN_WAIT, poll)
+            }
+            _ => poll,
+        }
+    }
+
+    /// Sends one claimed push and records what came of it.
+    async fn send_one(&self, due: &DuePush, now: i64, report: &mut TickReport) -> sqlx::Result<()> {
+        let p = &due.push;
+        let config = &self.inner.config;
+        let topic = due.topic.as_deref().or(config.default_topic.as_deref());
+        if topic.is_none() && self.inner.gateway.needs_topic() {
+            let error = "no APNs topic: set push.apns.topic or register the device with a topic";
+            return self.local_failure(due, now, error, report).await;
+        }
+        let fitted = match payload::fit(
+            &p.kind,
+            &p.title,
+            p.subtitle.as_deref(),
+            &p.text,
+            &p.session_id,
+            p.message_id,
+            config.preview_chars,
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                let error = format!("the payload could not be built: {e}");
+                return self.local_failure(due, now, &error, report).await;
+            }
+        };
+        let content = Content {
+            kind: &p.kind,
+            title: &fitted.title,
+            subtitle: fitted.subtitle.as_deref(),
+            body: &fitted.body,
+            session_id: &p.session_id,
+            message_id: p.message_id,
+        };
+        let collapse_id = format!("tether-{}", p.id);
+        let built = payload::notification(&content, &due.token, topic, Some(&collapse_id))
+            .and_then(|n| n.to_json_string().map(|json| (n, json)));
+        let (notification, json) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                let error = format!("the payload could not be built: {e}");
+                return self.local_failure(due, now, &error, report).await;
+            }
+        };
+        if json.len() > MAX_PAYLOAD_BYTES {
+            let error = format!(
+                "the payload is {} bytes, over {MAX_PAYLOAD_BYTES}",
+                json.len()
+            );
+            return self.local_failure(due, now, &error, report).await;
+        }
+
+        let mut attempts = p.attempts;
+        let mut renewed = false;
+        loop {
+            let request = PushRequest {
+                environment: due.environment,
+                notification: notification.clone(),
+            };
+            let outcome =
+                match tokio::time::timeout(config.send_timeout, self.inner.gateway.send(request))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(a2::Error::RequestTimeout(config.send_timeout.as_secs())),
+                };
+            report.sent += 1;
+            attempts += 1;
+            let mut answer = classify(&outcome);
+            if answer.action == Action::RenewTokenAndRetry {
+                if renewed {
+                    // A fresh token is refused as expired too: the clock or the key is wrong.
+                    answer.action = Action::ConfigError;
+                } else {
+                    renewed = true;
+                    self.record(due, &answer, attempts, now, &json, report)
+                        .await?;
+                    match self.inner.gateway.renew_token(due.environment) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            self.stop(&format!(
+                                "the APNs provider token could not be renewed: {e}"
+                            ));
+                            report.released +=
+                                pushes::release(self.inner.store.pool(), &[p.id], now).await?
+                                    as usize;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            return self
+                .record(due, &answer, attempts, now, &json, report)
+                .await;
+        }
+    }
+
+    /// Records an answer (the attempt and the push's new state) in one transaction, and
+    /// disables the device when APNs said its token is no good.
+    async fn record(
+        &self,
+        due: &DuePush,
+        answer: &Answer,
+        attempts: i64,
+        now: i64,
+        json: &str,
+        report: &mut TickReport,
+    ) -> sqlx::Result<()> {
+        let p = &due.push;
+        let config = &self.inner.config;
+        let described = answer.describe();
+        let mut next_attempt_at = p.next_attempt_at;
+        let mut error: Option<String> = None;
+        let status = match &answer.action {
+            Action::Delivered => PushStatus::Delivered,
+            Action::Logged => PushStatus::Logged,
+            Action::RenewTokenAndRetry => {
+                error = Some(format!("{described}: renewing the provider token"));
+                PushStatus::Sending
+            }
+            Action::DisableToken { .. } => PushStatus::Failed,
+            Action::Retry if attempts >= i64::from(config.max_attempts) => {
+                error = Some(format!(
+                    "gave up after {attempts} attempts; the last answer was {described}"
+                ));
+                PushStatus::Failed
+            }
+            Action::Retry => {
+                let delay = backoff(attempts as u32, config.backoff_base, config.backoff_max);
+                next_attempt_at = now + delay.as_millis() as i64;
+                error = Some(format!("{described}; retrying"));
+                PushStatus::Pending
+            }
+            Action::GiveUp => {
+                error = Some(format!("APNs refused the push ({described}); not retried"));
+                PushStatus::Failed
+            }
+            Action::ConfigError => {
+                error = Some(format!("{described}; sending is stopped"));
+                PushStatus::Pending
+            }
+        };
+
+        let mut tx = self.inner.store.begin_write().await?;
+        let mut disabled = false;
+        let disable = match (&answer.action, p.device_id) {
+            (
+                Action::DisableToken {
+                    unless_registered_after,
+                },
+                Some(device_id),
+            ) => Some((device_id, *unless_registered_after)),
+            _ => None,
+        };
+        if let Some((device_id, unless_registered_after)) = disable {
+            let reason = format!("APNs: {described}");
+            disabled = devices::disable(&mut *tx, device_id, &reason, unless_registered_after, now)
+                .await?;
+            error = Some(if disabled {
+                format!("{described}; the device token is disabled")
+            } else {
+                format!("{described}, but the device registered again after that; it stays enabled")
+            });
+        }
+        pushes::insert_attempt(
+            &mut *tx,
+            &NewAttempt {
+                push_id: p.id,
+                status_code: answer.status_code,
+                reason: answer.reason.as_deref(),
+                apns_id: answer.apns_id.as_deref(),
+                timestamp: answer.timestamp,
+                error: answer.error.as_deref(),
+                action: answer.action.as_str(),
+                at: now,
+            },
+        )
+        .await?;
+        pushes::after_attempt(
+            &mut *tx,
+            &AfterAttempt {
+                id: p.id,
+                status,
+                next_attempt_at,
+                status_code: answer.status_code,
+                reason: answer.reason.as_deref(),
+                apns_id: answer.apns_id.as_deref(),
+                error: error.as_deref(),
+                payload: Some(json),
+                now,
+            },
+        )
+        .await?;
+        if let (true, Some((device_id, _))) = (disabled, disable) {
+            // The device's other unsent pushes, this one being settled above.
+            pushes::cancel_pending_for_device(
+                &mut *tx,
+                device_id,
+                &format!("the device was disabled (APNs: {described})"),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+
+        metrics::counter!("tether_push_attempts_total", "action" => answer.action.as_str())
+            .increment(1);
+        let device = token_prefix(&due.token);
+        match &answer.action {
+            Action::Delivered => {
+                report.delivered += 1;
+                tracing::info!(push_id = p.id, %device, kind = %p.kind, apns_id = ?answer.apns_id, "push delivered");
+            }
+            Action::Logged => report.logged += 1,
+            Action::RenewTokenAndRetry => {
+                tracing::warn!(push_id = p.id, answer = %described, "provider token expired; renewing")
+            }
+            Action::DisableToken { .. } => {
+                report.failed += 1;
+                if disabled {
+                    report.disabled += 1;
+                    tracing::warn!(push_id = p.id, %device, answer = %described, "device token disabled");
+                } else {
+                    tracing::info!(push_id = p.id, %device, answer = %described, "token refused before the device registered again; kept");
+                }
+            }
+            Action::Retry if status == PushStatus::Failed => {
+                report.failed += 1;
+                tracing::warn!(push_id = p.id, %device, attempts, answer = %described, "push failed: attempts used up");
+            }
+            Action::Retry => {
+                report.retried += 1;
+                tracing::info!(push_id = p.id, %device, attempts, answer = %described, "push will be retried");
+            }
+            Action::GiveUp => {
+                report.failed += 1;
+                metrics::counter!("tether_push_rejected_total").increment(1);
+                tracing::error!(push_id = p.id, %device, answer = %described, error = ?answer.error, "APNs refused a push: a bug in tether; not retried");
+            }
+            Action::ConfigError => {
+                report.retried += 1;
+                self.stop(&config_hint(answer, &described));
+            }
+        }
+        Ok(())
+    }
+
+    /// A push that cannot be sent as it is (no request made): failed, with the reason.
+    async fn local_failure(
+        &self,
+        due: &DuePush,
+        now: i64,
+        error: &str,
+        report: &mut TickReport,
+    ) -> sqlx::Result<()> {
+        let answer = Answer {
+            action: Action::GiveUp,
+            status_code: None,
+            reason: None,
+            apns_id: None,
+            timestamp: None,
+            error: Some(error.to_string()),
+        };
+        let p = &due.push;
+        let mut tx = self.inner.store.begin_write().await?;
+        pushes::insert_attempt(
+            &mut *tx,
+            &NewAttempt {
+                push_id: p.id,
+                status_code: None,
+                reason: None,
+                apns_id: None,
+                timestamp: None,
+                error: Some(error),
+                action: answer.action.as_str(),
+                at: now,
+            },
+        )
+        .await?;
+        pushes::after_attempt(
+            &mut *tx,
+            &AfterAttempt {
+                id: p.id,
+                status: PushStatus::Failed,
+                next_attempt_at: p.next_attempt_at,
+                status_code: None,
+                reason: None,
+                apns_id: None,
+                error: Some(error),
+                payload: None,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        report.failed += 1;
+        metrics::counter!("tether_push_rejected_total").increment(1);
+        tracing::error!(push_id = p.id, error, "push not sendable");
+        Ok(())
+    }
+
+    /// Stops sending until restart, with the reason shown on `/health`.
+    fn stop(&self, reason: &str) {
+        let mut stopped = self.inner.stopped.lock().expect("stopped lock");
+        if stopped.is_none() {
+            tracing::error!(
+                gateway = self.inner.gateway.name(),
+                reason,
+                "push sending stopped: fix the configuration and restart tether; pushes wait in the outbox"
+            );
+            *stopped = Some(reason.to_string());
+        }
+    }
+}
+
+/// The `/health` text for a configuration error: what APNs said and what to check.
+fn config_hint(answer: &Answer, described: &str) -> String {
+    let check = match answer.reason.as_deref() {
+        Some("ExpiredProviderToken") => {
+            "a new provider token was refused as expired too: check the server's clock"
+        }
+        Some("MissingTopic" | "TopicDisallowed") => {
+            "check push.apns.topic (the app's bundle id) and the topics devices registered with"
+        }
+        Some("BadCertificate" | "BadCertificateEnvironment") => "check the APNs credentials",
+        None if answer.status_code.is_none() => "check push.apns.key_path",
+        _ => "check push.apns.key_path, push.apns.key_id and push.apns.team_id",
+    };
+    format!("APNs refused the credentials ({described}); {check}, then restart tether")
+}
+
+/// The delay before retry number `attempt` (1 = the first retry): `base * 2^(attempt-1)`,
+/// at most `max`, then a random part of its upper half (jitter), so retries of many pushes
+/// do not come back together. A zero `base` retries at once.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let doubling = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    let full = base.saturating_mul(doubling).min(max);
+    let ms = full.as_millis() as u64;
+    let jitter = rand::thread_rng().gen_range(0..=ms / 2);
+    Duration::from_millis(ms - jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        let max = Duration::from_secs(600);
+        for _ in 0..200 {
+            for (attempt, full) in [(1, 2_000), (2, 4_000), (3, 8_000), (9, 512_000)] {
+                let d = backoff(attempt, base, max).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "attempt {attempt}: {d} ms");
+            }
+            let capped = backoff(10, base, max).as_millis() as u64;
+            assert!((300_000..=600_000).contains(&capped), "{capped}");
+            let huge = backoff(u32::MAX, base, max).as_millis() as u64;
+            assert!((300_000..=600_000).contains(&huge), "{huge}");
+        }
+        assert_eq!(backoff(5, Duration::ZERO, max), Duration::ZERO);
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on port 0, a real SQLite file, real HTTP, and a real
+//! child process speaking the Claude stream-json protocol (the fake CLI, or the real one).
+
+mod chat;
+mod helpers;
+mod push;
+mod real_claude;
+mod recovery;
+mod sessions;
+mod stand_in_api;

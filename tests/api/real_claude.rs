@@ -1,0 +1,118 @@
+//! The real Claude Code CLI behind tether, against a stand-in Messages API served by the
+//! test: two turns, a restart of tether, a third turn whose API request carries all three
+//! user messages, and an interrupt of a slow turn. Needs `TETHER_TEST_CLAUDE_BIN` (set by
+//! `.ci/run` from `scripts/install-claude.sh`); without it the test says so and skips, except
+//! under CI, where it must run.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{
+    helpers::{test_settings, TestApp},
+    stand_in_api::{user_texts, StandInApi},
+};
+
+const BIN_VAR: &str = "TETHER_TEST_CLAUDE_BIN";
+
+/// The real CLI's path, or None (skip) with the reason printed.
+fn real_cli() -> Option<String> {
+    match std::env::var(BIN_VAR) {
+        Ok(path) if !path.is_empty() => Some(path),
+        _ if std::env::var("CI").is_ok() => {
+            panic!("{BIN_VAR} is not set under CI: .ci/run must install the real CLI")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED real_claude: set {BIN_VAR} to a Claude Code binary \
+                 (export {BIN_VAR}=\"$(bash scripts/install-claude.sh | tail -n1)\")"
+            );
+            None
+        }
+    }
+}
+
+async fn start_tether(cli: &str, api: &StandInApi, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let mut settings = test_settings(dir.path());
+    settings.agent.command = cli.to_string();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    settings.agent.env.clear();
+    for (k, v) in [
+        ("ANTHROPIC_BASE_URL", api.base_url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_string()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+        ("DISABLE_TELEMETRY", "1".to_string()),
+        ("HOME", home.to_string_lossy().into_owned()),
+    ] {
+        settings.agent.env.insert(k.to_string(), v);
+    }
+    settings.agent.turn_timeout_secs = 120;
+    settings.server.wait_timeout_secs = 120;
+    TestApp::start(settings, dir).await
+}
+
+#[tokio::test]
+async fn the_real_cli_keeps_context_across_a_restart_and_can_be_interrupted() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir.clone()).await;
+
+    api.set_reply("Noted: BANANA.");
+    let first = app.chat_wait("Remember the word BANANA", None).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(first["reply"]["text"], "Noted: BANANA.");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    api.set_reply("You said BANANA.");
+    let second = app
+        .chat_wait("Which word did I ask you to remember?", Some(&id))
+        .await;
+    assert_eq!(second["reply"]["text"], "You said BANANA.");
+    let s = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(s["agentSessionId"], id.as_str(), "the CLI kept tether's id");
+
+    // Restart tether: the next process must resume the conversation from the CLI's transcript.
+    let app = app.restart().await;
+    api.set_reply("Still BANANA.");
+    let third = app.chat_wait("And after the restart?", Some(&id)).await;
+    assert_eq!(third["status"], "completed", "{third}");
+    let last = api
+        .main_requests()
+        .last()
+        .cloned()
+        .expect("a request reached the API");
+    assert_eq!(
+        user_texts(&last),
+        vec![
+            "Remember the word BANANA",
+            "Which word did I ask you to remember?",
+            "And after the restart?"
+        ],
+        "the third turn carried the whole conversation"
+    );
+
+    // Interrupt a slow turn: the message ends interrupted and the session goes on.
+    api.set_delay(Duration::from_secs(60));
+    let before = api.requests().len();
+    let slow = app.chat("Take your time", Some(&id)).await;
+    let msg = slow["messageId"].as_i64().unwrap();
+    assert!(
+        api.wait_for_requests(before + 1, Duration::from_secs(60))
+            .await,
+        "the slow turn reached the API"
+    );
+    let res = app
+        .post(&format!("/api/sessions/{id}/interrupt"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let ended = app.wait_terminal(&id, msg).await;
+    assert_eq!(ended["status"], "interrupted", "{ended}");
+    api.set_delay(Duration::ZERO);
+    api.set_reply("Back again.");
+    let after = app.chat_wait("Are you there?", Some(&id)).await;
+    assert_eq!(after["status"], "completed", "{after}");
+    assert_eq!(after["reply"]["text"], "Back again.");
+}

@@ -1,0 +1,388 @@
+//! The process is a cache: crashes, idle deaths, timeouts, restarts of tether (graceful and
+//! SIGKILL), orphans left by an earlier run, eviction, and shutdown that reaps every child.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tether::config::Settings;
+
+use crate::helpers::{pid_alive, spawn_app, spawn_app_with, test_settings, wait_for, TestApp};
+
+fn argv(run: &Value) -> Vec<String> {
+    run["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn resumed(run: &Value, session: &str) -> bool {
+    argv(run)
+        .windows(2)
+        .any(|w| w[0] == "--resume" && w[1] == session)
+}
+
+#[tokio::test]
+async fn a_crash_mid_turn_fails_that_message_and_the_next_one_resumes() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("Remember BANANA", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let crashed = app.chat_wait("now crash [crash]", Some(&id)).await;
+    assert_eq!(crashed["status"], "failed");
+    let reason = crashed["error"].as_str().unwrap();
+    assert!(
+        reason.contains("exit status: 3") && reason.contains("fake crash"),
+        "{reason}"
+    );
+
+    let s = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(s["process"]["state"], "none");
+
+    let next = app.chat_wait("what word?", Some(&id)).await;
+    assert_eq!(next["status"], "completed");
+    let text = next["reply"]["text"].as_str().unwrap();
+    assert!(
+        text.ends_with("history: Remember BANANA / now crash [crash] / what word?"),
+        "{text}"
+    );
+    let runs = app.invocations();
+    assert_eq!(runs.len(), 2);
+    assert!(resumed(&runs[1], &id), "{:?}", argv(&runs[1]));
+}
+
+#[tokio::test]
+async fn a_process_that_dies_while_idle_is_replaced_on_the_next_message() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("answer then exit [exit-after]", None).await;
+    assert_eq!(first["status"], "completed");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    wait_for("process gone", || async {
+        let s = app.get_json(&format!("/api/sessions/{id}")).await;
+        (s["process"]["state"] == "none").then_some(())
+    })
+    .await;
+    let next = app.chat_wait("still here?", Some(&id)).await;
+    assert_eq!(next["status"], "completed");
+    assert!(resumed(&app.invocations()[1], &id));
+}
+
+#[tokio::test]
+async fn a_hung_turn_times_out_and_the_session_recovers() {
+    let app = spawn_app_with(|s| s.agent.turn_timeout_secs = 1).await;
+    let res = app.chat_wait("hang [hang]", None).await;
+    assert_eq!(res["status"], "failed");
+    assert!(
+        res["error"].as_str().unwrap().contains("longer than 1s"),
+        "{res}"
+    );
+    let id = res["sessionId"].as_str().unwrap();
+    let pid = app.invocations()[0]["pid"].as_u64().unwrap() as u32;
+    assert!(!pid_alive(pid), "the hung process was killed");
+    let next = app.chat_wait("better now", Some(id)).await;
+    assert_eq!(next["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_graceful_restart_continues_the_conversation() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    app.chat_wait("two", Some(&id)).await;
+    let pid = app.invocations()[0]["pid"].as_u64().unwrap() as u32;
+
+    let app = app.restart().await;
+    assert!(!pid_alive(pid), "shutdown reaped the child");
+    let third = app.chat_wait("three", Some(&id)).await;
+    assert_eq!(
+        third["reply"]["text"],
+        "echo: three | history: one / two / three"
+    );
+    let runs = app.invocations();
+    assert_eq!(runs.len(), 2);
+    assert!(resumed(&runs[1], &id));
+}
+
+#[tokio::test]
+async fn shutdown_gives_running_turns_a_grace_then_stops_and_reaps_them() {
+    let app = spawn_app().await; // server.shutdown_grace_secs = 2
+    let res = app.chat("long [slow:60000]", None).await;
+    let (id, msg) = (
+        res["sessionId"].as_str().unwrap().to_string(),
+        res["messageId"].as_i64().unwrap(),
+    );
+    app.wait_terminal_or_running(&id, msg).await;
+    let pid = wait_for("pid", || async {
+        app.invocations()
+            .first()
+            .map(|r| r["pid"].as_u64().unwrap() as u32)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (settings, dir) = app.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!pid_alive(pid));
+
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, msg).await;
+    assert_eq!(m["status"], "interrupted");
+    assert!(m["error"].as_str().unwrap().contains("shut down"), "{m}");
+}
+
+#[tokio::test]
+async fn a_full_pool_evicts_the_least_recently_used_idle_process() {
+    let app = spawn_app_with(|s| s.sessions.max_processes = 1).await;
+    let a = app.chat_wait("A1", None).await;
+    let a_id = a["sessionId"].as_str().unwrap().to_string();
+    let b = app.chat_wait("B1", None).await;
+    let b_id = b["sessionId"].as_str().unwrap().to_string();
+    let sa = app.get_json(&format!("/api/sessions/{a_id}")).await;
+    assert_eq!(sa["process"]["state"], "none", "A was evicted for B");
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["liveProcesses"], 1);
+    let a2 = app.chat_wait("A2", Some(&a_id)).await;
+    assert_eq!(a2["reply"]["text"], "echo: A2 | history: A1 / A2");
+    let sb = app.get_json(&format!("/api/sessions/{b_id}")).await;
+    assert_eq!(sb["process"]["state"], "none");
+}
+
+#[tokio::test]
+async fn an_orphan_of_an_earlier_run_is_stopped_before_the_session_resumes() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let (settings, dir) = app.stop().await;
+
+    // A survivor of a crashed run: a process in its own group, recorded on the session.
+    let mut orphan = Command::new("sleep");
+    std::os::unix::process::CommandExt::process_group(&mut orphan, 0);
+    let mut orphan = orphan.arg("300").spawn().unwrap();
+    let pid = orphan.id();
+    let start_time = tether::agent::process::process_start_time(pid).unwrap();
+    let store = tether::store::Store::open(&settings.database.path, 1)
+        .await
+        .unwrap();
+    tether::store::sessions::set_process(store.pool(), &id, Some((pid, start_time)))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let app = TestApp::start(settings, dir).await;
+    let status = orphan.wait().unwrap();
+    assert!(!status.success(), "the orphan was killed: {status:?}");
+    let s = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(s["process"]["state"], "none");
+    let next = app.chat_wait("two", Some(&id)).await;
+    assert_eq!(next["reply"]["text"], "echo: two | history: one / two");
+}
+
+#[tokio::test]
+async fn a_recorded_pid_reused_by_another_process_is_left_alone() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let (settings, dir) = app.stop().await;
+    let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
+    let store = tether::store::Store::open(&settings.database.path, 1)
+        .await
+        .unwrap();
+    // Same pid, different start time: not ours.
+    tether::store::sessions::set_process(store.pool(), &id, Some((bystander.id(), 1)))
+        .await
+        .unwrap();
+    store.close().await;
+    let app = TestApp::start(settings, dir).await;
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the bystander lives"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    drop(app);
+}
+
+/// tether as a separate process, to kill with SIGKILL.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(settings: &Settings, dir: &std::path::Path) -> Server {
+        let config = dir.join("tether.toml");
+        let env: String = settings
+            .agent
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nbind = \"127.0.0.1:0\"\n[database]\npath = {:?}\n[agent]\ncommand = {:?}\nenv = {{ {env} }}\n\
+                 [projects]\nroots = [{:?}]\n[auth]\nsecret = \"test-secret-test-secret-test-secret\"\n",
+                settings.database.path, settings.agent.command, settings.projects.roots[0],
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("tether listening on ")
+            .expect("address line")
+            .to_string();
+        Server { child, base }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_turn_loses_nothing_and_the_conversation_continues() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let settings = test_settings(dir.path());
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let app_token = {
+        let auth = tether::auth::Auth::from_settings(&settings).unwrap();
+        auth.issue("me", tether::auth::Role::User).unwrap()
+    };
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        client
+            .post(format!("{}/api/chat", server.base))
+            .bearer_auth(&app_token)
+            .json(&body)
+            .send()
+    };
+    let first: Value = post(json!({"message": "one", "projectPath": project, "wait": true}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "completed", "{first}");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let running: Value = post(json!({"message": "two [slow:60000]", "sessionId": id}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let queued: Value = post(json!({"message": "three", "sessionId": id}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(queued["status"], "queued");
+
+    // Wait until the second turn is with the CLI, then kill tether outright.
+    let log = dir.path().join("fake-claude.log");
+    let pid = wait_for("the CLI process", || async {
+        std::fs::read_to_string(&log).ok()?.lines().next().map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["pid"]
+                .as_u64()
+                .unwrap() as u32
+        })
+    })
+    .await;
+    // The CLI has the second message once its transcript holds it.
+    let transcripts = dir.path().join("claude-config/projects");
+    wait_for("the CLI to have message two", || async {
+        let folder = std::fs::read_dir(&transcripts).ok()?.next()?.ok()?.path();
+        let transcript = std::fs::read_to_string(folder.join(format!("{id}.jsonl"))).ok()?;
+        transcript.contains("two [slow:60000]").then_some(())
+    })
+    .await;
+    server.sigkill();
+    // The CLI dies with tether (parent-death signal on Linux; a process-group kill at the
+    // next start elsewhere), so no orphan keeps working on the conversation.
+    #[cfg(target_os = "linux")]
+    wait_for("child to die with tether", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+
+    let app = TestApp::start(settings, dir).await;
+    assert!(!pid_alive(pid));
+    let m = app
+        .message(&id, running["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(m["status"], "interrupted", "{m}");
+    assert!(m["error"].as_str().unwrap().contains("tether stopped"));
+    // The queued message was kept and is answered after the restart, with context.
+    let done = app
+        .wait_terminal(&id, queued["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(done["status"], "completed");
+    let reply = app
+        .messages(&id)
+        .await
+        .into_iter()
+        .find(|r| r["replyTo"] == queued["messageId"])
+        .unwrap();
+    assert_eq!(
+        reply["text"],
+        "echo: three | history: one / two [slow:60000] / three"
+    );
+    let four = app.chat_wait("four", Some(&id)).await;
+    assert_eq!(four["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_turn_waiting_for_a_slot_gets_one_when_a_busy_process_goes_idle() {
+    let app = spawn_app_with(|s| s.sessions.max_processes = 1).await;
+    let a = app.chat("A busy [slow:700]", None).await;
+    let a_id = a["sessionId"].as_str().unwrap().to_string();
+    app.wait_terminal_or_running(&a_id, a["messageId"].as_i64().unwrap())
+        .await;
+    // B must wait: A's process is busy, not idle, so nothing can be evicted yet.
+    let b = app.chat_wait("B", None).await;
+    assert_eq!(b["status"], "completed", "{b}");
+    let sa = app.get_json(&format!("/api/sessions/{a_id}")).await;
+    assert_eq!(
+        sa["process"]["state"], "none",
+        "A's idle process made room for B"
+    );
+    assert_eq!(
+        app.message(&a_id, a["messageId"].as_i64().unwrap()).await["status"],
+        "completed"
+    );
+}
