@@ -1,0 +1,245 @@
+//! What tether adds to a turn. One run measures, side by side on the same machine:
+//! - direct: a turn written straight to a persistent CLI process over pipes (the floor);
+//! - warm: the same turn through tether (HTTP, SQLite writes, actor, event log), one session;
+//! - cold: a turn in a new session (a process starts for it);
+//! - parallel: warm turns in several sessions at once (throughput).
+//!
+//! The CLI is the project's fake (it answers at once), so the figures are tether's own cost.
+//! `cargo bench --bench turns` runs it; under `cargo test` it does one turn of each as a smoke test.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use tether::{auth::Role, config::Settings, Application};
+
+struct Figures {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+impl Figures {
+    fn mean(&self) -> f64 {
+        self.samples.iter().map(Duration::as_secs_f64).sum::<f64>() / self.samples.len() as f64
+            * 1e3
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut v: Vec<f64> = self.samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+    fn print(&self) {
+        println!(
+            "{:<9} n={:<4} mean {:>8.3} ms   p50 {:>8.3} ms   p95 {:>8.3} ms",
+            self.name,
+            self.samples.len(),
+            self.mean(),
+            self.pct(0.5),
+            self.pct(0.95)
+        );
+    }
+}
+
+/// Turns written straight to one fake CLI process.
+fn direct(turns: usize, dir: &std::path::Path) -> Figures {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-claude"))
+        .args([
+            "-p",
+            "--input-format",
+            "stream-json",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+        ])
+        .args(["--session-id", &uuid::Uuid::new_v4().to_string()])
+        .env("CLAUDE_CONFIG_DIR", dir.join("direct-config"))
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("fake CLI starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut samples = Vec::with_capacity(turns);
+    let mut line = String::new();
+    for i in 0..turns {
+        let msg = json!({"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": format!("turn {i}")}]}});
+        let start = Instant::now();
+        writeln!(stdin, "{msg}").unwrap();
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            if line.starts_with(r#"{"type":"result""#) {
+                break;
+            }
+        }
+        samples.push(start.elapsed());
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    Figures {
+        name: "direct",
+        samples,
+    }
+}
+
+async fn chat(client: &reqwest::Client, base: &str, token: &str, body: Value) -> (Duration, Value) {
+    let start = Instant::now();
+    let res = client
+        .post(format!("{base}/api/chat"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["status"], "completed", "{v}");
+    (start.elapsed(), v)
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (turns, cold, sessions) = if full { (200, 20, 4) } else { (1, 1, 2) };
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("projects/bench");
+    std::fs::create_dir_all(&project).unwrap();
+
+    let direct = direct(turns, dir.path());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (warm, cold, parallel, wall) = rt.block_on(async {
+        let mut s = Settings::load(None).unwrap();
+        s.server.bind = "127.0.0.1:0".parse().unwrap();
+        s.database.path = dir.path().join("data/tether.db");
+        s.agent.command = env!("CARGO_BIN_EXE_fake-claude").into();
+        s.agent.env.insert(
+            "CLAUDE_CONFIG_DIR".into(),
+            dir.path().join("config").to_string_lossy().into(),
+        );
+        s.projects.roots = vec![dir.path().join("projects")];
+        s.sessions.max_processes = sessions + 2;
+        s.log.filter = "error".into();
+        let app = Application::build(s).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let token = app.state().auth.issue("bench", Role::User).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let project = project.to_string_lossy().to_string();
+
+        let (_, first) = chat(
+            &client,
+            &base,
+            &token,
+            json!({"message": "warm up", "projectPath": project, "wait": true}),
+        )
+        .await;
+        let id = first["sessionId"].as_str().unwrap().to_string();
+        let mut warm = Vec::with_capacity(turns);
+        for i in 0..turns {
+            warm.push(
+                chat(
+                    &client,
+                    &base,
+                    &token,
+                    json!({"message": format!("turn {i}"), "sessionId": id, "wait": true}),
+                )
+                .await
+                .0,
+            );
+        }
+        let mut cold_samples = Vec::with_capacity(cold);
+        for i in 0..cold {
+            cold_samples.push(
+                chat(
+                    &client,
+                    &base,
+                    &token,
+                    json!({"message": format!("new {i}"), "projectPath": project, "wait": true}),
+                )
+                .await
+                .0,
+            );
+        }
+        // Several sessions at once, each warm.
+        let mut ids = Vec::new();
+        for i in 0..sessions {
+            let (_, v) = chat(
+                &client,
+                &base,
+                &token,
+                json!({"message": format!("p{i}"), "projectPath": project, "wait": true}),
+            )
+            .await;
+            ids.push(v["sessionId"].as_str().unwrap().to_string());
+        }
+        let client = Arc::new(client);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for id in ids {
+            let (client, base, token) = (client.clone(), base.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                for i in 0..turns {
+                    samples.push(
+                        chat(
+                            &client,
+                            &base,
+                            &token,
+                            json!({"message": format!("t{i}"), "sessionId": id, "wait": true}),
+                        )
+                        .await
+                        .0,
+                    );
+                }
+                samples
+            }));
+        }
+        let mut parallel = Vec::new();
+        for t in tasks {
+            parallel.extend(t.await.unwrap());
+        }
+        let wall = start.elapsed();
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        (warm, cold_samples, parallel, wall)
+    });
+
+    let warm = Figures {
+        name: "warm",
+        samples: warm,
+    };
+    let cold = Figures {
+        name: "cold",
+        samples: cold,
+    };
+    let parallel_figs = Figures {
+        name: "parallel",
+        samples: parallel,
+    };
+    println!("turns through tether vs straight to the CLI (fake CLI answers at once)");
+    for f in [&direct, &warm, &cold, &parallel_figs] {
+        f.print();
+    }
+    println!(
+        "ratios: warm/direct {:.1}x (tether adds {:.3} ms a turn), cold/warm {:.1}x",
+        warm.mean() / direct.mean(),
+        warm.mean() - direct.mean(),
+        cold.mean() / warm.mean()
+    );
+    println!(
+        "parallel: {sessions} sessions x {turns} turns in {:.3} s = {:.0} turns/s (one session in sequence: {:.0} turns/s)",
+        wall.as_secs_f64(),
+        parallel_figs.samples.len() as f64 / wall.as_secs_f64(),
+        1e3 / warm.mean()
+    );
+}
