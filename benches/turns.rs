@@ -47,14 +47,7 @@ impl Figures {
 /// Turns written straight to one fake CLI process.
 fn direct(turns: usize, dir: &std::path::Path) -> Figures {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fake-claude"))
-        .args([
-            "-p",
-            "--input-format",
-            "stream-json",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-        ])
+        .args(tether::agent::claude::STREAM_ARGS)
         .args(["--session-id", &uuid::Uuid::new_v4().to_string()])
         .env("CLAUDE_CONFIG_DIR", dir.join("direct-config"))
         .current_dir(dir)

@@ -9,7 +9,7 @@ use super::{Agent, Launch, Parsed, Signal, TurnResult};
 use crate::config::AgentSettings;
 
 /// The flags that make Claude Code a long-lived, line-speaking process.
-const STREAM_ARGS: [&str; 6] = [
+pub const STREAM_ARGS: [&str; 6] = [
     "-p",
     "--input-format",
     "stream-json",

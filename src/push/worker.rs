@@ -382,7 +382,7 @@ impl PushService {
                     answer.action = Action::ConfigError;
                 } else {
                     renewed = true;
-                    self.record(due, &answer, attempts, now, &json, report)
+                    self.record(due, &answer, attempts, now, Some(&json), report)
                         .await?;
                     match self.inner.gateway.renew_token(due.environment) {
                         Ok(()) => continue,
@@ -399,7 +399,7 @@ impl PushService {
                 }
             }
             return self
-                .record(due, &answer, attempts, now, &json, report)
+                .record(due, &answer, attempts, now, Some(&json), report)
                 .await;
         }
     }
@@ -412,7 +412,7 @@ impl PushService {
         answer: &Answer,
         attempts: i64,
         now: i64,
-        json: &str,
+        json: Option<&str>,
         report: &mut TickReport,
     ) -> sqlx::Result<()> {
         let p = &due.push;
@@ -441,7 +441,10 @@ impl PushService {
                 PushStatus::Pending
             }
             Action::GiveUp => {
-                error = Some(format!("APNs refused the push ({described}); not retried"));
+                error = Some(match answer.status_code {
+                    Some(_) => format!("APNs refused the push ({described}); not retried"),
+                    None => format!("{described}; not sent"),
+                });
                 PushStatus::Failed
             }
             Action::ConfigError => {
@@ -495,7 +498,7 @@ impl PushService {
                 reason: answer.reason.as_deref(),
                 apns_id: answer.apns_id.as_deref(),
                 error: error.as_deref(),
-                payload: Some(json),
+                payload: json,
                 now,
             },
         )
@@ -570,42 +573,8 @@ impl PushService {
             timestamp: None,
             error: Some(error.to_string()),
         };
-        let p = &due.push;
-        let mut tx = self.inner.store.begin_write().await?;
-        pushes::insert_attempt(
-            &mut *tx,
-            &NewAttempt {
-                push_id: p.id,
-                status_code: None,
-                reason: None,
-                apns_id: None,
-                timestamp: None,
-                error: Some(error),
-                action: answer.action.as_str(),
-                at: now,
-            },
-        )
-        .await?;
-        pushes::after_attempt(
-            &mut *tx,
-            &AfterAttempt {
-                id: p.id,
-                status: PushStatus::Failed,
-                next_attempt_at: p.next_attempt_at,
-                status_code: None,
-                reason: None,
-                apns_id: None,
-                error: Some(error),
-                payload: None,
-                now,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        report.failed += 1;
-        metrics::counter!("tether_push_rejected_total").increment(1);
-        tracing::error!(push_id = p.id, error, "push not sendable");
-        Ok(())
+        self.record(due, &answer, due.push.attempts, now, None, report)
+            .await
     }
 
     /// Stops sending until restart, with the reason shown on `/health`.

@@ -3,29 +3,11 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
-
-async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
-    let status = res.status();
-    let body: Value = res.json().await.expect("JSON error body");
-    (
-        status,
-        body["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    )
-}
+use crate::helpers::{error_code, spawn_app, spawn_app_with, TestApp};
 
 /// Everything stored, as an admin sees it: (sessions, messages).
 async fn counts(app: &TestApp) -> (usize, usize) {
-    let res = app
-        .client
-        .get(app.url("/api/sessions"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_as(&app.admin_token, "/api/sessions").await;
     let sessions: Value = res.json().await.unwrap();
     let sessions = sessions["sessions"].as_array().unwrap().clone();
     let messages = sessions
@@ -285,15 +267,7 @@ async fn a_full_queue_answers_429_and_accepts_again_when_it_drains() {
 #[tokio::test]
 async fn a_missing_agent_keeps_the_server_up_and_chat_says_what_to_do() {
     let app = spawn_app_with(|s| s.agent.command = "/nonexistent/claude".into()).await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["status"], "degraded");
     assert_eq!(health["agent"]["found"], false);
     assert!(
@@ -326,15 +300,7 @@ async fn a_missing_agent_keeps_the_server_up_and_chat_says_what_to_do() {
 #[tokio::test]
 async fn health_reports_the_agent_version() {
     let app = spawn_app().await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["database"]["ok"], true);
     assert!(
@@ -391,21 +357,9 @@ async fn routes_need_a_valid_token_except_health() {
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap();
+    let metrics = app.get_as(&app.token, "/metrics").await;
     assert_eq!(metrics.status(), StatusCode::FORBIDDEN);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
+    let metrics = app.get_as(&app.admin_token, "/metrics").await;
     assert_eq!(metrics.status(), StatusCode::OK);
     assert_eq!(
         app.client

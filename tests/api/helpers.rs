@@ -13,7 +13,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tether::{auth::Role, config::Settings, AppState, Application};
+use tether::{auth::Role, config::Settings, push::PushGateway, AppState, Application};
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// How long any wait in a test may take before it fails.
@@ -73,22 +73,27 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 impl TestApp {
     pub async fn start(settings: Settings, dir: Arc<TempDir>) -> Self {
+        Self::start_with(settings, dir, None).await
+    }
+
+    /// Starts the app on `dir`, with `gateway` as its push gateway when given (else the one
+    /// the settings ask for).
+    pub async fn start_with(
+        settings: Settings,
+        dir: Arc<TempDir>,
+        gateway: Option<Arc<dyn PushGateway>>,
+    ) -> Self {
         let project = dir.path().join("projects/demo");
         std::fs::create_dir_all(&project).unwrap();
         let project = std::fs::canonicalize(project).unwrap();
-        let app = Application::build(settings.clone())
-            .await
-            .expect("app builds");
-        Self::serve(app, settings, dir, project)
+        let app = match gateway {
+            Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
+            None => Application::build(settings.clone()).await,
+        };
+        Self::serve(app.expect("app builds"), settings, dir, project)
     }
 
-    /// Runs a built application (tests that inject parts build it themselves).
-    pub fn serve(
-        app: Application,
-        settings: Settings,
-        dir: Arc<TempDir>,
-        project: PathBuf,
-    ) -> Self {
+    fn serve(app: Application, settings: Settings, dir: Arc<TempDir>, project: PathBuf) -> Self {
         let base = format!("http://{}", app.local_addr());
         let state = app.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
@@ -272,4 +277,35 @@ impl TestApp {
         })
         .await
     }
+}
+
+impl TestApp {
+    /// GET with another caller's token.
+    pub async fn get_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `GET /health` (no token).
+    pub async fn health(&self) -> Value {
+        let res = self
+            .client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("request");
+        res.json().await.expect("health JSON")
+    }
+}
+
+/// The status and `error.code` of an error answer.
+pub async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
+    let status = res.status();
+    let body: Value = res.json().await.expect("JSON error body");
+    let code = body["error"]["code"].as_str().unwrap_or_default();
+    (status, code.to_string())
 }

@@ -12,10 +12,9 @@ use tether::{
     auth::Role,
     config::Settings,
     push::{fake::FakeGateway, PushGateway},
-    Application,
 };
 
-use crate::helpers::{spawn_app, test_settings, wait_for, TestApp};
+use crate::helpers::{error_code, spawn_app, test_settings, wait_for, TestApp};
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const T2: &str = "f9e8d7c6b5a4938271605f4e3d2c1b0af9e8d7c6b5a4938271605f4e3d2c1b0a";
@@ -35,13 +34,7 @@ async fn start_with_gateway(
     gateway: Arc<dyn PushGateway>,
 ) -> TestApp {
     settings.push.apns.topic = TOPIC.into();
-    let project = dir.path().join("projects/demo");
-    std::fs::create_dir_all(&project).unwrap();
-    let project = std::fs::canonicalize(project).unwrap();
-    let app = Application::build_with_gateway(settings.clone(), gateway)
-        .await
-        .expect("app builds");
-    TestApp::serve(app, settings, dir, project)
+    TestApp::start_with(settings, dir, Some(gateway)).await
 }
 
 async fn register(app: &TestApp, token: &str, environment: &str) -> Value {
@@ -65,26 +58,15 @@ async fn devices(app: &TestApp) -> Vec<Value> {
 /// `GET /api/pushes?query` as the admin.
 async fn ledger(app: &TestApp, query: &str) -> Vec<Value> {
     let res = app
-        .client
-        .get(app.url(&format!("/api/pushes?{query}")))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&app.admin_token, &format!("/api/pushes?{query}"))
+        .await;
     assert_eq!(res.status(), StatusCode::OK, "GET /api/pushes?{query}");
     let body: Value = res.json().await.unwrap();
     body["pushes"].as_array().unwrap().clone()
 }
 
 async fn health(app: &TestApp) -> Value {
-    app.client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.health().await
 }
 
 /// Waits until the fake has been asked to send `n` pushes, and returns them.
@@ -94,12 +76,6 @@ async fn sent(fake: &FakeGateway, n: usize) -> Vec<tether::push::fake::SentPush>
         (sent.len() >= n).then_some(sent)
     })
     .await
-}
-
-async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
-    let status = res.status();
-    let body: Value = res.json().await.unwrap();
-    (status, body["error"]["code"].as_str().unwrap_or("").into())
 }
 
 #[tokio::test]
@@ -202,12 +178,8 @@ async fn devices_are_registered_updated_listed_and_removed() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let theirs: Value = app
-        .client
-        .get(app.url("/api/devices"))
-        .bearer_auth(&other)
-        .send()
+        .get_as(&other, "/api/devices")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -308,12 +280,11 @@ async fn a_finished_turn_is_pushed_to_each_device_and_listed_in_the_ledger() {
     assert_eq!(page, vec![all[1].clone()]);
 
     let one = app
-        .client
-        .get(app.url(&format!("/api/pushes/{}", t1_rows[0]["id"])))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(
+            &app.admin_token,
+            &format!("/api/pushes/{}", t1_rows[0]["id"]),
+        )
+        .await;
     let one: Value = one.json().await.unwrap();
     assert_eq!(one["attemptLog"].as_array().unwrap().len(), 1);
     assert_eq!(one["attemptLog"][0]["action"], "delivered");
@@ -324,12 +295,8 @@ async fn a_finished_turn_is_pushed_to_each_device_and_listed_in_the_ledger() {
         (StatusCode::FORBIDDEN, "forbidden".into())
     );
     let res = app
-        .client
-        .get(app.url("/api/pushes?status=lost"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&app.admin_token, "/api/pushes?status=lost")
+        .await;
     assert_eq!(
         error_code(res).await,
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid_status".into())
@@ -582,11 +549,5 @@ async fn start_apns(dir: Arc<TempDir>, key: &Path) -> TestApp {
     settings.push.apns.key_id = "ABC123DEFG".into();
     settings.push.apns.team_id = "TEAM123456".into();
     settings.push.apns.topic = String::new();
-    let project = dir.path().join("projects/demo");
-    std::fs::create_dir_all(&project).unwrap();
-    let project = std::fs::canonicalize(project).unwrap();
-    let app = Application::build(settings.clone())
-        .await
-        .expect("app builds");
-    TestApp::serve(app, settings, dir, project)
+    TestApp::start(settings, dir).await
 }

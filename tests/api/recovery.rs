@@ -143,15 +143,7 @@ async fn a_full_pool_evicts_the_least_recently_used_idle_process() {
     let b_id = b["sessionId"].as_str().unwrap().to_string();
     let sa = app.get_json(&format!("/api/sessions/{a_id}")).await;
     assert_eq!(sa["process"]["state"], "none", "A was evicted for B");
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.health().await;
     assert_eq!(health["liveProcesses"], 1);
     let a2 = app.chat_wait("A2", Some(&a_id)).await;
     assert_eq!(a2["reply"]["text"], "echo: A2 | history: A1 / A2");

@@ -122,13 +122,7 @@ async fn another_owner_sees_nothing_and_an_admin_sees_all() {
         format!("/api/sessions/{id}"),
         format!("/api/sessions/{id}/messages"),
     ] {
-        let res = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(&stranger)
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_as(&stranger, &path).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
     }
     let res = app
@@ -141,23 +135,15 @@ async fn another_owner_sees_nothing_and_an_admin_sees_all() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let list: Value = app
-        .client
-        .get(app.url("/api/sessions"))
-        .bearer_auth(&stranger)
-        .send()
+        .get_as(&stranger, "/api/sessions")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list["sessions"].as_array().unwrap().len(), 0);
     let all: Value = app
-        .client
-        .get(app.url("/api/sessions"))
-        .bearer_auth(&app.admin_token)
-        .send()
+        .get_as(&app.admin_token, "/api/sessions")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
