@@ -16,4 +16,7 @@ if [ -z "${TETHER_TEST_CLAUDE_BIN:-}" ]; then
     echo "test.sh: npm not found; the real-CLI test will be skipped" >&2
   fi
 fi
-exec cargo test --all-targets "$@"
+# The benchmark's one-turn smoke run first, then unit and integration tests (their counts
+# close the output).
+cargo test --benches "$@"
+exec cargo test --lib --bins --tests "$@"
