@@ -191,13 +191,6 @@ impl PushGateway for ApnsGateway {
 mod tests {
     use super::*;
 
-    /// A throwaway P-256 key (the one in a2's own tests): signs, but Apple knows nothing of it.
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg8g/n6j9roKvnUkwu
-lCEIvbDqlUhA5FOzcakkG90E8L+hRANCAATKS2ZExEybUvchRDuKBftotMwVEus3
-jDwmlD1Gg0yJt1e38djFwsxsfr5q2hv0Rj9fTEqAPr8H7mGm0wKxZ7iQ
------END PRIVATE KEY-----";
-
     fn settings(key_path: &str) -> ApnsSettings {
         ApnsSettings {
             key_path: key_path.into(),
@@ -213,7 +206,7 @@ jDwmlD1Gg0yJt1e38djFwsxsfr5q2hv0Rj9fTEqAPr8H7mGm0wKxZ7iQ
     async fn a_valid_key_makes_a_client_per_environment() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("AuthKey.p8");
-        std::fs::write(&path, KEY).unwrap();
+        std::fs::write(&path, crate::push::fake::throwaway_p8_key()).unwrap();
         let g = ApnsGateway::from_settings(&settings(path.to_str().unwrap()));
         assert_eq!(g.check(), Ok(()));
         assert_eq!(g.clients.lock().unwrap().len(), 2);

@@ -215,3 +215,25 @@ impl PushGateway for FakeGateway {
         Ok(())
     }
 }
+
+/// A fresh P-256 key in the PEM (PKCS#8) form of an APNs `.p8` file: it signs provider
+/// tokens, and Apple knows nothing of it. For tests of the APNs gateway's set-up.
+pub fn throwaway_p8_key() -> String {
+    use base64::Engine;
+    use ring::{rand::SystemRandom, signature};
+    let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &SystemRandom::new(),
+    )
+    .expect("a P-256 key");
+    let body = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
+}

@@ -511,7 +511,7 @@ async fn removing_a_device_cancels_its_unsent_pushes() {
 async fn apns_without_a_default_topic_needs_one_per_device() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let key = dir.path().join("AuthKey_TEST.p8");
-    std::fs::write(&key, TEST_KEY).unwrap();
+    std::fs::write(&key, tether::push::fake::throwaway_p8_key()).unwrap();
     let app = start_apns(dir.clone(), &key).await;
     assert_eq!(health(&app).await["push"]["gateway"], "apns");
     let res = app
@@ -533,13 +533,6 @@ async fn apns_without_a_default_topic_needs_one_per_device() {
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
 }
-
-/// A throwaway P-256 key (the one in a2's tests): enough to sign, unknown to Apple.
-const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg8g/n6j9roKvnUkwu
-lCEIvbDqlUhA5FOzcakkG90E8L+hRANCAATKS2ZExEybUvchRDuKBftotMwVEus3
-jDwmlD1Gg0yJt1e38djFwsxsfr5q2hv0Rj9fTEqAPr8H7mGm0wKxZ7iQ
------END PRIVATE KEY-----";
 
 /// The app as `tether serve` builds it, with an APNs key configured (nothing is sent:
 /// no device is registered until the test says so).
