@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, ApiJson};
+use super::{views::time, ApiError, ApiJson};
 use crate::{
     auth::Caller,
     push::token_prefix,
@@ -63,10 +63,6 @@ struct DeviceView {
     last_seen_at: DateTime<Utc>,
     disabled_at: Option<DateTime<Utc>>,
     disabled_reason: Option<String>,
-}
-
-fn time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 fn view(d: DeviceRow) -> DeviceView {

@@ -2,7 +2,11 @@
 //! `{"error": {"code", "message"}}`. Internal details are logged, never sent.
 
 use axum::{
-    extract::{rejection::JsonRejection, FromRequest, Request},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        FromRequest, FromRequestParts, Request,
+    },
+    http::request::Parts,
     http::StatusCode,
     response::{IntoResponse, Response},
     Json,
@@ -99,6 +103,28 @@ where
         let Json(value) = Json::<T>::from_request(req, state).await?;
         Ok(Self(value))
     }
+}
+
+/// `axum::extract::Query`, with its rejections (422 `invalid_query`) as [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(query_error(rejection)),
+        }
+    }
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::invalid("invalid_query", rejection.body_text())
 }
 
 /// Answers routes that do not exist.

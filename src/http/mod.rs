@@ -12,7 +12,7 @@ mod views;
 use axum::{extract::DefaultBodyLimit, extract::MatchedPath, http::Request, Router};
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiQuery};
 
 use crate::AppState;
 

@@ -1,19 +1,20 @@
 //! The push ledger (admin): `GET /api/pushes` lists pushes newest first, filtered by
 //! device, session or status; `GET /api/pushes/{id}` shows one with every attempt.
 
-use std::collections::HashMap;
-
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     response::IntoResponse,
     routing::get,
     Json, Router,
 };
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::ApiError;
+use super::{
+    views::{time, Page},
+    ApiError, ApiQuery,
+};
 use crate::{
     auth::Admin,
     store::{
@@ -23,9 +24,6 @@ use crate::{
     AppState,
 };
 
-/// Pushes per page when no `limit` is given, and the most a page may hold.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
 /// A `device` filter this long is a token, shorter ones are device ids.
 const MIN_TOKEN_LEN: usize = 64;
 
@@ -33,10 +31,6 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/pushes", get(list))
         .route("/api/pushes/{id}", get(show))
-}
-
-fn time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -121,15 +115,25 @@ impl From<AttemptRow> for AttemptView {
     }
 }
 
+/// The ledger's filters.
+#[derive(Deserialize)]
+struct Filters {
+    /// A device id or token.
+    device: Option<String>,
+    session: Option<String>,
+    status: Option<String>,
+}
+
 /// `?device=ID|TOKEN&session=ID&status=pending|sending|delivered|logged|failed|cancelled
 /// &before=PUSH_ID&limit=N`
 async fn list(
     State(state): State<AppState>,
     _admin: Admin,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<Filters>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pool = state.store.pool();
-    let device_id = match q.get("device").map(String::as_str) {
+    let device_id = match q.device.as_deref() {
         None => None,
         Some(d) if d.len() >= MIN_TOKEN_LEN => {
             let token = d.to_ascii_lowercase();
@@ -142,7 +146,7 @@ async fn list(
             ApiError::invalid("invalid_device", "device must be a device id or token")
         })?),
     };
-    let status = match q.get("status") {
+    let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(PushStatus::parse(s).ok_or_else(|| {
             ApiError::invalid(
@@ -151,31 +155,14 @@ async fn list(
             )
         })?),
     };
-    let before = match q.get("before") {
-        None => None,
-        Some(b) => Some(
-            b.parse::<i64>()
-                .map_err(|_| ApiError::invalid("invalid_before", "before must be a push id"))?,
-        ),
-    };
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid("invalid_limit", format!("limit must be 1 to {MAX_PAGE}"))
-            })?,
-    };
     let rows = pushes::list(
         pool,
         &pushes::Filter {
             device_id,
-            session_id: q.get("session").map(String::as_str),
+            session_id: q.session.as_deref(),
             status,
-            before,
-            limit,
+            before: page.before,
+            limit: page.limit()?,
         },
     )
     .await?;

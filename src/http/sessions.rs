@@ -4,7 +4,7 @@
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::HeaderMap,
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -14,14 +14,13 @@ use axum::{
     Json, Router,
 };
 use futures::Stream;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
-    views::{MessageView, SessionView},
-    ApiError,
+    views::{MessageView, Page, SessionView},
+    ApiError, ApiQuery,
 };
 use crate::{
     auth::Caller,
@@ -30,9 +29,6 @@ use crate::{
     AppState,
 };
 
-/// Rows per page of a listing when the caller gives no `limit`, and the most it may ask.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
 /// Events read from SQLite per step while catching a listener up.
 const CATCH_UP_PAGE: i64 = 500;
 /// Events queued for one SSE client before the sender waits for it.
@@ -46,25 +42,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route("/api/sessions/{id}/events", get(stream_events))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
-}
-
-#[derive(Deserialize)]
-struct Page {
-    after: Option<i64>,
-    limit: Option<i64>,
-}
-
-impl Page {
-    fn limit(&self) -> Result<i64, ApiError> {
-        match self.limit {
-            None => Ok(DEFAULT_PAGE),
-            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::invalid(
-                "invalid_limit",
-                format!("limit must be 1 to {MAX_PAGE}"),
-            )),
-        }
-    }
 }
 
 /// The session if it exists and the caller may see it (else 404, to reveal nothing).
@@ -83,7 +60,7 @@ fn view(state: &AppState, s: SessionRow) -> SessionView {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let rows = sessions::list(state.store.pool(), caller.scope(), page.limit()?).await?;
     let views: Vec<_> = rows.into_iter().map(|s| view(&state, s)).collect();
@@ -103,7 +80,7 @@ async fn list_messages(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     let rows = messages::list_after(
@@ -158,7 +135,7 @@ async fn stream_events(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Query(page): Query<Page>,
+    ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let session = visible(&state, &caller, &id).await?;
     let last_seen = match headers.get("last-event-id") {

@@ -1,15 +1,17 @@
 //! The JSON shapes the API returns (camelCase), built from store rows.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ApiError;
 use crate::{
     sessions::ProcessInfo,
     store::{messages::MessageRow, messages::Status, sessions::SessionRow},
 };
 
-fn time(ms: i64) -> DateTime<Utc> {
+/// A time column (ms since the epoch) as the API shows it (RFC 3339, UTC).
+pub fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
@@ -90,6 +92,31 @@ impl From<MessageRow> for MessageView {
             created_at: time(m.created_at),
             started_at: m.started_at.map(time),
             finished_at: m.finished_at.map(time),
+        }
+    }
+}
+
+/// Rows per page of a listing when the caller gives no `limit`, and the most it may ask.
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+
+/// Paging of a listing: `?after=ID` (oldest first) or `?before=ID` (newest first), `limit`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Page {
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl Page {
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::invalid(
+                "invalid_limit",
+                format!("limit must be 1 to {MAX_PAGE}"),
+            )),
         }
     }
 }

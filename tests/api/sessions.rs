@@ -334,3 +334,30 @@ async fn a_result_line_over_the_bound_fails_the_turn_cleanly() {
     let next = app.chat_wait("small", res["sessionId"].as_str()).await;
     assert_eq!(next["status"], "completed");
 }
+
+#[tokio::test]
+async fn bad_paging_answers_a_json_error() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap();
+    for (query, code) in [
+        ("after=abc", "invalid_query"),
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+    ] {
+        let res = app
+            .get(&format!("/api/sessions/{id}/messages?{query}"))
+            .await;
+        assert_eq!(
+            crate::helpers::error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, code.to_string()),
+            "{query}"
+        );
+    }
+    let edge = app
+        .get_json(&format!("/api/sessions/{id}/messages?limit=1000"))
+        .await;
+    assert_eq!(edge["messages"].as_array().unwrap().len(), 2);
+    let res = app.get_as(&app.admin_token, "/api/pushes?before=x").await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
