@@ -180,39 +180,29 @@ pub fn fit(
     }
 }
 
-/// Markdown turned into one line of plain text: code fences, headings, emphasis, inline
-/// code marks, quotes and rules dropped, links and images replaced by their text, list
-/// markers by "•", whitespace collapsed. Only the first [`MAX_SOURCE_BYTES`] are read.
+/// Markdown turned into one line of plain text (CommonMark, by pulldown-cmark): the words
+/// of headings, emphasis, code and links kept, their marks dropped, images replaced by
+/// their alt text, list items marked "•", HTML dropped, whitespace collapsed. Only the
+/// first [`MAX_SOURCE_BYTES`] are read.
 pub fn plain_text(markdown: &str) -> String {
+    use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
     let source = prefix_bytes(markdown, MAX_SOURCE_BYTES);
     let mut out = String::with_capacity(source.len().min(MAX_STORED_CHARS * 2));
-    let mut in_fence = false;
-    for line in source.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
-            in_fence = !in_fence;
-            out.push(' ');
-            continue;
+    for event in Parser::new_ext(source, Options::ENABLE_STRIKETHROUGH) {
+        match event {
+            Event::Text(text) | Event::Code(text) => out.push_str(&text),
+            Event::Start(Tag::Item) => out.push_str(" • "),
+            // The end of an inline mark joins what is around it; a block's end separates.
+            Event::End(
+                TagEnd::Emphasis
+                | TagEnd::Strong
+                | TagEnd::Strikethrough
+                | TagEnd::Link
+                | TagEnd::Image,
+            ) => {}
+            Event::SoftBreak | Event::HardBreak | Event::Rule | Event::End(_) => out.push(' '),
+            _ => {}
         }
-        if in_fence {
-            out.push_str(line);
-            out.push(' ');
-            continue;
-        }
-        if is_rule(trimmed) {
-            out.push(' ');
-            continue;
-        }
-        let mut rest = strip_heading(trimmed);
-        while let Some(r) = rest.strip_prefix('>') {
-            rest = r.trim_start();
-        }
-        if let Some(r) = ["- ", "* ", "+ "].iter().find_map(|m| rest.strip_prefix(m)) {
-            out.push_str("• ");
-            rest = r;
-        }
-        inline(rest, &mut out);
-        out.push(' ');
     }
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -260,140 +250,6 @@ fn prefix_bytes(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// `---`, `***`, `___` (three or more, spaces allowed): a thematic break.
-fn is_rule(line: &str) -> bool {
-    let chars: Vec<char> = line.chars().filter(|c| !c.is_whitespace()).collect();
-    chars.len() >= 3 && matches!(chars[0], '-' | '*' | '_') && chars.iter().all(|c| *c == chars[0])
-}
-
-/// `# Title` → `Title` (one to six `#`, then a space or the end; closing `#`s dropped).
-fn strip_heading(line: &str) -> &str {
-    let hashes = line.chars().take_while(|c| *c == '#').count();
-    if hashes == 0 || hashes > 6 {
-        return line;
-    }
-    let rest = &line[hashes..];
-    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
-        return line; // "#hashtag"
-    }
-    rest.trim().trim_end_matches('#').trim_end()
-}
-
-/// Inline markdown of one line, appended to `out` as plain text.
-fn inline(line: &str, out: &mut String) {
-    let chars: Vec<char> = line.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '\\' if chars.get(i + 1).is_some_and(|n| n.is_ascii_punctuation()) => {
-                out.push(chars[i + 1]);
-                i += 2;
-            }
-            '`' => {
-                // Inline code: the text between the marks, as it is.
-                let run = run_len(&chars, i, '`');
-                let close = find_run(&chars, i + run, '`', run);
-                match close {
-                    Some(end) => {
-                        out.extend(&chars[i + run..end]);
-                        i = end + run;
-                    }
-                    None => i += run,
-                }
-            }
-            '!' if chars.get(i + 1) == Some(&'[') => match link(&chars, i + 1) {
-                Some((text, next)) => {
-                    inline(&text, out);
-                    i = next;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            },
-            '[' => match link(&chars, i) {
-                Some((text, next)) => {
-                    inline(&text, out);
-                    i = next;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            },
-            '*' | '_' | '~' => {
-                let run = run_len(&chars, i, c);
-                let before = i.checked_sub(1).map(|j| chars[j]);
-                let after = chars.get(i + run).copied();
-                let word = |ch: Option<char>| ch.is_some_and(char::is_alphanumeric);
-                let space = |ch: Option<char>| ch.map_or(true, char::is_whitespace);
-                let literal = (word(before) && word(after)) // snake_case, 2*3
-                    || (space(before) && space(after)) // "a * b"
-                    || (c == '~' && run != 2); // only ~~strike~~ is markup
-                if literal {
-                    out.extend(&chars[i..i + run]);
-                }
-                i += run;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-}
-
-/// `[text](url)` or `[text][ref]` starting at `open` (the `[`): the text and the index after.
-fn link(chars: &[char], open: usize) -> Option<(String, usize)> {
-    let close = chars[open + 1..].iter().position(|c| *c == ']')? + open + 1;
-    let text: String = chars[open + 1..close].iter().collect();
-    match chars.get(close + 1) {
-        Some('(') => {
-            let mut depth = 0usize;
-            for (j, c) in chars.iter().enumerate().skip(close + 1) {
-                match c {
-                    '(' => depth += 1,
-                    ')' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some((text, j + 1));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            None
-        }
-        Some('[') => {
-            let end = chars[close + 2..].iter().position(|c| *c == ']')? + close + 2;
-            Some((text, end + 1))
-        }
-        _ => None,
-    }
-}
-
-fn run_len(chars: &[char], at: usize, c: char) -> usize {
-    chars[at..].iter().take_while(|x| **x == c).count()
-}
-
-/// The start of the next run of exactly `len` `c`s at or after `from`.
-fn find_run(chars: &[char], from: usize, c: char, len: usize) -> Option<usize> {
-    let mut j = from;
-    while j < chars.len() {
-        if chars[j] == c {
-            let run = run_len(chars, j, c);
-            if run == len {
-                return Some(j);
-            }
-            j += run;
-        } else {
-            j += 1;
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,7 +283,8 @@ mod tests {
             "#hashtag and ## Heading ##"
         );
         assert_eq!(plain_text("## Heading ##"), "Heading");
-        assert_eq!(plain_text("unclosed `code"), "unclosed code");
+        // CommonMark: an unclosed backtick is a literal backtick.
+        assert_eq!(plain_text("unclosed `code"), "unclosed `code");
     }
 
     #[test]
