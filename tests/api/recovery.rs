@@ -225,7 +225,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[server]\nbind = \"127.0.0.1:0\"\n[database]\npath = {:?}\n[agent]\ncommand = {:?}\nenv = {{ {env} }}\n\
+                "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n[agent]\ncommand = {:?}\nenv = {{ {env} }}\n\
                  [projects]\nroots = [{:?}]\n[auth]\nsecret = \"test-secret-test-secret-test-secret\"\n",
                 settings.database.path, settings.agent.command, settings.projects.roots[0],
             ),
@@ -377,4 +377,59 @@ async fn a_turn_waiting_for_a_slot_gets_one_when_a_busy_process_goes_idle() {
         app.message(&a_id, a["messageId"].as_i64().unwrap()).await["status"],
         "completed"
     );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let settings = test_settings(dir.path());
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let mut server = Server::start(&settings, dir.path());
+    let token = tether::auth::Auth::from_settings(&settings)
+        .unwrap()
+        .issue("me", tether::auth::Role::User)
+        .unwrap();
+    let res: Value = reqwest::Client::new()
+        .post(format!("{}/api/chat", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"message": "long [slow:60000]", "projectPath": project}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let log = dir.path().join("fake-claude.log");
+    let pid = wait_for("the CLI process", || async {
+        let line = std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .next()?
+            .to_string();
+        Some(
+            serde_json::from_str::<Value>(&line).unwrap()["pid"]
+                .as_u64()
+                .unwrap() as u32,
+        )
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = server.child.wait().unwrap();
+    // The grace (server.shutdown_grace_secs = 2 here), then the stop.
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!pid_alive(pid), "the child was reaped");
+
+    let app = TestApp::start(settings, dir).await;
+    let id = res["sessionId"].as_str().unwrap();
+    let m = app.message(id, res["messageId"].as_i64().unwrap()).await;
+    assert_eq!(m["status"], "interrupted");
+    assert!(m["error"].as_str().unwrap().contains("shut down"), "{m}");
 }
