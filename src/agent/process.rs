@@ -121,14 +121,19 @@ impl AgentProcess {
     /// whole group, waiting `grace` between steps. Always reaps it.
     pub async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         drop(self.stdin.take());
-        if let Some(status) = self.wait(grace).await {
-            return Some(status);
+        let mut status = self.wait(grace).await;
+        if status.is_none() {
+            signal_group(self.pid, Signal::SIGTERM);
+            status = self.wait(grace).await;
         }
-        signal_group(self.pid, Signal::SIGTERM);
-        if let Some(status) = self.wait(grace).await {
-            return Some(status);
+        match status {
+            Some(status) => {
+                // Tools the CLI started and left running share its group: they go too.
+                signal_group(self.pid, Signal::SIGKILL);
+                Some(status)
+            }
+            None => self.kill().await,
         }
-        self.kill().await
     }
 
     /// Kills the whole group at once and reaps the process.
@@ -153,16 +158,22 @@ fn signal_group(pgid: u32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid as i32), signal);
 }
 
-/// Stops a process group left over from an earlier run of tether, if its leader is still
-/// the same process (same pid and start time). Returns true if one was found and killed.
+/// Stops what is left of a CLI process group from an earlier run of tether. Returns true
+/// if anything was killed.
+/// - The leader is alive with the recorded start time: it and its group are killed.
+/// - The pid now belongs to another process (another start time): nothing is touched.
+/// - The leader is gone (on Linux it died with tether): tools it started may still run in
+///   its group. The kernel does not hand out a pid while a group of that id exists, so a
+///   group with this id can only be the old one: it is killed.
 pub fn kill_orphan(pid: u32, start_time: u64) -> bool {
     match process_start_time(pid) {
-        Some(t) if start_time == 0 || t == start_time => {
+        Some(t) if t == start_time => {
             signal_group(pid, Signal::SIGKILL);
             let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             true
         }
-        _ => false,
+        Some(_) => false,
+        None => killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok(),
     }
 }
 
@@ -303,6 +314,32 @@ mod tests {
         assert!(p.start_time > 0);
         let status = p.stop(Duration::from_secs(5)).await.unwrap();
         assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn stop_also_stops_what_the_process_left_running() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "sleep 300 & echo $!; read line; exit 0"]);
+        let mut p = AgentProcess::spawn(cmd, 1024, 4).unwrap();
+        let tool: u32 = p.next_line().await.unwrap().unwrap().text.parse().unwrap();
+        assert!(process_start_time(tool).is_some());
+        let status = p.stop(Duration::from_secs(5)).await.unwrap();
+        assert!(status.success(), "the shell ended when stdin closed");
+        let gone = async {
+            while process_start_time(tool).is_some() && !is_zombie(tool) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone)
+            .await
+            .expect("the tool was stopped with its group");
+    }
+
+    /// A killed process whose parent has not reaped it yet.
+    fn is_zombie(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(false)
     }
 
     #[tokio::test]

@@ -433,3 +433,46 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
     assert_eq!(m["status"], "interrupted");
     assert!(m["error"].as_str().unwrap().contains("shut down"), "{m}");
 }
+
+#[tokio::test]
+async fn tools_left_running_by_a_dead_cli_are_stopped_at_the_next_start() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let (settings, dir) = app.stop().await;
+
+    // A CLI that started a tool and then died with tether: the leader is gone, the tool
+    // (a child in the leader's process group) lives on.
+    let mut leader = Command::new("sh");
+    std::os::unix::process::CommandExt::process_group(&mut leader, 0);
+    let mut leader = leader
+        .args(["-c", "sleep 300 & echo $!; wait"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(leader.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let tool: u32 = line.trim().parse().unwrap();
+    let pid = leader.id();
+    let start_time = tether::agent::process::process_start_time(pid).unwrap();
+    leader.kill().unwrap();
+    leader.wait().unwrap();
+    assert!(pid_alive(tool), "the tool outlived its CLI");
+
+    let store = tether::store::Store::open(&settings.database.path, 1)
+        .await
+        .unwrap();
+    tether::store::sessions::set_process(store.pool(), &id, Some((pid, start_time)))
+        .await
+        .unwrap();
+    store.close().await;
+    let app = TestApp::start(settings, dir).await;
+    wait_for("the tool to be stopped", || async {
+        (!pid_alive(tool)).then_some(())
+    })
+    .await;
+    let next = app.chat_wait("two", Some(&id)).await;
+    assert_eq!(next["status"], "completed");
+}
