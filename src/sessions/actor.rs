@@ -18,7 +18,7 @@ use crate::{
         Launch, Parsed, Signal, TurnResult,
     },
     push::{self, PushEvent, PushKind},
-    store::{self, events, messages, messages::Status, sessions},
+    store::{self, events, events::EventRow, messages, messages::Status, sessions},
 };
 
 /// One entry of a session's event log, as live listeners get it.
@@ -53,6 +53,17 @@ struct Live {
     _slot: OwnedSemaphorePermit,
     /// Claude reports cost summed over the life of a process: what was already counted.
     cost_so_far: f64,
+}
+
+/// How a turn ended, ready to store.
+struct TurnEnd<'a> {
+    outcome: messages::Outcome<'a>,
+    /// The reply, for a completed turn.
+    reply: Option<&'a TurnResult>,
+    /// The conversation id the CLI reported.
+    conversation_id: Option<&'a str>,
+    /// The agent's `result` line, numbered, stored with the end.
+    line: Option<EventRow>,
 }
 
 /// Why the actor's loop stops.
@@ -158,7 +169,10 @@ impl Actor {
     async fn idle_line(&mut self, line: Option<io::Result<Line>>) {
         match line {
             Some(Ok(line)) => {
-                self.on_line(line).await;
+                // A stray `result` outside a turn ends nothing; it is only logged.
+                if let Some((_, Some(row))) = self.on_line(line).await {
+                    self.log(row).await;
+                }
             }
             _ => {
                 let Some(live) = self.live.take() else { return };
@@ -177,7 +191,7 @@ impl Actor {
 
     /// Runs one turn for a queued user message, to exactly one terminal state.
     async fn turn(&mut self, msg: messages::MessageRow) {
-        match messages::mark_running(self.pool(), msg.id, store::now_ms()).await {
+        match self.start_turn(&msg).await {
             Ok(true) => {}
             Ok(false) => return, // cancelled meanwhile
             Err(e) => {
@@ -188,8 +202,6 @@ impl Actor {
         }
         let started = Instant::now();
         tracing::info!(message_id = msg.id, "turn started");
-        self.emit_tether("turn_started", json!({"messageId": msg.id}))
-            .await;
 
         if self.live.is_none() {
             if let Err(reason) = self.start_process().await {
@@ -222,8 +234,8 @@ impl Actor {
             tokio::select! {
                 line = next_line(&mut self.live) => match line {
                     Some(Ok(line)) => {
-                        if let Some(result) = self.on_line(line).await {
-                            self.settle(&msg, result, interrupted_at.is_some(), started).await;
+                        if let Some((result, line)) = self.on_line(line).await {
+                            self.settle(&msg, result, line, interrupted_at.is_some(), started).await;
                             return;
                         }
                     }
@@ -337,8 +349,9 @@ impl Actor {
         }
     }
 
-    /// Logs one stdout line as an event; returns the turn's end when this line is it.
-    async fn on_line(&mut self, line: Line) -> Option<TurnResult> {
+    /// Logs one stdout line as an event. The line that ends the turn is not logged here but
+    /// returned, numbered, with the turn's end: it is stored with the reply (see [`Self::end_turn`]).
+    async fn on_line(&mut self, line: Line) -> Option<(TurnResult, Option<EventRow>)> {
         let max = self.sessions.deps().agent_settings.max_line_bytes;
         if line.truncated {
             metrics::counter!("tether_agent_lines_truncated_total").increment(1);
@@ -355,7 +368,7 @@ impl Actor {
             .await;
             // A cut `result` still ends the turn: its text is lost, so the turn fails.
             if preview.contains(r#""type":"result""#) {
-                return Some(TurnResult {
+                let result = TurnResult {
                     is_error: true,
                     subtype: "line_too_long".into(),
                     text: format!(
@@ -366,7 +379,8 @@ impl Actor {
                     cumulative_cost_usd: None,
                     duration_ms: None,
                     usage: None,
-                });
+                };
+                return Some((result, None));
             }
             return None;
         }
@@ -379,21 +393,22 @@ impl Actor {
                     .await;
                 None
             }
-            Parsed::Event { kind, signal, .. } => {
-                self.emit(kind, line.text).await;
-                match signal {
-                    Signal::TurnDone(result) => Some(*result),
-                    Signal::None => None,
+            Parsed::Event { kind, signal } => match signal {
+                Signal::TurnDone(result) => Some((*result, Some(self.stage(kind, line.text)))),
+                Signal::None => {
+                    self.emit(kind, line.text).await;
+                    None
                 }
-            }
+            },
         }
     }
 
-    /// Stores how a turn ended, with its reply and pushes, in one transaction.
+    /// Ends a turn at the agent's `result` (`line`: that line, numbered, to store with it).
     async fn settle(
         &mut self,
         msg: &messages::MessageRow,
         result: TurnResult,
+        line: Option<EventRow>,
         interrupted: bool,
         started: Instant,
     ) {
@@ -424,65 +439,86 @@ impl Actor {
         } else {
             (Status::Failed, Some(result.text.clone()))
         };
-        let outcome = messages::Outcome {
-            status,
-            error: error.as_deref(),
-            cost_usd: Some(cost),
-            duration_ms,
-            usage: usage.as_deref(),
-            now: store::now_ms(),
+        let end = TurnEnd {
+            outcome: messages::Outcome {
+                status,
+                error: error.as_deref(),
+                cost_usd: Some(cost),
+                duration_ms,
+                usage: usage.as_deref(),
+                now: store::now_ms(),
+            },
+            reply: (status == Status::Completed).then_some(&result),
+            conversation_id: result.conversation_id.as_deref(),
+            line,
         };
-        let stored = self
-            .store_outcome(
-                msg,
-                &outcome,
-                (status == Status::Completed).then_some(&result),
-                result.conversation_id.as_deref(),
-            )
-            .await;
-        match stored {
-            Ok(reply_id) => {
-                let mut data = json!({"messageId": msg.id, "status": status, "costUsd": cost});
-                if let Some(id) = reply_id {
-                    data["replyId"] = id.into();
+        self.end_turn(msg, end).await;
+    }
+
+    /// Ends a turn without a `result` from the agent.
+    async fn fail(
+        &mut self,
+        msg: &messages::MessageRow,
+        status: Status,
+        reason: &str,
+        started: Instant,
+    ) {
+        let end = TurnEnd {
+            outcome: messages::Outcome {
+                status,
+                error: Some(reason),
+                cost_usd: None,
+                duration_ms: Some(started.elapsed().as_millis() as i64),
+                usage: None,
+                now: store::now_ms(),
+            },
+            reply: None,
+            conversation_id: None,
+            line: None,
+        };
+        self.end_turn(msg, end).await;
+    }
+
+    /// Stores the end of a turn, then hands its events to live listeners.
+    async fn end_turn(&mut self, msg: &messages::MessageRow, end: TurnEnd<'_>) {
+        let status = end.outcome.status;
+        match self.store_end(msg, end).await {
+            Ok(rows) => {
+                for row in rows {
+                    self.publish(row);
                 }
-                if let Some(e) = &error {
-                    data["error"] = e.as_str().into();
-                }
-                let kind = if status == Status::Completed {
-                    "turn_completed"
-                } else {
-                    "turn_failed"
-                };
-                metrics::counter!("tether_turns_total", "status" => kind).increment(1);
-                tracing::info!(message_id = msg.id, ?status, cost, "turn ended");
-                self.emit_tether(kind, data).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, message_id = msg.id, "could not store the turn's end")
             }
         }
-        if let Some(live) = &self.live {
-            let pid = live.process.pid;
+        if self.live.is_some() {
             self.set_state(ProcessState::Idle);
-            tracing::debug!(pid, "process idle");
         }
+        tracing::info!(message_id = msg.id, ?status, "turn ended");
     }
 
-    /// The terminal state of a user message, its reply (for a completed turn), the session's
-    /// totals and the pushes about it: all or nothing. Returns the reply's id.
-    async fn store_outcome(
-        &self,
+    /// In one transaction: the agent's `result` line, the message's terminal state, its
+    /// reply, the session's totals, the pushes about it, and tether's `turn_completed` or
+    /// `turn_failed` event. Returns the events written.
+    async fn store_end(
+        &mut self,
         msg: &messages::MessageRow,
-        outcome: &messages::Outcome<'_>,
-        reply: Option<&TurnResult>,
-        conversation_id: Option<&str>,
-    ) -> sqlx::Result<Option<i64>> {
+        end: TurnEnd<'_>,
+    ) -> sqlx::Result<Vec<EventRow>> {
+        let outcome = &end.outcome;
+        let mut rows = Vec::with_capacity(2);
         let mut tx = self.sessions.deps().store.begin_write().await?;
-        if !messages::finish(&mut *tx, msg.id, outcome).await? {
-            return Ok(None); // already ended (e.g. by a shutdown sweep): ends once only
+        if let Some(line) = end.line {
+            events::append(&mut *tx, &line).await?;
+            rows.push(line);
         }
-        let reply_id = match reply {
+        if !messages::finish(&mut *tx, msg.id, outcome).await? {
+            // Already ended (by a shutdown sweep): a message ends once only.
+            tx.commit().await?;
+            return Ok(rows);
+        }
+        let reply_id = match end.reply {
             Some(r) => Some(
                 messages::insert_reply(
                     &mut *tx,
@@ -504,7 +540,7 @@ impl Actor {
         sessions::record_turn(
             &mut *tx,
             &self.id,
-            conversation_id,
+            end.conversation_id,
             outcome.cost_usd.unwrap_or(0.0),
             outcome.now,
         )
@@ -516,7 +552,7 @@ impl Actor {
         };
         if let Some(kind) = push_kind {
             if let Some(session) = sessions::get(&mut *tx, &self.id).await? {
-                let text = match reply {
+                let text = match end.reply {
                     Some(r) => r.text.as_str(),
                     None => outcome.error.unwrap_or_default(),
                 };
@@ -529,51 +565,30 @@ impl Actor {
                 push::enqueue(&mut tx, &event).await?;
             }
         }
+        let kind = if outcome.status == Status::Completed {
+            "turn_completed"
+        } else {
+            "turn_failed"
+        };
+        let mut data = json!({"messageId": msg.id, "status": outcome.status});
+        if let Some(cost) = outcome.cost_usd {
+            data["costUsd"] = cost.into();
+        }
+        if let Some(id) = reply_id {
+            data["replyId"] = id.into();
+        }
+        if let Some(e) = outcome.error {
+            data["error"] = e.into();
+        }
+        let row = self.stage_tether(kind, data);
+        events::append(&mut *tx, &row).await?;
+        rows.push(row);
         tx.commit().await?;
+        metrics::counter!("tether_turns_total", "status" => kind).increment(1);
         if push_kind.is_some() {
             self.sessions.deps().push_wake.notify_one();
         }
-        Ok(reply_id)
-    }
-
-    /// Ends a turn without a `result` from the agent.
-    async fn fail(
-        &mut self,
-        msg: &messages::MessageRow,
-        status: Status,
-        reason: &str,
-        started: Instant,
-    ) {
-        let outcome = messages::Outcome {
-            status,
-            error: Some(reason),
-            cost_usd: None,
-            duration_ms: Some(started.elapsed().as_millis() as i64),
-            usage: None,
-            now: store::now_ms(),
-        };
-        match self.store_outcome(msg, &outcome, None, None).await {
-            Ok(_) => {
-                metrics::counter!("tether_turns_total", "status" => "turn_failed").increment(1);
-                tracing::warn!(
-                    message_id = msg.id,
-                    ?status,
-                    reason,
-                    "turn ended without a result"
-                );
-                self.emit_tether(
-                    "turn_failed",
-                    json!({"messageId": msg.id, "status": status, "error": reason}),
-                )
-                .await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, message_id = msg.id, "could not store the turn's end")
-            }
-        }
-        if self.live.is_some() {
-            self.set_state(ProcessState::Idle);
-        }
+        Ok(rows)
     }
 
     /// The process closed stdout during a turn: the message fails with what it said last.
@@ -703,26 +718,60 @@ impl Actor {
         });
     }
 
-    /// Appends one of tether's own events (`tether.<name>`) to the log.
-    async fn emit_tether(&mut self, name: &str, mut data: serde_json::Value) {
-        let kind = format!("tether.{name}");
-        data["type"] = kind.clone().into();
-        self.emit(kind, data.to_string()).await;
+    /// Marks the message running and logs `tether.turn_started`, in one transaction.
+    /// False when the message is no longer queued (cancelled meanwhile).
+    async fn start_turn(&mut self, msg: &messages::MessageRow) -> sqlx::Result<bool> {
+        let mut tx = self.sessions.deps().store.begin_write().await?;
+        if !messages::mark_running(&mut *tx, msg.id, store::now_ms()).await? {
+            return Ok(false);
+        }
+        let row = self.stage_tether("turn_started", json!({"messageId": msg.id}));
+        events::append(&mut *tx, &row).await?;
+        tx.commit().await?;
+        self.publish(row);
+        Ok(true)
     }
 
-    /// Appends an event to the session's log, then hands it to live listeners.
+    /// Logs one of tether's own events (`tether.<name>`).
+    async fn emit_tether(&mut self, name: &str, data: serde_json::Value) {
+        let row = self.stage_tether(name, data);
+        self.log(row).await;
+    }
+
+    /// Logs an event: appended to the session's log, then handed to live listeners.
     async fn emit(&mut self, kind: String, data: String) {
+        let row = self.stage(kind, data);
+        self.log(row).await;
+    }
+
+    async fn log(&mut self, row: EventRow) {
+        if let Err(e) = events::append(self.pool(), &row).await {
+            tracing::error!(error = %e, seq = row.seq, "could not append event");
+        }
+        self.publish(row);
+    }
+
+    /// The next event of the log, numbered, not yet stored. A number whose row is never
+    /// stored (a failed transaction) leaves a gap that listeners step over.
+    fn stage(&mut self, kind: String, data: String) -> EventRow {
         self.next_seq += 1;
-        let row = events::EventRow {
+        EventRow {
             session_id: self.id.clone(),
             seq: self.next_seq,
             kind,
             data,
             created_at: store::now_ms(),
-        };
-        if let Err(e) = events::append(self.pool(), &row).await {
-            tracing::error!(error = %e, seq = row.seq, "could not append event");
         }
+    }
+
+    fn stage_tether(&mut self, name: &str, mut data: serde_json::Value) -> EventRow {
+        let kind = format!("tether.{name}");
+        data["type"] = kind.clone().into();
+        self.stage(kind, data.to_string())
+    }
+
+    /// Hands a stored event to live listeners.
+    fn publish(&self, row: EventRow) {
         let _ = self.events.send(row.into());
     }
 }
