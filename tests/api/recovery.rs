@@ -153,10 +153,7 @@ async fn a_full_pool_evicts_the_least_recently_used_idle_process() {
 
 #[tokio::test]
 async fn an_orphan_of_an_earlier_run_is_stopped_before_the_session_resumes() {
-    let app = spawn_app().await;
-    let first = app.chat_wait("one", None).await;
-    let id = first["sessionId"].as_str().unwrap().to_string();
-    let (settings, dir) = app.stop().await;
+    let (id, settings, dir) = one_turn_then_stop().await;
 
     // A survivor of a crashed run: a process in its own group, recorded on the session.
     let mut orphan = Command::new("sleep");
@@ -164,13 +161,7 @@ async fn an_orphan_of_an_earlier_run_is_stopped_before_the_session_resumes() {
     let mut orphan = orphan.arg("300").spawn().unwrap();
     let pid = orphan.id();
     let start_time = tether::agent::process::process_start_time(pid).unwrap();
-    let store = tether::store::Store::open(&settings.database.path, 1)
-        .await
-        .unwrap();
-    tether::store::sessions::set_process(store.pool(), &id, Some((pid, start_time)))
-        .await
-        .unwrap();
-    store.close().await;
+    record_process(&settings, &id, pid, start_time).await;
 
     let app = TestApp::start(settings, dir).await;
     let status = orphan.wait().unwrap();
@@ -183,19 +174,9 @@ async fn an_orphan_of_an_earlier_run_is_stopped_before_the_session_resumes() {
 
 #[tokio::test]
 async fn a_recorded_pid_reused_by_another_process_is_left_alone() {
-    let app = spawn_app().await;
-    let first = app.chat_wait("one", None).await;
-    let id = first["sessionId"].as_str().unwrap().to_string();
-    let (settings, dir) = app.stop().await;
+    let (id, settings, dir) = one_turn_then_stop().await;
     let mut bystander = Command::new("sleep").arg("300").spawn().unwrap();
-    let store = tether::store::Store::open(&settings.database.path, 1)
-        .await
-        .unwrap();
-    // Same pid, different start time: not ours.
-    tether::store::sessions::set_process(store.pool(), &id, Some((bystander.id(), 1)))
-        .await
-        .unwrap();
-    store.close().await;
+    record_process(&settings, &id, bystander.id(), 1).await;
     let app = TestApp::start(settings, dir).await;
     assert!(
         bystander.try_wait().unwrap().is_none(),
@@ -436,10 +417,7 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
 
 #[tokio::test]
 async fn tools_left_running_by_a_dead_cli_are_stopped_at_the_next_start() {
-    let app = spawn_app().await;
-    let first = app.chat_wait("one", None).await;
-    let id = first["sessionId"].as_str().unwrap().to_string();
-    let (settings, dir) = app.stop().await;
+    let (id, settings, dir) = one_turn_then_stop().await;
 
     // A CLI that started a tool and then died with tether: the leader is gone, the tool
     // (a child in the leader's process group) lives on.
@@ -461,13 +439,7 @@ async fn tools_left_running_by_a_dead_cli_are_stopped_at_the_next_start() {
     leader.wait().unwrap();
     assert!(pid_alive(tool), "the tool outlived its CLI");
 
-    let store = tether::store::Store::open(&settings.database.path, 1)
-        .await
-        .unwrap();
-    tether::store::sessions::set_process(store.pool(), &id, Some((pid, start_time)))
-        .await
-        .unwrap();
-    store.close().await;
+    record_process(&settings, &id, pid, start_time).await;
     let app = TestApp::start(settings, dir).await;
     wait_for("the tool to be stopped", || async {
         (!pid_alive(tool)).then_some(())
@@ -475,4 +447,24 @@ async fn tools_left_running_by_a_dead_cli_are_stopped_at_the_next_start() {
     .await;
     let next = app.chat_wait("two", Some(&id)).await;
     assert_eq!(next["status"], "completed");
+}
+
+/// A session with one finished turn, and the app stopped: (session id, settings, folder).
+async fn one_turn_then_stop() -> (String, Settings, Arc<tempfile::TempDir>) {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let (settings, dir) = app.stop().await;
+    (id, settings, dir)
+}
+
+/// Records a process on a session, as a run of tether that died would have left it.
+async fn record_process(settings: &Settings, session_id: &str, pid: u32, start_time: u64) {
+    let store = tether::store::Store::open(&settings.database.path, 1)
+        .await
+        .unwrap();
+    tether::store::sessions::set_process(store.pool(), session_id, Some((pid, start_time)))
+        .await
+        .unwrap();
+    store.close().await;
 }
