@@ -49,8 +49,12 @@ impl AppState {
         fresh
     }
 
-    /// 503 with what to do when the agent command cannot be run.
+    /// 503 with what to do when the agent command cannot be found. A found command is
+    /// taken as it is: chat never waits on a `--version` run (`/health` does that).
     pub async fn agent_ready(&self) -> Result<(), ApiError> {
+        if self.agent.read().await.found {
+            return Ok(());
+        }
         let status = self.agent_status().await;
         if status.found {
             return Ok(());

@@ -19,7 +19,7 @@ use super::{views::MessageView, ApiError, ApiJson};
 use crate::{
     auth::Caller,
     config::expand_home,
-    store::{self, messages, sessions},
+    store::{self, messages, messages::Status, sessions},
     AppState,
 };
 
@@ -150,10 +150,13 @@ async fn chat(
     tx.commit().await?;
     tracing::info!(session_id = %session_id, message_id, "message queued");
     state.sessions.wake(&session_id);
-    let row = messages::get(pool, message_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("message vanished"))?;
-    answer(&state, row, req.wait).await
+    if !req.wait {
+        let body =
+            json!({"sessionId": session_id, "messageId": message_id, "status": Status::Queued});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let row = wait_for_end(&state, &session_id, message_id).await?;
+    respond(&state, row, true).await
 }
 
 fn validate_message(state: &AppState, req: &ChatRequest) -> Result<(), ApiError> {
@@ -215,17 +218,28 @@ fn resolve_project(state: &AppState, raw: &str) -> Result<PathBuf, ApiError> {
     Ok(canonical)
 }
 
-/// 202 with the ids, or with `wait` the finished turn (200) when it ends in time.
+/// An already accepted message (a repeated `clientMessageId`): as it is, or with `wait`
+/// once its turn ends.
 async fn answer(
     state: &AppState,
     msg: messages::MessageRow,
     wait: bool,
 ) -> Result<Response, ApiError> {
     let msg = if wait {
-        wait_for_end(state, msg).await?
+        wait_for_end(state, &msg.session_id, msg.id).await?
     } else {
         msg
     };
+    respond(state, msg, wait).await
+}
+
+/// 202 with the ids while the turn runs; once it ended, its status, error and reply (200
+/// when the caller waited for it).
+async fn respond(
+    state: &AppState,
+    msg: messages::MessageRow,
+    waited: bool,
+) -> Result<Response, ApiError> {
     let mut body = json!({
         "sessionId": msg.session_id,
         "messageId": msg.id,
@@ -239,7 +253,7 @@ async fn answer(
     }
     let reply = messages::reply_to(state.store.pool(), msg.id).await?;
     body["reply"] = serde_json::to_value(reply.map(MessageView::from)).unwrap_or_default();
-    let status = if wait {
+    let status = if waited {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
@@ -247,30 +261,46 @@ async fn answer(
     Ok((status, Json(body)).into_response())
 }
 
-/// Waits until the message is in a terminal state or `server.wait_timeout_secs` pass.
+/// The message once it is in a terminal state, or as it is when `server.wait_timeout_secs`
+/// pass first. It is read again only when a turn of its session ended (or events were missed).
 async fn wait_for_end(
     state: &AppState,
-    msg: messages::MessageRow,
+    session_id: &str,
+    message_id: i64,
 ) -> Result<messages::MessageRow, ApiError> {
     let pool = state.store.pool();
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(state.settings.server.wait_timeout_secs);
     // Subscribe first, then look: an end after the look is always seen as an event.
-    let mut events = state.sessions.subscribe(&msg.session_id);
-    state.sessions.wake(&msg.session_id);
+    // (Subscribing starts the session's actor if needed; it looks at its queue at once.)
+    let mut events = state.sessions.subscribe(session_id);
     loop {
-        let current = messages::get(pool, msg.id).await?.unwrap_or(msg.clone());
+        let current = messages::get(pool, message_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("message {message_id} vanished"))?;
         if current.status.is_terminal() {
             return Ok(current);
         }
         let Some(rx) = events.as_mut() else {
             return Ok(current);
         };
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return Ok(current),
-            Ok(Ok(ev)) if !ev.kind.starts_with("tether.turn_") => {}
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
-            Ok(Err(RecvError::Closed)) => events = None,
+        // Only a turn's end, or missed events, can have changed the message.
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                // Time is up: answer with where the message is now.
+                Err(_) => return Ok(messages::get(pool, message_id).await?.unwrap_or(current)),
+                Ok(Ok(ev)) if is_turn_end(&ev.kind) => break false,
+                Ok(Ok(_)) => {}
+                Ok(Err(RecvError::Lagged(_))) => break false,
+                Ok(Err(RecvError::Closed)) => break true,
+            }
+        };
+        if closed {
+            events = None; // the actor stopped: one last look
         }
     }
+}
+
+fn is_turn_end(kind: &str) -> bool {
+    kind == "tether.turn_completed" || kind == "tether.turn_failed"
 }

@@ -13,20 +13,18 @@ mod tests;
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
 use crate::{
     config::PushSettings,
-    store::{self, pushes, sessions::SessionRow},
+    store::{self, devices, pushes, sessions::SessionRow},
 };
 
 pub use gateway::{classify, Action, Answer, Delivery, LogGateway, PushGateway, PushRequest};
 pub use worker::{GatewayStatus, PushService, TickReport, WorkerConfig};
 
 /// Why a push is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushKind {
     /// A turn finished with a reply.
     TurnCompleted,
@@ -47,17 +45,6 @@ impl PushKind {
             Self::TurnInterrupted => "turn_interrupted",
             Self::ProcessExited => "process_exited",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::TurnCompleted,
-            Self::TurnFailed,
-            Self::TurnInterrupted,
-            Self::ProcessExited,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
     }
 
     /// The line under the title that says what happened (a reply needs none).
@@ -81,10 +68,41 @@ impl PushKind {
     }
 }
 
+/// Whose phones hear about a session, and the title they show: the session's title, else
+/// its project folder's name. A session's actor keeps one, so a turn's end needs no lookup.
+#[derive(Debug, Clone)]
+pub struct Audience {
+    pub session_id: String,
+    pub owner: String,
+    pub title: String,
+}
+
+impl Audience {
+    pub fn of(session: &SessionRow) -> Self {
+        let title = session
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .or_else(|| {
+                std::path::Path::new(&session.project_path)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "tether".to_string());
+        Self {
+            session_id: session.id.clone(),
+            owner: session.owner.clone(),
+            title,
+        }
+    }
+}
+
 /// Something the session's owner should hear about.
 pub struct PushEvent<'a> {
     pub kind: PushKind,
-    pub session: &'a SessionRow,
+    pub audience: &'a Audience,
     /// The reply (or the failed user message) the app opens.
     pub message_id: Option<i64>,
     /// The reply's text or the reason.
@@ -96,7 +114,10 @@ pub struct PushEvent<'a> {
 /// (kind, session, message) again adds nothing. The row keeps the title and a plain-text
 /// form of the text; the worker cuts the preview and builds the payload when it sends.
 pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::Result<()> {
-    let title = session_title(event.session);
+    let audience = event.audience;
+    if !devices::owner_has_active(&mut *tx, &audience.owner).await? {
+        return Ok(()); // nobody to tell: no text to prepare
+    }
     let mut text =
         payload::cut_at_word(&payload::plain_text(event.text), payload::MAX_STORED_CHARS);
     if text.is_empty() {
@@ -105,11 +126,11 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
     let added = pushes::insert_for_owner_devices(
         &mut *tx,
         &pushes::NewPush {
-            owner: &event.session.owner,
-            session_id: &event.session.id,
+            owner: &audience.owner,
+            session_id: &audience.session_id,
             message_id: event.message_id,
             kind: event.kind.as_str(),
-            title: &title,
+            title: &audience.title,
             subtitle: event.kind.subtitle(),
             text: &text,
             now: store::now_ms(),
@@ -117,29 +138,13 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
     )
     .await?;
     tracing::debug!(
-        session_id = %event.session.id,
+        session_id = %audience.session_id,
         kind = event.kind.as_str(),
         message_id = event.message_id,
         devices = added,
         "push queued"
     );
     Ok(())
-}
-
-/// The session's title, else its project folder's name.
-fn session_title(session: &SessionRow) -> String {
-    session
-        .title
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .or_else(|| {
-            std::path::Path::new(&session.project_path)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "tether".to_string())
 }
 
 /// The gateway the settings ask for: APNs when `push.apns.key_path` is set, else the log.

@@ -8,8 +8,8 @@ use a2::ErrorReason as R;
 use tokio::sync::Notify;
 
 use super::{
-    enqueue, fake::FakeGateway, LogGateway, PushEvent, PushGateway, PushKind, PushService,
-    TickReport, WorkerConfig,
+    enqueue, fake::FakeGateway, Audience, LogGateway, PushEvent, PushGateway, PushKind,
+    PushService, TickReport, WorkerConfig,
 };
 use crate::store::{
     self,
@@ -115,7 +115,7 @@ impl Harness {
             &mut tx,
             &PushEvent {
                 kind,
-                session: &self.session,
+                audience: &Audience::of(&self.session),
                 message_id,
                 text,
             },

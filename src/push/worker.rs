@@ -16,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use a2::request::payload::PayloadLike;
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -24,7 +23,7 @@ use tokio::sync::Notify;
 use super::{
     classify,
     gateway::{Action, Answer, PushGateway, PushRequest},
-    payload::{self, Content, MAX_PAYLOAD_BYTES},
+    payload::{self, Content},
     token_prefix,
 };
 use crate::{
@@ -157,11 +156,6 @@ impl PushService {
         &self.inner.config
     }
 
-    /// Asks the worker to look at the outbox now.
-    pub fn wake(&self) {
-        self.inner.wake.notify_one();
-    }
-
     pub fn status(&self) -> GatewayStatus {
         let error = self.inner.stopped.lock().expect("stopped lock").clone();
         GatewayStatus {
@@ -211,39 +205,33 @@ impl PushService {
             return Ok(report);
         }
         report.claimed = ids.len();
-        let due = match pushes::sending_with_devices(pool, &ids).await {
-            Ok(due) => due,
-            Err(e) => {
-                let _ = pushes::release(pool, &ids, now).await;
-                return Err(e);
-            }
-        };
-        for (i, push) in due.iter().enumerate() {
+        let sent = self.send_claimed(&ids, now, &mut report).await;
+        // Claimed pushes not settled (sending stopped, tether stopping, a database error)
+        // are pending again; `release` leaves settled ones alone.
+        report.released += pushes::release(pool, &ids, now).await? as usize;
+        sent?;
+        report.stopped = self.is_stopped();
+        Ok(report)
+    }
+
+    /// Sends claimed pushes in order until they are done, sending stops, or tether stops.
+    async fn send_claimed(
+        &self,
+        ids: &[i64],
+        now: i64,
+        report: &mut TickReport,
+    ) -> sqlx::Result<()> {
+        let pool = self.inner.store.pool();
+        for push in pushes::sending_with_devices(pool, ids).await? {
             if self.is_stopped() || self.inner.closing.load(Ordering::SeqCst) {
-                let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
-                report.released += pushes::release(pool, &rest, now).await? as usize;
                 break;
             }
             // Its device may have been disabled (by an answer in this step) or removed.
-            match pushes::is_sending(pool, push.push.id).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(e) => {
-                    let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
-                    let _ = pushes::release(pool, &rest, now).await;
-                    return Err(e);
-                }
-            }
-            if let Err(e) = self.send_one(push, now, &mut report).await {
-                let rest: Vec<i64> = due[i..].iter().map(|d| d.push.id).collect();
-                let _ = pushes::release(pool, &rest, now).await;
-                return Err(e);
+            if pushes::is_sending(pool, push.push.id).await? {
+                self.send_one(&push, now, report).await?;
             }
         }
-        // Claimed rows that were not returned (none in practice) must not stay `sending`.
-        report.released += pushes::release(pool, &ids, now).await? as usize;
-        report.stopped = self.is_stopped();
-        Ok(report)
+        Ok(())
     }
 
     /// Runs steps until `shutdown` resolves. A step in progress finishes the send it is in;
@@ -342,22 +330,16 @@ impl PushService {
             message_id: p.message_id,
         };
         let collapse_id = format!("tether-{}", p.id);
-        let built = payload::notification(&content, &due.token, topic, Some(&collapse_id))
-            .and_then(|n| n.to_json_string().map(|json| (n, json)));
-        let (notification, json) = match built {
-            Ok(built) => built,
-            Err(e) => {
-                let error = format!("the payload could not be built: {e}");
-                return self.local_failure(due, now, &error, report).await;
-            }
-        };
-        if json.len() > MAX_PAYLOAD_BYTES {
-            let error = format!(
-                "the payload is {} bytes, over {MAX_PAYLOAD_BYTES}",
-                json.len()
-            );
-            return self.local_failure(due, now, &error, report).await;
-        }
+        // fit() measured this JSON; the token, topic and collapse id are headers, not in it.
+        let json = fitted.json;
+        let notification =
+            match payload::notification(&content, &due.token, topic, Some(&collapse_id)) {
+                Ok(n) => n,
+                Err(e) => {
+                    let error = format!("the payload could not be built: {e}");
+                    return self.local_failure(due, now, &error, report).await;
+                }
+            };
 
         let mut attempts = p.attempts;
         let mut renewed = false;

@@ -17,7 +17,7 @@ use crate::{
         process::{AgentProcess, Line},
         Launch, Parsed, Signal, TurnResult,
     },
-    push::{self, PushEvent, PushKind},
+    push::{self, Audience, PushEvent, PushKind},
     store::{self, events, events::EventRow, messages, messages::Status, sessions},
 };
 
@@ -84,6 +84,8 @@ pub(super) struct Actor {
     live: Option<Live>,
     exit: Option<Exit>,
     interrupts_sent: u64,
+    /// Who hears about this session, set once the session is loaded (before any turn).
+    audience: Option<Audience>,
 }
 
 impl Actor {
@@ -106,11 +108,16 @@ impl Actor {
             live: None,
             exit: None,
             interrupts_sent: 0,
+            audience: None,
         }
     }
 
+    fn store(&self) -> &store::Store {
+        &self.sessions.deps().store
+    }
+
     fn pool(&self) -> &sqlx::SqlitePool {
-        self.sessions.deps().store.pool()
+        self.store().pool()
     }
 
     pub(super) async fn run(self) {
@@ -120,7 +127,7 @@ impl Actor {
 
     async fn run_inner(mut self) {
         match sessions::get(self.pool(), &self.id).await {
-            Ok(Some(s)) if s.is_active() => {}
+            Ok(Some(s)) if s.is_active() => self.audience = Some(Audience::of(&s)),
             Ok(_) => return,
             Err(e) => {
                 tracing::error!(error = %e, "could not load session");
@@ -508,7 +515,7 @@ impl Actor {
     ) -> sqlx::Result<Vec<EventRow>> {
         let outcome = &end.outcome;
         let mut rows = Vec::with_capacity(2);
-        let mut tx = self.sessions.deps().store.begin_write().await?;
+        let mut tx = self.store().begin_write().await?;
         if let Some(line) = end.line {
             events::append(&mut *tx, &line).await?;
             rows.push(line);
@@ -550,20 +557,18 @@ impl Actor {
             Status::Failed => Some(PushKind::TurnFailed),
             _ => None, // the user asked for the interrupt, or tether is stopping
         };
-        if let Some(kind) = push_kind {
-            if let Some(session) = sessions::get(&mut *tx, &self.id).await? {
-                let text = match end.reply {
-                    Some(r) => r.text.as_str(),
-                    None => outcome.error.unwrap_or_default(),
-                };
-                let event = PushEvent {
-                    kind,
-                    session: &session,
-                    message_id: Some(reply_id.unwrap_or(msg.id)),
-                    text,
-                };
-                push::enqueue(&mut tx, &event).await?;
-            }
+        if let (Some(kind), Some(audience)) = (push_kind, &self.audience) {
+            let text = match end.reply {
+                Some(r) => r.text.as_str(),
+                None => outcome.error.unwrap_or_default(),
+            };
+            let event = PushEvent {
+                kind,
+                audience,
+                message_id: Some(reply_id.unwrap_or(msg.id)),
+                text,
+            };
+            push::enqueue(&mut tx, &event).await?;
         }
         let kind = if outcome.status == Status::Completed {
             "turn_completed"
@@ -681,21 +686,19 @@ impl Actor {
 
     /// Pushes to the owner about something that is not a turn's end (its own transaction).
     async fn notify_owner(&self, kind: PushKind, message_id: Option<i64>, text: &str) {
+        let Some(audience) = &self.audience else {
+            return;
+        };
+        let event = PushEvent {
+            kind,
+            audience,
+            message_id,
+            text,
+        };
         let result: sqlx::Result<()> = async {
-            // Reads the session, then writes: take the write lock first (see begin_write).
-            let mut tx = self.sessions.deps().store.begin_write().await?;
-            if let Some(session) = sessions::get(&mut *tx, &self.id).await? {
-                push::enqueue(
-                    &mut tx,
-                    &PushEvent {
-                        kind,
-                        session: &session,
-                        message_id,
-                        text,
-                    },
-                )
-                .await?;
-            }
+            // enqueue reads the owner's devices, then writes: take the write lock first.
+            let mut tx = self.store().begin_write().await?;
+            push::enqueue(&mut tx, &event).await?;
             tx.commit().await
         }
         .await;
@@ -721,7 +724,7 @@ impl Actor {
     /// Marks the message running and logs `tether.turn_started`, in one transaction.
     /// False when the message is no longer queued (cancelled meanwhile).
     async fn start_turn(&mut self, msg: &messages::MessageRow) -> sqlx::Result<bool> {
-        let mut tx = self.sessions.deps().store.begin_write().await?;
+        let mut tx = self.store().begin_write().await?;
         if !messages::mark_running(&mut *tx, msg.id, store::now_ms()).await? {
             return Ok(false);
         }

@@ -23,7 +23,7 @@ use tokio::{
 use crate::{
     agent::{process, Agent},
     config::{AgentSettings, SessionSettings},
-    push::{self, PushEvent, PushKind},
+    push::{self, Audience, PushEvent, PushKind},
     store::{self, messages, sessions, Store},
 };
 
@@ -153,7 +153,7 @@ impl Sessions {
             if let Some(session) = session {
                 let event = PushEvent {
                     kind: PushKind::TurnInterrupted,
-                    session: &session,
+                    audience: &Audience::of(&session),
                     message_id: Some(m.id),
                     text: m.error.as_deref().unwrap_or_default(),
                 };

@@ -84,6 +84,16 @@ pub async fn upsert(ex: impl SqliteExecutor<'_>, d: &NewDevice<'_>) -> sqlx::Res
     .await
 }
 
+/// Whether an owner has a device that can be pushed to.
+pub async fn owner_has_active(ex: impl SqliteExecutor<'_>, owner: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM devices WHERE owner = ? AND disabled_at IS NULL)",
+    )
+    .bind(owner)
+    .fetch_one(ex)
+    .await
+}
+
 pub async fn get(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<Option<DeviceRow>> {
     sqlx::query_as("SELECT * FROM devices WHERE id = ?")
         .bind(id)

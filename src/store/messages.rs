@@ -41,9 +41,6 @@ pub struct MessageRow {
     pub finished_at: Option<i64>,
 }
 
-pub const ROLE_USER: &str = "user";
-pub const ROLE_ASSISTANT: &str = "assistant";
-
 pub struct NewUserMessage<'a> {
     pub session_id: &'a str,
     pub owner: &'a str,

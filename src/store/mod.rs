@@ -50,11 +50,6 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Wraps an existing pool (tests built by `#[sqlx::test]`).
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        Self { pool }
-    }
-
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }

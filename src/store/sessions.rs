@@ -30,7 +30,6 @@ impl SessionRow {
 }
 
 pub const STATE_ACTIVE: &str = "active";
-pub const STATE_ENDED: &str = "ended";
 
 const SELECT: &str = "SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) \
                       AS message_count FROM sessions s";
