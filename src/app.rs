@@ -170,6 +170,11 @@ impl Application {
         let shutdown = shutdown.shared();
         // The push worker stops at the same signal; what it has not sent waits for the next start.
         let push_worker = tokio::spawn(state.push.clone().run(shutdown.clone()));
+        let retention = tokio::spawn(crate::sessions::retention::run(
+            state.store.clone(),
+            state.settings.events.clone(),
+            state.sessions.stopping(),
+        ));
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
         // Sessions stop as soon as the signal comes, so open event streams and waiting
         // chats end and the HTTP server can drain.
@@ -188,6 +193,7 @@ impl Application {
             .await?;
         stopping.await?;
         push_worker.await?;
+        retention.await?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

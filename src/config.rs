@@ -19,6 +19,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub agent: AgentSettings,
     pub sessions: SessionSettings,
+    pub events: EventSettings,
     pub projects: ProjectSettings,
     pub auth: AuthSettings,
     pub push: PushSettings,
@@ -57,6 +58,14 @@ pub struct SessionSettings {
     pub max_queued_per_session: u32,
     pub max_message_bytes: usize,
     pub event_buffer: usize,
+    pub event_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventSettings {
+    pub retention_days: u64,
+    pub max_per_session: u64,
+    pub prune_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Agent, Launch, Parsed, Signal, TurnResult};
@@ -77,26 +78,70 @@ impl Agent for Claude {
     }
 
     fn parse_line(&self, line: &str) -> Parsed {
-        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(line) else {
+        // Only the fields tether acts on are read; the rest is checked to be JSON and
+        // skipped (the line itself is what is stored and streamed).
+        let Ok(head) = serde_json::from_str::<Head>(line) else {
             return Parsed::Invalid;
         };
-        let data = Value::Object(map);
-        let kind = data["type"].as_str().unwrap_or("unknown").to_string();
+        let kind = head.kind.unwrap_or_else(|| "unknown".into());
         let signal = if kind == "result" {
             Signal::TurnDone(Box::new(TurnResult {
-                is_error: data["is_error"].as_bool().unwrap_or(false),
-                subtype: data["subtype"].as_str().unwrap_or("").to_string(),
-                text: data["result"].as_str().unwrap_or("").to_string(),
-                conversation_id: data["session_id"].as_str().map(str::to_string),
-                cumulative_cost_usd: data["total_cost_usd"].as_f64(),
-                duration_ms: data["duration_ms"].as_i64(),
-                usage: data.get("usage").cloned(),
+                is_error: head.is_error.unwrap_or(false),
+                subtype: head.subtype.unwrap_or_default(),
+                text: head.result.unwrap_or_default(),
+                conversation_id: head.session_id,
+                cumulative_cost_usd: head.total_cost_usd,
+                duration_ms: head.duration_ms,
+                usage: head.usage,
             }))
         } else {
             Signal::None
         };
         Parsed::Event { kind, signal }
     }
+
+    fn has_conversation(&self, launch: &Launch) -> Option<bool> {
+        let config = match self.env.get("CLAUDE_CONFIG_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => match std::env::var_os("CLAUDE_CONFIG_DIR") {
+                Some(dir) => PathBuf::from(dir),
+                None => PathBuf::from(std::env::var_os("HOME")?).join(".claude"),
+            },
+        };
+        let project: String = launch
+            .cwd
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let transcript = config
+            .join("projects")
+            .join(project)
+            .join(format!("{}.jsonl", launch.conversation_id));
+        Some(transcript.is_file())
+    }
+
+    fn wrong_start(&self, launch: &Launch, output: &str) -> bool {
+        if launch.resume {
+            output.contains("No conversation found with session ID")
+        } else {
+            output.contains("is already in use")
+        }
+    }
+}
+
+/// The fields of a stdout line that tether reads; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    subtype: Option<String>,
+    is_error: Option<bool>,
+    result: Option<String>,
+    session_id: Option<String>,
+    total_cost_usd: Option<f64>,
+    duration_ms: Option<i64>,
+    usage: Option<Value>,
 }
 
 #[cfg(test)]

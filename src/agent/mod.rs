@@ -34,6 +34,15 @@ pub trait Agent: Send + Sync + 'static {
     fn interrupt_line(&self, request_id: &str) -> Option<String>;
     /// Reads one stdout line.
     fn parse_line(&self, line: &str) -> Parsed;
+    /// Whether the CLI already holds this conversation (for Claude: its transcript file
+    /// exists), or None when it cannot tell. It touches the file system: call it off the
+    /// async threads.
+    fn has_conversation(&self, launch: &Launch) -> Option<bool>;
+    /// Whether what a process printed before it ended (its error result or stderr) says it
+    /// was started the wrong way for its conversation: resumed when the CLI has no such
+    /// conversation, or started anew when it already exists. The caller then starts it the
+    /// other way, once.
+    fn wrong_start(&self, launch: &Launch, output: &str) -> bool;
 }
 
 /// A stdout line, read.

@@ -1,7 +1,8 @@
 //! A running CLI child: its own process group (and, on Linux, a parent-death signal) so it
-//! dies with tether; stdout read as bounded lines on a task of its own; a short tail of
-//! stderr kept for error reasons; stopped the way the official SDKs do (close stdin, wait,
-//! SIGTERM the group, wait, SIGKILL the group) and always reaped.
+//! dies with tether; stdin written and stdout read as bounded lines on tasks of their own, so
+//! a CLI that stops reading never blocks its owner; a short tail of stderr kept for error
+//! reasons; stopped the way the official SDKs do (close stdin, wait, SIGTERM the group, wait,
+//! SIGKILL the group), always reaped, and never leaving members of its group behind.
 
 use std::{
     collections::VecDeque,
@@ -18,7 +19,7 @@ use nix::{
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 /// Lines read ahead of the actor; the reader waits when this many are unread.
@@ -35,10 +36,17 @@ pub struct Line {
     pub truncated: bool,
 }
 
+/// How long to wait for the rest of a process group to go after SIGKILL.
+const GROUP_GONE_WAIT: Duration = Duration::from_secs(2);
+
+/// One line for the stdin writer, and where to say it was written.
+type Write = (Vec<u8>, oneshot::Sender<io::Result<()>>);
+
 /// A live child process speaking lines on stdio.
 pub struct AgentProcess {
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Lines for the writer task; dropping it closes the child's stdin.
+    stdin: Option<mpsc::UnboundedSender<Write>>,
     lines: mpsc::Receiver<io::Result<Line>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     pub pid: u32,
@@ -66,8 +74,11 @@ impl AgentProcess {
             .ok_or_else(|| io::Error::other("child exited at once"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
+        let stdin = child.stdin.take().expect("stdin is piped");
         let (tx, lines) = mpsc::channel(LINE_CHANNEL);
         tokio::spawn(forward_lines(BufReader::new(stdout), max_line_bytes, tx));
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_lines(stdin, queue));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(stderr_lines)));
         tokio::spawn(keep_stderr_tail(
             BufReader::new(stderr),
@@ -76,7 +87,7 @@ impl AgentProcess {
             pid,
         ));
         Ok(Self {
-            stdin: child.stdin.take(),
+            stdin: Some(writes),
             child,
             lines,
             stderr_tail,
@@ -85,17 +96,25 @@ impl AgentProcess {
         })
     }
 
-    /// Writes one line (a newline is added).
-    pub async fn write_line(&mut self, line: &str) -> io::Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stdin closed"))?;
+    /// Hands one line (a newline is added) to the writer task, which writes lines in
+    /// order. The answer says when it was written whole, or why it could not be: a CLI
+    /// that never reads never blocks the caller, who can wait for this among other things.
+    pub fn write_line(&self, line: &str) -> oneshot::Receiver<io::Result<()>> {
+        let (done, written) = oneshot::channel();
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        stdin.write_all(&buf).await?;
-        stdin.flush().await
+        let refused = match &self.stdin {
+            Some(stdin) => stdin.send((buf, done)).err().map(|e| e.0 .1),
+            None => Some(done),
+        };
+        if let Some(done) = refused {
+            let _ = done.send(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stdin closed",
+            )));
+        }
+        written
     }
 
     /// The next stdout line; `None` once stdout is closed (the process is exiting).
@@ -129,7 +148,7 @@ impl AgentProcess {
         match status {
             Some(status) => {
                 // Tools the CLI started and left running share its group: they go too.
-                signal_group(self.pid, Signal::SIGKILL);
+                end_group(self.pid).await;
                 Some(status)
             }
             None => self.kill().await,
@@ -140,7 +159,69 @@ impl AgentProcess {
     pub async fn kill(mut self) -> Option<ExitStatus> {
         signal_group(self.pid, Signal::SIGKILL);
         let _ = self.child.start_kill();
-        self.child.wait().await.ok()
+        let status = self.child.wait().await.ok();
+        end_group(self.pid).await;
+        status
+    }
+
+    /// After the process exited by itself: stops what is left of its group (tools it
+    /// started). True once the group is gone.
+    pub async fn end_group(&self) -> bool {
+        end_group(self.pid).await
+    }
+}
+
+/// SIGKILLs a process group and waits (bounded) until no live member is left. True when
+/// the group is gone (members that are only zombies count as gone).
+pub async fn end_group(pgid: u32) -> bool {
+    signal_group(pgid, Signal::SIGKILL);
+    let deadline = tokio::time::Instant::now() + GROUP_GONE_WAIT;
+    loop {
+        if !group_exists(pgid) || live_group_members(pgid) == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(pgid, "a process group outlived SIGKILL");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Does any process (zombies included) still belong to this group?
+pub fn group_exists(pgid: u32) -> bool {
+    // Signal 0 checks for existence without sending anything.
+    killpg(Pid::from_raw(pgid as i32), None).is_ok()
+}
+
+/// Members of a process group that are not zombies.
+pub fn live_group_members(pgid: u32) -> usize {
+    use sysinfo::{ProcessRefreshKind, ProcessStatus, ProcessesToUpdate, System};
+    let mut sys = System::new();
+    sys.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing());
+    sys.processes()
+        .iter()
+        .filter(|(_, p)| !matches!(p.status(), ProcessStatus::Zombie | ProcessStatus::Dead))
+        .filter(|(pid, _)| {
+            nix::unistd::getpgid(Some(Pid::from_raw(pid.as_u32() as i32)))
+                .is_ok_and(|g| g.as_raw() as u32 == pgid)
+        })
+        .count()
+}
+
+/// Writes queued lines in order; each is answered once written (or failed). Ends, closing
+/// the child's stdin, when the sender is dropped or a write fails.
+async fn write_lines(mut stdin: ChildStdin, mut queue: mpsc::UnboundedReceiver<Write>) {
+    while let Some((buf, done)) = queue.recv().await {
+        let result = match stdin.write_all(&buf).await {
+            Ok(()) => stdin.flush().await,
+            Err(e) => Err(e),
+        };
+        let failed = result.is_err();
+        let _ = done.send(result);
+        if failed {
+            return;
+        }
     }
 }
 
@@ -159,22 +240,24 @@ fn signal_group(pgid: u32, signal: Signal) {
 }
 
 /// Stops what is left of a CLI process group from an earlier run of tether. Returns true
-/// if anything was killed.
+/// if a live process was killed (members that are only zombies are not survivors).
 /// - The leader is alive with the recorded start time: it and its group are killed.
 /// - The pid now belongs to another process (another start time): nothing is touched.
 /// - The leader is gone (on Linux it died with tether): tools it started may still run in
 ///   its group. The kernel does not hand out a pid while a group of that id exists, so a
 ///   group with this id can only be the old one: it is killed.
-pub fn kill_orphan(pid: u32, start_time: u64) -> bool {
+pub async fn kill_orphan(pid: u32, start_time: u64) -> bool {
     match process_start_time(pid) {
-        Some(t) if t == start_time => {
-            signal_group(pid, Signal::SIGKILL);
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            true
-        }
-        Some(_) => false,
-        None => killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok(),
+        Some(t) if t != start_time => return false,
+        _ => {}
     }
+    if !group_exists(pid) {
+        return false;
+    }
+    let survivors = live_group_members(pid);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    end_group(pid).await;
+    survivors > 0
 }
 
 /// The OS start time of a process, in seconds since the epoch.
@@ -309,7 +392,7 @@ mod tests {
     async fn stop_closes_stdin_and_reaps() {
         let cmd = tokio::process::Command::new("cat");
         let mut p = AgentProcess::spawn(cmd, 1024, 4).unwrap();
-        p.write_line("hello").await.unwrap();
+        p.write_line("hello").await.unwrap().unwrap();
         assert_eq!(p.next_line().await.unwrap().unwrap().text, "hello");
         assert!(p.start_time > 0);
         let status = p.stop(Duration::from_secs(5)).await.unwrap();

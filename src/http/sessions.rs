@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    sessions::LiveEvent,
+    sessions::{LiveEvent, Subscription},
     store::{self, events, messages, sessions, sessions::SessionRow},
     AppState,
 };
@@ -117,13 +117,7 @@ async fn end(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
-    let pool = state.store.pool();
-    let now = store::now_ms();
-    if sessions::end(pool, &id, "deleted", now).await? {
-        state.sessions.end(&id).await;
-        let cancelled = messages::cancel_queued(pool, &id, "the session was ended", now).await?;
-        tracing::info!(session_id = %id, cancelled, "session ended");
-    }
+    state.sessions.end_session(&id, "deleted").await?;
     let s = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, s)))
 }
@@ -159,7 +153,7 @@ async fn stream_events(
     let stream = ReceiverStream::new(rx).map(|e: LiveEvent| {
         Ok(Event::default()
             .id(e.seq.to_string())
-            .event(e.kind)
+            .event(events::sanitize_kind(&e.kind))
             .data(e.data.as_ref()))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)))
@@ -171,7 +165,7 @@ async fn feed(
     store: store::Store,
     id: String,
     mut sent: i64,
-    live: Option<tokio::sync::broadcast::Receiver<LiveEvent>>,
+    live: Option<Subscription>,
     tx: mpsc::Sender<LiveEvent>,
 ) {
     if catch_up(&store, &id, &mut sent, &tx).await.is_err() {

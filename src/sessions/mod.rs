@@ -1,21 +1,29 @@
-//! The pool of live sessions: one actor task per session that has work or a process, the
-//! process-count bound with least-recently-used eviction of idle processes, recovery after
-//! a restart, and shutdown that stops and reaps every child.
+//! The pool of live sessions: one actor task per session that has work, a process or a
+//! listener; the process-count bound with least-recently-used eviction of idle processes;
+//! recovery after a restart; ending a session; and shutdown that stops and reaps every child.
 
 mod actor;
+mod finish;
+mod live;
+mod log;
+pub mod retention;
+mod slots;
+mod turn;
 
 use std::{
     collections::HashMap,
+    panic::AssertUnwindSafe,
     sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
     },
     time::Duration,
 };
 
+use futures::FutureExt;
 use serde::Serialize;
 use tokio::{
-    sync::{broadcast, mpsc, watch, Notify, Semaphore},
+    sync::{mpsc, watch, Notify, Semaphore},
     task::JoinHandle,
     time::Instant,
 };
@@ -27,7 +35,7 @@ use crate::{
     store::{self, messages, sessions, Store},
 };
 
-pub use actor::LiveEvent;
+pub use log::{LiveEvent, LiveRing, Subscription};
 
 /// What every actor needs.
 pub struct Deps {
@@ -86,8 +94,12 @@ enum Control {
 struct ActorHandle {
     ctl: mpsc::Sender<Control>,
     wake: Arc<Notify>,
-    events: broadcast::Sender<LiveEvent>,
+    /// Counts wakes, so an actor about to retire can tell that one came meanwhile.
+    wakes: Arc<AtomicU64>,
+    live: Arc<LiveRing>,
     process: watch::Receiver<ProcessInfo>,
+    /// Tells this actor from a later one of the same session.
+    generation: u64,
 }
 
 struct Entry {
@@ -104,13 +116,18 @@ pub struct Sessions {
 struct Inner {
     deps: Deps,
     actors: Mutex<HashMap<String, Entry>>,
-    /// One permit per live process (`sessions.max_processes`).
+    /// One permit per live process (`sessions.max_processes`); closed at shutdown.
     slots: Arc<Semaphore>,
     closing: AtomicBool,
+    generations: AtomicU64,
+    /// Ends background loops at shutdown.
+    stop: watch::Sender<bool>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
 const CONTROL_CHANNEL: usize = 8;
+/// The reason given to the owner for a turn cut off by a stop of tether.
+const STOPPED_MID_TURN: &str = "tether stopped during this turn; send the message again to retry";
 
 impl Sessions {
     pub fn new(deps: Deps) -> Self {
@@ -121,6 +138,8 @@ impl Sessions {
                 actors: Mutex::new(HashMap::new()),
                 slots,
                 closing: AtomicBool::new(false),
+                generations: AtomicU64::new(0),
+                stop: watch::Sender::new(false),
             }),
         }
     }
@@ -129,44 +148,27 @@ impl Sessions {
         &self.inner.deps
     }
 
+    fn actors(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // An actor that panicked never holds this lock; a poisoned one is still consistent.
+        self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// After a start: stops CLI processes an earlier run left behind, ends the turns it
     /// left `running` as `interrupted` (telling their owners), and resumes queued work.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let pool = self.deps().store.pool();
         for (id, pid, start_time) in sessions::with_recorded_process(pool).await? {
             let (pid, start_time) = (pid as u32, start_time as u64);
-            if process::kill_orphan(pid, start_time) {
+            if process::kill_orphan(pid, start_time).await {
                 tracing::warn!(session_id = %id, pid, "stopped a CLI process left by an earlier run");
             }
-            sessions::set_process(pool, &id, None).await?;
-        }
-        let now = store::now_ms();
-        let mut tx = self.deps().store.begin_write().await?;
-        let interrupted = messages::interrupt_all_running(
-            &mut *tx,
-            "tether stopped during this turn; send the message again to retry",
-            now,
-        )
-        .await?;
-        for m in &interrupted {
-            let session = sessions::get(&mut *tx, &m.session_id).await?;
-            if let Some(session) = session {
-                let event = PushEvent {
-                    kind: PushKind::TurnInterrupted,
-                    audience: &Audience::of(&session),
-                    message_id: Some(m.id),
-                    text: m.error.as_deref().unwrap_or_default(),
-                };
-                push::enqueue(&mut tx, &event).await?;
+            if !process::group_exists(pid) {
+                sessions::set_process(pool, &id, None).await?;
             }
         }
-        tx.commit().await?;
-        if !interrupted.is_empty() {
-            tracing::warn!(
-                count = interrupted.len(),
-                "turns interrupted by the last stop"
-            );
-            self.deps().push_wake.notify_one();
+        let interrupted = self.interrupt_running(STOPPED_MID_TURN).await?;
+        if interrupted > 0 {
+            tracing::warn!(count = interrupted, "turns interrupted by the last stop");
         }
         for id in messages::sessions_with_queued(pool).await? {
             self.wake(&id);
@@ -174,22 +176,49 @@ impl Sessions {
         Ok(())
     }
 
+    /// Ends every message left `running` as `interrupted` and tells each owner, in one
+    /// transaction. Returns how many there were.
+    async fn interrupt_running(&self, reason: &str) -> sqlx::Result<usize> {
+        let mut tx = self.deps().store.begin_write().await?;
+        let interrupted =
+            messages::interrupt_all_running(&mut *tx, reason, store::now_ms()).await?;
+        for m in &interrupted {
+            if let Some(session) = sessions::get(&mut *tx, &m.session_id).await? {
+                let event = PushEvent {
+                    kind: PushKind::TurnInterrupted,
+                    audience: &Audience::of(&session),
+                    message_id: Some(m.id),
+                    text: reason,
+                };
+                push::enqueue(&mut tx, &event).await?;
+            }
+        }
+        tx.commit().await?;
+        if !interrupted.is_empty() {
+            self.deps().push_wake.notify_one();
+        }
+        Ok(interrupted.len())
+    }
+
     /// Tells a session's actor to look at its queue, starting the actor if needed.
     pub fn wake(&self, session_id: &str) {
-        if let Some(h) = self.handle(session_id) {
-            h.wake.notify_one();
+        let wake = self.with_actor(session_id, |h| {
+            h.wakes.fetch_add(1, Ordering::SeqCst);
+            h.wake.clone()
+        });
+        if let Some(wake) = wake {
+            wake.notify_one();
         }
     }
 
     /// Live events of a session from now on (the actor is started if needed).
-    pub fn subscribe(&self, session_id: &str) -> Option<broadcast::Receiver<LiveEvent>> {
-        self.handle(session_id).map(|h| h.events.subscribe())
+    pub fn subscribe(&self, session_id: &str) -> Option<Subscription> {
+        self.with_actor(session_id, |h| h.live.subscribe())
     }
 
     /// The state of a session's process.
     pub fn process_info(&self, session_id: &str) -> ProcessInfo {
-        let actors = self.inner.actors.lock().expect("actors lock");
-        actors
+        self.actors()
             .get(session_id)
             .map(|e| e.handle.process.borrow().clone())
             .unwrap_or_else(ProcessInfo::none)
@@ -197,19 +226,20 @@ impl Sessions {
 
     /// Number of live CLI processes.
     pub fn live_processes(&self) -> usize {
-        let actors = self.inner.actors.lock().expect("actors lock");
-        actors
+        self.actors()
             .values()
             .filter(|e| e.handle.process.borrow().state != ProcessState::None)
             .count()
     }
 
+    /// Number of running actors (sessions with work, a process or a listener).
+    pub fn live_actors(&self) -> usize {
+        self.actors().len()
+    }
+
     /// Interrupts the running turn; false when none was running.
     pub async fn interrupt(&self, session_id: &str) -> bool {
-        let ctl = {
-            let actors = self.inner.actors.lock().expect("actors lock");
-            actors.get(session_id).map(|e| e.handle.ctl.clone())
-        };
+        let ctl = self.actors().get(session_id).map(|e| e.handle.ctl.clone());
         let Some(ctl) = ctl else { return false };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if ctl.send(Control::Interrupt(tx)).await.is_err() {
@@ -218,33 +248,44 @@ impl Sessions {
         rx.await.unwrap_or(false)
     }
 
-    /// Stops a session's actor and process (a running turn ends `interrupted`) and waits
-    /// for it. The caller marks the session ended first so nothing new is queued.
-    pub async fn end(&self, session_id: &str) {
-        let entry = self
-            .inner
-            .actors
-            .lock()
-            .expect("actors lock")
-            .remove(session_id);
+    /// Ends a session: in one transaction it is marked ended and its queued messages are
+    /// cancelled; then its actor stops its process (a running turn ends `interrupted`) and
+    /// is waited for. False when it was not active.
+    pub async fn end_session(&self, session_id: &str, reason: &str) -> sqlx::Result<bool> {
+        let now = store::now_ms();
+        let mut tx = self.deps().store.begin_write().await?;
+        if !sessions::end(&mut *tx, session_id, reason, now).await? {
+            return Ok(false);
+        }
+        let cancelled =
+            messages::cancel_queued(&mut *tx, session_id, "the session was ended", now).await?;
+        tx.commit().await?;
+        tracing::info!(session_id, cancelled, reason, "session ended");
+        let entry = self.actors().remove(session_id);
         if let Some(entry) = entry {
             let _ = entry.handle.ctl.send(Control::End).await;
             let _ = entry.join.await;
         }
+        Ok(true)
     }
 
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::SeqCst)
     }
 
-    /// Stops every actor: running turns get `grace` to finish, then every process is
-    /// stopped and reaped; whatever is still `running` becomes `interrupted`.
+    /// A receiver that turns true when tether starts to stop (for background loops).
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+
+    /// Stops every actor: no new process starts, running turns get `grace` to finish,
+    /// then every process is stopped and reaped; whatever is still `running` becomes
+    /// `interrupted` and its owner is told.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.closing.store(true, Ordering::SeqCst);
-        let entries: Vec<Entry> = {
-            let mut actors = self.inner.actors.lock().expect("actors lock");
-            actors.drain().map(|(_, e)| e).collect()
-        };
+        self.inner.slots.close();
+        self.inner.stop.send_replace(true);
+        let entries: Vec<Entry> = self.actors().drain().map(|(_, e)| e).collect();
         let deadline = Instant::now() + grace;
         for e in &entries {
             let _ = e.handle.ctl.send(Control::Shutdown(deadline)).await;
@@ -252,67 +293,128 @@ impl Sessions {
         for e in entries {
             let _ = e.join.await;
         }
-        let pool = self.deps().store.pool();
-        match messages::interrupt_all_running(
-            pool,
-            "tether shut down during this turn",
-            store::now_ms(),
-        )
-        .await
-        {
-            Ok(left) if !left.is_empty() => {
-                tracing::warn!(
-                    count = left.len(),
-                    "turns still running at shutdown marked interrupted"
-                )
-            }
-            Ok(_) => {}
+        match self.interrupt_running(STOPPED_MID_TURN).await {
+            Ok(0) => {}
+            Ok(left) => tracing::warn!(
+                count = left,
+                "turns still running at shutdown marked interrupted"
+            ),
             Err(e) => tracing::error!(error = %e, "could not mark running turns at shutdown"),
         }
     }
 
-    /// The actor of a session, started if it is not running. None while shutting down.
-    fn handle(&self, session_id: &str) -> Option<ActorHandle> {
+    /// Runs `f` on the actor of a session, started if it is not running, under the lock
+    /// that an actor retiring takes too. None while shutting down.
+    fn with_actor<T>(&self, session_id: &str, f: impl FnOnce(&ActorHandle) -> T) -> Option<T> {
         if self.is_closing() {
             return None;
         }
-        let mut actors = self.inner.actors.lock().expect("actors lock");
+        let mut actors = self.actors();
         if let Some(e) = actors.get(session_id) {
             if !e.handle.ctl.is_closed() {
-                return Some(e.handle.clone());
+                return Some(f(&e.handle));
             }
         }
+        let settings = &self.deps().session_settings;
         let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_CHANNEL);
-        let (events, _) = broadcast::channel(self.deps().session_settings.event_buffer.max(16));
         let (process_tx, process_rx) = watch::channel(ProcessInfo::none());
         let handle = ActorHandle {
             ctl: ctl_tx,
             wake: Arc::new(Notify::new()),
-            events: events.clone(),
+            wakes: Arc::new(AtomicU64::new(0)),
+            live: LiveRing::new(settings.event_buffer, settings.event_buffer_bytes),
             process: process_rx,
+            generation: self.inner.generations.fetch_add(1, Ordering::SeqCst),
         };
         let actor = actor::Actor::new(
             session_id.to_string(),
             self.clone(),
             ctl_rx,
-            handle.wake.clone(),
-            events,
+            &handle,
             process_tx,
         );
-        let join = tokio::spawn(actor.run());
-        actors.insert(
+        let join = tokio::spawn(self.clone().supervise(
             session_id.to_string(),
-            Entry {
-                handle: handle.clone(),
-                join,
-            },
-        );
-        Some(handle)
+            handle.generation,
+            actor,
+        ));
+        let answer = f(&handle);
+        actors.insert(session_id.to_string(), Entry { handle, join });
+        Some(answer)
+    }
+
+    /// Runs an actor. If it panics, its running message fails ("internal error", the owner
+    /// is told), it is forgotten, and a new actor takes any queued work: the session stays
+    /// usable. (Its process was killed when the actor was dropped.)
+    async fn supervise(self, session_id: String, generation: u64, actor: actor::Actor) {
+        let live = actor.live_ring();
+        let outcome = AssertUnwindSafe(actor.run()).catch_unwind().await;
+        live.close();
+        if outcome.is_ok() {
+            return;
+        }
+        metrics::counter!("tether_actor_panics_total").increment(1);
+        tracing::error!(%session_id, "session actor panicked");
+        if let Err(e) = self.fail_after_panic(&session_id).await {
+            tracing::error!(%session_id, error = %e, "could not end the turn of a panicked actor");
+        }
+        {
+            let mut actors = self.actors();
+            if actors
+                .get(&session_id)
+                .is_some_and(|e| e.handle.generation == generation)
+            {
+                actors.remove(&session_id);
+            }
+        }
+        if matches!(messages::count_queued(self.deps().store.pool(), &session_id).await, Ok(n) if n > 0)
+        {
+            self.wake(&session_id);
+        }
+    }
+
+    async fn fail_after_panic(&self, session_id: &str) -> sqlx::Result<()> {
+        const REASON: &str = "internal error: tether's session task failed; send the message again";
+        let mut tx = self.deps().store.begin_write().await?;
+        if let Some(m) =
+            messages::fail_running(&mut *tx, session_id, REASON, store::now_ms()).await?
+        {
+            sessions::set_process(&mut *tx, session_id, None).await?;
+            if let Some(session) = sessions::get(&mut *tx, session_id).await? {
+                let event = PushEvent {
+                    kind: PushKind::TurnFailed,
+                    audience: &Audience::of(&session),
+                    message_id: Some(m.id),
+                    text: REASON,
+                };
+                push::enqueue(&mut tx, &event).await?;
+            }
+        }
+        tx.commit().await?;
+        self.deps().push_wake.notify_one();
+        Ok(())
+    }
+
+    /// Called by an idle actor with no process: it is forgotten (and may exit) unless a
+    /// wake came since it counted `seen` or someone listens to it.
+    fn retire(&self, session_id: &str, generation: u64, seen: u64) -> bool {
+        let mut actors = self.actors();
+        let Some(e) = actors.get(session_id) else {
+            return true;
+        };
+        if e.handle.generation != generation {
+            return true;
+        }
+        if e.handle.wakes.load(Ordering::SeqCst) != seen || e.handle.live.listeners() > 0 {
+            return false;
+        }
+        actors.remove(session_id);
+        true
     }
 
     /// Asks the least recently used idle process (not `except`'s) to stop, to free a slot.
     fn evict_one_idle(&self, except: &str) -> bool {
-        let actors = self.inner.actors.lock().expect("actors lock");
+        let actors = self.actors();
         let victim = actors
             .iter()
             .filter(|(id, _)| id.as_str() != except)

@@ -215,6 +215,24 @@ pub async fn interrupt_all_running(
     .await
 }
 
+/// Fails the message of a session left `running` (its actor died), returning it.
+pub async fn fail_running(
+    ex: impl SqliteExecutor<'_>,
+    session_id: &str,
+    reason: &str,
+    now: i64,
+) -> sqlx::Result<Option<MessageRow>> {
+    sqlx::query_as(
+        "UPDATE messages SET status = 'failed', error = ?, finished_at = ? \
+         WHERE session_id = ? AND status = 'running' RETURNING *",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(session_id)
+    .fetch_optional(ex)
+    .await
+}
+
 /// Cancels the queued messages of a session (it was deleted).
 pub async fn cancel_queued(
     ex: impl SqliteExecutor<'_>,

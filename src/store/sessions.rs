@@ -91,18 +91,9 @@ pub async fn touch(ex: impl SqliteExecutor<'_>, id: &str, now: i64) -> sqlx::Res
     Ok(())
 }
 
-/// Marks that the CLI has been given a turn: from now on it must be started with `--resume`.
-pub async fn mark_transcript_started(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE sessions SET transcript_started = 1 WHERE id = ? AND transcript_started = 0",
-    )
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(())
-}
-
-/// Records what a turn's `result` said about the conversation.
+/// Records what a turn's `result` said about the conversation. A result with the
+/// conversation's id is the CLI's evidence that it holds the conversation: later starts
+/// resume it.
 pub async fn record_turn(
     ex: impl SqliteExecutor<'_>,
     id: &str,
@@ -111,8 +102,9 @@ pub async fn record_turn(
     now: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "UPDATE sessions SET agent_session_id = COALESCE(?, agent_session_id), \
-         total_cost_usd = total_cost_usd + ?, last_activity_at = ? WHERE id = ?",
+        "UPDATE sessions SET agent_session_id = COALESCE(?1, agent_session_id), \
+         transcript_started = transcript_started OR ?1 IS NOT NULL, \
+         total_cost_usd = total_cost_usd + ?2, last_activity_at = ?3 WHERE id = ?4",
     )
     .bind(agent_session_id)
     .bind(cost_usd)

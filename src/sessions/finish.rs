@@ -1,0 +1,350 @@
+//! The end of a turn: its terminal state, reply, totals, pushes and events, stored in one
+//! transaction, tried again a bounded number of times, and failed with the reason if it
+//! still cannot be stored.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{actor::Actor, ProcessState};
+use crate::{
+    agent::TurnResult,
+    faults,
+    push::{self, PushEvent, PushKind},
+    store::{self, events, events::EventRow, messages, messages::Status, sessions},
+};
+
+/// Attempts to store a turn's end before the message is failed for it.
+const END_WRITE_ATTEMPTS: u32 = 4;
+/// First wait between attempts; it doubles.
+const END_WRITE_RETRY: Duration = Duration::from_millis(100);
+
+/// Why a turn was cut off without a `result`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cut {
+    /// The user interrupted and the agent did not stop in time.
+    Interrupted,
+    /// tether is shutting down and the grace ran out.
+    Shutdown,
+    /// The agent did not read the message in time.
+    NotRead(Duration),
+    /// The turn ran past `agent.turn_timeout_secs`.
+    Timeout(Duration),
+}
+
+/// How a turn ended, ready to store.
+struct TurnEnd<'a> {
+    outcome: messages::Outcome<'a>,
+    /// The reply, for a completed turn.
+    reply: Option<&'a TurnResult>,
+    /// The conversation id the CLI reported.
+    conversation_id: Option<&'a str>,
+    /// The agent's `result` line, numbered, stored with the end.
+    line: Option<EventRow>,
+    /// What the owner's devices are told.
+    push: Option<PushKind>,
+}
+
+impl Actor {
+    /// Ends a turn at the agent's `result` (`line`: that line, numbered, to store with it).
+    pub(super) async fn settle(
+        &mut self,
+        msg: &messages::MessageRow,
+        result: TurnResult,
+        line: Option<EventRow>,
+        interrupted: bool,
+        started: Instant,
+    ) {
+        let cost = match (self.live.as_mut(), result.cumulative_cost_usd) {
+            (Some(live), Some(total)) => {
+                let turn = (total - live.cost_so_far).max(0.0);
+                live.cost_so_far = total;
+                turn
+            }
+            _ => 0.0,
+        };
+        let usage = result.usage.as_ref().map(|u| u.to_string());
+        let duration_ms = result
+            .duration_ms
+            .or(Some(started.elapsed().as_millis() as i64));
+        let (status, error) = if !result.is_error {
+            (Status::Completed, None)
+        } else if interrupted {
+            (Status::Interrupted, Some("interrupted".to_string()))
+        } else if result.text.trim().is_empty() {
+            (
+                Status::Failed,
+                Some(format!(
+                    "the agent ended the turn with an error ({})",
+                    result.subtype
+                )),
+            )
+        } else {
+            (Status::Failed, Some(result.text.clone()))
+        };
+        let push = match status {
+            Status::Completed => Some(PushKind::TurnCompleted),
+            Status::Failed => Some(PushKind::TurnFailed),
+            _ => None, // the user asked for the interrupt
+        };
+        let end = TurnEnd {
+            outcome: messages::Outcome {
+                status,
+                error: error.as_deref(),
+                cost_usd: Some(cost),
+                duration_ms,
+                usage: usage.as_deref(),
+                now: store::now_ms(),
+            },
+            reply: (status == Status::Completed).then_some(&result),
+            conversation_id: result.conversation_id.as_deref(),
+            line,
+            push,
+        };
+        self.end_turn(msg, end).await;
+    }
+
+    /// Ends a turn without a `result` from the agent.
+    pub(super) async fn fail(
+        &mut self,
+        msg: &messages::MessageRow,
+        status: Status,
+        reason: &str,
+        started: Instant,
+    ) {
+        let push = (status == Status::Failed).then_some(PushKind::TurnFailed);
+        self.end_without_result(msg, status, reason, push, started)
+            .await;
+    }
+
+    /// The process died during the turn: the message fails with what it said last.
+    pub(super) async fn fail_dead(
+        &mut self,
+        msg: &messages::MessageRow,
+        reason: &str,
+        started: Instant,
+    ) {
+        let reason = format!(
+            "{reason}; the next message starts a new process that resumes the conversation"
+        );
+        self.fail(msg, Status::Failed, &reason, started).await;
+    }
+
+    /// A turn cut off by a deadline (its process was killed).
+    pub(super) async fn cut(&mut self, msg: &messages::MessageRow, cut: Cut, started: Instant) {
+        let (status, reason, push) = match cut {
+            Cut::Interrupted => (
+                Status::Interrupted,
+                "interrupted; the agent did not stop in time and its process was stopped"
+                    .to_string(),
+                None,
+            ),
+            Cut::Shutdown => (
+                Status::Interrupted,
+                "tether shut down during this turn; send the message again to retry".to_string(),
+                Some(PushKind::TurnInterrupted),
+            ),
+            Cut::NotRead(t) => (
+                Status::Failed,
+                format!(
+                    "the agent did not read the message within {}s; its process was stopped",
+                    t.as_secs()
+                ),
+                Some(PushKind::TurnFailed),
+            ),
+            Cut::Timeout(t) => (
+                Status::Failed,
+                format!(
+                    "the turn took longer than {}s; the agent process was stopped",
+                    t.as_secs()
+                ),
+                Some(PushKind::TurnFailed),
+            ),
+        };
+        self.end_without_result(msg, status, &reason, push, started)
+            .await;
+    }
+
+    async fn end_without_result(
+        &mut self,
+        msg: &messages::MessageRow,
+        status: Status,
+        reason: &str,
+        push: Option<PushKind>,
+        started: Instant,
+    ) {
+        let end = TurnEnd {
+            outcome: messages::Outcome {
+                status,
+                error: Some(reason),
+                cost_usd: None,
+                duration_ms: Some(started.elapsed().as_millis() as i64),
+                usage: None,
+                now: store::now_ms(),
+            },
+            reply: None,
+            conversation_id: None,
+            line: None,
+            push,
+        };
+        self.end_turn(msg, end).await;
+    }
+
+    /// Stores the end of a turn (tried again a few times), then hands its events to live
+    /// listeners. If it cannot be stored, the message still ends: `failed`, with why.
+    async fn end_turn(&mut self, msg: &messages::MessageRow, mut end: TurnEnd<'_>) {
+        let status = end.outcome.status;
+        let mut wait = END_WRITE_RETRY;
+        let mut stored = false;
+        for attempt in 1..=END_WRITE_ATTEMPTS {
+            match self.store_end(msg, &mut end).await {
+                Ok(()) => {
+                    stored = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, message_id = msg.id, attempt, "could not store the turn's end");
+                    if attempt < END_WRITE_ATTEMPTS {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                }
+            }
+        }
+        if !stored {
+            self.fail_unstored(msg).await;
+        }
+        if self.live.is_some() {
+            self.set_state(ProcessState::Idle);
+        }
+        tracing::info!(message_id = msg.id, ?status, "turn ended");
+    }
+
+    /// The last resort when a turn's end cannot be stored: the message alone is failed
+    /// (no reply, no events), tried until it is or tether stops.
+    async fn fail_unstored(&mut self, msg: &messages::MessageRow) {
+        let reason = "tether could not store the end of this turn; send the message again";
+        let mut wait = END_WRITE_RETRY;
+        loop {
+            let outcome = messages::Outcome {
+                status: Status::Failed,
+                error: Some(reason),
+                cost_usd: None,
+                duration_ms: None,
+                usage: None,
+                now: store::now_ms(),
+            };
+            let failed: sqlx::Result<()> = async {
+                let mut tx = self.store().begin_write().await?;
+                messages::finish(&mut *tx, msg.id, &outcome).await?;
+                tx.commit().await
+            }
+            .await;
+            match failed {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, message_id = msg.id, "could not fail the message");
+                    if self.exit.is_some() {
+                        return; // the next start ends it `interrupted`
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// In one transaction: the events held since the last one, the agent's `result` line,
+    /// the message's terminal state, its reply, the session's totals, the pushes about it,
+    /// and tether's `turn_completed` or `turn_failed` event.
+    async fn store_end(
+        &mut self,
+        msg: &messages::MessageRow,
+        end: &mut TurnEnd<'_>,
+    ) -> sqlx::Result<()> {
+        if faults::hit(faults::TURN_END_WRITE, &msg.text) {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        let outcome = &end.outcome;
+        let mut rows = Vec::with_capacity(2);
+        let mut tx = self.store().begin_write().await?;
+        self.log.write_held(&mut tx).await?;
+        if let Some(line) = &end.line {
+            events::append(&mut *tx, line).await?;
+            rows.push(line.clone());
+        }
+        if !messages::finish(&mut *tx, msg.id, outcome).await? {
+            // Already ended (by a shutdown sweep or an end of the session): once only.
+            tx.commit().await?;
+            self.log.stored(rows);
+            return Ok(());
+        }
+        let reply_id = match end.reply {
+            Some(r) => Some(
+                messages::insert_reply(
+                    &mut *tx,
+                    &messages::Reply {
+                        session_id: &self.id,
+                        owner: &msg.owner,
+                        reply_to: msg.id,
+                        text: &r.text,
+                        cost_usd: outcome.cost_usd.unwrap_or(0.0),
+                        duration_ms: outcome.duration_ms,
+                        usage: outcome.usage,
+                        now: outcome.now,
+                    },
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        sessions::record_turn(
+            &mut *tx,
+            &self.id,
+            end.conversation_id,
+            outcome.cost_usd.unwrap_or(0.0),
+            outcome.now,
+        )
+        .await?;
+        if let (Some(kind), Some(audience)) = (end.push, &self.audience) {
+            let text = match end.reply {
+                Some(r) => r.text.as_str(),
+                None => outcome.error.unwrap_or_default(),
+            };
+            let event = PushEvent {
+                kind,
+                audience,
+                message_id: Some(reply_id.unwrap_or(msg.id)),
+                text,
+            };
+            push::enqueue(&mut tx, &event).await?;
+        }
+        let kind = if outcome.status == Status::Completed {
+            "turn_completed"
+        } else {
+            "turn_failed"
+        };
+        let mut data = json!({"messageId": msg.id, "status": outcome.status});
+        if let Some(cost) = outcome.cost_usd {
+            data["costUsd"] = cost.into();
+        }
+        if let Some(id) = reply_id {
+            data["replyId"] = id.into();
+        }
+        if let Some(e) = outcome.error {
+            data["error"] = e.into();
+        }
+        let row = self.log.stage_tether(kind, data);
+        events::append(&mut *tx, &row).await?;
+        rows.push(row);
+        tx.commit().await?;
+        end.line = None;
+        self.log.stored(rows);
+        metrics::counter!("tether_turns_total", "status" => kind).increment(1);
+        if end.push.is_some() {
+            self.sessions.deps().push_wake.notify_one();
+        }
+        Ok(())
+    }
+}

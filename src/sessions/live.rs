@@ -1,0 +1,220 @@
+//! The process of a session as its actor holds it: starting it (with `--resume` when the
+//! CLI has the conversation), reading its lines into events, and stopping, killing or
+//! reaping it, never leaving members of its group behind.
+
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{actor::Actor, ProcessState};
+use crate::{
+    agent::{
+        process::{AgentProcess, Line},
+        Launch, Parsed, Signal, TurnResult,
+    },
+    store::{events::EventRow, sessions},
+};
+
+/// Characters of an invalid or cut line quoted in its event and log line.
+const PREVIEW_CHARS: usize = 200;
+
+/// The process and what it holds.
+pub(super) struct Live {
+    pub(super) process: AgentProcess,
+    /// How it was started (to start it the other way if the CLI refuses).
+    pub(super) launch: Launch,
+    /// The process-count slot, given back when the process goes.
+    _slot: OwnedSemaphorePermit,
+    /// Claude reports cost summed over the life of a process: what was already counted.
+    pub(super) cost_so_far: f64,
+}
+
+impl Actor {
+    /// How to start this session's process: resumed when the CLI holds the conversation
+    /// (asked of the agent, off the async threads), else as the session's record says.
+    pub(super) async fn launch(&self) -> Result<Launch, String> {
+        let session = sessions::get(self.pool(), &self.id)
+            .await
+            .map_err(|e| format!("database error: {e}"))?
+            .ok_or("the session no longer exists")?;
+        let mut launch = Launch {
+            conversation_id: session
+                .agent_session_id
+                .clone()
+                .unwrap_or(session.id.clone()),
+            cwd: session.project_path.clone().into(),
+            resume: session.transcript_started,
+        };
+        let agent = self.sessions.deps().agent.clone();
+        let probe = launch.clone();
+        if let Ok(Some(known)) =
+            tokio::task::spawn_blocking(move || agent.has_conversation(&probe)).await
+        {
+            launch.resume = known;
+        }
+        Ok(launch)
+    }
+
+    /// Starts the process with `slot`. Its `process_started` event is held for the
+    /// turn's next transaction.
+    pub(super) fn start_process(
+        &mut self,
+        launch: Launch,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), String> {
+        let deps = self.sessions.deps();
+        let cmd = deps.agent.command(&launch);
+        let settings = &deps.agent_settings;
+        let process = AgentProcess::spawn(cmd, settings.max_line_bytes, settings.stderr_tail_lines)
+            .map_err(|e| format!("could not start the agent `{}`: {e}", settings.command))?;
+        let pid = process.pid;
+        metrics::counter!("tether_processes_started_total").increment(1);
+        tracing::info!(pid, resume = launch.resume, "agent process started");
+        let row = self.log.stage_tether(
+            "process_started",
+            json!({"pid": pid, "resume": launch.resume}),
+        );
+        self.log.hold(row);
+        self.live = Some(Live {
+            process,
+            launch,
+            _slot: slot,
+            cost_so_far: 0.0,
+        });
+        self.set_state(ProcessState::Starting);
+        Ok(())
+    }
+
+    /// Waits for a process whose stdout closed, stops what is left of its group, and
+    /// says how it ended.
+    pub(super) async fn reap(&mut self, live: Live) -> String {
+        let mut process = live.process;
+        let grace = self.sessions.deps().agent_settings.stop_grace();
+        let status = process.wait(grace).await;
+        let tail = process.stderr_tail();
+        let pid = process.pid;
+        let gone = if status.is_none() {
+            process.kill().await;
+            true
+        } else {
+            process.end_group().await
+        };
+        self.forget_process(gone).await;
+        metrics::counter!("tether_processes_exited_total").increment(1);
+        let how = match status {
+            Some(s) => format!("the agent process (pid {pid}) exited ({s})"),
+            None => format!("the agent process (pid {pid}) closed its output and was killed"),
+        };
+        if tail.trim().is_empty() {
+            how
+        } else {
+            format!("{how}: {}", tail.trim())
+        }
+    }
+
+    /// Stops the process gracefully (close stdin, SIGTERM, SIGKILL), if there is one.
+    pub(super) async fn stop_process(&mut self, reason: &str) {
+        let Some(live) = self.live.take() else { return };
+        let pid = live.process.pid;
+        let grace = self.sessions.deps().agent_settings.stop_grace();
+        let status = live.process.stop(grace).await;
+        tracing::info!(pid, reason, ?status, "agent process stopped");
+        self.forget_process(true).await;
+        let row = self
+            .log
+            .stage_tether("process_stopped", json!({"pid": pid, "reason": reason}));
+        self.log.log_now(&self.sessions.deps().store, row).await;
+    }
+
+    /// Kills the process at once (a turn that must end now). Its event is held for the
+    /// turn's end.
+    pub(super) async fn kill_process(&mut self) {
+        let Some(live) = self.live.take() else { return };
+        let pid = live.process.pid;
+        live.process.kill().await;
+        tracing::info!(pid, "agent process killed");
+        self.forget_process(true).await;
+        let row = self
+            .log
+            .stage_tether("process_stopped", json!({"pid": pid, "reason": "killed"}));
+        self.log.hold(row);
+    }
+
+    /// The process is gone. Its record is cleared once its whole group is gone; while
+    /// something of it may still run, the record stays so the next start stops it.
+    async fn forget_process(&mut self, group_gone: bool) {
+        self.set_state(ProcessState::None);
+        if !group_gone {
+            return;
+        }
+        let cleared: sqlx::Result<()> = async {
+            let mut tx = self.store().begin_write().await?;
+            sessions::set_process(&mut *tx, &self.id, None).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = cleared {
+            tracing::error!(error = %e, "could not clear the recorded process");
+        }
+    }
+
+    /// Reads one stdout line: the event to hold, or the turn's end. The line that ends
+    /// the turn is returned, numbered, to be stored with the turn's end.
+    pub(super) fn on_line(&mut self, line: Line) -> Option<(TurnResult, Option<EventRow>)> {
+        let max = self.sessions.deps().agent_settings.max_line_bytes;
+        if line.truncated {
+            metrics::counter!("tether_agent_lines_truncated_total").increment(1);
+            let preview = preview(&line.text);
+            tracing::warn!(
+                len = line.len,
+                limit = max,
+                "agent line over agent.max_line_bytes was cut"
+            );
+            let row = self.log.stage_tether(
+                "line_truncated",
+                json!({"length": line.len, "limit": max, "preview": preview}),
+            );
+            self.log.hold(row);
+            // A cut `result` still ends the turn: its text is lost, so the turn fails.
+            if preview.contains(r#""type":"result""#) {
+                let result = TurnResult {
+                    is_error: true,
+                    subtype: "line_too_long".into(),
+                    text: format!(
+                        "the agent's final answer was {} bytes, over agent.max_line_bytes ({max})",
+                        line.len
+                    ),
+                    conversation_id: None,
+                    cumulative_cost_usd: None,
+                    duration_ms: None,
+                    usage: None,
+                };
+                return Some((result, None));
+            }
+            return None;
+        }
+        match self.sessions.deps().agent.parse_line(&line.text) {
+            Parsed::Invalid => {
+                metrics::counter!("tether_agent_lines_invalid_total").increment(1);
+                let preview = preview(&line.text);
+                tracing::warn!(%preview, "agent printed a line that is not JSON");
+                let row = self
+                    .log
+                    .stage_tether("invalid_line", json!({"preview": preview}));
+                self.log.hold(row);
+                None
+            }
+            Parsed::Event { kind, signal } => match signal {
+                Signal::TurnDone(result) => Some((*result, Some(self.log.stage(&kind, line.text)))),
+                Signal::None => {
+                    let row = self.log.stage(&kind, line.text);
+                    self.log.hold(row);
+                    None
+                }
+            },
+        }
+    }
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(PREVIEW_CHARS).collect()
+}

@@ -1,0 +1,309 @@
+//! A session's event log as its actor writes it: numbering, a turn's lines held and stored
+//! in the transactions a turn already makes (or every `FLUSH_EVERY` in a long turn), and
+//! the live ring that listeners read from, bounded in count and in bytes.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{broadcast::error::RecvError, watch},
+    time::Instant,
+};
+
+use crate::store::{self, events, events::EventRow, WriteTx};
+
+/// How long a line may wait in memory before it is stored (and handed to listeners) in a
+/// long turn; a short turn stores its lines with its end.
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// One entry of a session's event log, as live listeners get it.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub seq: i64,
+    pub kind: String,
+    pub data: Arc<str>,
+}
+
+impl From<EventRow> for LiveEvent {
+    fn from(e: EventRow) -> Self {
+        Self {
+            seq: e.seq,
+            kind: e.kind,
+            data: e.data.into(),
+        }
+    }
+}
+
+impl LiveEvent {
+    fn bytes(&self) -> usize {
+        self.data.len() + self.kind.len()
+    }
+}
+
+/// The latest stored events of a session, for listeners that keep up. Oldest events go
+/// when it holds more than `max_events` or `max_bytes`; a listener that fell behind them
+/// is told it lagged and reads the rest from SQLite.
+pub struct LiveRing {
+    ring: Mutex<Ring>,
+    /// The newest sequence number published; listeners wait on its changes.
+    latest: watch::Sender<i64>,
+    max_events: usize,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Ring {
+    events: VecDeque<LiveEvent>,
+    bytes: usize,
+    closed: bool,
+}
+
+impl LiveRing {
+    pub(super) fn new(max_events: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            ring: Mutex::new(Ring::default()),
+            latest: watch::Sender::new(0),
+            max_events: max_events.max(1),
+            max_bytes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds stored events (in sequence order) and wakes listeners.
+    pub(super) fn publish(&self, events: impl IntoIterator<Item = LiveEvent>) {
+        let mut latest = None;
+        {
+            let mut ring = self.lock();
+            for ev in events {
+                latest = Some(ev.seq);
+                ring.bytes += ev.bytes();
+                ring.events.push_back(ev);
+            }
+            while ring.events.len() > self.max_events || ring.bytes > self.max_bytes {
+                match ring.events.pop_front() {
+                    Some(old) => ring.bytes -= old.bytes(),
+                    None => break,
+                }
+            }
+        }
+        if let Some(seq) = latest {
+            self.latest.send_replace(seq);
+        }
+    }
+
+    /// No more events will come (the actor stopped); listeners drain and are told.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.latest.send_modify(|_| {});
+    }
+
+    /// Listeners from the next event on.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let rx = self.latest.subscribe();
+        let next = *rx.borrow() + 1;
+        Subscription {
+            ring: self.clone(),
+            rx,
+            next,
+        }
+    }
+
+    /// How many listeners are attached.
+    pub(super) fn listeners(&self) -> usize {
+        self.latest.receiver_count()
+    }
+
+    /// Bytes held (for tests and metrics).
+    pub fn held_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// One listener's place in a session's live events.
+pub struct Subscription {
+    ring: Arc<LiveRing>,
+    rx: watch::Receiver<i64>,
+    next: i64,
+}
+
+impl Subscription {
+    /// The next event. `Lagged` when events this listener had not read were dropped from
+    /// memory (read them from SQLite), `Closed` once the actor stopped and all was read.
+    pub async fn recv(&mut self) -> Result<LiveEvent, RecvError> {
+        loop {
+            {
+                let ring = self.ring.lock();
+                let latest = *self.rx.borrow_and_update();
+                let oldest = ring.events.front().map_or(latest + 1, |e| e.seq);
+                if self.next < oldest && self.next <= latest {
+                    let missed = (oldest - self.next) as u64;
+                    self.next = oldest;
+                    return Err(RecvError::Lagged(missed));
+                }
+                let at = ring.events.partition_point(|e| e.seq < self.next);
+                if let Some(ev) = ring.events.get(at) {
+                    self.next = ev.seq + 1;
+                    return Ok(ev.clone());
+                }
+                if ring.closed {
+                    return Err(RecvError::Closed);
+                }
+            }
+            if self.rx.changed().await.is_err() {
+                return Err(RecvError::Closed);
+            }
+        }
+    }
+}
+
+/// The actor's side of the log: numbers events, holds those not yet stored, and hands
+/// stored ones to the live ring.
+pub(super) struct EventLog {
+    session_id: String,
+    next_seq: i64,
+    pending: Vec<EventRow>,
+    /// When the oldest pending event was staged.
+    pending_since: Option<Instant>,
+    live: Arc<LiveRing>,
+}
+
+impl EventLog {
+    pub(super) fn new(session_id: String, last_seq: i64, live: Arc<LiveRing>) -> Self {
+        Self {
+            session_id,
+            next_seq: last_seq,
+            pending: Vec::new(),
+            pending_since: None,
+            live,
+        }
+    }
+
+    /// The next event, numbered, not yet stored. A number whose row is never stored (a
+    /// failed transaction) leaves a gap that listeners step over.
+    pub(super) fn stage(&mut self, kind: &str, data: String) -> EventRow {
+        self.next_seq += 1;
+        EventRow {
+            session_id: self.session_id.clone(),
+            seq: self.next_seq,
+            kind: events::sanitize_kind(kind).into_owned(),
+            data,
+            created_at: store::now_ms(),
+        }
+    }
+
+    /// One of tether's own events (`tether.<name>`), numbered.
+    pub(super) fn stage_tether(&mut self, name: &str, mut data: serde_json::Value) -> EventRow {
+        let kind = format!("tether.{name}");
+        data["type"] = kind.clone().into();
+        self.stage(&kind, data.to_string())
+    }
+
+    /// Holds an event until the next transaction (or flush).
+    pub(super) fn hold(&mut self, row: EventRow) {
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.push(row);
+    }
+
+    /// When held events must be stored at the latest.
+    pub(super) fn flush_due(&self) -> Option<Instant> {
+        self.pending_since.map(|t| t + FLUSH_EVERY)
+    }
+
+    /// Writes the held events in `tx`. They stay held until [`Self::stored`] is called
+    /// after the commit, so a failed transaction loses none.
+    pub(super) async fn write_held(&self, tx: &mut WriteTx) -> sqlx::Result<()> {
+        for row in &self.pending {
+            events::append(&mut **tx, row).await?;
+        }
+        Ok(())
+    }
+
+    /// The held events were committed (with `extra`, written by the caller after them):
+    /// hand them all to listeners.
+    pub(super) fn stored(&mut self, extra: Vec<EventRow>) {
+        self.pending_since = None;
+        let rows = std::mem::take(&mut self.pending);
+        self.live
+            .publish(rows.into_iter().chain(extra).map(LiveEvent::from));
+    }
+
+    /// Stores the held events in a transaction of their own.
+    pub(super) async fn flush(&mut self, store: &store::Store) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let result: sqlx::Result<()> = async {
+            let mut tx = store.begin_write().await?;
+            self.write_held(&mut tx).await?;
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => self.stored(Vec::new()),
+            Err(e) => {
+                // Kept for the next transaction; retried no sooner than FLUSH_EVERY.
+                tracing::error!(error = %e, held = self.pending.len(), "could not store events");
+                self.pending_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Stages, holds and stores one event at once (outside a turn).
+    pub(super) async fn log_now(&mut self, store: &store::Store, row: EventRow) {
+        self.hold(row);
+        self.flush(store).await;
+    }
+
+    pub(super) fn live(&self) -> &Arc<LiveRing> {
+        &self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: i64, bytes: usize) -> LiveEvent {
+        LiveEvent {
+            seq,
+            kind: "k".into(),
+            data: "x".repeat(bytes).into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ring_is_bounded_in_bytes_and_a_slow_listener_is_told_it_lagged() {
+        let ring = LiveRing::new(1000, 1000);
+        let mut slow = ring.subscribe();
+        ring.publish((1..=10).map(|s| ev(s, 299)));
+        assert!(ring.held_bytes() <= 1000, "{}", ring.held_bytes());
+        assert_eq!(ring.lock().events.len(), 3);
+        assert!(matches!(slow.recv().await, Err(RecvError::Lagged(7))));
+        assert_eq!(slow.recv().await.unwrap().seq, 8);
+        let mut fresh = ring.subscribe();
+        ring.publish([ev(11, 1)]);
+        assert_eq!(fresh.recv().await.unwrap().seq, 11);
+        ring.close();
+        assert_eq!(slow.recv().await.unwrap().seq, 9);
+        assert_eq!(slow.recv().await.unwrap().seq, 10);
+        assert_eq!(slow.recv().await.unwrap().seq, 11);
+        assert!(matches!(slow.recv().await, Err(RecvError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn an_event_bigger_than_the_ring_is_not_kept_but_is_announced() {
+        let ring = LiveRing::new(10, 100);
+        let mut l = ring.subscribe();
+        ring.publish([ev(1, 10), ev(2, 500)]);
+        assert_eq!(ring.held_bytes(), 0);
+        assert!(matches!(l.recv().await, Err(RecvError::Lagged(2))));
+        ring.publish([ev(3, 1)]);
+        assert_eq!(l.recv().await.unwrap().seq, 3);
+    }
+}

@@ -1,0 +1,332 @@
+//! One turn, from a queued user message to exactly one terminal state. Every wait of a
+//! turn (a process slot, the stdin write, the agent's lines, the deadlines) happens in one
+//! `select!` that also hears interrupt, end and shutdown, so nothing blocks the actor. The
+//! message becomes `running` when its line is handed to the CLI, after the wait for a slot
+//! and the process start: a message that never reached the agent is still `queued`.
+
+use std::{future::Future, io, pin::Pin, time::Duration};
+
+use serde_json::json;
+use tokio::{
+    sync::{oneshot, OwnedSemaphorePermit},
+    time::Instant,
+};
+
+use super::{
+    actor::{live_line, Actor, Exit},
+    finish::Cut,
+    slots, Control, ProcessState,
+};
+use crate::{
+    agent::Launch,
+    faults,
+    store::{events, messages, messages::Status, sessions},
+};
+
+type SlotWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, ()>> + Send>>;
+
+/// Where a turn is.
+enum Phase {
+    /// Waiting for a process slot; the message is still queued.
+    Slot(SlotWait),
+    /// The line is being written; the message is still queued until it is.
+    Write(oneshot::Receiver<io::Result<()>>),
+    /// The agent has the message.
+    Run,
+}
+
+enum Step {
+    Slot(Result<OwnedSemaphorePermit, ()>),
+    Written(io::Result<()>),
+}
+
+/// The next step of a waiting phase, or never for `Run`.
+async fn step(phase: &mut Phase) -> Step {
+    match phase {
+        Phase::Slot(wait) => Step::Slot(wait.await),
+        Phase::Write(written) => Step::Written(
+            written
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::BrokenPipe.into())),
+        ),
+        Phase::Run => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    /// Runs one turn for a queued user message, to exactly one terminal state (or, when
+    /// tether stops before the agent had it, back to the queue for the next start).
+    pub(super) async fn turn(&mut self, msg: messages::MessageRow) {
+        let started = Instant::now();
+        tracing::info!(message_id = msg.id, "turn started");
+        let settings = &self.sessions.deps().agent_settings;
+        let (timeout, interrupt_grace) = (settings.turn_timeout(), settings.interrupt_grace());
+        let mut phase = self.wait_for_slot();
+        let mut timeout_at: Option<Instant> = None;
+        let mut running = false;
+        if self.live.is_some() {
+            match self.hand_over(&msg, &mut running).await {
+                Some(p) => phase = p,
+                None => return,
+            }
+            timeout_at = Some(started + timeout);
+        }
+        let mut interrupted_at: Option<Instant> = None;
+        // A start the CLI refused (resumed without a conversation, or the reverse) is
+        // tried once the other way.
+        let mut retry_launch: Option<Launch> = None;
+        let mut retried = false;
+        loop {
+            let mut deadline = timeout_at;
+            if let Some(at) = interrupted_at {
+                deadline = deadline.map(|d| d.min(at + interrupt_grace));
+            }
+            if let (Some(Exit::Shutdown(at)), Some(d)) = (self.exit, deadline) {
+                deadline = Some(d.min(at));
+            }
+            let flush_at = if running { self.log.flush_due() } else { None };
+            let reading = matches!(phase, Phase::Run);
+            tokio::select! {
+                next = step(&mut phase) => match next {
+                    Step::Slot(Ok(slot)) => {
+                        let launch = match retry_launch.take() {
+                            Some(l) => Ok(l),
+                            None => self.launch().await,
+                        };
+                        if let Err(reason) = launch.and_then(|l| self.start_process(l, slot)) {
+                            self.fail(&msg, Status::Failed, &reason, started).await;
+                            return;
+                        }
+                        match self.hand_over(&msg, &mut running).await {
+                            Some(p) => phase = p,
+                            None => return,
+                        }
+                        timeout_at = Some(Instant::now() + timeout);
+                    }
+                    Step::Slot(Err(())) => return, // shutting down: the message stays queued
+                    Step::Written(Ok(())) => {
+                        self.set_state(ProcessState::Busy);
+                        if faults::hit(faults::ACTOR_PANIC, &msg.text) {
+                            panic!("injected fault: the actor panics mid-turn");
+                        }
+                        phase = Phase::Run;
+                    }
+                    Step::Written(Err(_)) => {
+                        // The pipe is gone: the process died before it read the message.
+                        let (reason, launch) = self.process_died().await;
+                        if let Some(l) = launch.filter(|l| !retried && self.wrong_start(l, &reason)) {
+                            retried = true;
+                            retry_launch = Some(flipped(l));
+                            phase = self.wait_for_slot();
+                            continue;
+                        }
+                        self.fail_dead(&msg, &reason, started).await;
+                        return;
+                    }
+                },
+                line = live_line(&mut self.live), if reading => match line {
+                    Some(Ok(line)) => {
+                        let Some((result, row)) = self.on_line(line) else { continue };
+                        let launch = self.live.as_ref().map(|l| l.launch.clone());
+                        if let Some(l) = launch.filter(|l| {
+                            !retried && result.is_error && self.wrong_start(l, &result.text)
+                        }) {
+                            if let Some(row) = row {
+                                self.log.hold(row);
+                            }
+                            let _ = self.process_died().await;
+                            retried = true;
+                            retry_launch = Some(flipped(l));
+                            phase = self.wait_for_slot();
+                            continue;
+                        }
+                        self.settle(&msg, result, row, interrupted_at.is_some(), started).await;
+                        return;
+                    }
+                    _ => {
+                        let (reason, launch) = self.process_died().await;
+                        if let Some(l) = launch.filter(|l| !retried && self.wrong_start(l, &reason)) {
+                            retried = true;
+                            retry_launch = Some(flipped(l));
+                            phase = self.wait_for_slot();
+                            continue;
+                        }
+                        self.fail_dead(&msg, &reason, started).await;
+                        return;
+                    }
+                },
+                ctl = self.ctl.recv() => match ctl {
+                    Some(Control::Interrupt(reply)) => {
+                        let _ = reply.send(true);
+                        if !running {
+                            // The agent never had it: nothing to stop but our own waiting.
+                            self.kill_process().await;
+                            self.fail(&msg, Status::Interrupted, "interrupted before the agent read the message", started).await;
+                            return;
+                        }
+                        let sent = self.send_interrupt();
+                        if sent && interrupted_at.is_none() {
+                            interrupted_at = Some(Instant::now());
+                        }
+                        if !sent {
+                            // No interrupt line for this agent, or the pipe is gone: stop it.
+                            self.kill_process().await;
+                            self.fail(&msg, Status::Interrupted, "interrupted", started).await;
+                            return;
+                        }
+                    }
+                    Some(Control::Evict) => {}
+                    Some(Control::Shutdown(at)) => {
+                        self.exit = Some(Exit::Shutdown(at));
+                        if matches!(phase, Phase::Slot(_)) {
+                            return; // the agent never had it: it stays queued
+                        }
+                    }
+                    Some(Control::End) | None => {
+                        self.exit = Some(Exit::Ended);
+                        self.kill_process().await;
+                        self.fail(&msg, Status::Interrupted, "the session was ended during the turn", started).await;
+                        return;
+                    }
+                },
+                _ = sleep_until(deadline) => {
+                    self.kill_process().await;
+                    let cut = if interrupted_at.is_some() {
+                        Cut::Interrupted
+                    } else if matches!(self.exit, Some(Exit::Shutdown(_))) {
+                        Cut::Shutdown
+                    } else if matches!(phase, Phase::Write(_)) {
+                        Cut::NotRead(timeout)
+                    } else {
+                        Cut::Timeout(timeout)
+                    };
+                    tracing::warn!(?cut, "turn cut off");
+                    self.cut(&msg, cut, started).await;
+                    return;
+                }
+                _ = sleep_until(flush_at) => self.log.flush(&self.sessions.deps().store).await,
+            }
+        }
+    }
+
+    /// The agent gets the message: it is marked running (once) and its line is handed to
+    /// the process's writer. None when the turn is over (it was cancelled meanwhile).
+    async fn hand_over(&mut self, msg: &messages::MessageRow, running: &mut bool) -> Option<Phase> {
+        if !*running {
+            match self.start_turn(msg).await {
+                Ok(true) => *running = true,
+                Ok(false) => {
+                    // Cancelled meanwhile (the session was ended).
+                    self.kill_process().await;
+                    self.log.flush(&self.sessions.deps().store).await;
+                    return None;
+                }
+                Err(e) => {
+                    // Not handed over: the message stays queued for another look.
+                    tracing::error!(error = %e, "could not mark the message running");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return None;
+                }
+            }
+        }
+        Some(Phase::Write(self.write_message(msg)))
+    }
+
+    fn wait_for_slot(&self) -> Phase {
+        Phase::Slot(Box::pin(slots::take(
+            self.sessions.clone(),
+            self.id.clone(),
+        )))
+    }
+
+    /// Hands the message's line to the process's writer.
+    fn write_message(&self, msg: &messages::MessageRow) -> oneshot::Receiver<io::Result<()>> {
+        let line = self.sessions.deps().agent.user_line(&msg.text);
+        match &self.live {
+            Some(live) => live.process.write_line(&line),
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(io::ErrorKind::BrokenPipe.into()));
+                rx
+            }
+        }
+    }
+
+    fn wrong_start(&self, launch: &Launch, output: &str) -> bool {
+        let wrong = self.sessions.deps().agent.wrong_start(launch, output);
+        if wrong {
+            tracing::warn!(
+                resume = launch.resume,
+                "the agent refused how it was started for this conversation; starting it the other way"
+            );
+        }
+        wrong
+    }
+
+    /// Marks the message running, records the process, and stores the held events and
+    /// `tether.turn_started`, in one transaction. False when the message is no longer
+    /// queued (cancelled meanwhile).
+    async fn start_turn(&mut self, msg: &messages::MessageRow) -> sqlx::Result<bool> {
+        let now = crate::store::now_ms();
+        let mut tx = self.store().begin_write().await?;
+        if !messages::mark_running(&mut *tx, msg.id, now).await? {
+            return Ok(false);
+        }
+        if let Some(live) = &self.live {
+            let p = (live.process.pid, live.process.start_time);
+            sessions::set_process(&mut *tx, &self.id, Some(p)).await?;
+        }
+        self.log.write_held(&mut tx).await?;
+        let row = self
+            .log
+            .stage_tether("turn_started", json!({"messageId": msg.id}));
+        events::append(&mut *tx, &row).await?;
+        tx.commit().await?;
+        self.log.stored(vec![row]);
+        Ok(true)
+    }
+
+    /// Writes the agent's interrupt request; false if it has none or stdin is gone.
+    fn send_interrupt(&mut self) -> bool {
+        self.interrupts_sent += 1;
+        let request_id = format!("tether_interrupt_{}", self.interrupts_sent);
+        let Some(line) = self.sessions.deps().agent.interrupt_line(&request_id) else {
+            return false;
+        };
+        let Some(live) = &self.live else { return false };
+        tracing::info!(request_id, "interrupting the turn");
+        // Not waited for: a CLI that does not read gets the interrupt grace, then is killed.
+        let mut written = live.process.write_line(&line);
+        !matches!(written.try_recv(), Ok(Err(_)))
+    }
+
+    /// The process ended (stdout closed or stdin refused): reaps it and logs it. Returns
+    /// how it ended and how it had been started.
+    async fn process_died(&mut self) -> (String, Option<Launch>) {
+        let Some(live) = self.live.take() else {
+            return ("the agent process is gone".to_string(), None);
+        };
+        let launch = live.launch.clone();
+        let reason = self.reap(live).await;
+        let row = self.log.stage_tether(
+            "process_exited",
+            json!({"reason": reason, "duringTurn": true}),
+        );
+        self.log.hold(row);
+        (reason, Some(launch))
+    }
+}
+
+/// The same launch, the other way (`--resume` ↔ `--session-id`).
+fn flipped(mut launch: Launch) -> Launch {
+    launch.resume = !launch.resume;
+    launch
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
