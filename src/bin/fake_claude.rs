@@ -24,11 +24,17 @@
 //! | `[unknown]`    | print an event of an unknown type first                                 |
 //! | `[exit-after]` | exit 0 right after the `result` line                                    |
 //! | `[stderr]`     | write a warning line to stderr                                          |
+//! | `[early-exit]` | exit 1 on reading the message, before it reaches the transcript         |
+//! | `[spawn-tool]` | start `sleep 300` in the group (a tool); stderr and the reply name its pid|
+//! | `[badtype]`    | print an event whose type holds a newline and a space first             |
 //!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
-//! `FAKE_CLAUDE_START_DELAY_MS` (sleep before reading stdin), `CLAUDE_CONFIG_DIR` / `HOME`
-//! (where transcripts live).
+//! `FAKE_CLAUDE_START_DELAY_MS` (sleep before reading stdin, as the real CLI takes 0.3 to
+//! 0.5 s to start; the transcript is written only once the first message is read),
+//! `FAKE_CLAUDE_CONFIG_DIR` (where this fake keeps transcripts, over `CLAUDE_CONFIG_DIR`, so a
+//! test can make tether's view of the transcripts differ from the CLI's), `CLAUDE_CONFIG_DIR`
+//! / `HOME` (where transcripts live).
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -227,7 +233,9 @@ fn open_session(args: &Args, cwd: &str) -> Result<Session, i32> {
 
 /// `<config>/projects/<cwd with every non-alphanumeric char replaced by '-'>/<id>.jsonl`.
 fn transcript_path(cwd: &str, id: &str) -> PathBuf {
-    let config = match std::env::var_os("CLAUDE_CONFIG_DIR") {
+    let config = match std::env::var_os("FAKE_CLAUDE_CONFIG_DIR")
+        .or_else(|| std::env::var_os("CLAUDE_CONFIG_DIR"))
+    {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".claude"),
     };
@@ -365,6 +373,9 @@ struct Directives {
     unknown: bool,
     exit_after: bool,
     stderr: bool,
+    early_exit: bool,
+    spawn_tool: bool,
+    bad_type: bool,
 }
 
 impl Directives {
@@ -397,6 +408,9 @@ impl Directives {
             "unknown" => self.unknown = true,
             "exit-after" => self.exit_after = true,
             "stderr" => self.stderr = true,
+            "early-exit" => self.early_exit = true,
+            "spawn-tool" => self.spawn_tool = true,
+            "badtype" => self.bad_type = true,
             _ => {}
         }
     }
@@ -431,6 +445,8 @@ struct Conversation {
     turns: u64,
     messages: u64,
     last_was_error: bool,
+    /// The pid of a tool started by `[spawn-tool]`, named in the reply.
+    tool: Option<u32>,
 }
 
 impl Conversation {
@@ -443,6 +459,7 @@ impl Conversation {
             turns: 0,
             messages: 0,
             last_was_error: false,
+            tool: None,
         }
     }
 
@@ -506,6 +523,9 @@ impl Conversation {
     fn turn(&mut self, text: &str) {
         let started = Instant::now();
         let directives = Directives::parse(text);
+        if directives.early_exit {
+            fatal("fake early exit, before the transcript", 1);
+        }
         self.turns += 1;
         append_transcript(&self.session.transcript, "user", text);
         self.session.history.push(text.to_owned());
@@ -519,6 +539,12 @@ impl Conversation {
         }
         if directives.garbage {
             emit_raw("this is not json {{{");
+        }
+        if directives.bad_type {
+            emit(&json!({"type": "bad\ntype here", "session_id": self.session.id}));
+        }
+        if directives.spawn_tool {
+            self.tool = Some(spawn_tool());
         }
         if directives.unknown {
             emit(
@@ -560,13 +586,16 @@ impl Conversation {
 
     /// Prints the assistant line, records the reply and builds the successful result.
     fn reply(&mut self, text: &str, directives: &Directives, started: Instant) -> Value {
-        let reply = match directives.bigreply {
+        let mut reply = match directives.bigreply {
             Some(len) => lorem(len),
             None => format!(
                 "echo: {text} | history: {}",
                 self.session.history.join(" / ")
             ),
         };
+        if let Some(pid) = self.tool.take() {
+            reply = format!("tool pid {pid} | {reply}");
+        }
         let (shown, result) = match directives.huge {
             Some(len) => ("x".repeat(len), "huge done".to_owned()),
             None => (reply.clone(), reply),
@@ -694,6 +723,23 @@ fn emit_raw(line: &str) {
     let mut out = io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         process::exit(1);
+    }
+}
+
+/// Starts a long-running tool in this process's group (as a Bash tool call would) and
+/// leaves it running.
+fn spawn_tool() -> u32 {
+    match process::Command::new("sleep")
+        .arg("300")
+        .stdin(process::Stdio::null())
+        .stdout(process::Stdio::null())
+        .spawn()
+    {
+        Ok(child) => {
+            eprintln!("tool pid {}", child.id());
+            child.id()
+        }
+        Err(err) => fatal(&format!("Error: cannot start a tool: {err}"), 1),
     }
 }
 

@@ -232,6 +232,14 @@ impl Sessions {
             .count()
     }
 
+    /// Bytes held in memory for live listeners, over all sessions.
+    pub fn live_bytes(&self) -> usize {
+        self.actors()
+            .values()
+            .map(|e| e.handle.live.held_bytes())
+            .sum()
+    }
+
     /// Number of running actors (sessions with work, a process or a listener).
     pub fn live_actors(&self) -> usize {
         self.actors().len()

@@ -37,6 +37,10 @@ pub fn test_settings(dir: &Path) -> Settings {
         "CLAUDE_CONFIG_DIR".into(),
         dir.join("claude-config").to_string_lossy().into_owned(),
     );
+    // The real CLI takes 0.3 to 0.5 s to start (it reads stdin only then).
+    s.agent
+        .env
+        .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "300".into());
     s.agent.env.insert(
         "FAKE_CLAUDE_LOG".into(),
         dir.join("fake-claude.log").to_string_lossy().into_owned(),

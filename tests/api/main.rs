@@ -6,5 +6,6 @@ mod helpers;
 mod push;
 mod real_claude;
 mod recovery;
+mod resilience;
 mod sessions;
 mod stand_in_api;

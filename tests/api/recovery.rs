@@ -207,8 +207,9 @@ impl Server {
             &config,
             format!(
                 "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n[agent]\ncommand = {:?}\nenv = {{ {env} }}\n\
+                 [sessions]\nmax_processes = {}\n\
                  [projects]\nroots = [{:?}]\n[auth]\nsecret = \"test-secret-test-secret-test-secret\"\n",
-                settings.database.path, settings.agent.command, settings.projects.roots[0],
+                settings.database.path, settings.agent.command, settings.sessions.max_processes, settings.projects.roots[0],
             ),
         )
         .unwrap();
@@ -467,4 +468,110 @@ async fn record_process(settings: &Settings, session_id: &str, pid: u32, start_t
         .await
         .unwrap();
     store.close().await;
+}
+
+impl Server {
+    /// A user token for this server's secret.
+    fn token(settings: &Settings) -> String {
+        tether::auth::Auth::from_settings(settings)
+            .unwrap()
+            .issue("me", tether::auth::Role::User)
+            .unwrap()
+    }
+
+    async fn post(&self, token: &str, body: Value) -> Value {
+        reqwest::Client::new()
+            .post(format!("{}/api/chat", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_sigkill_while_the_first_process_starts_does_not_break_the_session() {
+    // The real CLI takes 0.3 to 0.5 s to start and writes its transcript only once it has
+    // read the first message: tether dies inside that window.
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(dir.path());
+    settings
+        .agent
+        .env
+        .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "1500".into());
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    let first = server
+        .post(&token, json!({"message": "one", "projectPath": project}))
+        .await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    wait_for("the CLI process to start", || async {
+        std::fs::read_to_string(dir.path().join("fake-claude.log"))
+            .ok()
+            .filter(|l| !l.is_empty())
+    })
+    .await;
+    server.sigkill();
+
+    settings.agent.env.remove("FAKE_CLAUDE_START_DELAY_MS");
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, first["messageId"].as_i64().unwrap()).await;
+    assert_eq!(m["status"], "interrupted", "{m}");
+    for text in ["two", "three"] {
+        let next = app.chat_wait(text, Some(&id)).await;
+        assert_eq!(next["status"], "completed", "{next}");
+    }
+    let runs = app.invocations();
+    assert!(
+        argv(&runs[1]).contains(&"--session-id".to_string()),
+        "the CLI never saved the conversation, so it is started anew: {:?}",
+        argv(&runs[1])
+    );
+}
+
+#[tokio::test]
+async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_restart() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(dir.path());
+    settings.sessions.max_processes = 1;
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    let busy = server
+        .post(
+            &token,
+            json!({"message": "busy [slow:60000]", "projectPath": project}),
+        )
+        .await;
+    let waiting = server
+        .post(
+            &token,
+            json!({"message": "waiting", "projectPath": project}),
+        )
+        .await;
+    // The busy turn is with its CLI; the other waits for the one slot.
+    wait_for("the busy CLI", || async {
+        std::fs::read_to_string(dir.path().join("fake-claude.log"))
+            .ok()
+            .filter(|l| !l.is_empty())
+    })
+    .await;
+    server.sigkill();
+
+    let app = TestApp::start(settings, dir).await;
+    let b = waiting["sessionId"].as_str().unwrap();
+    let m = app
+        .wait_terminal(b, waiting["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(m["status"], "completed", "it never reached the agent: {m}");
+    let a = busy["sessionId"].as_str().unwrap();
+    let m = app.message(a, busy["messageId"].as_i64().unwrap()).await;
+    assert_eq!(m["status"], "interrupted", "{m}");
 }
