@@ -34,12 +34,12 @@ impl Figures {
     }
     fn print(&self) {
         println!(
-            "{:<9} n={:<4} mean {:>8.3} ms   p50 {:>8.3} ms   p95 {:>8.3} ms",
+            "{:<9} n={:<4} mean {:>8.3} ms   p50 {:>8.3} ms   p99 {:>8.3} ms",
             self.name,
             self.samples.len(),
             self.mean(),
             self.pct(0.5),
-            self.pct(0.95)
+            self.pct(0.99)
         );
     }
 }
@@ -224,15 +224,17 @@ fn main() {
         f.print();
     }
     println!(
-        "ratios: warm/direct {:.1}x (tether adds {:.3} ms a turn), cold/warm {:.1}x",
-        warm.mean() / direct.mean(),
-        warm.mean() - direct.mean(),
+        "tether adds {:.3} ms at p50 and {:.3} ms at p99 to a warm turn (warm/direct {:.1}x at p50); cold/warm {:.1}x",
+        warm.pct(0.5) - direct.pct(0.5),
+        warm.pct(0.99) - direct.pct(0.99),
+        warm.pct(0.5) / direct.pct(0.5),
         cold.mean() / warm.mean()
     );
+    let one = 1e3 / warm.mean();
+    let many = parallel_figs.samples.len() as f64 / wall.as_secs_f64();
     println!(
-        "parallel: {sessions} sessions x {turns} turns in {:.3} s = {:.0} turns/s (one session in sequence: {:.0} turns/s)",
+        "parallel: {sessions} sessions x {turns} turns in {:.3} s = {many:.0} turns/s; one session in sequence: {one:.0} turns/s; scaling {:.2}x",
         wall.as_secs_f64(),
-        parallel_figs.samples.len() as f64 / wall.as_secs_f64(),
-        1e3 / warm.mean()
+        many / one
     );
 }

@@ -425,6 +425,35 @@ mod tests {
             .unwrap_or(false)
     }
 
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_recorded_process_that_is_only_a_zombie_is_not_a_survivor() {
+        let mut cmd = std::process::Command::new("true");
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        // Exited but not reaped: a zombie that still holds its pid and group.
+        while !is_zombie(pid) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let start_time = process_start_time(pid).unwrap_or(0);
+        assert!(!kill_orphan(pid, start_time).await);
+        child.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_live_survivor_and_its_group_are_stopped() {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "sleep 300 & sleep 300"]);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let start_time = process_start_time(pid).unwrap();
+        assert!(kill_orphan(pid, start_time).await);
+        assert!(!child.wait().unwrap().success());
+        assert_eq!(live_group_members(pid), 0);
+    }
+
     #[tokio::test]
     async fn stop_escalates_to_kill_when_stdin_is_ignored() {
         let mut cmd = tokio::process::Command::new("sh");

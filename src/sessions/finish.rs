@@ -270,12 +270,12 @@ impl Actor {
         let mut rows = Vec::with_capacity(2);
         let mut tx = self.store().begin_write().await?;
         self.log.write_held(&mut tx).await?;
-        if let Some(line) = &end.line {
-            events::append(&mut *tx, line).await?;
-            rows.push(line.clone());
-        }
         if !messages::finish(&mut *tx, msg.id, outcome).await? {
             // Already ended (by a shutdown sweep or an end of the session): once only.
+            if let Some(line) = &end.line {
+                events::append(&mut *tx, line).await?;
+                rows.push(line.clone());
+            }
             tx.commit().await?;
             self.log.stored(rows);
             return Ok(());
@@ -299,6 +299,14 @@ impl Actor {
             ),
             None => None,
         };
+        if let Some(line) = &end.line {
+            let line = match reply_id {
+                Some(id) => without_reply_text(line, id),
+                None => line.clone(),
+            };
+            events::append(&mut *tx, &line).await?;
+            rows.push(line);
+        }
         sessions::record_turn(
             &mut *tx,
             &self.id,
@@ -347,4 +355,17 @@ impl Actor {
         }
         Ok(())
     }
+}
+
+/// The `result` line as stored when its text is stored as the reply: the text is left out
+/// and the reply's id put in its place, so a reply is not kept twice (the assistant lines
+/// before it carry what the agent wrote as it wrote it).
+fn without_reply_text(line: &EventRow, reply_id: i64) -> EventRow {
+    let mut row = line.clone();
+    if let Ok(serde_json::Value::Object(mut v)) = serde_json::from_str(&line.data) {
+        v.remove("result");
+        v.insert("replyId".into(), reply_id.into());
+        row.data = serde_json::Value::Object(v).to_string();
+    }
+    row
 }

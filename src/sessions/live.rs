@@ -26,6 +26,8 @@ pub(super) struct Live {
     _slot: OwnedSemaphorePermit,
     /// Claude reports cost summed over the life of a process: what was already counted.
     pub(super) cost_so_far: f64,
+    /// Its pid is recorded on the session (done with its first turn's start).
+    pub(super) recorded: bool,
 }
 
 impl Actor {
@@ -79,6 +81,7 @@ impl Actor {
             launch,
             _slot: slot,
             cost_so_far: 0.0,
+            recorded: false,
         });
         self.set_state(ProcessState::Starting);
         Ok(())

@@ -272,7 +272,7 @@ impl Actor {
         if !messages::mark_running(&mut *tx, msg.id, now).await? {
             return Ok(false);
         }
-        if let Some(live) = &self.live {
+        if let Some(live) = self.live.as_ref().filter(|l| !l.recorded) {
             let p = (live.process.pid, live.process.start_time);
             sessions::set_process(&mut *tx, &self.id, Some(p)).await?;
         }
@@ -283,6 +283,9 @@ impl Actor {
         events::append(&mut *tx, &row).await?;
         tx.commit().await?;
         self.log.stored(vec![row]);
+        if let Some(live) = self.live.as_mut() {
+            live.recorded = true;
+        }
         Ok(true)
     }
 

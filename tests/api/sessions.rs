@@ -203,6 +203,9 @@ async fn events_stream_live_and_resume_from_last_event_id() {
         id.as_str(),
         "agent lines are sent whole"
     );
+    // ...but the reply's text is stored once, in its message: the result points to it.
+    assert!(result.2.get("result").is_none(), "{:?}", result.2);
+    assert!(result.2["replyId"].as_i64().is_some(), "{:?}", result.2);
 }
 
 #[tokio::test]
