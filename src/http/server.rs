@@ -4,12 +4,12 @@
 //! shutdown has a hard deadline (answers 503 while draining, closes what is left after it).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     future::Future,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -46,10 +46,15 @@ const FDS_PER_PROCESS: usize = 4;
 /// The cap never goes below this, whatever the open-file limit says.
 const MIN_CONNECTIONS: usize = 16;
 /// Pause after accept() failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) and
-/// idle connections were closed to make room: the time for their sockets to be dropped.
+/// idle connections were closed to make room (the time for their sockets to be dropped), and
+/// between looks for a connection to close while a newcomer waits at the cap.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 /// Pause after such a failure when nothing could be closed: try again later, do not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+/// At the cap, how long a new connection may wait for another to become closable (newer
+/// ones are not closed before they have been read) before it is closed itself. The loop
+/// accepts nothing meanwhile; later clients wait in the listen queue.
+const NEWCOMER_WAIT: Duration = Duration::from_secs(1);
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -135,11 +140,41 @@ impl Server {
         let mut deadline: Option<Instant> = None;
         let mut paused_until: Option<Instant> = None;
         let mut last_warning: Option<Instant> = None;
+        // A connection accepted at the cap, waiting for one to be closed for it.
+        let mut newcomer: Option<(TcpStream, Instant)> = None;
         tracing::debug!(max_connections = self.cap, "accepting connections");
         loop {
             if deadline.is_some() && sessions_done && conns.none_in_flight() {
                 tracing::info!(open = conns.len(), "HTTP drained");
                 break;
+            }
+            if let Some((stream, since)) = newcomer.take() {
+                if conns.len() < self.cap || conns.evict_oldest_idle() {
+                    let state = Arc::new(ConnState::default());
+                    let service = ConnService {
+                        router: router.clone(),
+                        state: state.clone(),
+                    };
+                    let abort = tasks.spawn(serve_connection(
+                        stream,
+                        service,
+                        self.header_read_timeout,
+                        drain.clone(),
+                    ));
+                    conns.add(abort, state);
+                } else if since.elapsed() >= NEWCOMER_WAIT {
+                    // Every connection has had a request in flight all this time (those are
+                    // bounded per owner): this one is closed, not another.
+                    metrics::counter!("tether_http_connections_refused_total").increment(1);
+                    tracing::debug!(
+                        open = conns.len(),
+                        "connection cap reached; refused a connection"
+                    );
+                } else {
+                    // The newest connections have not been read yet; one soon will be.
+                    newcomer = Some((stream, since));
+                    paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                }
             }
             tokio::select! {
                 Some(done) = tasks.join_next_with_id() => {
@@ -163,28 +198,8 @@ impl Server {
                     break;
                 }
                 () = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
-                accepted = self.listener.accept(), if paused_until.is_none() => match accepted {
-                    Ok((stream, _)) => {
-                        if conns.len() >= self.cap && !conns.evict_oldest_idle() {
-                            // Every connection has a request in flight (bounded per owner):
-                            // nothing may be closed for this one.
-                            metrics::counter!("tether_http_connections_refused_total").increment(1);
-                            tracing::debug!(open = conns.len(), "connection cap reached; refusing a connection");
-                            continue;
-                        }
-                        let in_flight = Arc::new(AtomicUsize::new(0));
-                        let service = ConnService {
-                            router: router.clone(),
-                            in_flight: in_flight.clone(),
-                        };
-                        let abort = tasks.spawn(serve_connection(
-                            stream,
-                            service,
-                            self.header_read_timeout,
-                            drain.clone(),
-                        ));
-                        conns.add(abort, in_flight);
-                    }
+                accepted = self.listener.accept(), if paused_until.is_none() && newcomer.is_none() => match accepted {
+                    Ok((stream, _)) => newcomer = Some((stream, Instant::now())),
                     Err(e) if is_connection_error(&e) => {
                         tracing::debug!(error = %e, "a connection failed before it was accepted");
                     }
@@ -192,7 +207,10 @@ impl Server {
                         // Out of descriptors (or memory): shrink the cap to what the process
                         // can hold beside its reserve, close idle connections to make room,
                         // and pause rather than spin on an accept that keeps failing.
-                        let shrunk = conns.len().saturating_sub(self.reserve).max(MIN_CONNECTIONS);
+                        let shrunk = conns
+                            .holding()
+                            .saturating_sub(self.reserve)
+                            .max(MIN_CONNECTIONS);
                         let before = self.cap;
                         self.cap = self.cap.min(shrunk);
                         let mut evicted = 0;
@@ -249,6 +267,7 @@ async fn serve_connection(
 ) {
     // Events are small and should not wait for more to fill a packet.
     let _ = stream.set_nodelay(true);
+    let state = service.state.clone();
     let mut draining = drain.is_draining();
     let mut builder = http1::Builder::new();
     builder
@@ -259,34 +278,62 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut conn = std::pin::pin!(conn);
-    loop {
-        tokio::select! {
-            done = conn.as_mut() => {
-                if let Err(e) = done {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            () = drain.started(), if !draining => {
-                draining = true;
-                // Closes it now if idle, else after the answer in progress.
-                conn.as_mut().graceful_shutdown();
-            }
+    let mut drain_started = std::pin::pin!(drain.started());
+    let done = std::future::poll_fn(|cx| {
+        if !draining && drain_started.as_mut().poll(cx).is_ready() {
+            draining = true;
+            // Closes it now if idle, else after the answer in progress.
+            conn.as_mut().graceful_shutdown();
         }
+        let done = conn.as_mut().poll(cx);
+        if done.is_pending() {
+            // It has read what the client sent so far: from now on, when no request is in
+            // flight, it waits on its client and may be closed to make room.
+            state.polled.store(true, Ordering::SeqCst);
+        }
+        done
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// The open connections, oldest first, each with its count of requests in flight.
+/// The open connections, oldest first, and those closed to make room whose tasks have not
+/// ended yet (their sockets are not yet released).
 #[derive(Default)]
 struct Registry {
     next: u64,
     by_age: BTreeMap<u64, Conn>,
     by_task: HashMap<tokio::task::Id, u64>,
+    closing: HashSet<tokio::task::Id>,
 }
 
 struct Conn {
     abort: AbortHandle,
-    in_flight: Arc<AtomicUsize>,
+    state: Arc<ConnState>,
+}
+
+/// What the accept loop needs to know of a connection to choose one to close.
+#[derive(Default)]
+struct ConnState {
+    /// Requests from the end of their header until their answer has been sent or dropped.
+    in_flight: AtomicUsize,
+    /// Its task has read what had arrived and waits for more: a connection not yet polled
+    /// (a newcomer whose header is already in its socket) is never closed to make room.
+    polled: AtomicBool,
+}
+
+impl ConnState {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waiting on its client for a request header: idle between requests, or a header that
+    /// is still arriving (where a slowloris client stays).
+    fn waits_on_client(&self) -> bool {
+        self.polled.load(Ordering::SeqCst) && self.in_flight() == 0
+    }
 }
 
 impl Registry {
@@ -294,11 +341,16 @@ impl Registry {
         self.by_age.len()
     }
 
-    fn add(&mut self, abort: AbortHandle, in_flight: Arc<AtomicUsize>) {
+    /// Sockets held: open connections and those still closing.
+    fn holding(&self) -> usize {
+        self.by_age.len() + self.closing.len()
+    }
+
+    fn add(&mut self, abort: AbortHandle, state: Arc<ConnState>) {
         let id = self.next;
         self.next += 1;
         self.by_task.insert(abort.id(), id);
-        self.by_age.insert(id, Conn { abort, in_flight });
+        self.by_age.insert(id, Conn { abort, state });
         metrics::gauge!("tether_http_connections").set(self.len() as f64);
     }
 
@@ -306,36 +358,33 @@ impl Registry {
         if let Some(id) = self.by_task.remove(&task) {
             self.by_age.remove(&id);
             metrics::gauge!("tether_http_connections").set(self.len() as f64);
+        } else {
+            self.closing.remove(&task);
         }
     }
 
     fn in_flight(&self) -> usize {
-        self.by_age
-            .values()
-            .map(|c| c.in_flight.load(Ordering::SeqCst))
-            .sum()
+        self.by_age.values().map(|c| c.state.in_flight()).sum()
     }
 
     fn none_in_flight(&self) -> bool {
-        self.by_age
-            .values()
-            .all(|c| c.in_flight.load(Ordering::SeqCst) == 0)
+        self.by_age.values().all(|c| c.state.in_flight() == 0)
     }
 
-    /// Closes the oldest connection that has no request in flight: one that is idle between
-    /// requests, or has not finished sending its first header (a slowloris client waits
-    /// there). False when every connection is busy.
+    /// Closes the oldest connection that waits on its client for a request header. False
+    /// when there is none (every connection has a request in flight, or is brand new).
     fn evict_oldest_idle(&mut self) -> bool {
         let Some(id) = self
             .by_age
             .iter()
-            .find(|(_, c)| c.in_flight.load(Ordering::SeqCst) == 0)
+            .find(|(_, c)| c.state.waits_on_client())
             .map(|(id, _)| *id)
         else {
             return false;
         };
         let conn = self.by_age.remove(&id).expect("found above");
         self.by_task.remove(&conn.abort.id());
+        self.closing.insert(conn.abort.id());
         conn.abort.abort();
         metrics::counter!("tether_http_connections_evicted_total").increment(1);
         metrics::gauge!("tether_http_connections").set(self.len() as f64);
@@ -348,7 +397,7 @@ impl Registry {
 #[derive(Clone)]
 struct ConnService {
     router: Router,
-    in_flight: Arc<AtomicUsize>,
+    state: Arc<ConnState>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
@@ -357,7 +406,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let guard = InFlight::new(self.in_flight.clone());
+        let guard = InFlight::new(self.state.clone());
         let mut router = self.router.clone();
         Box::pin(async move {
             // The router is always ready (axum's `Router::poll_ready` is `Ready`).
@@ -371,18 +420,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 }
 
 /// One request in flight on a connection, until dropped.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<ConnState>);
 
 impl InFlight {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::SeqCst);
-        Self(count)
+    fn new(conn: Arc<ConnState>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(conn)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
