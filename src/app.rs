@@ -5,19 +5,21 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock},
-    time::Duration,
 };
 
 use anyhow::Context;
 use futures::FutureExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, Notify},
+};
 
 use crate::{
     agent::{self, claude::Claude, AgentStatus},
     auth::Auth,
     config::Settings,
-    http::{self, ApiError},
+    http::{self, server::Drain, ApiError},
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
     store::Store,
@@ -162,6 +164,9 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then stops taking messages, gives running turns
     /// `server.shutdown_grace_secs`, and stops and reaps every child before returning.
+    /// HTTP drains meanwhile: event streams end at once, requests that arrive answer 503
+    /// `shutting_down`, and connections still open after the grace (plus
+    /// [`http::server::DRAIN_MARGIN`]) are closed whatever their clients do.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -175,22 +180,26 @@ impl Application {
             state.settings.events.clone(),
             state.sessions.stopping(),
         ));
-        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
-        // Sessions stop as soon as the signal comes, so open event streams and waiting
-        // chats end and the HTTP server can drain.
+        let grace = state.settings.server.shutdown_grace();
+        let (drain_trigger, drain) = Drain::new();
+        let (sessions_stopped, sessions_done) = oneshot::channel::<()>();
+        // At the signal the HTTP drain begins (streams end, new requests get 503) and the
+        // sessions stop: waiting chats get their answers and the server can finish.
         let sessions = state.sessions.clone();
-        let stopping = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                sessions.shutdown(grace).await;
-            }
+        let stopping = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            drain_trigger.start();
+            sessions.shutdown(grace).await;
+            let _ = sessions_stopped.send(());
         });
         let store = state.store.clone();
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let server = http::server::Server::new(listener, &state.settings);
+        server
+            .serve(http::router(state, drain.clone()), drain, async {
+                let _ = sessions_done.await;
+            })
+            .await;
         stopping.await?;
         push_worker.await?;
         retention.await?;

@@ -73,21 +73,76 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await
 }
 
-/// Ctrl-C or SIGTERM.
+/// The first Ctrl-C or SIGTERM: a graceful shutdown (within `server.shutdown_grace_secs`).
+/// A second one while that runs stops the process at once, for a shutdown that hangs.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop tether with SIGKILL");
+            return std::future::pending().await;
         }
     };
+    let first = signals.next().await;
+    tracing::info!(
+        signal = first.name,
+        "stopping gracefully; send it again to stop at once"
+    );
+    tokio::spawn(async move {
+        let second = signals.next().await;
+        tracing::warn!(
+            signal = second.name,
+            "second signal: exiting now without finishing the shutdown"
+        );
+        std::process::exit(second.exit_code);
+    });
+}
+
+/// A signal that stops tether, with the exit code a shell gives a process it killed.
+struct Received {
+    name: &'static str,
+    exit_code: i32,
+}
+
+/// Ctrl-C and SIGTERM, listened to from start to exit (a second one is never missed).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    #[cfg(unix)]
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {})
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.interrupt.recv() => Received { name: "SIGINT", exit_code: 130 },
+            _ = self.terminate.recv() => Received { name: "SIGTERM", exit_code: 143 },
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> Received {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Received {
+            name: "Ctrl-C",
+            exit_code: 130,
+        }
+    }
 }

@@ -24,6 +24,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub push: PushSettings,
     pub log: LogSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +33,26 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub wait_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// Open connections at once; when full, the oldest connection without a request in
+    /// flight is closed for a new one. Lowered at start to what the open-file limit allows.
+    pub max_connections: usize,
+    /// A client must send a request's whole header within this time (also the longest an
+    /// idle keep-alive connection stays open).
+    pub header_read_timeout_secs: u64,
+    /// Longest time to answer a request (event streams exempt; chat adds `wait_timeout_secs`).
+    pub request_timeout_secs: u64,
+}
+
+/// What one owner (the `sub` of a token) may hold at once, so that one phone or script
+/// cannot starve the others. Admins are counted like everyone else, under their own owner.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// New sessions (`POST /api/chat` without `sessionId`) per owner in any 60 seconds.
+    pub new_sessions_per_minute: u32,
+    /// Sessions in state `active` per owner; more answer 429 until one is ended.
+    pub active_sessions_per_owner: u32,
+    /// Open event streams (`GET /api/sessions/{id}/events`) per owner.
+    pub streams_per_owner: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +149,21 @@ impl Settings {
     }
 }
 
+impl ServerSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs.max(1))
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
+    }
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_secs(self.wait_timeout_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
 impl AgentSettings {
     pub fn turn_timeout(&self) -> Duration {
         Duration::from_secs(self.turn_timeout_secs)
@@ -181,10 +217,12 @@ mod tests {
             jail.set_env("TETHER__SERVER__BIND", "127.0.0.1:0");
             jail.set_env("TETHER__AGENT__COMMAND", "/opt/claude");
             jail.set_env("TETHER__SESSIONS__MAX_PROCESSES", "3");
+            jail.set_env("TETHER__LIMITS__STREAMS_PER_OWNER", "2");
             let s = Settings::load(None).map_err(|e| *e)?;
             assert_eq!(s.server.bind.port(), 0);
             assert_eq!(s.agent.command, "/opt/claude");
             assert_eq!(s.sessions.max_processes, 3);
+            assert_eq!(s.limits.streams_per_owner, 2);
             Ok(())
         });
     }

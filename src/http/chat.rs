@@ -1,7 +1,7 @@
 //! `POST /api/chat`: validate, write the user message (queued), wake the session's actor,
 //! answer 202 (or, with `wait`, the reply once the turn ends).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use axum::{
     extract::State,
@@ -15,19 +15,33 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{views::MessageView, ApiError, ApiJson};
+use super::{limits::TooMany, views::MessageView, ApiError, ApiJson};
 use crate::{
     auth::Caller,
-    config::expand_home,
+    config::{expand_home, ProjectSettings},
     store::{self, messages, messages::Status, sessions},
     AppState,
 };
 
 /// Longest `clientMessageId` accepted.
 const MAX_CLIENT_MESSAGE_ID: usize = 128;
+/// The window of `limits.new_sessions_per_minute`.
+const NEW_SESSION_WINDOW: Duration = Duration::from_secs(60);
+/// `Retry-After` for `too_many_sessions`: no time frees a slot (ending a session does), so a
+/// client is told to come back no sooner than this.
+const ACTIVE_SESSIONS_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The route, also named by the request timeout (it may wait for a reply).
+pub(super) const ROUTE: &str = "/api/chat";
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/chat", post(chat))
+    Router::new().route(ROUTE, post(chat))
+}
+
+/// Where a message goes: an existing session (its id as sent), or a new one in this folder.
+enum Target<'a> {
+    Existing(&'a str),
+    New(PathBuf),
 }
 
 #[derive(Deserialize)]
@@ -60,11 +74,23 @@ async fn chat(
         }
     }
     state.agent_ready().await?;
+    // A new session's folder is looked up on the file system before the write lock is
+    // taken, on a blocking thread.
+    let target = match (&req.session_id, &req.project_path) {
+        (Some(id), _) => Target::Existing(id),
+        (None, Some(raw)) => Target::New(resolve_project(&state.settings.projects, raw).await?),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "project_path_required",
+                "a new session needs projectPath (or send sessionId)",
+            ))
+        }
+    };
 
     let now = store::now_ms();
     let mut tx = state.store.begin_write().await?;
-    let session_id = match &req.session_id {
-        Some(id) => {
+    let session_id = match target {
+        Target::Existing(id) => {
             let session = Uuid::parse_str(id)
                 .ok()
                 .map(|u| u.to_string())
@@ -94,14 +120,11 @@ async fn chat(
             }
             session
         }
-        None => {
-            let raw = req.project_path.as_deref().ok_or_else(|| {
-                ApiError::invalid(
-                    "project_path_required",
-                    "a new session needs projectPath (or send sessionId)",
-                )
-            })?;
-            let project = resolve_project(&state, raw)?;
+        Target::New(project) => {
+            if let Some(refused) = new_session_refused(&mut tx, &state, &caller, now).await? {
+                tracing::info!(owner = %caller.owner, code = refused.code, "per-owner limit reached");
+                return Ok(refused.into_response());
+            }
             let id = Uuid::new_v4().to_string();
             let project = project.to_string_lossy();
             let title = std::path::Path::new(project.as_ref())
@@ -188,8 +211,57 @@ fn validate_message(state: &AppState, req: &ChatRequest) -> Result<(), ApiError>
     Ok(())
 }
 
-/// An existing directory inside one of `projects.roots`, made canonical.
-fn resolve_project(state: &AppState, raw: &str) -> Result<PathBuf, ApiError> {
+/// The owner's per-owner session limits, read in the write transaction that would create
+/// the session (so two requests cannot both take the last slot): None when it may be created.
+async fn new_session_refused(
+    tx: &mut crate::store::WriteTx,
+    state: &AppState,
+    caller: &Caller,
+    now: i64,
+) -> Result<Option<TooMany>, ApiError> {
+    let limits = &state.settings.limits;
+    let window = NEW_SESSION_WINDOW.as_millis() as i64;
+    let load = sessions::owner_load(&mut **tx, &caller.owner, now - window).await?;
+    let active_limit = i64::from(limits.active_sessions_per_owner);
+    if load.active >= active_limit {
+        return Ok(Some(TooMany::new(
+            "too_many_sessions",
+            format!(
+                "{} sessions are active (limits.active_sessions_per_owner = {active_limit}); \
+                 end one (DELETE /api/sessions/{{id}}) or continue one with sessionId",
+                load.active
+            ),
+            ACTIVE_SESSIONS_RETRY_AFTER,
+        )));
+    }
+    let rate = i64::from(limits.new_sessions_per_minute);
+    if load.created_since >= rate {
+        // A slot frees when the oldest session of the window leaves it.
+        let oldest = load.oldest_since.unwrap_or(now);
+        let wait = (oldest + window - now).max(0) as u64;
+        return Ok(Some(TooMany::new(
+            "too_many_new_sessions",
+            format!(
+                "{} sessions were started in the last minute (limits.new_sessions_per_minute \
+                 = {rate}); try again later or continue one with sessionId",
+                load.created_since
+            ),
+            Duration::from_millis(wait),
+        )));
+    }
+    Ok(None)
+}
+
+/// An existing directory inside one of `projects.roots`, made canonical. The file-system
+/// calls run on a blocking thread.
+async fn resolve_project(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, ApiError> {
+    let (projects, raw) = (projects.clone(), raw.to_string());
+    tokio::task::spawn_blocking(move || resolve_project_blocking(&projects, &raw))
+        .await
+        .map_err(|e| ApiError::from(anyhow::Error::new(e)))?
+}
+
+fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, ApiError> {
     let path = expand_home(std::path::Path::new(raw.trim()));
     if raw.trim().is_empty() || !path.is_absolute() {
         return Err(ApiError::invalid(
@@ -209,7 +281,7 @@ fn resolve_project(state: &AppState, raw: &str) -> Result<PathBuf, ApiError> {
             format!("projectPath {raw} is not a directory"),
         ));
     }
-    let roots = state.settings.projects.canonical_roots();
+    let roots = projects.canonical_roots();
     if !roots.iter().any(|root| canonical.starts_with(root)) {
         return Err(ApiError::forbidden(format!(
             "projectPath {raw} is outside the folders tether may use (projects.roots)"

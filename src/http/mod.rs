@@ -1,23 +1,53 @@
-//! The HTTP edge: one router per area, merged here, with the body limit, request
-//! tracing and the JSON 404.
+//! The HTTP edge: one router per area, merged here, with the body limit, request tracing,
+//! the JSON 404, the request timeout and the 503 while shutting down. [`server`] is the
+//! listener that serves it.
 
 mod chat;
 mod devices;
 mod error;
 mod health;
+pub mod limits;
 mod pushes;
+pub mod server;
 mod sessions;
 mod views;
 
-use axum::{extract::DefaultBodyLimit, extract::MatchedPath, http::Request, Router};
+use std::time::Duration;
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header::CONNECTION, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    Extension, Router,
+};
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ApiJson, ApiQuery};
 
 use crate::AppState;
 
-pub fn router(state: AppState) -> Router {
+/// What the edge shares with every request (an `Extension`): the shutdown drain, the
+/// per-owner stream counts, and the request time budgets.
+#[derive(Clone, Debug)]
+pub struct Edge {
+    pub drain: server::Drain,
+    pub streams: limits::StreamCounts,
+    /// `server.request_timeout_secs`.
+    request_timeout: Duration,
+    /// `server.wait_timeout_secs`: the extra time `POST /api/chat {"wait": true}` may take.
+    wait_timeout: Duration,
+}
+
+/// The whole API. `drain` tells it when shutdown has begun (see [`server::Drain`]).
+pub fn router(state: AppState, drain: server::Drain) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
+    let edge = Edge {
+        drain,
+        streams: limits::StreamCounts::default(),
+        request_timeout: state.settings.server.request_timeout(),
+        wait_timeout: state.settings.server.wait_timeout(),
+    };
     Router::new()
         .merge(health::router())
         .merge(chat::router())
@@ -26,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .merge(pushes::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(edge.clone(), guard))
+        .layer(Extension(edge))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 // Spans named by the route pattern, not the path: low cardinality, no ids.
@@ -38,4 +70,42 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .with_state(state)
+}
+
+/// 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
+/// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
+/// last); `POST /api/chat` gets `server.wait_timeout_secs` on top for `wait: true`.
+async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
+    if edge.drain.is_draining() {
+        let mut res = ApiError::unavailable(
+            "shutting_down",
+            "tether is shutting down; try again in a moment",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    }
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let budget = match route.as_ref().map(MatchedPath::as_str) {
+        Some(sessions::EVENTS_ROUTE) => return next.run(req).await,
+        Some(chat::ROUTE) => edge.request_timeout + edge.wait_timeout,
+        _ => edge.request_timeout,
+    };
+    match tokio::time::timeout(budget, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            tracing::warn!(route, budget_secs = budget.as_secs(), "request timed out");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the request took longer than {}s (server.request_timeout_secs); try again",
+                    budget.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }

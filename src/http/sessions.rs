@@ -8,19 +8,19 @@ use axum::{
     http::HeaderMap,
     response::{
         sse::{Event, KeepAlive, Sse},
-        IntoResponse,
+        IntoResponse, Response,
     },
     routing::{get, post},
-    Json, Router,
+    Extension, Json, Router,
 };
-use futures::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
+    limits::TooMany,
     views::{MessageView, Page, SessionView},
-    ApiError, ApiQuery,
+    ApiError, ApiQuery, Edge,
 };
 use crate::{
     auth::Caller,
@@ -35,12 +35,15 @@ const CATCH_UP_PAGE: i64 = 500;
 const SSE_BUFFER: usize = 64;
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The event stream's route, also named by the request timeout (streams are exempt).
+pub(super) const EVENTS_ROUTE: &str = "/api/sessions/{id}/events";
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/sessions", get(list))
         .route("/api/sessions/{id}", get(show).delete(end))
         .route("/api/sessions/{id}/messages", get(list_messages))
-        .route("/api/sessions/{id}/events", get(stream_events))
+        .route(EVENTS_ROUTE, get(stream_events))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
 }
 
@@ -123,14 +126,16 @@ async fn end(
 }
 
 /// Server-Sent Events of the session's log. Each event's id is its sequence number; a
-/// client that reconnects with `Last-Event-ID: N` first gets every event after N.
+/// client that reconnects with `Last-Event-ID: N` first gets every event after N. An owner
+/// may hold `limits.streams_per_owner` at once; every stream ends when shutdown begins.
 async fn stream_events(
     State(state): State<AppState>,
+    Extension(edge): Extension<Edge>,
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiQuery(page): ApiQuery<Page>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let session = visible(&state, &caller, &id).await?;
     let last_seen = match headers.get("last-event-id") {
         Some(v) => v
@@ -142,6 +147,20 @@ async fn stream_events(
             })?,
         None => page.after.unwrap_or(0),
     };
+    let limit = state.settings.limits.streams_per_owner;
+    let Some(permit) = edge.streams.try_acquire(&caller.owner, limit) else {
+        tracing::info!(owner = %caller.owner, code = "too_many_streams", "per-owner limit reached");
+        return Ok(TooMany::new(
+            "too_many_streams",
+            format!(
+                "{limit} event streams are already open (limits.streams_per_owner); \
+                 close one first"
+            ),
+            // A stream whose client vanished is noticed by its next keep-alive at the latest.
+            SSE_KEEPALIVE,
+        )
+        .into_response());
+    };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = if session.is_active() {
         state.sessions.subscribe(&id)
@@ -150,13 +169,23 @@ async fn stream_events(
     };
     let (tx, rx) = mpsc::channel(SSE_BUFFER);
     tokio::spawn(feed(state.store.clone(), id, last_seen, live, tx));
-    let stream = ReceiverStream::new(rx).map(|e: LiveEvent| {
-        Ok(Event::default()
-            .id(e.seq.to_string())
-            .event(events::sanitize_kind(&e.kind))
-            .data(e.data.as_ref()))
+    let stream = ReceiverStream::new(rx).map(move |e: LiveEvent| {
+        // The stream counts against its owner until its body is dropped.
+        let _counted = &permit;
+        Ok::<_, Infallible>(
+            Event::default()
+                .id(e.seq.to_string())
+                .event(events::sanitize_kind(&e.kind))
+                .data(e.data.as_ref()),
+        )
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE)))
+    // Shutdown ends the stream, so the connection can close (a client resumes later with
+    // Last-Event-ID); one that stopped reading is closed at the drain's deadline.
+    let drain = edge.drain.clone();
+    let stream = futures::StreamExt::take_until(stream, async move { drain.started().await });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+        .into_response())
 }
 
 /// Sends the backlog after `sent`, then live events, catching up from SQLite whenever

@@ -159,3 +159,32 @@ pub async fn end(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// What one owner holds, for the per-owner limits.
+#[derive(Debug, Clone, FromRow)]
+pub struct OwnerLoad {
+    /// Sessions in state `active`.
+    pub active: i64,
+    /// Sessions created at or after `since`.
+    pub created_since: i64,
+    /// When the oldest of those was created.
+    pub oldest_since: Option<i64>,
+}
+
+/// The owner's active sessions, and the sessions it created at or after `since` (ms).
+pub async fn owner_load(
+    ex: impl SqliteExecutor<'_>,
+    owner: &str,
+    since: i64,
+) -> sqlx::Result<OwnerLoad> {
+    sqlx::query_as(
+        "SELECT COALESCE(SUM(state = 'active'), 0) AS active, \
+         COALESCE(SUM(created_at >= ?2), 0) AS created_since, \
+         MIN(CASE WHEN created_at >= ?2 THEN created_at END) AS oldest_since \
+         FROM sessions WHERE owner = ?1",
+    )
+    .bind(owner)
+    .bind(since)
+    .fetch_one(ex)
+    .await
+}

@@ -313,3 +313,143 @@ pub async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
     let code = body["error"]["code"].as_str().unwrap_or_default();
     (status, code.to_string())
 }
+
+/// The `tether` binary itself, started with `serve` and `TETHER__*` settings on port 0, its
+/// data in `dir`, the fake CLI as its agent. Killed when dropped.
+pub struct Tether {
+    pub child: std::process::Child,
+    pub base: String,
+    pub project: PathBuf,
+    secret: String,
+}
+
+impl Tether {
+    /// Starts it with `settings` (pairs like `("SERVER__MAX_CONNECTIONS", "64")`, each
+    /// becoming `TETHER__…`) and, on Unix, its open-file limit set to `nofile` first.
+    pub fn start(dir: &Path, settings: &[(&str, &str)], nofile: Option<u64>) -> Tether {
+        use std::io::BufRead;
+        let project = dir.join("projects/demo");
+        std::fs::create_dir_all(&project).unwrap();
+        let project = std::fs::canonicalize(project).unwrap();
+        let secret = "listener-test-secret-of-more-than-32-bytes".to_string();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.arg("serve")
+            .env("TETHER__SERVER__BIND", "127.0.0.1:0")
+            .env("TETHER__SERVER__SHUTDOWN_GRACE_SECS", "2")
+            .env("TETHER__DATABASE__PATH", dir.join("data/tether.db"))
+            .env("TETHER__AGENT__COMMAND", fake_claude())
+            .env("TETHER__AUTH__SECRET", &secret)
+            .env(
+                "TETHER__PROJECTS__ROOTS",
+                format!("[{:?}]", dir.join("projects").to_string_lossy()),
+            )
+            .env("TETHER__LOG__FILTER", "warn")
+            .env("RUST_LOG", "warn")
+            // Read by the fake CLI (inherited): transcripts and its invocation log stay in `dir`.
+            .env("CLAUDE_CONFIG_DIR", dir.join("claude-config"))
+            .env("FAKE_CLAUDE_LOG", dir.join("fake-claude.log"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (key, value) in settings {
+            cmd.env(format!("TETHER__{key}"), value);
+        }
+        #[cfg(unix)]
+        if let Some(limit) = nofile {
+            set_open_file_limit_in_child(&mut cmd, limit);
+        }
+        #[cfg(not(unix))]
+        let _ = nofile;
+        let mut child = cmd.spawn().expect("tether starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("tether listening on ")
+            .unwrap_or_else(|| panic!("address line, got {line:?}"))
+            .to_string();
+        Tether {
+            child,
+            base,
+            project,
+            secret,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The `host:port` it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A user token for `owner`, signed with this server's secret.
+    pub fn token(&self, owner: &str) -> String {
+        let mut settings = Settings::load(None).unwrap();
+        settings.auth.secret = self.secret.clone().into();
+        tether::auth::Auth::from_settings(&settings)
+            .unwrap()
+            .issue(owner, Role::User)
+            .unwrap()
+    }
+
+    #[cfg(unix)]
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for it to exit, at most `limit`; None if it is still running then.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sets the open-file limit (soft and hard) of the child `cmd` starts, before it runs.
+#[cfg(unix)]
+#[allow(unsafe_code)] // pre_exec: the closure only calls setrlimit, which is async-signal-safe
+fn set_open_file_limit_in_child(cmd: &mut std::process::Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = limit as nix::libc::rlim_t;
+    // SAFETY: runs in the forked child before exec; setrlimit allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Raises this (test) process's soft open-file limit to at least `wanted`, if the hard limit
+/// allows it; false if it does not.
+#[cfg(unix)]
+pub fn raise_own_open_file_limit(wanted: u64) -> bool {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = wanted as nix::libc::rlim_t;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return false;
+    };
+    soft >= wanted || (hard >= wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok())
+}

@@ -3,6 +3,7 @@
 
 mod chat;
 mod helpers;
+mod listener;
 mod push;
 mod real_claude;
 mod recovery;

@@ -1,0 +1,535 @@
+//! The HTTP listener: tether's own accept loop over hyper's HTTP/1 connections, so that no
+//! client can take the server from the others (a header read timeout, a connection cap that
+//! makes room for newcomers, a loop that survives running out of file descriptors) and so that
+//! shutdown has a hard deadline (answers 503 while draining, closes what is left after it).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::{Body, Bytes},
+    Router,
+};
+use http_body::{Frame, SizeHint};
+use hyper::{body::Incoming, server::conn::http1, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::{AbortHandle, JoinSet},
+    time::Instant,
+};
+
+use crate::config::Settings;
+
+/// How long after `server.shutdown_grace_secs` connections may still be finishing their
+/// answers (a waiting chat told its turn was interrupted) before they are closed regardless.
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+/// File descriptors kept free for what is not a connection: the listener, stdio, logs, the
+/// push gateway's connections, a spawn's temporary pipes. Added to the two below.
+const RESERVED_FDS: usize = 64;
+/// Descriptors one SQLite connection may hold (database, WAL and shared-memory files).
+const FDS_PER_DB_CONNECTION: usize = 3;
+/// Descriptors one agent process holds in tether (its stdin, stdout and stderr pipes, and one
+/// spare for a spawn in progress).
+const FDS_PER_PROCESS: usize = 4;
+/// The cap never goes below this, whatever the open-file limit says.
+const MIN_CONNECTIONS: usize = 16;
+/// Pause after accept() failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) and
+/// idle connections were closed to make room (the time for their sockets to be dropped), and
+/// between looks for a connection to close while a newcomer waits at the cap.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+/// Pause after such a failure when nothing could be closed: try again later, do not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
+/// At the cap, how long a new connection may wait for another to become closable (newer
+/// ones are not closed before they have been read) before it is closed itself. The loop
+/// accepts nothing meanwhile; later clients wait in the listen queue.
+const NEWCOMER_WAIT: Duration = Duration::from_secs(1);
+/// At most one warning about failing accepts in this long (a flood would fill the log).
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// The HTTP side of shutdown, as handlers and connections see it: once started, event streams
+/// end, new requests answer 503 `shutting_down`, and idle connections close.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    rx: watch::Receiver<bool>,
+}
+
+/// Starts the [`Drain`] (held by whoever waits for the shutdown signal).
+#[derive(Debug)]
+pub struct DrainTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl Drain {
+    pub fn new() -> (DrainTrigger, Drain) {
+        let (tx, rx) = watch::channel(false);
+        (DrainTrigger { tx }, Drain { rx })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once shutdown has begun (never, if the trigger is dropped unused).
+    pub async fn started(&self) {
+        let mut rx = self.rx.clone();
+        if rx.wait_for(|draining| *draining).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl DrainTrigger {
+    pub fn start(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// The bound listener and the limits it enforces.
+pub struct Server {
+    listener: TcpListener,
+    /// Most connections open at once (`server.max_connections`, perhaps lowered for the
+    /// open-file limit, and again when accept() runs out of descriptors).
+    cap: usize,
+    /// Descriptors to keep free when the cap has to shrink.
+    reserve: usize,
+    header_read_timeout: Duration,
+    /// `server.shutdown_grace_secs` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
+    drain_limit: Duration,
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, settings: &Settings) -> Self {
+        let reserve = RESERVED_FDS
+            + FDS_PER_DB_CONNECTION * settings.database.max_connections as usize
+            + FDS_PER_PROCESS * settings.sessions.max_processes;
+        let cap = connection_cap(settings.server.max_connections, reserve);
+        Self {
+            listener,
+            cap,
+            reserve,
+            header_read_timeout: settings.server.header_read_timeout(),
+            drain_limit: settings.server.shutdown_grace() + DRAIN_MARGIN,
+        }
+    }
+
+    /// Serves `router` until the drain has started and then either `sessions_stopped` has
+    /// resolved with no request left in flight, or the drain limit has passed. Connections
+    /// still open then are closed.
+    pub async fn serve(
+        mut self,
+        router: Router,
+        drain: Drain,
+        sessions_stopped: impl Future<Output = ()> + Send,
+    ) {
+        let mut tasks = JoinSet::new();
+        let mut conns = Registry::default();
+        let mut sessions_stopped = std::pin::pin!(sessions_stopped);
+        let mut sessions_done = false;
+        let mut deadline: Option<Instant> = None;
+        let mut paused_until: Option<Instant> = None;
+        let mut last_warning: Option<Instant> = None;
+        // A connection accepted at the cap, waiting for one to be closed for it.
+        let mut newcomer: Option<(TcpStream, Instant)> = None;
+        tracing::debug!(max_connections = self.cap, "accepting connections");
+        loop {
+            if deadline.is_some() && sessions_done && conns.none_in_flight() {
+                tracing::info!(open = conns.len(), "HTTP drained");
+                break;
+            }
+            if let Some((stream, since)) = newcomer.take() {
+                if conns.len() < self.cap || conns.evict_oldest_idle() {
+                    let state = Arc::new(ConnState::default());
+                    let service = ConnService {
+                        router: router.clone(),
+                        state: state.clone(),
+                    };
+                    let abort = tasks.spawn(serve_connection(
+                        stream,
+                        service,
+                        self.header_read_timeout,
+                        drain.clone(),
+                    ));
+                    conns.add(abort, state);
+                } else if since.elapsed() >= NEWCOMER_WAIT {
+                    // Every connection has had a request in flight all this time (those are
+                    // bounded per owner): this one is closed, not another.
+                    metrics::counter!("tether_http_connections_refused_total").increment(1);
+                    tracing::debug!(
+                        open = conns.len(),
+                        "connection cap reached; refused a connection"
+                    );
+                } else {
+                    // The newest connections have not been read yet; one soon will be.
+                    newcomer = Some((stream, since));
+                    paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                }
+            }
+            tokio::select! {
+                Some(done) = tasks.join_next_with_id() => {
+                    let task = match &done {
+                        Ok((id, ())) => *id,
+                        Err(e) => e.id(),
+                    };
+                    conns.finished(task);
+                }
+                () = drain.started(), if deadline.is_none() => {
+                    deadline = Some(Instant::now() + self.drain_limit);
+                    tracing::info!(open = conns.len(), "HTTP draining: new requests answer 503");
+                }
+                () = &mut sessions_stopped, if !sessions_done => sessions_done = true,
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    tracing::warn!(
+                        open = conns.len(),
+                        in_flight = conns.in_flight(),
+                        "shutdown grace passed; closing the connections still open"
+                    );
+                    break;
+                }
+                () = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
+                accepted = self.listener.accept(), if paused_until.is_none() && newcomer.is_none() => match accepted {
+                    Ok((stream, _)) => newcomer = Some((stream, Instant::now())),
+                    Err(e) if is_connection_error(&e) => {
+                        tracing::debug!(error = %e, "a connection failed before it was accepted");
+                    }
+                    Err(e) => {
+                        // Out of descriptors (or memory): shrink the cap to what the process
+                        // can hold beside its reserve, close idle connections to make room,
+                        // and pause rather than spin on an accept that keeps failing.
+                        let shrunk = conns
+                            .holding()
+                            .saturating_sub(self.reserve)
+                            .max(MIN_CONNECTIONS);
+                        let before = self.cap;
+                        self.cap = self.cap.min(shrunk);
+                        let mut evicted = 0;
+                        while (evicted == 0 || conns.len() >= self.cap) && conns.evict_oldest_idle() {
+                            evicted += 1;
+                        }
+                        let pause = if evicted > 0 { ACCEPT_PAUSE } else { ACCEPT_BACKOFF };
+                        paused_until = Some(Instant::now() + pause);
+                        if last_warning.map_or(true, |at| at.elapsed() >= WARN_EVERY) {
+                            last_warning = Some(Instant::now());
+                            tracing::warn!(
+                                error = %e,
+                                open = conns.len(),
+                                evicted,
+                                max_connections = self.cap,
+                                was = before,
+                                "accept failed for want of resources; closed idle connections"
+                            );
+                        }
+                    }
+                },
+            }
+        }
+        // Whatever is still open past the deadline (or idle once drained) is closed now.
+        tasks.shutdown().await;
+        metrics::gauge!("tether_http_connections").set(0.0);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Errors of one connection (it was gone before we took it), not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
+
+/// One connection, served until it ends, is evicted (its task aborted), or shutdown closes
+/// it. A connection accepted while draining answers its one request (503) and closes.
+async fn serve_connection(
+    stream: TcpStream,
+    service: ConnService,
+    header_read_timeout: Duration,
+    drain: Drain,
+) {
+    // Events are small and should not wait for more to fill a packet.
+    let _ = stream.set_nodelay(true);
+    let state = service.state.clone();
+    let mut draining = drain.is_draining();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(!draining);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut drain_started = std::pin::pin!(drain.started());
+    let done = std::future::poll_fn(|cx| {
+        if !draining && drain_started.as_mut().poll(cx).is_ready() {
+            draining = true;
+            // Closes it now if idle, else after the answer in progress.
+            conn.as_mut().graceful_shutdown();
+        }
+        let done = conn.as_mut().poll(cx);
+        if done.is_pending() {
+            // It has read what the client sent so far: from now on, when no request is in
+            // flight, it waits on its client and may be closed to make room.
+            state.polled.store(true, Ordering::SeqCst);
+        }
+        done
+    })
+    .await;
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The open connections, oldest first, and those closed to make room whose tasks have not
+/// ended yet (their sockets are not yet released).
+#[derive(Default)]
+struct Registry {
+    next: u64,
+    by_age: BTreeMap<u64, Conn>,
+    by_task: HashMap<tokio::task::Id, u64>,
+    closing: HashSet<tokio::task::Id>,
+}
+
+struct Conn {
+    abort: AbortHandle,
+    state: Arc<ConnState>,
+}
+
+/// What the accept loop needs to know of a connection to choose one to close.
+#[derive(Default)]
+struct ConnState {
+    /// Requests from the end of their header until their answer has been sent or dropped.
+    in_flight: AtomicUsize,
+    /// Its task has read what had arrived and waits for more: a connection not yet polled
+    /// (a newcomer whose header is already in its socket) is never closed to make room.
+    polled: AtomicBool,
+}
+
+impl ConnState {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waiting on its client for a request header: idle between requests, or a header that
+    /// is still arriving (where a slowloris client stays).
+    fn waits_on_client(&self) -> bool {
+        self.polled.load(Ordering::SeqCst) && self.in_flight() == 0
+    }
+}
+
+impl Registry {
+    fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
+    /// Sockets held: open connections and those still closing.
+    fn holding(&self) -> usize {
+        self.by_age.len() + self.closing.len()
+    }
+
+    fn add(&mut self, abort: AbortHandle, state: Arc<ConnState>) {
+        let id = self.next;
+        self.next += 1;
+        self.by_task.insert(abort.id(), id);
+        self.by_age.insert(id, Conn { abort, state });
+        metrics::gauge!("tether_http_connections").set(self.len() as f64);
+    }
+
+    fn finished(&mut self, task: tokio::task::Id) {
+        if let Some(id) = self.by_task.remove(&task) {
+            self.by_age.remove(&id);
+            metrics::gauge!("tether_http_connections").set(self.len() as f64);
+        } else {
+            self.closing.remove(&task);
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.by_age.values().map(|c| c.state.in_flight()).sum()
+    }
+
+    fn none_in_flight(&self) -> bool {
+        self.by_age.values().all(|c| c.state.in_flight() == 0)
+    }
+
+    /// Closes the oldest connection that waits on its client for a request header. False
+    /// when there is none (every connection has a request in flight, or is brand new).
+    fn evict_oldest_idle(&mut self) -> bool {
+        let Some(id) = self
+            .by_age
+            .iter()
+            .find(|(_, c)| c.state.waits_on_client())
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        let conn = self.by_age.remove(&id).expect("found above");
+        self.by_task.remove(&conn.abort.id());
+        self.closing.insert(conn.abort.id());
+        conn.abort.abort();
+        metrics::counter!("tether_http_connections_evicted_total").increment(1);
+        metrics::gauge!("tether_http_connections").set(self.len() as f64);
+        true
+    }
+}
+
+/// The router as hyper calls it for one connection, counting the requests in flight there
+/// (from the end of their header until their answer's body has been sent or dropped).
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    state: Arc<ConnState>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<CountedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let guard = InFlight::new(self.state.clone());
+        let mut router = self.router.clone();
+        Box::pin(async move {
+            // The router is always ready (axum's `Router::poll_ready` is `Ready`).
+            let res = tower_service::Service::call(&mut router, req.map(Body::new)).await?;
+            Ok(res.map(|body| CountedBody {
+                body,
+                _guard: guard,
+            }))
+        })
+    }
+}
+
+/// One request in flight on a connection, until dropped.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(conn: Arc<ConnState>) -> Self {
+        conn.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body that keeps its request counted as in flight until it is done.
+struct CountedBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `configured`, or less when the open-file limit cannot hold that many connections beside
+/// `reserve` descriptors. The soft limit is raised towards the hard one first, if needed.
+fn connection_cap(configured: usize, reserve: usize) -> usize {
+    let configured = configured.max(1);
+    let wanted = configured.saturating_add(reserve);
+    match open_file_limit(wanted) {
+        Some(limit) if limit < wanted => {
+            let cap = limit
+                .saturating_sub(reserve)
+                .max(MIN_CONNECTIONS)
+                .min(configured);
+            tracing::warn!(
+                configured,
+                max_connections = cap,
+                open_file_limit = limit,
+                reserved = reserve,
+                "server.max_connections lowered to fit the open-file limit (raise it with `ulimit -n`)"
+            );
+            cap
+        }
+        _ => configured,
+    }
+}
+
+/// The soft limit on open files, raised to `wanted` (or the hard limit) if it is lower.
+#[cfg(unix)]
+fn open_file_limit(wanted: usize) -> Option<usize> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let to_usize = |v| usize::try_from(v).unwrap_or(usize::MAX);
+    if to_usize(soft) >= wanted {
+        return Some(to_usize(soft));
+    }
+    let target = (wanted as nix::libc::rlim_t).min(hard);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+        tracing::info!(
+            from = soft,
+            to = target,
+            "raised the open-file limit for connections"
+        );
+        return Some(to_usize(target));
+    }
+    Some(to_usize(soft))
+}
+
+#[cfg(not(unix))]
+fn open_file_limit(_wanted: usize) -> Option<usize> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_is_kept_when_the_limit_allows_it() {
+        assert_eq!(connection_cap(32, 8), 32);
+        assert_eq!(connection_cap(0, 8), 1);
+    }
+
+    #[tokio::test]
+    async fn a_drain_starts_once_and_is_seen_by_every_clone() {
+        let (trigger, drain) = Drain::new();
+        let other = drain.clone();
+        assert!(!other.is_draining());
+        let waiting = tokio::spawn(async move { other.started().await });
+        trigger.start();
+        waiting.await.unwrap();
+        assert!(drain.is_draining());
+        drain.started().await; // already started: resolves at once
+    }
+}
