@@ -67,6 +67,17 @@ pub async fn get(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<Option<S
         .await
 }
 
+/// The owner and state of a session, without counting its messages (the accept path).
+pub async fn owner_and_state(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as("SELECT owner, state FROM sessions WHERE id = ?")
+        .bind(id)
+        .fetch_optional(ex)
+        .await
+}
+
 /// Sessions newest activity first; `owner: None` lists everyone's (admin).
 pub async fn list(
     ex: impl SqliteExecutor<'_>,
