@@ -84,7 +84,7 @@ fn view(d: DeviceRow) -> DeviceView {
 /// A token as stored: lowercase hex. `None` if it is not hex of an APNs token's length.
 fn normalize_token(token: &str) -> Option<String> {
     let ok = (MIN_TOKEN_HEX..=MAX_TOKEN_HEX).contains(&token.len())
-        && token.len() % 2 == 0
+        && token.len().is_multiple_of(2)
         && token.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| token.to_ascii_lowercase())
 }

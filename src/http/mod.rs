@@ -4,6 +4,7 @@
 mod chat;
 mod devices;
 mod error;
+mod extract;
 mod health;
 mod pushes;
 mod sessions;
