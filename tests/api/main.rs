@@ -6,5 +6,6 @@ mod helpers;
 mod push;
 mod real_claude;
 mod recovery;
+mod security;
 mod sessions;
 mod stand_in_api;
