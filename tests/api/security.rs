@@ -180,6 +180,7 @@ async fn a_second_server_on_the_same_folder_refuses_and_touches_nothing() {
     );
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn a_server_that_cannot_bind_stops_nothing() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
