@@ -19,6 +19,7 @@ use crate::{
     agent::{self, claude::Claude, AgentStatus},
     auth::Auth,
     config::Settings,
+    datadir::{self, DataDirLock},
     http::{self, server::Drain, ApiError},
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
@@ -37,6 +38,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     agent: Arc<tokio::sync::RwLock<AgentStatus>>,
     agent_name: &'static str,
+    /// This server's hold on its data folder: released when the application and every
+    /// clone of its state are gone (the server has stopped).
+    _data_lock: Arc<DataDirLock>,
 }
 
 impl AppState {
@@ -80,8 +84,9 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens the database, stops what an earlier run left behind, binds the listener.
-    /// Pushes go to APNs when `push.apns.key_path` is set, else to the log.
+    /// Takes the data folder (one server per folder), opens the database, binds the
+    /// listener, then stops what an earlier run left behind. Pushes go to APNs when
+    /// `push.apns.key_path` is set, else to the log.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let gateway = push::gateway_from_settings(&settings.push);
         Self::build_with_gateway(settings, gateway).await
@@ -92,18 +97,22 @@ impl Application {
         settings: Settings,
         gateway: Arc<dyn PushGateway>,
     ) -> anyhow::Result<Self> {
-        let auth_configured =
-            !secrecy::ExposeSecret::expose_secret(&settings.auth.secret).is_empty();
-        if !settings.server.bind.ip().is_loopback() && !auth_configured {
-            anyhow::bail!(
-                "refusing to bind {} (not loopback) without an explicit auth.secret (TETHER__AUTH__SECRET)",
-                settings.server.bind
-            );
-        }
+        check_bind(&settings)?;
+        crate::auth::check_configured_secret(&settings)?;
+        // The lock before anything that writes: a second server on the same folder must
+        // leave the first one's processes, turns and pushes alone.
+        let data_dir = settings.data_dir();
+        datadir::create_dir(&data_dir)?;
+        let data_lock = Arc::new(DataDirLock::acquire(&data_dir)?);
+        let auth = Auth::from_settings(&settings)?;
+        datadir::create_database_file(&settings.database.path)?;
         let store = Store::open(&settings.database.path, settings.database.max_connections)
             .await
             .with_context(|| format!("opening database {}", settings.database.path.display()))?;
-        let auth = Auth::from_settings(&settings)?;
+        // Bound before recovery: a server that cannot listen stops nothing.
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.server.bind))?;
         let status = agent::probe(&settings.agent.command).await;
         match (&status.version, &status.error) {
             (Some(version), _) => {
@@ -136,9 +145,6 @@ impl Application {
         );
         push.recover().await.context("recovering the push outbox")?;
         sessions.recover().await.context("recovering sessions")?;
-        let listener = TcpListener::bind(settings.server.bind)
-            .await
-            .with_context(|| format!("binding {}", settings.server.bind))?;
         let state = AppState {
             settings: Arc::new(settings),
             store,
@@ -148,6 +154,7 @@ impl Application {
             metrics: prometheus(),
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
+            _data_lock: data_lock,
         };
         Ok(Self { listener, state })
     }
@@ -207,6 +214,26 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Refuses a non-loopback address without an explicit secret, and warns that tokens
+/// cross the network in clear text on one with (tether speaks plain HTTP).
+fn check_bind(settings: &Settings) -> anyhow::Result<()> {
+    let bind = settings.server.bind;
+    if bind.ip().is_loopback() {
+        return Ok(());
+    }
+    if secrecy::ExposeSecret::expose_secret(&settings.auth.secret).is_empty() {
+        anyhow::bail!(
+            "refusing to bind {bind} (not loopback) without an explicit auth.secret (TETHER__AUTH__SECRET)"
+        );
+    }
+    tracing::warn!(
+        %bind,
+        "listening beyond this machine without TLS: tokens and messages travel in clear text; \
+         put tether behind a TLS proxy or a private network (VPN, Tailscale)"
+    );
+    Ok(())
 }
 
 /// The process-wide Prometheus recorder (installed once; tests build many apps).

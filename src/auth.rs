@@ -1,18 +1,33 @@
 //! API tokens: HS256 JWTs signed with the configured secret (or one generated in the data
-//! folder), and the extractor that turns a bearer token into the caller.
+//! folder), and who a token speaks for. Tokens only: the HTTP extractors that read them from
+//! requests live in `http::extract`.
 
 use std::{path::Path, sync::Arc};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use anyhow::Context;
+use jsonwebtoken::{errors::ErrorKind, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Settings, http::ApiError, AppState};
+use crate::{config::Settings, datadir};
 
 /// File (in the data folder) that holds the generated secret when none is configured.
 const SECRET_FILE: &str = "auth.secret";
+
+/// Shortest secret accepted, in bytes: HS256 tokens are only as strong as their secret, and
+/// a short one can be guessed offline from any token (RFC 7518 asks for at least 256 bits).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The owner admin tokens speak for. No user token may carry this name (in any case): it
+/// would see the sessions and devices the admin owns.
+pub const ADMIN_OWNER: &str = "admin";
+
+/// Whether `owner` is a name no user token may have: the admin's, in any case, or blank.
+pub fn is_reserved_owner(owner: &str) -> bool {
+    let owner = owner.trim();
+    owner.is_empty() || owner.eq_ignore_ascii_case(ADMIN_OWNER)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -32,7 +47,7 @@ pub struct Claims {
     pub exp: u64,
 }
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request (read from its bearer token by `http::extract`).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub owner: String,
@@ -54,6 +69,9 @@ impl Caller {
     }
 }
 
+/// A caller with an admin token: the extractor for admin-only routes (`http::extract`).
+pub struct Admin(pub Caller);
+
 #[derive(Clone)]
 pub struct Auth {
     inner: Arc<Keys>,
@@ -66,11 +84,13 @@ struct Keys {
 }
 
 impl Auth {
-    /// Keys from `auth.secret`, or from the secret file in the data folder (created once).
+    /// Keys from `auth.secret`, or from the secret file in the data folder (created once,
+    /// private). A short secret, or a secret file others can read, is refused.
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        check_configured_secret(settings)?;
         let configured = settings.auth.secret.expose_secret();
         let secret = if configured.is_empty() {
-            load_or_create_secret(&settings.data_dir().join(SECRET_FILE))?
+            load_or_create_secret(&settings.data_dir())?
         } else {
             configured.as_bytes().to_vec()
         };
@@ -83,8 +103,14 @@ impl Auth {
         })
     }
 
-    /// A signed token for `owner`.
+    /// A signed token for `owner`. A user token for the admin's name is refused.
     pub fn issue(&self, owner: &str, role: Role) -> anyhow::Result<String> {
+        if role == Role::User && is_reserved_owner(owner) {
+            anyhow::bail!(
+                "the owner name {owner:?} is reserved for the admin; choose another name \
+                 (`tether token --admin` prints an admin token)"
+            );
+        }
         let now = chrono::Utc::now().timestamp() as u64;
         let claims = Claims {
             sub: owner.to_string(),
@@ -99,85 +125,154 @@ impl Auth {
         )?)
     }
 
+    /// The claims of a token this server signed and that has not expired. A user token
+    /// whose owner is the admin's name is refused (`InvalidSubject`).
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
         let validation = Validation::new(jsonwebtoken::Algorithm::HS256);
-        jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &validation).map(|d| d.claims)
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &validation)?.claims;
+        if claims.role == Role::User && is_reserved_owner(&claims.sub) {
+            return Err(ErrorKind::InvalidSubject.into());
+        }
+        Ok(claims)
     }
 }
 
-fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
-    if let Ok(existing) = std::fs::read(path) {
-        if existing.len() >= 32 {
-            return Ok(existing);
-        }
+/// Refuses a configured `auth.secret` shorter than [`MIN_SECRET_BYTES`]. Empty means "use
+/// the generated one" and passes.
+pub fn check_configured_secret(settings: &Settings) -> anyhow::Result<()> {
+    let len = settings.auth.secret.expose_secret().len();
+    if len > 0 && len < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "auth.secret is {len} bytes; it must be at least {MIN_SECRET_BYTES} \
+             (e.g. `openssl rand -hex 32`), or empty to use a generated one"
+        );
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// The secret in `dir`'s secret file, created (private) on first use. An existing file that
+/// others can read is refused with the command that fixes it.
+fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(existing) => {
+            datadir::check_private(&path)?;
+            if existing.len() >= MIN_SECRET_BYTES {
+                return Ok(existing);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => datadir::create_dir(dir)?,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let mut secret = vec![0u8; 64];
     rand::thread_rng().fill_bytes(&mut secret);
-    write_private(path, &secret)?;
+    datadir::write_private(&path, &secret)
+        .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a new token secret");
     Ok(secret)
 }
 
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::write(path, bytes)
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "send `Authorization: Bearer <token>`; `tether token` prints one",
-                )
-            })?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-        })?;
-        let claims = state
-            .auth
-            .verify(token.trim())
-            .map_err(|_| ApiError::unauthorized("the token is invalid or expired"))?;
-        Ok(Caller {
-            owner: claims.sub,
-            role: claims.role,
-        })
+    fn settings(secret: &str, dir: &Path) -> Settings {
+        use figment::providers::Format;
+        // The embedded defaults alone: other tests set `TETHER__*` variables meanwhile.
+        let mut s: Settings =
+            figment::Figment::from(figment::providers::Toml::string(crate::config::DEFAULTS))
+                .extract()
+                .unwrap();
+        s.auth.secret = secret.to_string().into();
+        s.database.path = dir.join("data/tether.db");
+        s
     }
-}
 
-/// The extractor for admin-only routes.
-pub struct Admin(pub Caller);
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        if !caller.is_admin() {
-            return Err(ApiError::forbidden(
-                "this route needs an admin token (`tether token --admin`)",
-            ));
+    #[test]
+    fn a_configured_secret_shorter_than_32_bytes_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for short in ["k", &SECRET[..31]] {
+            let err = Auth::from_settings(&settings(short, tmp.path()))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains("at least 32"), "{err}");
+            assert!(!err.contains(short), "the secret is not echoed: {err}");
         }
-        Ok(Admin(caller))
+        Auth::from_settings(&settings(SECRET, tmp.path())).expect("32 bytes is enough");
+    }
+
+    #[test]
+    fn no_user_token_is_issued_for_the_admin_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let auth = Auth::from_settings(&settings(SECRET, tmp.path())).unwrap();
+        for name in ["admin", "Admin", "ADMIN", " admin ", ""] {
+            assert!(auth.issue(name, Role::User).is_err(), "{name:?}");
+        }
+        assert!(auth.issue("admin", Role::Admin).is_ok());
+        assert!(auth.issue("administrator", Role::User).is_ok());
+    }
+
+    #[test]
+    fn a_user_token_for_the_admin_name_does_not_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        let auth = Auth::from_settings(&settings(SECRET, tmp.path())).unwrap();
+        let now = chrono::Utc::now().timestamp() as u64;
+        let forge = |sub: &str, role| {
+            let claims = Claims {
+                sub: sub.into(),
+                role,
+                iat: now,
+                exp: now + 60,
+            };
+            jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        };
+        for sub in ["admin", "Admin"] {
+            let err = auth.verify(&forge(sub, Role::User)).unwrap_err();
+            assert_eq!(*err.kind(), ErrorKind::InvalidSubject);
+        }
+        assert_eq!(
+            auth.verify(&forge("admin", Role::Admin)).unwrap().sub,
+            "admin"
+        );
+        assert_eq!(auth.verify(&forge("me", Role::User)).unwrap().sub, "me");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_generated_secret_is_private_and_a_readable_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let s = settings("", tmp.path());
+        let first = Auth::from_settings(&s)
+            .unwrap()
+            .issue("me", Role::User)
+            .unwrap();
+        let dir = tmp.path().join("data");
+        let file = dir.join(SECRET_FILE);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        let again = Auth::from_settings(&s).unwrap();
+        assert_eq!(
+            again.verify(&first).unwrap().sub,
+            "me",
+            "the secret is reused"
+        );
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Auth::from_settings(&s).err().expect("refused").to_string();
+        assert!(
+            err.contains(&format!("chmod 600 {}", file.display())),
+            "{err}"
+        );
     }
 }

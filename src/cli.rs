@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    auth::{Auth, Role},
+    auth::{Auth, Role, ADMIN_OWNER},
     config::Settings,
     telemetry, Application,
 };
@@ -37,7 +37,7 @@ enum Command {
         /// A token that sees and manages every session.
         #[arg(long)]
         admin: bool,
-        /// The owner the token speaks for (ignored with --admin).
+        /// The owner the token speaks for (ignored with --admin); not the admin's name.
         #[arg(long, default_value = "me")]
         user: String,
     },
@@ -54,7 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(config.as_deref()).context("loading settings")?;
             let auth = Auth::from_settings(&settings)?;
             let token = if admin {
-                auth.issue("admin", Role::Admin)?
+                auth.issue(ADMIN_OWNER, Role::Admin)?
             } else {
                 auth.issue(&user, Role::User)?
             };

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod faults;
 pub mod http;
 pub mod push;

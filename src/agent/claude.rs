@@ -9,6 +9,20 @@ use serde_json::{json, Value};
 use super::{Agent, Launch, Parsed, Signal, TurnResult};
 use crate::config::AgentSettings;
 
+/// tether's own settings come from variables with this prefix (matched in any case, as the
+/// settings loader does); they include `auth.secret`, so no CLI process inherits them.
+const SETTINGS_ENV_PREFIX: &str = "TETHER__";
+
+/// The names in `vars` that are tether's settings variables.
+fn settings_vars(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    vars.filter(|name| {
+        name.as_encoded_bytes()
+            .get(..SETTINGS_ENV_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(SETTINGS_ENV_PREFIX.as_bytes()))
+    })
+    .collect()
+}
+
 /// The flags that make Claude Code a long-lived, line-speaking process.
 pub const STREAM_ARGS: [&str; 6] = [
     "-p",
@@ -55,6 +69,11 @@ impl Agent for Claude {
             .args(&self.extra_args)
             .envs(&self.env)
             .current_dir(&launch.cwd);
+        // After `envs`: not even `agent.env` passes tether's settings on.
+        let configured = self.env.keys().map(std::ffi::OsString::from);
+        for name in settings_vars(std::env::vars_os().map(|(k, _)| k).chain(configured)) {
+            cmd.env_remove(name);
+        }
         cmd
     }
 
@@ -176,6 +195,50 @@ mod tests {
         assert_eq!(&first[6..], &["--session-id", "abc", "--model", "x"]);
         launch.resume = true;
         assert_eq!(&args(&launch)[6..8], &["--resume", "abc"]);
+    }
+
+    #[test]
+    fn settings_variables_are_recognised_in_any_case() {
+        let names = [
+            "TETHER__AUTH__SECRET",
+            "tether__x",
+            "TETHER_",
+            "PATH",
+            "MY_TETHER__X",
+            "T",
+        ];
+        let found = settings_vars(names.iter().map(std::ffi::OsString::from));
+        assert_eq!(found, ["TETHER__AUTH__SECRET", "tether__x"]);
+    }
+
+    #[test]
+    fn the_cli_gets_none_of_tethers_settings_variables() {
+        #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TETHER__AUTH__SECRET", "inherited-secret");
+            let mut c = claude();
+            c.env
+                .insert("TETHER__PUSH__APNS__KEY_PATH".into(), "/k.p8".into());
+            c.env.insert("CLAUDE_CONFIG_DIR".into(), "/c".into());
+            let launch = Launch {
+                conversation_id: "abc".into(),
+                cwd: "/tmp".into(),
+                resume: false,
+            };
+            let cmd = c.command(&launch);
+            let envs: BTreeMap<String, Option<String>> = cmd
+                .as_std()
+                .get_envs()
+                .map(|(k, v)| {
+                    let v = v.map(|v| v.to_string_lossy().into_owned());
+                    (k.to_string_lossy().into_owned(), v)
+                })
+                .collect();
+            assert_eq!(envs["TETHER__AUTH__SECRET"], None, "removed");
+            assert_eq!(envs["TETHER__PUSH__APNS__KEY_PATH"], None, "removed");
+            assert_eq!(envs["CLAUDE_CONFIG_DIR"].as_deref(), Some("/c"));
+            Ok(())
+        });
     }
 
     #[test]

@@ -97,13 +97,13 @@ async fn chat(
                 .ok_or_else(|| {
                     ApiError::invalid("invalid_session_id", "sessionId must be a UUID")
                 })?;
-            let (_, state) = sessions::owner_and_state(&mut *tx, &session)
+            let (_, session_state) = sessions::owner_and_state(&mut *tx, &session)
                 .await?
                 .filter(|(owner, _)| caller.can_see(owner))
                 .ok_or_else(|| {
                     ApiError::not_found("session_not_found", format!("no session {session}"))
                 })?;
-            if state != sessions::STATE_ACTIVE {
+            if session_state != sessions::STATE_ACTIVE {
                 return Err(ApiError::conflict(
                     "session_ended",
                     "this session has ended; start a new one with projectPath",

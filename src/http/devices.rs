@@ -1,4 +1,5 @@
-//! Devices: `POST /api/devices` registers (or re-registers) the caller's APNs token,
+//! Devices: `POST /api/devices` registers (or re-registers) the caller's APNs token (a
+//! token another owner holds answers 409; only the admin can move it),
 //! `GET /api/devices` lists the caller's devices (an admin's: everyone's), and
 //! `DELETE /api/devices/{token}` removes one, cancelling its unsent pushes.
 
@@ -84,7 +85,7 @@ fn view(d: DeviceRow) -> DeviceView {
 /// A token as stored: lowercase hex. `None` if it is not hex of an APNs token's length.
 fn normalize_token(token: &str) -> Option<String> {
     let ok = (MIN_TOKEN_HEX..=MAX_TOKEN_HEX).contains(&token.len())
-        && token.len() % 2 == 0
+        && token.len().is_multiple_of(2)
         && token.bytes().all(|b| b.is_ascii_hexdigit());
     ok.then(|| token.to_ascii_lowercase())
 }
@@ -146,6 +147,18 @@ async fn register(
     let now = store::now_ms();
     let mut tx = state.store.begin_write().await?;
     let before = devices::get_by_token(&mut *tx, &token).await?;
+    if let Some(before) = &before {
+        if before.owner != caller.owner && !caller.is_admin() {
+            // Moving it would cut its owner's pushes off and send this caller's to a phone
+            // they may not hold: whoever knows a token could take a phone over.
+            tracing::warn!(device_id = before.id, device = %token_prefix(&token), "device token registered by another owner: refused");
+            return Err(ApiError::conflict(
+                "device_token_taken",
+                "this device token is registered by another owner; remove it there first \
+                 (DELETE /api/devices/{token}) or ask the admin",
+            ));
+        }
+    }
     let row = devices::upsert(
         &mut *tx,
         &devices::NewDevice {
@@ -160,7 +173,7 @@ async fn register(
     .await?;
     if let Some(before) = &before {
         if before.owner != row.owner {
-            // The phone now belongs to someone else: the old owner's pushes stay unsent.
+            // The admin moved the phone to someone else: the old owner's pushes stay unsent.
             pushes::cancel_pending_for_device(
                 &mut *tx,
                 row.id,

@@ -1,11 +1,14 @@
-//! `GET /health` (no token: is the server, its database, its agent and its push gateway
-//! usable?) and
-//! `GET /metrics` (Prometheus text, admin token).
+//! `GET /health`: without a token only whether the server is healthy (`status` and the
+//! status code, for monitors); with a valid token (any role) also what is wrong: database,
+//! agent, push gateway, version, counts. And `GET /metrics` (Prometheus text, admin token).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
 
-use crate::{auth::Admin, AppState};
+use crate::{
+    auth::{Admin, Caller},
+    AppState,
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -13,13 +16,10 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+async fn health(State(state): State<AppState>, caller: Option<Caller>) -> impl IntoResponse {
     let database = state.store.ping().await;
     let agent = state.agent_status().await;
     let push = state.push.status();
-    let unsent = crate::store::pushes::count_unsent(state.store.pool())
-        .await
-        .ok();
     let status = match (&database, agent.found && agent.error.is_none() && push.ok) {
         (Err(_), _) => "down",
         (Ok(()), false) => "degraded",
@@ -31,6 +31,13 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     tracing::debug!(status, "health");
+    if caller.is_none() {
+        // Paths, versions and errors tell an attacker what runs here: only for token holders.
+        return (code, Json(json!({ "status": status })));
+    }
+    let unsent = crate::store::pushes::count_unsent(state.store.pool())
+        .await
+        .ok();
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),

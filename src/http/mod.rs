@@ -5,6 +5,7 @@
 mod chat;
 mod devices;
 mod error;
+mod extract;
 mod health;
 pub mod limits;
 mod pushes;

@@ -219,7 +219,7 @@ impl Server {
                         }
                         let pause = if evicted > 0 { ACCEPT_PAUSE } else { ACCEPT_BACKOFF };
                         paused_until = Some(Instant::now() + pause);
-                        if last_warning.map_or(true, |at| at.elapsed() >= WARN_EVERY) {
+                        if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                             last_warning = Some(Instant::now());
                             tracing::warn!(
                                 error = %e,

@@ -3,6 +3,8 @@
 //! through a [`PushGateway`] (APNs, or the log when no key is configured).
 
 pub mod apns;
+/// Test support: a scripted gateway (not in release builds; see the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 pub mod gateway;
 pub mod payload;

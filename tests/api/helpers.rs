@@ -294,15 +294,21 @@ impl TestApp {
             .expect("request")
     }
 
-    /// `GET /health` (no token).
+    /// `GET /health` with the admin token: the whole report.
     pub async fn health(&self) -> Value {
+        let res = self.get_as(&self.admin_token, "/health").await;
+        res.json().await.expect("health JSON")
+    }
+
+    /// `GET /health` without a token, as a monitor sends it: (status code, body).
+    pub async fn health_anonymous(&self) -> (StatusCode, Value) {
         let res = self
             .client
             .get(self.url("/health"))
             .send()
             .await
             .expect("request");
-        res.json().await.expect("health JSON")
+        (res.status(), res.json().await.expect("health JSON"))
     }
 }
 

@@ -8,5 +8,6 @@ mod push;
 mod real_claude;
 mod recovery;
 mod resilience;
+mod security;
 mod sessions;
 mod stand_in_api;
