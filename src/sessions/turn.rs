@@ -112,47 +112,36 @@ impl Actor {
                         phase = Phase::Run;
                     }
                     Step::Written(Err(_)) => {
-                        // The pipe is gone: the process died before it read the message.
-                        let (reason, launch) = self.process_died().await;
-                        if let Some(l) = launch.filter(|l| !retried && self.wrong_start(l, &reason)) {
-                            retried = true;
-                            retry_launch = Some(flipped(l));
-                            phase = self.wait_for_slot();
-                            continue;
+                        // stdin is gone: the process died before it read the message.
+                        match self.after_death(&msg, started, &mut retried, &mut retry_launch).await {
+                            Some(p) => phase = p,
+                            None => return,
                         }
-                        self.fail_dead(&msg, &reason, started).await;
-                        return;
                     }
                 },
                 line = live_line(&mut self.live), if reading => match line {
                     Some(Ok(line)) => {
                         let Some((result, row)) = self.on_line(line) else { continue };
                         let launch = self.live.as_ref().map(|l| l.launch.clone());
-                        if let Some(l) = launch.filter(|l| {
-                            !retried && result.is_error && self.wrong_start(l, &result.text)
-                        }) {
-                            if let Some(row) = row {
-                                self.log.hold(row);
+                        if result.is_error {
+                            if let Some(l) = self.other_way(launch, &result.text, &mut retried) {
+                                if let Some(row) = row {
+                                    self.log.hold(row);
+                                }
+                                let _ = self.process_died().await;
+                                retry_launch = Some(l);
+                                phase = self.wait_for_slot();
+                                continue;
                             }
-                            let _ = self.process_died().await;
-                            retried = true;
-                            retry_launch = Some(flipped(l));
-                            phase = self.wait_for_slot();
-                            continue;
                         }
                         self.settle(&msg, result, row, interrupted_at.is_some(), started).await;
                         return;
                     }
                     _ => {
-                        let (reason, launch) = self.process_died().await;
-                        if let Some(l) = launch.filter(|l| !retried && self.wrong_start(l, &reason)) {
-                            retried = true;
-                            retry_launch = Some(flipped(l));
-                            phase = self.wait_for_slot();
-                            continue;
+                        match self.after_death(&msg, started, &mut retried, &mut retry_launch).await {
+                            Some(p) => phase = p,
+                            None => return,
                         }
-                        self.fail_dead(&msg, &reason, started).await;
-                        return;
                     }
                 },
                 ctl = self.ctl.recv() => match ctl {
@@ -252,15 +241,45 @@ impl Actor {
         }
     }
 
-    fn wrong_start(&self, launch: &Launch, output: &str) -> bool {
-        let wrong = self.sessions.deps().agent.wrong_start(launch, output);
-        if wrong {
-            tracing::warn!(
-                resume = launch.resume,
-                "the agent refused how it was started for this conversation; starting it the other way"
-            );
+    /// The launch to try the other way when the CLI's `output` says it refused how it was
+    /// started; once per turn (`retried`).
+    fn other_way(
+        &self,
+        launch: Option<Launch>,
+        output: &str,
+        retried: &mut bool,
+    ) -> Option<Launch> {
+        let launch =
+            launch.filter(|l| !*retried && self.sessions.deps().agent.wrong_start(l, output))?;
+        tracing::warn!(
+            resume = launch.resume,
+            "the agent refused how it was started for this conversation; starting it the other way"
+        );
+        *retried = true;
+        Some(flipped(launch))
+    }
+
+    /// The process ended during the turn (stdout closed, or stdin refused the message):
+    /// the phase that starts it again the other way, when it refused how it was started,
+    /// or None once the message has failed with how it ended.
+    async fn after_death(
+        &mut self,
+        msg: &messages::MessageRow,
+        started: Instant,
+        retried: &mut bool,
+        retry_launch: &mut Option<Launch>,
+    ) -> Option<Phase> {
+        let (reason, launch) = self.process_died().await;
+        match self.other_way(launch, &reason, retried) {
+            Some(l) => {
+                *retry_launch = Some(l);
+                Some(self.wait_for_slot())
+            }
+            None => {
+                self.fail_dead(msg, &reason, started).await;
+                None
+            }
         }
-        wrong
     }
 
     /// Marks the message running, records the process, and stores the held events and

@@ -6,6 +6,7 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -458,4 +459,43 @@ pub fn raise_own_open_file_limit(wanted: u64) -> bool {
         return false;
     };
     soft >= wanted || (hard >= wanted && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok())
+}
+
+/// A `tether.toml` for the real binary with the test's settings (secret, folder, agent).
+pub fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
+    let config = dir.join("tether.toml");
+    let env: String = settings
+        .agent
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k} = {v:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n\
+             [agent]\ncommand = {:?}\nenv = {{ {env} }}\n[sessions]\nmax_processes = {}\n\
+             [projects]\nroots = [{:?}]\n[log]\nfilter = \"warn\"\n",
+            settings.database.path,
+            settings.agent.command,
+            settings.sessions.max_processes,
+            settings.projects.roots[0],
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// `tether serve --config FILE` with the test secret given the usual way, by environment.
+pub fn serve(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env(
+            "TETHER__AUTH__SECRET",
+            "test-secret-test-secret-test-secret",
+        )
+        .env_remove("RUST_LOG");
+    cmd
 }

@@ -11,7 +11,9 @@ use std::{
 use serde_json::{json, Value};
 use tether::config::Settings;
 
-use crate::helpers::{pid_alive, spawn_app, spawn_app_with, test_settings, wait_for, TestApp};
+use crate::helpers::{
+    pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for, write_config, TestApp,
+};
 
 fn argv(run: &Value) -> Vec<String> {
     run["argv"]
@@ -195,28 +197,8 @@ struct Server {
 
 impl Server {
     fn start(settings: &Settings, dir: &std::path::Path) -> Server {
-        let config = dir.join("tether.toml");
-        let env: String = settings
-            .agent
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k} = {v:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n[agent]\ncommand = {:?}\nenv = {{ {env} }}\n\
-                 [sessions]\nmax_processes = {}\n\
-                 [projects]\nroots = [{:?}]\n[auth]\nsecret = \"test-secret-test-secret-test-secret\"\n",
-                settings.database.path, settings.agent.command, settings.sessions.max_processes, settings.projects.roots[0],
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
+        let config = write_config(settings, dir);
+        let mut child = serve(&config)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

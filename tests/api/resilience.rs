@@ -52,22 +52,26 @@ async fn a_first_process_that_dies_before_its_transcript_does_not_break_the_sess
     );
 }
 
-#[tokio::test]
-async fn a_resume_the_cli_refuses_starts_the_conversation_anew() {
-    // tether sees a transcript where the CLI keeps none: it resumes, the CLI answers
-    // "No conversation found", tether starts it with --session-id instead.
-    let app = spawn_app_with(|s| {
+/// An app whose fake CLI keeps its transcripts in `data/cli-config`, not where tether looks
+/// (`CLAUDE_CONFIG_DIR`), so tether's view of them can be wrong.
+async fn cli_keeps_transcripts_apart() -> TestApp {
+    spawn_app_with(|s| {
         let cli_dir = s.database.path.parent().unwrap().join("cli-config");
         s.agent.env.insert(
             "FAKE_CLAUDE_CONFIG_DIR".into(),
             cli_dir.to_string_lossy().into_owned(),
         );
     })
-    .await;
-    let id = uuid::Uuid::new_v4().to_string();
+    .await
+}
+
+#[tokio::test]
+async fn a_resume_the_cli_refuses_starts_the_conversation_anew() {
+    // tether sees a transcript where the CLI keeps none: it resumes, the CLI answers
+    // "No conversation found", tether starts it with --session-id instead.
+    let app = cli_keeps_transcripts_apart().await;
     let first = app.chat_wait("one", None).await;
     let sid = first["sessionId"].as_str().unwrap().to_string();
-    let _ = id;
     // Make tether's view (CLAUDE_CONFIG_DIR) hold a transcript the CLI does not have.
     let mangled: String = app
         .project
@@ -102,14 +106,7 @@ async fn a_resume_the_cli_refuses_starts_the_conversation_anew() {
 async fn a_new_start_the_cli_refuses_resumes_instead() {
     // tether sees no transcript where the CLI keeps one: it starts with --session-id,
     // the CLI answers "already in use", tether resumes instead, with the context.
-    let app = spawn_app_with(|s| {
-        let cli_dir = s.database.path.parent().unwrap().join("cli-config");
-        s.agent.env.insert(
-            "FAKE_CLAUDE_CONFIG_DIR".into(),
-            cli_dir.to_string_lossy().into_owned(),
-        );
-    })
-    .await;
+    let app = cli_keeps_transcripts_apart().await;
     let first = app.chat_wait("one", None).await;
     let sid = first["sessionId"].as_str().unwrap().to_string();
     let crashed = app.chat_wait("crash [crash]", Some(&sid)).await;
@@ -145,15 +142,13 @@ async fn tools_of_a_cli_that_exits_while_idle_are_stopped_with_it() {
         (!pid_alive(tool)).then_some(())
     })
     .await;
+    // The record goes once the group is gone.
     let store = app.state.store.pool();
-    let row = tether::store::sessions::get(store, id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        row.process_pid, None,
-        "the record goes once the group is gone"
-    );
+    wait_for("the process record to go", || async {
+        let row = tether::store::sessions::get(store, id).await.unwrap()?;
+        row.process_pid.is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

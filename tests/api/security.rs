@@ -5,7 +5,7 @@
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -21,46 +21,11 @@ use tether::{
 };
 
 use crate::helpers::{
-    error_code, fake_claude, pid_alive, spawn_app, test_settings, wait_for, TestApp,
+    error_code, fake_claude, pid_alive, serve, spawn_app, test_settings, wait_for, write_config,
+    TestApp,
 };
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
-
-/// A `tether.toml` for the real binary with the test's settings (secret, folder, agent).
-fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
-    let config = dir.join("tether.toml");
-    let env: String = settings
-        .agent
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k} = {v:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n\
-             [agent]\ncommand = {:?}\nenv = {{ {env} }}\n[projects]\nroots = [{:?}]\n\
-             [log]\nfilter = \"warn\"\n",
-            settings.database.path, settings.agent.command, settings.projects.roots[0],
-        ),
-    )
-    .unwrap();
-    config
-}
-
-/// `tether serve --config FILE` with the test secret given the usual way, by environment.
-fn serve(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    cmd.args(["serve", "--config"])
-        .arg(config)
-        .env(
-            "TETHER__AUTH__SECRET",
-            "test-secret-test-secret-test-secret",
-        )
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 /// Waits for a child to exit; fails the test after the deadline.
 async fn exit_of(child: &mut Child) -> std::process::ExitStatus {
