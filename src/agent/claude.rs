@@ -120,12 +120,16 @@ impl Agent for Claude {
     }
 
     fn has_conversation(&self, launch: &Launch) -> Option<bool> {
-        let config = match self.env.get("CLAUDE_CONFIG_DIR") {
+        // As the CLI will see it: `agent.env` first, then tether's own environment.
+        let var = |name: &str| {
+            self.env
+                .get(name)
+                .map(Into::into)
+                .or_else(|| std::env::var_os(name))
+        };
+        let config = match var("CLAUDE_CONFIG_DIR") {
             Some(dir) => PathBuf::from(dir),
-            None => match std::env::var_os("CLAUDE_CONFIG_DIR") {
-                Some(dir) => PathBuf::from(dir),
-                None => PathBuf::from(std::env::var_os("HOME")?).join(".claude"),
-            },
+            None => PathBuf::from(var("HOME")?).join(".claude"),
         };
         let project: String = launch
             .cwd

@@ -34,7 +34,17 @@ fn real_cli() -> Option<String> {
 }
 
 async fn start_tether(cli: &str, api: &StandInApi, dir: Arc<tempfile::TempDir>) -> TestApp {
+    start_tether_with(cli, api, dir, &[]).await
+}
+
+async fn start_tether_with(
+    cli: &str,
+    api: &StandInApi,
+    dir: Arc<tempfile::TempDir>,
+    args: &[&str],
+) -> TestApp {
     let mut settings = test_settings(dir.path());
+    settings.agent.args = args.iter().map(|a| a.to_string()).collect();
     settings.agent.command = cli.to_string();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -115,4 +125,32 @@ async fn the_real_cli_keeps_context_across_a_restart_and_can_be_interrupted() {
     let after = app.chat_wait("Are you there?", Some(&id)).await;
     assert_eq!(after["status"], "completed", "{after}");
     assert_eq!(after["reply"]["text"], "Back again.");
+}
+
+#[tokio::test]
+async fn a_first_start_the_real_cli_refuses_does_not_break_the_session() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    // A bad flag: the CLI exits at start, before it saves any transcript.
+    let app = start_tether_with(&cli, &api, dir.clone(), &["--no-such-flag-for-tether"]).await;
+    let first = app.chat_wait("Remember the word KIWI", None).await;
+    assert_eq!(first["status"], "failed", "{first}");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let (_, dir) = app.stop().await;
+
+    // Fixed configuration: the session starts the conversation anew (--session-id), where a
+    // blind --resume would be answered "No conversation found" for ever.
+    let app = start_tether(&cli, &api, dir).await;
+    api.set_reply("Noted: MANGO.");
+    let second = app.chat_wait("Remember the word MANGO", Some(&id)).await;
+    assert_eq!(second["status"], "completed", "{second}");
+    api.set_reply("MANGO.");
+    let third = app.chat_wait("Which word?", Some(&id)).await;
+    assert_eq!(third["status"], "completed", "{third}");
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        vec!["Remember the word MANGO", "Which word?"]
+    );
 }
