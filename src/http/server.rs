@@ -55,6 +55,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 /// ones are not closed before they have been read) before it is closed itself. The loop
 /// accepts nothing meanwhile; later clients wait in the listen queue.
 const NEWCOMER_WAIT: Duration = Duration::from_secs(1);
+/// The youngest a connection waiting for its header may be to be closed for another: a
+/// well-behaved client sends its header at once; a slow one has had this long.
+const EVICT_MIN_AGE: Duration = Duration::from_millis(500);
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -315,13 +318,25 @@ struct Conn {
 }
 
 /// What the accept loop needs to know of a connection to choose one to close.
-#[derive(Default)]
 struct ConnState {
     /// Requests from the end of their header until their answer has been sent or dropped.
     in_flight: AtomicUsize,
     /// Its task has read what had arrived and waits for more: a connection not yet polled
     /// (a newcomer whose header is already in its socket) is never closed to make room.
     polled: AtomicBool,
+    /// When it was accepted: a connection younger than `EVICT_MIN_AGE` is never closed to
+    /// make room (on a loaded machine its header may simply not have been read yet).
+    accepted: Instant,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            polled: AtomicBool::new(false),
+            accepted: Instant::now(),
+        }
+    }
 }
 
 impl ConnState {
@@ -332,7 +347,9 @@ impl ConnState {
     /// Waiting on its client for a request header: idle between requests, or a header that
     /// is still arriving (where a slowloris client stays).
     fn waits_on_client(&self) -> bool {
-        self.polled.load(Ordering::SeqCst) && self.in_flight() == 0
+        self.polled.load(Ordering::SeqCst)
+            && self.in_flight() == 0
+            && self.accepted.elapsed() >= EVICT_MIN_AGE
     }
 }
 

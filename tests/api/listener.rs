@@ -22,6 +22,9 @@ use tokio::{
 
 use crate::helpers::{error_code, spawn_app_with, wait_for, TestApp, Tether, DEADLINE};
 
+/// One flood at a time: two at once on a small machine measure each other.
+static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How long a flood is kept on while others call the server: long enough for the server to
 /// have taken (or refused) every connection of it.
 const FLOOD_WINDOW: Duration = Duration::from_secs(3);
@@ -180,6 +183,7 @@ fn room_for(n: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
+    let _alone = FLOODS.lock().await;
     const FLOOD: usize = 1_100;
     if !room_for(FLOOD as u64) {
         return;
@@ -241,6 +245,7 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
 /// (with `prlimit`, Linux), so the cap chosen at start does not already avoid it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
+    let _alone = FLOODS.lock().await;
     const FLOOD: usize = 600;
     if !cfg!(target_os = "linux") || which::which("prlimit").is_err() {
         eprintln!("SKIPPED: needs Linux and prlimit(1) to lower a running process's limit");
