@@ -107,7 +107,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (warm, cold, parallel, wall) = rt.block_on(async {
+    let (warm, cold, parallel, wall, http, accept) = rt.block_on(async {
         let mut s = Settings::load(None).unwrap();
         s.server.bind = "127.0.0.1:0".parse().unwrap();
         s.database.path = dir.path().join("data/tether.db");
@@ -118,6 +118,9 @@ fn main() {
         );
         s.projects.roots = vec![dir.path().join("projects")];
         s.sessions.max_processes = sessions + 2;
+        // Every cold sample is a new session.
+        s.limits.new_sessions_per_minute = 1000;
+        s.limits.active_sessions_per_owner = 1000;
         s.log.filter = "error".into();
         let app = Application::build(s).await.unwrap();
         let base = format!("http://{}", app.local_addr());
@@ -137,6 +140,45 @@ fn main() {
         )
         .await;
         let id = first["sessionId"].as_str().unwrap().to_string();
+        // Where a warm turn's time goes: an HTTP round trip with no work, and accepting a
+        // message without waiting for its turn.
+        let mut http = Vec::with_capacity(turns);
+        for _ in 0..turns {
+            let start = Instant::now();
+            let res = client.get(format!("{base}/health")).send().await.unwrap();
+            res.bytes().await.unwrap();
+            http.push(start.elapsed());
+        }
+        let mut accept = Vec::with_capacity(turns);
+        for i in 0..turns {
+            let start = Instant::now();
+            let res = client
+                .post(format!("{base}/api/chat"))
+                .bearer_auth(&token)
+                .json(&json!({"message": format!("queued {i}"), "sessionId": id}))
+                .send()
+                .await
+                .unwrap();
+            let v: Value = res.json().await.unwrap();
+            accept.push(start.elapsed());
+            // Let the turn end before the next accept, so only accepting is measured.
+            let m = v["messageId"].as_i64().unwrap();
+            loop {
+                let msgs: Value = client
+                    .get(format!("{base}/api/sessions/{id}/messages?after={m}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if !msgs["messages"].as_array().unwrap().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let mut warm = Vec::with_capacity(turns);
         for i in 0..turns {
             warm.push(
@@ -204,7 +246,7 @@ fn main() {
         let wall = start.elapsed();
         let _ = stop.send(());
         server.await.unwrap().unwrap();
-        (warm, cold_samples, parallel, wall)
+        (warm, cold_samples, parallel, wall, http, accept)
     });
 
     let warm = Figures {
@@ -219,8 +261,17 @@ fn main() {
         name: "parallel",
         samples: parallel,
     };
+    let http = Figures {
+        name: "http",
+        samples: http,
+    };
+    let accept = Figures {
+        name: "accept",
+        samples: accept,
+    };
     println!("turns through tether vs straight to the CLI (fake CLI answers at once)");
-    for f in [&direct, &warm, &cold, &parallel_figs] {
+    println!("(http: GET /health round trip; accept: POST /api/chat answered 202)");
+    for f in [&direct, &http, &accept, &warm, &cold, &parallel_figs] {
         f.print();
     }
     println!(

@@ -97,9 +97,9 @@ async fn chat(
                 .ok_or_else(|| {
                     ApiError::invalid("invalid_session_id", "sessionId must be a UUID")
                 })?;
-            let (_, session_state) = sessions::owner_and_state(&mut *tx, &session)
+            let (_, session_state, queued) = sessions::touch_for_accept(&mut *tx, &session, now)
                 .await?
-                .filter(|(owner, _)| caller.can_see(owner))
+                .filter(|(owner, _, _)| caller.can_see(owner))
                 .ok_or_else(|| {
                     ApiError::not_found("session_not_found", format!("no session {session}"))
                 })?;
@@ -109,7 +109,6 @@ async fn chat(
                     "this session has ended; start a new one with projectPath",
                 ));
             }
-            let queued = messages::count_queued(&mut *tx, &session).await?;
             let limit = state.settings.sessions.max_queued_per_session;
             if queued >= i64::from(limit) {
                 return Err(ApiError::new(
@@ -169,7 +168,6 @@ async fn chat(
         }
         Err(e) => return Err(e.into()),
     };
-    sessions::touch(&mut *tx, &session_id, now).await?;
     tx.commit().await?;
     tracing::info!(session_id = %session_id, message_id, "message queued");
     state.sessions.wake(&session_id);
@@ -178,8 +176,8 @@ async fn chat(
             json!({"sessionId": session_id, "messageId": message_id, "status": Status::Queued});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    let row = wait_for_end(&state, &session_id, message_id).await?;
-    respond(&state, row, true).await
+    let (row, reply) = wait_for_end(&state, &session_id, message_id).await?;
+    Ok(respond_with(row, reply, true))
 }
 
 fn validate_message(state: &AppState, req: &ChatRequest) -> Result<(), ApiError> {
@@ -297,12 +295,11 @@ async fn answer(
     msg: messages::MessageRow,
     wait: bool,
 ) -> Result<Response, ApiError> {
-    let msg = if wait {
-        wait_for_end(state, &msg.session_id, msg.id).await?
-    } else {
-        msg
-    };
-    respond(state, msg, wait).await
+    if wait {
+        let (msg, reply) = wait_for_end(state, &msg.session_id, msg.id).await?;
+        return Ok(respond_with(msg, reply, true));
+    }
+    respond(state, msg, false).await
 }
 
 /// 202 with the ids while the turn runs; once it ended, its status, error and reply (200
@@ -312,25 +309,37 @@ async fn respond(
     msg: messages::MessageRow,
     waited: bool,
 ) -> Result<Response, ApiError> {
+    let reply = if msg.status.is_terminal() {
+        messages::reply_to(state.store.pool(), msg.id).await?
+    } else {
+        None
+    };
+    Ok(respond_with(msg, reply, waited))
+}
+
+fn respond_with(
+    msg: messages::MessageRow,
+    reply: Option<messages::MessageRow>,
+    waited: bool,
+) -> Response {
     let mut body = json!({
         "sessionId": msg.session_id,
         "messageId": msg.id,
         "status": msg.status,
     });
     if !msg.status.is_terminal() {
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        return (StatusCode::ACCEPTED, Json(body)).into_response();
     }
     if let Some(e) = &msg.error {
         body["error"] = e.as_str().into();
     }
-    let reply = messages::reply_to(state.store.pool(), msg.id).await?;
     body["reply"] = serde_json::to_value(reply.map(MessageView::from)).unwrap_or_default();
     let status = if waited {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((status, Json(body)).into_response())
+    (status, Json(body)).into_response()
 }
 
 /// The message once it is in a terminal state, or as it is when `server.wait_timeout_secs`
@@ -339,18 +348,21 @@ async fn wait_for_end(
     state: &AppState,
     session_id: &str,
     message_id: i64,
-) -> Result<messages::MessageRow, ApiError> {
+) -> Result<(messages::MessageRow, Option<messages::MessageRow>), ApiError> {
     let pool = state.store.pool();
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(state.settings.server.wait_timeout_secs);
+    let look = || async {
+        let (msg, reply) = messages::with_reply(pool, message_id).await?;
+        let msg = msg.ok_or_else(|| anyhow::anyhow!("message {message_id} vanished"))?;
+        Ok::<_, ApiError>((msg, reply))
+    };
     // Subscribe first, then look: an end after the look is always seen as an event.
     // (Subscribing starts the session's actor if needed; it looks at its queue at once.)
     let mut events = state.sessions.subscribe(session_id);
     loop {
-        let current = messages::get(pool, message_id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("message {message_id} vanished"))?;
-        if current.status.is_terminal() {
+        let current = look().await?;
+        if current.0.status.is_terminal() {
             return Ok(current);
         }
         let Some(rx) = events.as_mut() else {
@@ -360,7 +372,7 @@ async fn wait_for_end(
         let closed = loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 // Time is up: answer with where the message is now.
-                Err(_) => return Ok(messages::get(pool, message_id).await?.unwrap_or(current)),
+                Err(_) => return look().await,
                 Ok(Ok(ev)) if is_turn_end(&ev.kind) => break false,
                 Ok(Ok(_)) => {}
                 Ok(Err(RecvError::Lagged(_))) => break false,

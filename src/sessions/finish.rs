@@ -12,7 +12,7 @@ use crate::{
     agent::TurnResult,
     faults,
     push::{self, PushEvent, PushKind},
-    store::{self, events, events::EventRow, messages, messages::Status, sessions},
+    store::{self, events::EventRow, messages, messages::Status, sessions},
 };
 
 /// Attempts to store a turn's end before the message is failed for it.
@@ -269,13 +269,10 @@ impl Actor {
         let outcome = &end.outcome;
         let mut rows = Vec::with_capacity(2);
         let mut tx = self.store().begin_write().await?;
-        self.log.write_held(&mut tx).await?;
         if !messages::finish(&mut *tx, msg.id, outcome).await? {
             // Already ended (by a shutdown sweep or an end of the session): once only.
-            if let Some(line) = &end.line {
-                events::append(&mut *tx, line).await?;
-                rows.push(line.clone());
-            }
+            rows.extend(end.line.clone());
+            self.log.write_with(&mut tx, &rows).await?;
             tx.commit().await?;
             self.log.stored(rows);
             return Ok(());
@@ -300,12 +297,10 @@ impl Actor {
             None => None,
         };
         if let Some(line) = &end.line {
-            let line = match reply_id {
+            rows.push(match reply_id {
                 Some(id) => without_reply_text(line, id),
                 None => line.clone(),
-            };
-            events::append(&mut *tx, &line).await?;
-            rows.push(line);
+            });
         }
         sessions::record_turn(
             &mut *tx,
@@ -343,9 +338,8 @@ impl Actor {
         if let Some(e) = outcome.error {
             data["error"] = e.into();
         }
-        let row = self.log.stage_tether(kind, data);
-        events::append(&mut *tx, &row).await?;
-        rows.push(row);
+        rows.push(self.log.stage_tether(kind, data));
+        self.log.write_with(&mut tx, &rows).await?;
         tx.commit().await?;
         end.line = None;
         self.log.stored(rows);

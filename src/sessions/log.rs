@@ -215,22 +215,29 @@ impl EventLog {
         self.pending_since.map(|t| t + FLUSH_EVERY)
     }
 
-    /// Writes the held events in `tx`. They stay held until [`Self::stored`] is called
-    /// after the commit, so a failed transaction loses none.
-    pub(super) async fn write_held(&self, tx: &mut WriteTx) -> sqlx::Result<()> {
-        for row in &self.pending {
-            events::append(&mut **tx, row).await?;
+    /// Writes the held events and `extra` (numbered after them) in `tx`, in one statement.
+    /// The held ones stay held until [`Self::stored`] is called after the commit, so a
+    /// failed transaction loses none.
+    pub(super) async fn write_with(
+        &self,
+        tx: &mut WriteTx,
+        extra: &[EventRow],
+    ) -> sqlx::Result<()> {
+        let rows: Vec<&EventRow> = self.pending.iter().chain(extra).collect();
+        if rows.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        events::append_all(tx, &rows).await
     }
 
     /// The held events were committed (with `extra`, written by the caller after them):
     /// hand them all to listeners.
     pub(super) fn stored(&mut self, extra: Vec<EventRow>) {
         self.pending_since = None;
-        let rows = std::mem::take(&mut self.pending);
-        self.live
-            .publish(rows.into_iter().chain(extra).map(LiveEvent::from));
+        let mut rows = std::mem::take(&mut self.pending);
+        rows.extend(extra);
+        rows.sort_by_key(|r| r.seq);
+        self.live.publish(rows.into_iter().map(LiveEvent::from));
     }
 
     /// Stores the held events in a transaction of their own.
@@ -240,7 +247,7 @@ impl EventLog {
         }
         let result: sqlx::Result<()> = async {
             let mut tx = store.begin_write().await?;
-            self.write_held(&mut tx).await?;
+            self.write_with(&mut tx, &[]).await?;
             tx.commit().await
         }
         .await;

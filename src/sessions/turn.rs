@@ -20,7 +20,7 @@ use super::{
 use crate::{
     agent::Launch,
     faults,
-    store::{events, messages, messages::Status, sessions},
+    store::{messages, messages::Status, sessions},
 };
 
 type SlotWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, ()>> + Send>>;
@@ -295,11 +295,12 @@ impl Actor {
             let p = (live.process.pid, live.process.start_time);
             sessions::set_process(&mut *tx, &self.id, Some(p)).await?;
         }
-        self.log.write_held(&mut tx).await?;
         let row = self
             .log
             .stage_tether("turn_started", json!({"messageId": msg.id}));
-        events::append(&mut *tx, &row).await?;
+        self.log
+            .write_with(&mut tx, std::slice::from_ref(&row))
+            .await?;
         tx.commit().await?;
         self.log.stored(vec![row]);
         if let Some(live) = self.live.as_mut() {

@@ -52,6 +52,27 @@ pub async fn append(ex: impl SqliteExecutor<'_>, e: &EventRow) -> sqlx::Result<(
     Ok(())
 }
 
+/// Rows per INSERT in [`append_all`] (five bound values each, far under SQLite's limit).
+const ROWS_PER_INSERT: usize = 500;
+
+/// Appends events in as few statements as can hold them (one for a turn's usual few).
+pub async fn append_all(ex: &mut sqlx::SqliteConnection, rows: &[&EventRow]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO events (session_id, seq, type, data, created_at) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(&e.session_id)
+                .push_bind(e.seq)
+                .push_bind(&e.kind)
+                .push_bind(&e.data)
+                .push_bind(e.created_at);
+        });
+        insert.build().execute(&mut *ex).await?;
+    }
+    Ok(())
+}
+
 /// The highest sequence number of a session's log (0 when empty).
 pub async fn last_seq(ex: impl SqliteExecutor<'_>, session_id: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?")

@@ -120,6 +120,22 @@ pub async fn find_by_client_id(
         .await
 }
 
+/// A message and, for a user message, its reply, in one read.
+pub async fn with_reply(
+    ex: impl SqliteExecutor<'_>,
+    id: i64,
+) -> sqlx::Result<(Option<MessageRow>, Option<MessageRow>)> {
+    let rows: Vec<MessageRow> = sqlx::query_as(
+        "SELECT * FROM messages WHERE id = ?1 OR (reply_to = ?1 AND role = 'assistant') ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(ex)
+    .await?;
+    let mut rows = rows.into_iter();
+    let first = rows.next().filter(|m| m.id == id);
+    Ok((first, rows.next()))
+}
+
 /// The reply to a user message, if one was stored.
 pub async fn reply_to(
     ex: impl SqliteExecutor<'_>,

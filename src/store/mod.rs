@@ -55,6 +55,9 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
+            // The database is a file in this process: a connection cannot have gone away
+            // between two uses, so it is not pinged each time it is taken from the pool.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;

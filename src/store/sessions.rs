@@ -67,15 +67,21 @@ pub async fn get(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<Option<S
         .await
 }
 
-/// The owner and state of a session, without counting its messages (the accept path).
-pub async fn owner_and_state(
+/// The accept path's one look at a session, which also marks it active now: its owner,
+/// state and queue depth. The caller rolls back when it refuses the message.
+pub async fn touch_for_accept(
     ex: impl SqliteExecutor<'_>,
     id: &str,
-) -> sqlx::Result<Option<(String, String)>> {
-    sqlx::query_as("SELECT owner, state FROM sessions WHERE id = ?")
-        .bind(id)
-        .fetch_optional(ex)
-        .await
+    now: i64,
+) -> sqlx::Result<Option<(String, String, i64)>> {
+    sqlx::query_as(
+        "UPDATE sessions SET last_activity_at = ?2 WHERE id = ?1 RETURNING owner, state, \
+         (SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND status = 'queued')",
+    )
+    .bind(id)
+    .bind(now)
+    .fetch_optional(ex)
+    .await
 }
 
 /// Sessions newest activity first; `owner: None` lists everyone's (admin).
@@ -91,15 +97,6 @@ pub async fn list(
     .bind(limit)
     .fetch_all(ex)
     .await
-}
-
-pub async fn touch(ex: impl SqliteExecutor<'_>, id: &str, now: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE sessions SET last_activity_at = ? WHERE id = ?")
-        .bind(now)
-        .bind(id)
-        .execute(ex)
-        .await?;
-    Ok(())
 }
 
 /// Records what a turn's `result` said about the conversation. A result with the
