@@ -499,3 +499,13 @@ pub fn serve(config: &Path) -> Command {
         .env_remove("RUST_LOG");
     cmd
 }
+
+/// The arguments of one logged invocation of the fake CLI.
+pub fn argv(run: &Value) -> Vec<String> {
+    run["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}

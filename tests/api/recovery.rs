@@ -12,17 +12,9 @@ use serde_json::{json, Value};
 use tether::config::Settings;
 
 use crate::helpers::{
-    pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for, write_config, TestApp,
+    argv, pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for, write_config,
+    TestApp,
 };
-
-fn argv(run: &Value) -> Vec<String> {
-    run["argv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect()
-}
 
 fn resumed(run: &Value, session: &str) -> bool {
     argv(run)

@@ -7,16 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tether::{faults, sessions::retention};
 
-use crate::helpers::{pid_alive, spawn_app, spawn_app_with, wait_for, TestApp};
-
-fn argv(run: &Value) -> Vec<String> {
-    run["argv"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect()
-}
+use crate::helpers::{argv, pid_alive, spawn_app, spawn_app_with, wait_for, TestApp};
 
 /// A marker unique to one test, for faults.
 fn marker() -> String {
