@@ -352,13 +352,14 @@ async fn a_turn_waiting_for_a_slot_hears_interrupt_and_shutdown() {
     // no process for it.
     let c = app.chat("C", None).await;
     let c_id = c["sessionId"].as_str().unwrap().to_string();
-    let app = app.restart().await;
-    let runs = app.invocations();
+    let (settings, dir) = app.stop().await;
+    let log = std::fs::read_to_string(dir.path().join("fake-claude.log")).unwrap();
     assert_eq!(
-        runs.len(),
+        log.lines().count(),
         1,
         "only A's process ever started before the restart"
     );
+    let app = TestApp::start(settings, dir).await;
     let m = app
         .wait_terminal(&c_id, c["messageId"].as_i64().unwrap())
         .await;
