@@ -55,8 +55,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 /// ones are not closed before they have been read) before it is closed itself. The loop
 /// accepts nothing meanwhile; later clients wait in the listen queue.
 const NEWCOMER_WAIT: Duration = Duration::from_secs(1);
-/// The youngest a connection waiting for its header may be to be closed for another: a
-/// well-behaved client sends its header at once; a slow one has had this long.
+/// The youngest a connection that has received nothing may be to be closed for another.
 const EVICT_MIN_AGE: Duration = Duration::from_millis(500);
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
@@ -277,6 +276,10 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .keep_alive(!draining);
+    let stream = Counted {
+        inner: stream,
+        state: state.clone(),
+    };
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -324,9 +327,12 @@ struct ConnState {
     /// Its task has read what had arrived and waits for more: a connection not yet polled
     /// (a newcomer whose header is already in its socket) is never closed to make room.
     polled: AtomicBool,
-    /// When it was accepted: a connection younger than `EVICT_MIN_AGE` is never closed to
-    /// make room (on a loaded machine its header may simply not have been read yet).
+    /// When it was accepted, and whether its client has sent anything: a connection that
+    /// has received nothing and is younger than `EVICT_MIN_AGE` is never closed to make room
+    /// (a client writes its request just after connecting; on a loaded machine that can
+    /// come after the connection was first polled).
     accepted: Instant,
+    received: AtomicBool,
 }
 
 impl Default for ConnState {
@@ -335,6 +341,7 @@ impl Default for ConnState {
             in_flight: AtomicUsize::new(0),
             polled: AtomicBool::new(false),
             accepted: Instant::now(),
+            received: AtomicBool::new(false),
         }
     }
 }
@@ -349,7 +356,7 @@ impl ConnState {
     fn waits_on_client(&self) -> bool {
         self.polled.load(Ordering::SeqCst)
             && self.in_flight() == 0
-            && self.accepted.elapsed() >= EVICT_MIN_AGE
+            && (self.received.load(Ordering::SeqCst) || self.accepted.elapsed() >= EVICT_MIN_AGE)
     }
 }
 
@@ -526,6 +533,57 @@ fn open_file_limit(wanted: usize) -> Option<usize> {
 #[cfg(not(unix))]
 fn open_file_limit(_wanted: usize) -> Option<usize> {
     None
+}
+
+/// A connection's socket, noting when its client first sent something.
+struct Counted {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.received.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 #[cfg(test)]

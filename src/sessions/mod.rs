@@ -358,15 +358,8 @@ impl Sessions {
         let live = actor.live_ring();
         let outcome = AssertUnwindSafe(actor.run()).catch_unwind().await;
         live.close();
-        if outcome.is_ok() {
-            return;
-        }
-        metrics::counter!("tether_actor_panics_total").increment(1);
-        tracing::error!(%session_id, "session actor panicked");
-        if let Err(e) = self.fail_after_panic(&session_id).await {
-            tracing::error!(%session_id, error = %e, "could not end the turn of a panicked actor");
-        }
         {
+            // Forgotten however it ended (an actor that found its session ended, too).
             let mut actors = self.actors();
             if actors
                 .get(&session_id)
@@ -374,6 +367,14 @@ impl Sessions {
             {
                 actors.remove(&session_id);
             }
+        }
+        if outcome.is_ok() {
+            return;
+        }
+        metrics::counter!("tether_actor_panics_total").increment(1);
+        tracing::error!(%session_id, "session actor panicked");
+        if let Err(e) = self.fail_after_panic(&session_id).await {
+            tracing::error!(%session_id, error = %e, "could not end the turn of a panicked actor");
         }
         if matches!(messages::count_queued(self.deps().store.pool(), &session_id).await, Ok(n) if n > 0)
         {

@@ -61,16 +61,16 @@ impl Actor {
         tracing::info!(message_id = msg.id, "turn started");
         let settings = &self.sessions.deps().agent_settings;
         let (timeout, interrupt_grace) = (settings.turn_timeout(), settings.interrupt_grace());
-        let mut phase = self.wait_for_slot();
-        let mut timeout_at: Option<Instant> = None;
         let mut running = false;
-        if self.live.is_some() {
+        // A live process takes the message at once; else the turn first waits for a slot.
+        let (mut phase, mut timeout_at) = if self.live.is_some() {
             match self.hand_over(&msg, &mut running).await {
-                Some(p) => phase = p,
+                Some(p) => (p, Some(started + timeout)),
                 None => return,
             }
-            timeout_at = Some(started + timeout);
-        }
+        } else {
+            (self.wait_for_slot(), None)
+        };
         let mut interrupted_at: Option<Instant> = None;
         // A start the CLI refused (resumed without a conversation, or the reverse) is
         // tried once the other way.

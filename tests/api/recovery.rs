@@ -531,10 +531,19 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
         )
         .await;
     // The busy turn is with its CLI; the other waits for the one slot.
-    wait_for("the busy CLI", || async {
-        std::fs::read_to_string(dir.path().join("fake-claude.log"))
-            .ok()
-            .filter(|l| !l.is_empty())
+    let a = busy["sessionId"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    wait_for("the busy turn to run", || async {
+        let msgs: Value = client
+            .get(format!("{}/api/sessions/{a}/messages", server.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (msgs["messages"][0]["status"] == "running").then_some(())
     })
     .await;
     server.sigkill();
@@ -545,7 +554,6 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
         .wait_terminal(b, waiting["messageId"].as_i64().unwrap())
         .await;
     assert_eq!(m["status"], "completed", "it never reached the agent: {m}");
-    let a = busy["sessionId"].as_str().unwrap();
-    let m = app.message(a, busy["messageId"].as_i64().unwrap()).await;
+    let m = app.message(&a, busy["messageId"].as_i64().unwrap()).await;
     assert_eq!(m["status"], "interrupted", "{m}");
 }
