@@ -131,6 +131,11 @@ async fn a_second_server_on_the_same_folder_refuses_and_touches_nothing() {
         (push_state().await == "delivered").then_some(())
     })
     .await;
+    // Turn two's push may still be on its way (it queued behind the slow one).
+    wait_for("turn two's push to be sent", || async {
+        (fake.sent_to(T1).len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(
         fake.sent_to(T1).len(),
         2,
