@@ -289,8 +289,10 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
         served.chat,
         flood.closed.load(Ordering::SeqCst)
     );
+    // Milliseconds on a quiet machine (printed above); the bound leaves room for a CI
+    // machine busy with the rest of the suite, under the client's own 5 s timeout.
     assert!(
-        served.slowest_health < Duration::from_secs(2),
+        served.slowest_health < Duration::from_secs(4),
         "{:?}",
         served.slowest_health
     );
