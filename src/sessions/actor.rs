@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// First wait before trying a failed database read again; it doubles up to `DB_RETRY_MAX`.
-const DB_RETRY: Duration = Duration::from_millis(200);
+pub(super) const DB_RETRY: Duration = Duration::from_millis(200);
 const DB_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long an actor with no process, no work and no listener stays before it retires.
 const LINGER: Duration = Duration::from_secs(2);
@@ -65,7 +65,7 @@ impl Actor {
         process_tx: watch::Sender<ProcessInfo>,
     ) -> Self {
         Self {
-            log: EventLog::new(id.clone(), 0, handle.live.clone()),
+            log: EventLog::new(id.clone(), handle.live.clone()),
             id,
             sessions,
             ctl,
@@ -158,7 +158,7 @@ impl Actor {
             match loaded {
                 Ok((Some(s), last_seq)) if s.is_active() => {
                     self.audience = Some(Audience::of(&s));
-                    self.log = EventLog::new(self.id.clone(), last_seq, self.log.live().clone());
+                    self.log.continue_after(last_seq);
                     return true;
                 }
                 Ok(_) => return false,
@@ -175,7 +175,7 @@ impl Actor {
     }
 
     /// Waits `d`, still hearing controls (a stop ends the wait).
-    async fn pause(&mut self, d: Duration) {
+    pub(super) async fn pause(&mut self, d: Duration) {
         let until = Instant::now() + d;
         while self.exit.is_none() {
             tokio::select! {

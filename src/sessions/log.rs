@@ -174,14 +174,19 @@ pub(super) struct EventLog {
 }
 
 impl EventLog {
-    pub(super) fn new(session_id: String, last_seq: i64, live: Arc<LiveRing>) -> Self {
+    pub(super) fn new(session_id: String, live: Arc<LiveRing>) -> Self {
         Self {
             session_id,
-            next_seq: last_seq,
+            next_seq: 0,
             pending: Vec::new(),
             pending_since: None,
             live,
         }
+    }
+
+    /// Numbers the next event after `last_seq`, the log's last stored number.
+    pub(super) fn continue_after(&mut self, last_seq: i64) {
+        self.next_seq = last_seq;
     }
 
     /// The next event, numbered, not yet stored. A number whose row is never stored (a

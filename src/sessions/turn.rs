@@ -4,7 +4,7 @@
 //! message becomes `running` when its line is handed to the CLI, after the wait for a slot
 //! and the process start: a message that never reached the agent is still `queued`.
 
-use std::{future::Future, io, pin::Pin, time::Duration};
+use std::{future::Future, io, pin::Pin};
 
 use serde_json::json;
 use tokio::{
@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{
-    actor::{live_line, Actor, Exit},
+    actor::{live_line, Actor, Exit, DB_RETRY},
     finish::Cut,
     slots, Control, ProcessState,
 };
@@ -213,7 +213,7 @@ impl Actor {
                 Err(e) => {
                     // Not handed over: the message stays queued for another look.
                     tracing::error!(error = %e, "could not mark the message running");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.pause(DB_RETRY).await;
                     return None;
                 }
             }

@@ -38,20 +38,6 @@ pub struct EventRow {
     pub created_at: i64,
 }
 
-pub async fn append(ex: impl SqliteExecutor<'_>, e: &EventRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO events (session_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&e.session_id)
-    .bind(e.seq)
-    .bind(&e.kind)
-    .bind(&e.data)
-    .bind(e.created_at)
-    .execute(ex)
-    .await?;
-    Ok(())
-}
-
 /// Rows per INSERT in [`append_all`] (five bound values each, far under SQLite's limit).
 const ROWS_PER_INSERT: usize = 500;
 

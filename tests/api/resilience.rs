@@ -43,6 +43,22 @@ async fn a_first_process_that_dies_before_its_transcript_does_not_break_the_sess
     );
 }
 
+/// How the last two processes were started: `--resume` or `--session-id` each.
+fn last_two_starts(app: &TestApp) -> Vec<&'static str> {
+    let runs = app.invocations();
+    runs[runs.len() - 2..]
+        .iter()
+        .map(|run| {
+            let args = argv(run);
+            if args.iter().any(|a| a == "--resume") {
+                "--resume"
+            } else {
+                "--session-id"
+            }
+        })
+        .collect()
+}
+
 /// An app whose fake CLI keeps its transcripts in `data/cli-config`, not where tether looks
 /// (`CLAUDE_CONFIG_DIR`), so tether's view of them can be wrong.
 async fn cli_keeps_transcripts_apart() -> TestApp {
@@ -81,16 +97,7 @@ async fn a_resume_the_cli_refuses_starts_the_conversation_anew() {
 
     let next = app.chat_wait("after", Some(&sid)).await;
     assert_eq!(next["status"], "completed", "{next}");
-    let runs = app.invocations();
-    let last_two: Vec<Vec<String>> = runs[runs.len() - 2..].iter().map(argv).collect();
-    assert!(
-        last_two[0].contains(&"--resume".to_string()),
-        "{last_two:?}"
-    );
-    assert!(
-        last_two[1].contains(&"--session-id".to_string()),
-        "{last_two:?}"
-    );
+    assert_eq!(last_two_starts(&app), ["--resume", "--session-id"]);
 }
 
 #[tokio::test]
@@ -108,16 +115,7 @@ async fn a_new_start_the_cli_refuses_resumes_instead() {
         next["reply"]["text"],
         "echo: after | history: one / crash [crash] / after"
     );
-    let runs = app.invocations();
-    let last_two: Vec<Vec<String>> = runs[runs.len() - 2..].iter().map(argv).collect();
-    assert!(
-        last_two[0].contains(&"--session-id".to_string()),
-        "{last_two:?}"
-    );
-    assert!(
-        last_two[1].contains(&"--resume".to_string()),
-        "{last_two:?}"
-    );
+    assert_eq!(last_two_starts(&app), ["--session-id", "--resume"]);
 }
 
 #[tokio::test]
