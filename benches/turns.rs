@@ -120,7 +120,7 @@ fn main() {
         s.sessions.max_processes = sessions + 2;
         // Every cold sample is a new session.
         s.limits.new_sessions_per_minute = 1000;
-        s.limits.active_sessions_per_owner = 1000;
+        s.sessions.max_active_per_owner = 1000;
         s.log.filter = "error".into();
         let app = Application::build(s).await.unwrap();
         let base = format!("http://{}", app.local_addr());

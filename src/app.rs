@@ -135,6 +135,8 @@ impl Application {
             agent,
             agent_settings: settings.agent.clone(),
             session_settings: settings.sessions.clone(),
+            projects: settings.projects.clone(),
+            limits: settings.limits.clone(),
             push_wake: push_wake.clone(),
         });
         let push = PushService::new(
@@ -170,7 +172,7 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; then stops taking messages, gives running turns
-    /// `server.shutdown_grace_secs`, and stops and reaps every child before returning.
+    /// `server.shutdown_grace`, and stops and reaps every child before returning.
     /// HTTP drains meanwhile: event streams end at once, requests that arrive answer 503
     /// `shutting_down`, and connections still open after the grace (plus
     /// [`http::server::DRAIN_MARGIN`]) are closed whatever their clients do.
@@ -187,7 +189,8 @@ impl Application {
             state.settings.events.clone(),
             state.sessions.stopping(),
         ));
-        let grace = state.settings.server.shutdown_grace();
+        let lifecycle = tokio::spawn(crate::sessions::lifecycle::run(state.sessions.clone()));
+        let grace = state.settings.server.shutdown_grace;
         let (drain_trigger, drain) = Drain::new();
         let (sessions_stopped, sessions_done) = oneshot::channel::<()>();
         // At the signal the HTTP drain begins (streams end, new requests get 503) and the
@@ -210,6 +213,7 @@ impl Application {
         stopping.await?;
         push_worker.await?;
         retention.await?;
+        lifecycle.await?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -98,7 +98,7 @@ impl Auth {
             inner: Arc::new(Keys {
                 encoding: EncodingKey::from_secret(&secret),
                 decoding: DecodingKey::from_secret(&secret),
-                ttl_secs: settings.auth.token_ttl_days * 24 * 3600,
+                ttl_secs: settings.auth.token_ttl.as_secs(),
             }),
         })
     }

@@ -73,7 +73,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     app.run_until(shutdown_signal()).await
 }
 
-/// The first Ctrl-C or SIGTERM: a graceful shutdown (within `server.shutdown_grace_secs`).
+/// The first Ctrl-C or SIGTERM: a graceful shutdown (within `server.shutdown_grace`).
 /// A second one while that runs stops the process at once, for a shutdown that hangs.
 async fn shutdown_signal() {
     let mut signals = match Signals::new() {

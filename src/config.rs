@@ -31,16 +31,20 @@ pub struct Settings {
 pub struct ServerSettings {
     pub bind: SocketAddr,
     pub max_body_bytes: usize,
-    pub wait_timeout_secs: u64,
-    pub shutdown_grace_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub wait_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
     /// Open connections at once; when full, the oldest connection without a request in
     /// flight is closed for a new one. Lowered at start to what the open-file limit allows.
     pub max_connections: usize,
     /// A client must send a request's whole header within this time (also the longest an
     /// idle keep-alive connection stays open).
-    pub header_read_timeout_secs: u64,
-    /// Longest time to answer a request (event streams exempt; chat adds `wait_timeout_secs`).
-    pub request_timeout_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest time to answer a request (event streams exempt; chat adds `wait_timeout`).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
 }
 
 /// What one owner (the `sub` of a token) may hold at once, so that one phone or script
@@ -49,8 +53,6 @@ pub struct ServerSettings {
 pub struct LimitSettings {
     /// New sessions (`POST /api/chat` without `sessionId`) per owner in any 60 seconds.
     pub new_sessions_per_minute: u32,
-    /// Sessions in state `active` per owner; more answer 429 until one is ended.
-    pub active_sessions_per_owner: u32,
     /// Open event streams (`GET /api/sessions/{id}/events`) per owner.
     pub streams_per_owner: usize,
 }
@@ -66,16 +68,44 @@ pub struct AgentSettings {
     pub command: String,
     pub args: Vec<String>,
     pub env: std::collections::BTreeMap<String, String>,
-    pub turn_timeout_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub turn_timeout: Duration,
     pub max_line_bytes: usize,
-    pub stop_grace_secs: u64,
-    pub interrupt_grace_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub stop_grace: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub interrupt_grace: Duration,
     pub stderr_tail_lines: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SessionSettings {
+    /// How long a session lives after its last message or keep-alive.
+    #[serde(deserialize_with = "duration")]
+    pub lifetime: Duration,
+    /// How long before its end the owner is warned (`lifetime - warn_before` into an idle day).
+    #[serde(deserialize_with = "duration")]
+    pub warn_before: Duration,
+    /// A process idle this long is stopped (the session hibernates; its next message resumes).
+    #[serde(deserialize_with = "duration")]
+    pub idle_stop: Duration,
+    /// A turn with no line from its process for this long is interrupted, then killed.
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
     pub max_processes: usize,
+    /// Sessions in state `active` per owner; more answer 429 `too_many_sessions`.
+    pub max_active_per_owner: u32,
+    /// An idle process above this resident memory (its whole process group) is recycled.
+    pub max_process_memory: ByteSize,
+    /// Above this sum over all processes, idle ones are hibernated, oldest first.
+    pub max_total_memory: ByteSize,
+    /// How often processes' memory and CPU are read.
+    #[serde(deserialize_with = "duration")]
+    pub resource_interval: Duration,
+    /// Keep the machine from sleeping while a session is active.
+    pub keep_awake: bool,
+    /// The prompt of a keep-alive with `recap: true`.
+    pub recap_prompt: String,
     pub max_queued_per_session: u32,
     pub max_message_bytes: usize,
     pub event_buffer: usize,
@@ -84,9 +114,11 @@ pub struct SessionSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct EventSettings {
-    pub retention_days: u64,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
     pub max_per_session: u64,
-    pub prune_interval_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub prune_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,15 +129,19 @@ pub struct ProjectSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub secret: SecretString,
-    pub token_ttl_days: u64,
+    #[serde(deserialize_with = "duration")]
+    pub token_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PushSettings {
     pub max_attempts: u32,
-    pub backoff_base_secs: u64,
-    pub backoff_max_secs: u64,
-    pub poll_interval_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
     pub batch_size: u32,
     pub preview_chars: usize,
     pub apns: ApnsSettings,
@@ -117,8 +153,10 @@ pub struct ApnsSettings {
     pub key_id: String,
     pub team_id: String,
     pub topic: String,
-    pub request_timeout_secs: u64,
-    pub pool_idle_timeout_secs: u64,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub pool_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,28 +189,10 @@ impl Settings {
 
 impl ServerSettings {
     pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_secs(self.header_read_timeout_secs.max(1))
+        self.header_read_timeout.max(Duration::from_secs(1))
     }
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.request_timeout_secs.max(1))
-    }
-    pub fn wait_timeout(&self) -> Duration {
-        Duration::from_secs(self.wait_timeout_secs)
-    }
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
-    }
-}
-
-impl AgentSettings {
-    pub fn turn_timeout(&self) -> Duration {
-        Duration::from_secs(self.turn_timeout_secs)
-    }
-    pub fn stop_grace(&self) -> Duration {
-        Duration::from_secs(self.stop_grace_secs)
-    }
-    pub fn interrupt_grace(&self) -> Duration {
-        Duration::from_secs(self.interrupt_grace_secs)
+        self.request_timeout.max(Duration::from_secs(1))
     }
 }
 
@@ -185,6 +205,66 @@ impl ProjectSettings {
             .filter_map(|r| std::fs::canonicalize(r).ok())
             .collect()
     }
+}
+
+/// A duration written as a human form ("24h", "30m", "90s", "1h 30m") or a whole number
+/// of seconds.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Human(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Human(h) => humantime::parse_duration(h.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{h:?} is not a duration like \"24h\" or \"90s\": {e}"
+            ))
+        }),
+    }
+}
+
+/// A size in bytes, written as a number or with a unit ("512MiB", "2GiB", "1.5GB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Human(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(Self(b)),
+            Raw::Human(h) => parse_bytes(&h).map(Self).ok_or_else(|| {
+                serde::de::Error::custom(format!("{h:?} is not a size like \"512MiB\" or \"2GiB\""))
+            }),
+        }
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return None,
+    };
+    Some((number * scale as f64) as u64)
 }
 
 /// Expands a leading `~` to the home directory.
@@ -208,6 +288,20 @@ mod tests {
         assert_eq!(s.server.bind.to_string(), "127.0.0.1:8787");
         assert_eq!(s.agent.command, "claude");
         assert_eq!(s.database.path, PathBuf::from("data/tether.db"));
+        assert_eq!(s.sessions.lifetime, Duration::from_secs(24 * 3600));
+        assert_eq!(s.sessions.warn_before, Duration::from_secs(4 * 3600));
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_are_refused_with_the_value() {
+        let bad = Figment::from(Toml::string(DEFAULTS))
+            .merge(Toml::string("[sessions]\nlifetime = \"soon\""))
+            .extract::<Settings>()
+            .unwrap_err();
+        assert!(bad.to_string().contains("soon"), "{bad}");
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("2 GB"), Some(2_000_000_000));
+        assert_eq!(parse_bytes("12parsecs"), None);
     }
 
     #[test]
@@ -218,11 +312,17 @@ mod tests {
             jail.set_env("TETHER__AGENT__COMMAND", "/opt/claude");
             jail.set_env("TETHER__SESSIONS__MAX_PROCESSES", "3");
             jail.set_env("TETHER__LIMITS__STREAMS_PER_OWNER", "2");
+            jail.set_env("TETHER__SESSIONS__LIFETIME", "90m");
+            jail.set_env("TETHER__SESSIONS__MAX_TOTAL_MEMORY", "1.5GiB");
+            jail.set_env("TETHER__AGENT__TURN_TIMEOUT", "45");
             let s = Settings::load(None).map_err(|e| *e)?;
             assert_eq!(s.server.bind.port(), 0);
             assert_eq!(s.agent.command, "/opt/claude");
             assert_eq!(s.sessions.max_processes, 3);
             assert_eq!(s.limits.streams_per_owner, 2);
+            assert_eq!(s.sessions.lifetime, Duration::from_secs(90 * 60));
+            assert_eq!(s.sessions.max_total_memory, ByteSize(3 << 29));
+            assert_eq!(s.agent.turn_timeout, Duration::from_secs(45));
             Ok(())
         });
     }

@@ -1,24 +1,29 @@
 //! The one error type of the HTTP edge: a status, a stable code and a message, sent as
 //! `{"error": {"code", "message"}}`. Internal details are logged, never sent.
 
+use std::time::Duration;
+
 use axum::{
     extract::{
         rejection::{JsonRejection, QueryRejection},
         FromRequest, FromRequestParts, Request,
     },
-    http::request::Parts,
-    http::StatusCode,
+    http::{header::RETRY_AFTER, request::Parts, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use crate::sessions::{AcceptError, Refusal};
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up, at least 1) with a 429.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -27,6 +32,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// A limit was reached: 429 with `Retry-After`.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -60,7 +73,38 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, whole_seconds(after).into());
+        }
+        response
+    }
+}
+
+/// A `Retry-After` in whole seconds, rounded up, at least 1.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        let (why, code, message) = match e {
+            AcceptError::Db(e) => return e.into(),
+            AcceptError::Refused { why, code, message } => (why, code, message),
+        };
+        let status = match why {
+            Refusal::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Forbidden => StatusCode::FORBIDDEN,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::Conflict => StatusCode::CONFLICT,
+            Refusal::Gone => StatusCode::GONE,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooMany(after) => return Self::too_many(code, message, after),
+        };
+        Self::new(status, code, message)
     }
 }
 
@@ -130,4 +174,18 @@ fn query_error(rejection: QueryRejection) -> ApiError {
 /// Answers routes that do not exist.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let secs = |ms| whole_seconds(Duration::from_millis(ms));
+        assert_eq!(secs(0), 1);
+        assert_eq!(secs(1), 1);
+        assert_eq!(secs(1000), 1);
+        assert_eq!(secs(59_001), 60);
+    }
 }

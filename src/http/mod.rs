@@ -34,9 +34,9 @@ use crate::AppState;
 pub struct Edge {
     pub drain: server::Drain,
     pub streams: limits::StreamCounts,
-    /// `server.request_timeout_secs`.
+    /// `server.request_timeout`.
     request_timeout: Duration,
-    /// `server.wait_timeout_secs`: the extra time `POST /api/chat {"wait": true}` may take.
+    /// `server.wait_timeout`: the extra time `POST /api/chat {"wait": true}` may take.
     wait_timeout: Duration,
 }
 
@@ -47,7 +47,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         drain,
         streams: limits::StreamCounts::default(),
         request_timeout: state.settings.server.request_timeout(),
-        wait_timeout: state.settings.server.wait_timeout(),
+        wait_timeout: state.settings.server.wait_timeout,
     };
     Router::new()
         .merge(health::router())
@@ -75,7 +75,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
 
 /// 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
 /// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
-/// last); `POST /api/chat` gets `server.wait_timeout_secs` on top for `wait: true`.
+/// last); `POST /api/chat` gets `server.wait_timeout` on top for `wait: true`.
 async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     if edge.drain.is_draining() {
         let mut res = ApiError::unavailable(
@@ -102,7 +102,7 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
                 format!(
-                    "the request took longer than {}s (server.request_timeout_secs); try again",
+                    "the request took longer than {}s (server.request_timeout); try again",
                     budget.as_secs()
                 ),
             )

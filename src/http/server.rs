@@ -32,7 +32,7 @@ use tokio::{
 
 use crate::config::Settings;
 
-/// How long after `server.shutdown_grace_secs` connections may still be finishing their
+/// How long after `server.shutdown_grace` connections may still be finishing their
 /// answers (a waiting chat told its turn was interrupted) before they are closed regardless.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(2);
 /// File descriptors kept free for what is not a connection: the listener, stdio, logs, the
@@ -107,7 +107,7 @@ pub struct Server {
     /// Descriptors to keep free when the cap has to shrink.
     reserve: usize,
     header_read_timeout: Duration,
-    /// `server.shutdown_grace_secs` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
+    /// `server.shutdown_grace` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
     drain_limit: Duration,
 }
 
@@ -122,7 +122,7 @@ impl Server {
             cap,
             reserve,
             header_read_timeout: settings.server.header_read_timeout(),
-            drain_limit: settings.server.shutdown_grace() + DRAIN_MARGIN,
+            drain_limit: settings.server.shutdown_grace + DRAIN_MARGIN,
         }
     }
 

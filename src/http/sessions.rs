@@ -3,6 +3,7 @@
 
 use std::{convert::Infallible, time::Duration};
 
+use axum::{body::Bytes, http::StatusCode};
 use axum::{
     extract::{Path, State},
     http::HeaderMap,
@@ -13,18 +14,18 @@ use axum::{
     routing::{get, post},
     Extension, Json, Router,
 };
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
-    limits::TooMany,
-    views::{MessageView, Page, SessionView},
+    views::{time, MessageView, Page, SessionView},
     ApiError, ApiQuery, Edge,
 };
 use crate::{
     auth::Caller,
-    sessions::{LiveEvent, Subscription},
+    sessions::{Accepted, LiveEvent, Message, Subscription, Target},
     store::{self, events, messages, sessions, sessions::SessionRow},
     AppState,
 };
@@ -45,6 +46,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route(EVENTS_ROUTE, get(stream_events))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
+        .route("/api/sessions/{id}/keep-alive", post(keep_alive))
 }
 
 /// The session if it exists and the caller may see it (else 404, to reveal nothing).
@@ -93,7 +95,11 @@ async fn list_messages(
         page.limit()?,
     )
     .await?;
-    let views: Vec<MessageView> = rows.into_iter().map(Into::into).collect();
+    let process = state.sessions.process_info(&id).state;
+    let views: Vec<MessageView> = rows
+        .into_iter()
+        .map(|m| MessageView::with_process(m, process))
+        .collect();
     Ok(Json(json!({ "messages": views })))
 }
 
@@ -110,6 +116,76 @@ async fn interrupt(
         ));
     }
     Ok(Json(json!({ "interrupted": true })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepAliveRequest {
+    /// Also ask the agent for a short recap of the conversation (a turn; answered with its
+    /// text once it ends).
+    #[serde(default)]
+    recap: bool,
+}
+
+/// Moves the session's end to now + `sessions.lifetime` (clearing a warning) and answers
+/// the new `expiresAt`; with `recap: true` it also runs a turn asking for a recap, through
+/// the same accept path as a chat message, and answers its text. 410 once expired.
+async fn keep_alive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional: none means no recap.
+    let req: KeepAliveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        KeepAliveRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid("invalid_body", format!("invalid body: {e}")))?
+    };
+    let expires_at = state
+        .sessions
+        .keep_alive(&id, &caller.owner, caller.is_admin())
+        .await?;
+    let mut body = json!({ "sessionId": id, "expiresAt": time(expires_at) });
+    if !req.recap {
+        return Ok(Json(body).into_response());
+    }
+    state.agent_ready().await?;
+    let prompt = &state.settings.sessions.recap_prompt;
+    let accepted = state
+        .sessions
+        .accept(Message {
+            owner: &caller.owner,
+            sees_all: caller.is_admin(),
+            text: prompt,
+            target: Target::Session(&id),
+            client_message_id: None,
+        })
+        .await?;
+    let Accepted::Queued {
+        message_id,
+        expires_at,
+        ..
+    } = accepted
+    else {
+        unreachable!("a recap has no clientMessageId to repeat");
+    };
+    body["expiresAt"] = json!(time(expires_at));
+    let (msg, reply) = super::chat::wait_for_end(&state, &id, message_id).await?;
+    body["recap"] = json!({
+        "messageId": msg.id,
+        "status": msg.status,
+        "error": msg.error,
+        "replyId": reply.as_ref().map(|r| r.id),
+        "text": reply.map(|r| r.text),
+    });
+    let status = if msg.status.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED // the wait timed out; the reply comes in the session's messages
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// Ends the session: no new messages, the running turn is interrupted, queued ones are
@@ -150,7 +226,7 @@ async fn stream_events(
     let limit = state.settings.limits.streams_per_owner;
     let Some(permit) = edge.streams.try_acquire(&caller.owner, limit) else {
         tracing::info!(owner = %caller.owner, code = "too_many_streams", "per-owner limit reached");
-        return Ok(TooMany::new(
+        return Err(ApiError::too_many(
             "too_many_streams",
             format!(
                 "{limit} event streams are already open (limits.streams_per_owner); \
@@ -158,8 +234,7 @@ async fn stream_events(
             ),
             // A stream whose client vanished is noticed by its next keep-alive at the latest.
             SSE_KEEPALIVE,
-        )
-        .into_response());
+        ));
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = if session.is_active() {

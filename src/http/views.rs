@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::ApiError;
 use crate::{
-    sessions::ProcessInfo,
+    sessions::{ProcessInfo, ProcessState},
     store::{messages::MessageRow, messages::Status, sessions::SessionRow},
 };
 
@@ -29,6 +29,10 @@ pub struct SessionView {
     pub last_activity_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
+    /// When it ends unless a message or keep-alive comes first.
+    pub expires_at: DateTime<Utc>,
+    /// When this period's "expires soon" push went out (a keep-alive clears it).
+    pub warned_at: Option<DateTime<Utc>>,
     pub message_count: i64,
     pub total_cost_usd: f64,
     /// The conversation id the CLI reported last (equal to `id` unless the CLI changed it).
@@ -49,6 +53,8 @@ impl SessionView {
             last_activity_at: time(s.last_activity_at),
             ended_at: s.ended_at.map(time),
             end_reason: s.end_reason,
+            expires_at: time(s.expires_at),
+            warned_at: s.warned_at.map(time),
             message_count: s.message_count,
             total_cost_usd: s.total_cost_usd,
             agent_session_id: s.agent_session_id,
@@ -73,6 +79,23 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why a queued message has not started: `process_slot` (every process slot is busy;
+    /// it starts when one frees) or `turn` (its turn in the session's queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<&'static str>,
+}
+
+impl MessageView {
+    /// The view, saying what a queued message waits for given its session's process.
+    pub fn with_process(m: MessageRow, process: ProcessState) -> Self {
+        let queued = m.status == Status::Queued;
+        let mut view = Self::from(m);
+        view.waiting_for = queued.then_some(match process {
+            ProcessState::Waiting => "process_slot",
+            _ => "turn",
+        });
+        view
+    }
 }
 
 impl From<MessageRow> for MessageView {
@@ -92,6 +115,7 @@ impl From<MessageRow> for MessageView {
             created_at: time(m.created_at),
             started_at: m.started_at.map(time),
             finished_at: m.finished_at.map(time),
+            waiting_for: None,
         }
     }
 }

@@ -48,8 +48,8 @@ impl ApnsGateway {
             credentials: load(settings),
             config: ClientConfig {
                 endpoint: Endpoint::Production,
-                request_timeout_secs: Some(settings.request_timeout_secs),
-                pool_idle_timeout_secs: Some(settings.pool_idle_timeout_secs),
+                request_timeout_secs: Some(settings.request_timeout.as_secs().max(1)),
+                pool_idle_timeout_secs: Some(settings.pool_idle_timeout.as_secs()),
             },
             clients: Mutex::new(HashMap::new()),
         };
@@ -197,8 +197,8 @@ mod tests {
             key_id: "ABC123DEFG".into(),
             team_id: "TEAM123456".into(),
             topic: "com.example.tether".into(),
-            request_timeout_secs: 20,
-            pool_idle_timeout_secs: 3600,
+            request_timeout: std::time::Duration::from_secs(20),
+            pool_idle_timeout: std::time::Duration::from_secs(3600),
         }
     }
 

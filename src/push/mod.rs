@@ -36,6 +36,10 @@ pub enum PushKind {
     TurnInterrupted,
     /// The session's process died while idle: the next answer will be slower.
     ProcessExited,
+    /// The session ends soon (`sessions.warn_before` ahead): "Keep alive" extends it.
+    SessionExpiring,
+    /// The session reached its end: its process stopped and it takes no more messages.
+    SessionExpired,
 }
 
 impl PushKind {
@@ -46,6 +50,39 @@ impl PushKind {
             Self::TurnFailed => "turn_failed",
             Self::TurnInterrupted => "turn_interrupted",
             Self::ProcessExited => "process_exited",
+            Self::SessionExpiring => "session_expiring",
+            Self::SessionExpired => "session_expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::TurnCompleted,
+            Self::TurnFailed,
+            Self::TurnInterrupted,
+            Self::ProcessExited,
+            Self::SessionExpiring,
+            Self::SessionExpired,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The notification category (`aps.category`): the actions the app offers on it.
+    pub fn category(self) -> Option<&'static str> {
+        match self {
+            Self::SessionExpiring => Some("SESSION_EXPIRING"),
+            _ => None,
+        }
+    }
+
+    /// The `apns-collapse-id` of a push of this kind: a later warning about a session
+    /// replaces the earlier one on the phone; other pushes collapse only with their own
+    /// resends (after a crash mid-send).
+    pub fn collapse_id(self, push_id: i64, session_id: &str) -> String {
+        match self {
+            Self::SessionExpiring => format!("expiring-{session_id}"),
+            _ => format!("tether-{push_id}"),
         }
     }
 
@@ -56,6 +93,8 @@ impl PushKind {
             Self::TurnFailed => Some("Turn failed"),
             Self::TurnInterrupted => Some("Turn interrupted"),
             Self::ProcessExited => Some("Agent process exited"),
+            Self::SessionExpiring => Some("Session expires soon"),
+            Self::SessionExpired => Some("Session expired"),
         }
     }
 
@@ -66,6 +105,8 @@ impl PushKind {
             Self::TurnFailed => "The turn failed.",
             Self::TurnInterrupted => "tether stopped during this turn; send the message again.",
             Self::ProcessExited => "The agent process exited; the next message starts it again.",
+            Self::SessionExpiring => "This session ends soon; keep it alive to continue.",
+            Self::SessionExpired => "This session has ended; start a new one to continue.",
         }
     }
 }
@@ -109,6 +150,8 @@ pub struct PushEvent<'a> {
     pub message_id: Option<i64>,
     /// The reply's text or the reason.
     pub text: &'a str,
+    /// When the push is worthless (ms): APNs' expiration, and not sent after it.
+    pub expires_at: Option<i64>,
 }
 
 /// Adds one outbox row per active device of the session's owner, inside `tx`: the push
@@ -135,6 +178,7 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
             title: &audience.title,
             subtitle: event.kind.subtitle(),
             text: &text,
+            expires_at: event.expires_at,
             now: store::now_ms(),
         },
     )

@@ -74,6 +74,18 @@ pub struct Content<'a> {
     pub body: &'a str,
     pub session_id: &'a str,
     pub message_id: Option<i64>,
+    /// `aps.category`: the actions the app offers on the notification.
+    pub category: Option<&'a str>,
+}
+
+/// The APNs headers of one notification besides push type and priority.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Headers<'a> {
+    pub topic: Option<&'a str>,
+    /// A later notification with the same id replaces the earlier one on the phone.
+    pub collapse_id: Option<&'a str>,
+    /// Seconds since the epoch after which APNs stops trying to deliver it.
+    pub expiration: Option<u64>,
 }
 
 /// Builds the notification for one device. Custom keys beside `aps`: `sessionId`,
@@ -81,8 +93,7 @@ pub struct Content<'a> {
 pub fn notification<'a>(
     content: &Content<'a>,
     device_token: &'a str,
-    topic: Option<&'a str>,
-    collapse_id: Option<&'a str>,
+    headers: Headers<'a>,
 ) -> Result<Notification<'a>, a2::Error> {
     let mut builder = DefaultNotificationBuilder::new()
         .set_title(content.title)
@@ -91,12 +102,15 @@ pub fn notification<'a>(
     if let Some(subtitle) = content.subtitle {
         builder = builder.set_subtitle(subtitle);
     }
+    if let Some(category) = content.category {
+        builder = builder.set_category(category);
+    }
     let options = NotificationOptions {
-        apns_topic: topic,
+        apns_topic: headers.topic,
         apns_push_type: Some(PushType::Alert),
         apns_priority: Some(Priority::High),
-        // A resend of the same push (after a crash mid-send) replaces the first on the phone.
-        apns_collapse_id: collapse_id.map(CollapseId::new).transpose()?,
+        apns_collapse_id: headers.collapse_id.map(CollapseId::new).transpose()?,
+        apns_expiration: headers.expiration,
         ..Default::default()
     };
     let mut payload = builder.build(device_token, options);
@@ -132,31 +146,22 @@ pub struct Fitted {
     pub json: String,
 }
 
-/// Cuts the body to `preview_chars` at a word, then shrinks it (and, if need be, the title)
+/// Cuts the body (`whole.body`, the stored text) to `preview_chars` at a word, then shrinks it (and, if need be, the title)
 /// until the exact JSON a2 will send is at most [`MAX_PAYLOAD_BYTES`]. JSON escaping and
 /// multi-byte characters are counted as sent.
-pub fn fit(
-    kind: &str,
-    title: &str,
-    subtitle: Option<&str>,
-    text: &str,
-    session_id: &str,
-    message_id: Option<i64>,
-    preview_chars: usize,
-) -> Result<Fitted, a2::Error> {
-    let mut title = cut_at_word(title, MAX_TITLE_CHARS);
-    let subtitle = subtitle.map(|s| cut_at_word(s, MAX_TITLE_CHARS));
+pub fn fit(whole: &Content<'_>, preview_chars: usize) -> Result<Fitted, a2::Error> {
+    let text = whole.body;
+    let mut title = cut_at_word(whole.title, MAX_TITLE_CHARS);
+    let subtitle = whole.subtitle.map(|s| cut_at_word(s, MAX_TITLE_CHARS));
     let mut body = cut_at_word(text, preview_chars.max(1));
     loop {
         let content = Content {
-            kind,
             title: &title,
             subtitle: subtitle.as_deref(),
             body: &body,
-            session_id,
-            message_id,
+            ..*whole
         };
-        let json = notification(&content, "", None, None)?.to_json_string()?;
+        let json = notification(&content, "", Headers::default())?.to_json_string()?;
         if json.len() <= MAX_PAYLOAD_BYTES {
             return Ok(Fitted {
                 title,
@@ -319,6 +324,7 @@ mod tests {
             body,
             session_id: SESSION,
             message_id,
+            category: kind.category(),
         }
     }
 
@@ -347,7 +353,12 @@ mod tests {
         ];
         for (kind, message_id, subtitle, name) in cases {
             let c = content(kind, "Hello there", message_id);
-            let n = notification(&c, TOKEN, Some("com.example.tether"), Some("tether-7")).unwrap();
+            let headers = Headers {
+                topic: Some("com.example.tether"),
+                collapse_id: Some("tether-7"),
+                expiration: None,
+            };
+            let n = notification(&c, TOKEN, headers).unwrap();
             let v = json_of(&n);
             let mut alert = json!({"title": "demo", "body": "Hello there"});
             if let Some(s) = subtitle {
@@ -391,20 +402,34 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_warning_has_its_category_expiration_and_a_collapse_id_per_session() {
+        let c = content(PushKind::SessionExpiring, "4 hours left", None);
+        let collapse = PushKind::SessionExpiring.collapse_id(7, SESSION);
+        let headers = Headers {
+            topic: Some("com.example.tether"),
+            collapse_id: Some(&collapse),
+            expiration: Some(1_900_000_000),
+        };
+        let n = notification(&c, TOKEN, headers).unwrap();
+        let v = json_of(&n);
+        assert_eq!(v["aps"]["category"], "SESSION_EXPIRING");
+        assert_eq!(v["kind"], "session_expiring");
+        assert_eq!(n.options().apns_expiration, Some(1_900_000_000));
+        assert_eq!(
+            n.options().apns_collapse_id.as_ref().map(|c| c.value),
+            Some(format!("expiring-{SESSION}").as_str())
+        );
+        // Another warning about the same session collapses with it; other pushes do not.
+        assert_eq!(PushKind::SessionExpiring.collapse_id(8, SESSION), collapse);
+        assert_ne!(PushKind::TurnCompleted.collapse_id(7, SESSION), collapse);
+    }
+
+    #[test]
     fn a_100_kb_reply_fits_in_4096_bytes() {
         let reply = format!("**Result**: {}", "lorem ipsum dolor sit amet ".repeat(4000));
         assert!(reply.len() > 100_000);
         let text = cut_at_word(&plain_text(&reply), MAX_STORED_CHARS);
-        let f = fit(
-            PushKind::TurnCompleted.as_str(),
-            "demo",
-            None,
-            &text,
-            SESSION,
-            Some(1),
-            150,
-        )
-        .unwrap();
+        let f = fit(&content(PushKind::TurnCompleted, &text, Some(1)), 150).unwrap();
         assert!(f.json.len() <= MAX_PAYLOAD_BYTES);
         assert!(f.body.starts_with("Result: lorem ipsum"));
         assert!(f.body.chars().count() <= 150 && f.body.ends_with('…'));
@@ -418,16 +443,12 @@ mod tests {
         let nasty = "\u{1}\"😀 ".repeat(5000);
         for text in [nasty.as_str(), &"word ".repeat(5000)] {
             let text = cut_at_word(text, MAX_STORED_CHARS);
-            let f = fit(
-                "turn_failed",
-                &"t".repeat(500),
-                Some("Turn failed"),
-                &text,
-                SESSION,
-                Some(9),
-                100_000,
-            )
-            .unwrap();
+            let long_title = "t".repeat(500);
+            let whole = Content {
+                title: &long_title,
+                ..content(PushKind::TurnFailed, &text, Some(9))
+            };
+            let f = fit(&whole, 100_000).unwrap();
             assert!(f.json.len() <= MAX_PAYLOAD_BYTES, "{} bytes", f.json.len());
             assert!(
                 f.json.len() > MAX_PAYLOAD_BYTES / 2,
@@ -435,14 +456,17 @@ mod tests {
             );
             assert!(f.title.chars().count() <= MAX_TITLE_CHARS);
             let c = Content {
-                kind: "turn_failed",
                 title: &f.title,
                 subtitle: f.subtitle.as_deref(),
                 body: &f.body,
-                session_id: SESSION,
-                message_id: Some(9),
+                ..whole
             };
-            let sent = notification(&c, TOKEN, Some("t"), Some("x")).unwrap();
+            let headers = Headers {
+                topic: Some("t"),
+                collapse_id: Some("x"),
+                expiration: Some(1),
+            };
+            let sent = notification(&c, TOKEN, headers).unwrap();
             assert_eq!(
                 sent.to_json_string().unwrap(),
                 f.json,

@@ -65,6 +65,7 @@ async fn harness_with(adjust: impl FnOnce(&mut WorkerConfig)) -> Harness {
             project_path: "/home/me/projects/demo",
             title: Some("demo"),
             now,
+            expires_at: now + 24 * 3600 * 1000,
         },
     )
     .await
@@ -118,6 +119,7 @@ impl Harness {
                 audience: &Audience::of(&self.session),
                 message_id,
                 text,
+                expires_at: None,
             },
         )
         .await

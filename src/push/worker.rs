@@ -4,7 +4,7 @@
 //! sending stopped until tether restarts, with the reason on `/health`.
 //!
 //! [`PushService::run`] loops until shutdown, woken by `push_wake` (a push was committed),
-//! by the next due retry, or by `push.poll_interval_secs`; [`PushService::tick`] is one
+//! by the next due retry, or by `push.poll_interval`; [`PushService::tick`] is one
 //! step, which tests drive directly.
 
 use std::{
@@ -23,15 +23,15 @@ use tokio::sync::Notify;
 use super::{
     classify,
     gateway::{Action, Answer, PushGateway, PushRequest},
-    payload::{self, Content},
-    token_prefix,
+    payload::{self, Content, Headers},
+    token_prefix, PushKind,
 };
 use crate::{
     config::PushSettings,
     store::{
         self, devices,
         pushes::{self, AfterAttempt, DuePush, NewAttempt, PushStatus},
-        Store,
+        sessions, Store,
     },
 };
 
@@ -65,12 +65,12 @@ impl WorkerConfig {
     pub fn from_settings(s: &PushSettings) -> Self {
         Self {
             max_attempts: s.max_attempts.max(1),
-            backoff_base: Duration::from_secs(s.backoff_base_secs),
-            backoff_max: Duration::from_secs(s.backoff_max_secs),
-            poll_interval: Duration::from_secs(s.poll_interval_secs),
+            backoff_base: s.backoff_base,
+            backoff_max: s.backoff_max,
+            poll_interval: s.poll_interval,
             batch_size: s.batch_size.max(1),
             preview_chars: s.preview_chars.max(1),
-            send_timeout: Duration::from_secs(s.apns.request_timeout_secs) + SEND_GUARD_MARGIN,
+            send_timeout: s.apns.request_timeout + SEND_GUARD_MARGIN,
             default_topic: Some(s.apns.topic.trim().to_string()).filter(|t| !t.is_empty()),
         }
     }
@@ -90,6 +90,8 @@ pub struct TickReport {
     pub failed: usize,
     /// Devices disabled.
     pub disabled: usize,
+    /// Not sent because what they were about is moot (a warning after a keep-alive).
+    pub cancelled: usize,
     /// Claimed but not sent (sending stopped or tether is stopping): pending again.
     pub released: usize,
     /// Sending is stopped by a configuration error.
@@ -306,15 +308,27 @@ impl PushService {
             let error = "no APNs topic: set push.apns.topic or register the device with a topic";
             return self.local_failure(due, now, error, report).await;
         }
-        let fitted = match payload::fit(
-            &p.kind,
-            &p.title,
-            p.subtitle.as_deref(),
-            &p.text,
-            &p.session_id,
-            p.message_id,
-            config.preview_chars,
-        ) {
+        if p.expires_at.is_some_and(|at| at <= now) {
+            let error = "its moment passed before it could be sent (APNs expiration)";
+            return self.local_failure(due, now, error, report).await;
+        }
+        let kind = PushKind::parse(&p.kind);
+        if kind == Some(PushKind::SessionExpiring) && !self.still_warned(p).await? {
+            let why = "the session was kept alive or ended before its warning went out";
+            pushes::cancel(self.inner.store.pool(), p.id, why, now).await?;
+            report.cancelled += 1;
+            return Ok(());
+        }
+        let whole = Content {
+            kind: &p.kind,
+            title: &p.title,
+            subtitle: p.subtitle.as_deref(),
+            body: &p.text,
+            session_id: &p.session_id,
+            message_id: p.message_id,
+            category: kind.and_then(PushKind::category),
+        };
+        let fitted = match payload::fit(&whole, config.preview_chars) {
             Ok(f) => f,
             Err(e) => {
                 let error = format!("the payload could not be built: {e}");
@@ -322,24 +336,29 @@ impl PushService {
             }
         };
         let content = Content {
-            kind: &p.kind,
             title: &fitted.title,
             subtitle: fitted.subtitle.as_deref(),
             body: &fitted.body,
-            session_id: &p.session_id,
-            message_id: p.message_id,
+            ..whole
         };
-        let collapse_id = format!("tether-{}", p.id);
+        let collapse_id = match kind {
+            Some(kind) => kind.collapse_id(p.id, &p.session_id),
+            None => format!("tether-{}", p.id),
+        };
+        let headers = Headers {
+            topic,
+            collapse_id: Some(&collapse_id),
+            expiration: p.expires_at.map(|ms| (ms / 1000).max(0) as u64),
+        };
         // fit() measured this JSON; the token, topic and collapse id are headers, not in it.
         let json = fitted.json;
-        let notification =
-            match payload::notification(&content, &due.token, topic, Some(&collapse_id)) {
-                Ok(n) => n,
-                Err(e) => {
-                    let error = format!("the payload could not be built: {e}");
-                    return self.local_failure(due, now, &error, report).await;
-                }
-            };
+        let notification = match payload::notification(&content, &due.token, headers) {
+            Ok(n) => n,
+            Err(e) => {
+                let error = format!("the payload could not be built: {e}");
+                return self.local_failure(due, now, &error, report).await;
+            }
+        };
 
         let mut attempts = p.attempts;
         let mut renewed = false;
@@ -384,6 +403,15 @@ impl PushService {
                 .record(due, &answer, attempts, now, Some(&json), report)
                 .await;
         }
+    }
+
+    /// Whether the warning of this push still stands: its session is active, with the same
+    /// end, and was not kept alive since (which clears the warning).
+    async fn still_warned(&self, p: &pushes::PushRow) -> sqlx::Result<bool> {
+        let session = sessions::get(self.inner.store.pool(), &p.session_id).await?;
+        Ok(session.is_some_and(|s| {
+            s.is_active() && s.warned_at.is_some() && Some(s.expires_at) == p.expires_at
+        }))
     }
 
     /// Records an answer (the attempt and the push's new state) in one transaction, and

@@ -191,7 +191,7 @@ impl Actor {
             Some(Control::Interrupt(reply)) => {
                 let _ = reply.send(false);
             }
-            Some(Control::Evict) => self.stop_process("evicted to free a process slot").await,
+            Some(Control::Stop(reason)) => self.stop_process(reason).await,
             Some(Control::Shutdown(deadline)) => self.exit = Some(Exit::Shutdown(deadline)),
             Some(Control::End) | None => self.exit = Some(Exit::Ended),
         }
@@ -232,6 +232,7 @@ impl Actor {
             audience,
             message_id,
             text,
+            expires_at: None,
         };
         let result: sqlx::Result<()> = async {
             let mut tx = self.store().begin_write().await?;

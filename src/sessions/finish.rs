@@ -29,8 +29,10 @@ pub(super) enum Cut {
     Shutdown,
     /// The agent did not read the message in time.
     NotRead(Duration),
-    /// The turn ran past `agent.turn_timeout_secs`.
+    /// The turn ran past `agent.turn_timeout`.
     Timeout(Duration),
+    /// No line from the agent for `sessions.stall_timeout`: interrupted, then stopped.
+    Stalled(Duration),
 }
 
 /// How a turn ended, ready to store.
@@ -150,6 +152,15 @@ impl Actor {
                 format!(
                     "the agent did not read the message within {}s; its process was stopped",
                     t.as_secs()
+                ),
+                Some(PushKind::TurnFailed),
+            ),
+            Cut::Stalled(t) => (
+                Status::Failed,
+                format!(
+                    "stalled: no output from the agent for {}; the turn was interrupted and \
+                     the next message resumes the conversation",
+                    super::lifecycle::human_duration(t)
                 ),
                 Some(PushKind::TurnFailed),
             ),
@@ -320,6 +331,7 @@ impl Actor {
                 audience,
                 message_id: Some(reply_id.unwrap_or(msg.id)),
                 text,
+                expires_at: None,
             };
             push::enqueue(&mut tx, &event).await?;
         }

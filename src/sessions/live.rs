@@ -91,7 +91,7 @@ impl Actor {
     /// says how it ended.
     pub(super) async fn reap(&mut self, live: Live) -> String {
         let mut process = live.process;
-        let grace = self.sessions.deps().agent_settings.stop_grace();
+        let grace = self.sessions.deps().agent_settings.stop_grace;
         let status = process.wait(grace).await;
         let tail = process.stderr_tail();
         let pid = process.pid;
@@ -118,7 +118,7 @@ impl Actor {
     pub(super) async fn stop_process(&mut self, reason: &str) {
         let Some(live) = self.live.take() else { return };
         let pid = live.process.pid;
-        let grace = self.sessions.deps().agent_settings.stop_grace();
+        let grace = self.sessions.deps().agent_settings.stop_grace;
         let status = live.process.stop(grace).await;
         tracing::info!(pid, reason, ?status, "agent process stopped");
         self.forget_process(true).await;

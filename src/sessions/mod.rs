@@ -2,8 +2,10 @@
 //! listener; the process-count bound with least-recently-used eviction of idle processes;
 //! recovery after a restart; ending a session; and shutdown that stops and reaps every child.
 
+mod accept;
 mod actor;
 mod finish;
+pub mod lifecycle;
 mod live;
 mod log;
 pub mod retention;
@@ -30,11 +32,12 @@ use tokio::{
 
 use crate::{
     agent::{process, Agent},
-    config::{AgentSettings, SessionSettings},
+    config::{AgentSettings, LimitSettings, ProjectSettings, SessionSettings},
     push::{self, Audience, PushEvent, PushKind},
     store::{self, messages, sessions, Store},
 };
 
+pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use log::{LiveEvent, LiveRing, Subscription};
 
 /// What every actor needs.
@@ -43,6 +46,9 @@ pub struct Deps {
     pub agent: Arc<dyn Agent>,
     pub agent_settings: AgentSettings,
     pub session_settings: SessionSettings,
+    /// Where new sessions may run.
+    pub projects: ProjectSettings,
+    pub limits: LimitSettings,
     /// Wakes the push worker after a push row was committed.
     pub push_wake: Arc<Notify>,
 }
@@ -53,9 +59,18 @@ pub struct Deps {
 pub enum ProcessState {
     /// No process: it starts (with `--resume` when needed) on the next message.
     None,
+    /// A message waits for a process slot (`sessions.max_processes` are all busy).
+    Waiting,
     Starting,
     Idle,
     Busy,
+}
+
+impl ProcessState {
+    /// Whether a process exists (it holds a slot).
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Starting | Self::Idle | Self::Busy)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,8 +97,9 @@ impl ProcessInfo {
 enum Control {
     /// Interrupt the running turn; answers whether one was running.
     Interrupt(tokio::sync::oneshot::Sender<bool>),
-    /// Stop the process if idle (another session needs its slot).
-    Evict,
+    /// Stop the process if idle, for the reason given (another session needs its slot,
+    /// it idled too long, it holds too much memory).
+    Stop(&'static str),
     /// tether is stopping: let a running turn finish until the deadline, then stop.
     Shutdown(Instant),
     /// The session was ended: stop now.
@@ -189,6 +205,7 @@ impl Sessions {
                     audience: &Audience::of(&session),
                     message_id: Some(m.id),
                     text: reason,
+                    expires_at: None,
                 };
                 push::enqueue(&mut tx, &event).await?;
             }
@@ -228,7 +245,7 @@ impl Sessions {
     pub fn live_processes(&self) -> usize {
         self.actors()
             .values()
-            .filter(|e| e.handle.process.borrow().state != ProcessState::None)
+            .filter(|e| e.handle.process.borrow().state.is_live())
             .count()
     }
 
@@ -256,19 +273,52 @@ impl Sessions {
         rx.await.unwrap_or(false)
     }
 
-    /// Ends a session: in one transaction it is marked ended and its queued messages are
-    /// cancelled; then its actor stops its process (a running turn ends `interrupted`) and
-    /// is waited for. False when it was not active.
+    /// Ends a session at its owner's request: see [`Self::end_session_as`].
     pub async fn end_session(&self, session_id: &str, reason: &str) -> sqlx::Result<bool> {
-        let now = store::now_ms();
+        self.end_session_as(session_id, sessions::STATE_ENDED, reason, store::now_ms())
+            .await
+    }
+
+    /// Ends a session as `ended` or `expired`: in one transaction its state changes, its
+    /// queued messages are cancelled and, when it expired, its owner's push is queued; then
+    /// its actor stops its process (a running turn ends `interrupted`) and is waited for.
+    /// False when it was not active (or, for an expiry, its end had moved past `now`).
+    pub(crate) async fn end_session_as(
+        &self,
+        session_id: &str,
+        state: &str,
+        reason: &str,
+        now: i64,
+    ) -> sqlx::Result<bool> {
         let mut tx = self.deps().store.begin_write().await?;
-        if !sessions::end(&mut *tx, session_id, reason, now).await? {
+        if !sessions::end(&mut *tx, session_id, state, reason, now).await? {
             return Ok(false);
         }
-        let cancelled =
-            messages::cancel_queued(&mut *tx, session_id, "the session was ended", now).await?;
+        let expired = state == sessions::STATE_EXPIRED;
+        let why = if expired {
+            "the session expired"
+        } else {
+            "the session was ended"
+        };
+        let cancelled = messages::cancel_queued(&mut *tx, session_id, why, now).await?;
+        if expired {
+            if let Some(session) = sessions::get(&mut *tx, session_id).await? {
+                let event = PushEvent {
+                    kind: PushKind::SessionExpired,
+                    audience: &Audience::of(&session),
+                    message_id: None,
+                    text: "This session has ended. Its history stays readable; start a new \
+                           session to continue.",
+                    expires_at: None,
+                };
+                push::enqueue(&mut tx, &event).await?;
+            }
+        }
         tx.commit().await?;
-        tracing::info!(session_id, cancelled, reason, "session ended");
+        if expired {
+            self.deps().push_wake.notify_one();
+        }
+        tracing::info!(session_id, cancelled, reason, state, "session ended");
         let entry = self.actors().remove(session_id);
         if let Some(entry) = entry {
             let _ = entry.handle.ctl.send(Control::End).await;
@@ -395,6 +445,7 @@ impl Sessions {
                     audience: &Audience::of(&session),
                     message_id: Some(m.id),
                     text: REASON,
+                    expires_at: None,
                 };
                 push::enqueue(&mut tx, &event).await?;
             }
@@ -434,8 +485,9 @@ impl Sessions {
             .min_by_key(|(used, _, _)| *used);
         match victim {
             Some((_, id, ctl)) => {
-                tracing::info!(session_id = %id, "evicting idle process to free a slot");
-                ctl.try_send(Control::Evict).is_ok()
+                tracing::info!(session_id = %id, "hibernating the least recently used idle process to free a slot");
+                ctl.try_send(Control::Stop("hibernated to free a process slot"))
+                    .is_ok()
             }
             None => false,
         }

@@ -1,5 +1,5 @@
 //! Keeps the event log on disk bounded: the events of sessions that ended more than
-//! `events.retention_days` ago go, and no session keeps more than `events.max_per_session`.
+//! `events.retention` ago go, and no session keeps more than `events.max_per_session`.
 //! `tick` is one pass (tests drive it); `run` repeats it until tether stops.
 
 use std::time::Duration;
@@ -16,7 +16,7 @@ const BATCH: i64 = 5_000;
 
 /// One pass: prunes until nothing is left to prune. Returns the events deleted.
 pub async fn tick(store: &Store, settings: &EventSettings) -> sqlx::Result<u64> {
-    let cutoff = store::now_ms() - (settings.retention_days as i64) * 24 * 3600 * 1000;
+    let cutoff = store::now_ms() - settings.retention.as_millis() as i64;
     let keep = settings.max_per_session.max(1) as i64;
     let mut total = 0;
     loop {
@@ -35,9 +35,9 @@ pub async fn tick(store: &Store, settings: &EventSettings) -> sqlx::Result<u64> 
     Ok(total)
 }
 
-/// Runs [`tick`] every `events.prune_interval_secs` until `stop` turns true.
+/// Runs [`tick`] every `events.prune_interval` until `stop` turns true.
 pub async fn run(store: Store, settings: EventSettings, mut stop: watch::Receiver<bool>) {
-    let every = Duration::from_secs(settings.prune_interval_secs.max(1));
+    let every = settings.prune_interval.max(Duration::from_secs(1));
     loop {
         if let Err(e) = tick(&store, &settings).await {
             tracing::error!(error = %e, "could not prune the event log");

@@ -60,7 +60,11 @@ impl Actor {
         let started = Instant::now();
         tracing::info!(message_id = msg.id, "turn started");
         let settings = &self.sessions.deps().agent_settings;
-        let (timeout, interrupt_grace) = (settings.turn_timeout(), settings.interrupt_grace());
+        let (timeout, interrupt_grace) = (settings.turn_timeout, settings.interrupt_grace);
+        let stall_timeout = self.sessions.deps().session_settings.stall_timeout;
+        // The last sign of life from the agent (any line; its api_retry lines too).
+        let mut last_life = Instant::now();
+        let mut stalled = false;
         let mut running = false;
         // A live process takes the message at once; else the turn first waits for a slot.
         let (mut phase, mut timeout_at) = if self.live.is_some() {
@@ -86,6 +90,7 @@ impl Actor {
             }
             let flush_at = if running { self.log.flush_due() } else { None };
             let reading = matches!(phase, Phase::Run);
+            let stall_at = (reading && interrupted_at.is_none()).then(|| last_life + stall_timeout);
             tokio::select! {
                 next = step(&mut phase) => match next {
                     Step::Slot(Ok(slot)) => {
@@ -106,6 +111,7 @@ impl Actor {
                     Step::Slot(Err(())) => return, // shutting down: the message stays queued
                     Step::Written(Ok(())) => {
                         self.set_state(ProcessState::Busy);
+                        last_life = Instant::now();
                         if faults::hit(faults::ACTOR_PANIC, &msg.text) {
                             panic!("injected fault: the actor panics mid-turn");
                         }
@@ -121,6 +127,7 @@ impl Actor {
                 },
                 line = live_line(&mut self.live), if reading => match line {
                     Some(Ok(line)) => {
+                        last_life = Instant::now();
                         let Some((result, row)) = self.on_line(line) else { continue };
                         let launch = self.live.as_ref().map(|l| l.launch.clone());
                         if result.is_error {
@@ -133,6 +140,14 @@ impl Actor {
                                 phase = self.wait_for_slot();
                                 continue;
                             }
+                        }
+                        if stalled && result.is_error {
+                            // The agent stopped at our interrupt: the turn failed as stalled.
+                            if let Some(row) = row {
+                                self.log.hold(row);
+                            }
+                            self.cut(&msg, Cut::Stalled(stall_timeout), started).await;
+                            return;
                         }
                         self.settle(&msg, result, row, interrupted_at.is_some(), started).await;
                         return;
@@ -164,7 +179,7 @@ impl Actor {
                             return;
                         }
                     }
-                    Some(Control::Evict) => {}
+                    Some(Control::Stop(_)) => {} // busy: it stays
                     Some(Control::Shutdown(at)) => {
                         self.exit = Some(Exit::Shutdown(at));
                         if matches!(phase, Phase::Slot(_)) {
@@ -178,9 +193,22 @@ impl Actor {
                         return;
                     }
                 },
+                _ = sleep_until(stall_at) => {
+                    tracing::warn!(silent_for = ?stall_timeout, "turn stalled; interrupting it");
+                    stalled = true;
+                    if self.send_interrupt() {
+                        interrupted_at = Some(Instant::now());
+                    } else {
+                        self.kill_process().await;
+                        self.cut(&msg, Cut::Stalled(stall_timeout), started).await;
+                        return;
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     self.kill_process().await;
-                    let cut = if interrupted_at.is_some() {
+                    let cut = if stalled {
+                        Cut::Stalled(stall_timeout)
+                    } else if interrupted_at.is_some() {
                         Cut::Interrupted
                     } else if matches!(self.exit, Some(Exit::Shutdown(_))) {
                         Cut::Shutdown
@@ -222,6 +250,7 @@ impl Actor {
     }
 
     fn wait_for_slot(&self) -> Phase {
+        self.set_state(ProcessState::Waiting);
         Phase::Slot(Box::pin(slots::take(
             self.sessions.clone(),
             self.id.clone(),

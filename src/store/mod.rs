@@ -18,7 +18,7 @@ use std::{
 use sqlx::{
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    SqliteConnection, SqlitePool,
+    Connection, SqliteConnection, SqlitePool,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -53,6 +53,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
+        // Migrations run on their own connection with foreign keys off, so that a table
+        // others refer to can be rebuilt (SQLite's way to change a constraint).
+        let mut migrating =
+            SqliteConnection::connect_with(&options.clone().foreign_keys(false)).await?;
+        MIGRATOR.run(&mut migrating).await?;
+        migrating.close().await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             // The database is a file in this process: a connection cannot have gone away
@@ -60,7 +66,6 @@ impl Store {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
         Ok(Self {
             pool,
             writer: Arc::new(Mutex::new(())),

@@ -54,6 +54,8 @@ pub struct PushRow {
     pub apns_id: Option<String>,
     pub error: Option<String>,
     pub payload: Option<String>,
+    /// APNs' expiration (ms): not sent after it.
+    pub expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -89,6 +91,7 @@ pub struct NewPush<'a> {
     pub title: &'a str,
     pub subtitle: Option<&'a str>,
     pub text: &'a str,
+    pub expires_at: Option<i64>,
     pub now: i64,
 }
 
@@ -100,8 +103,8 @@ pub async fn insert_for_owner_devices(
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "INSERT INTO pushes (device_id, owner, session_id, message_id, kind, title, subtitle, \
-         text, next_attempt_at, created_at, updated_at) \
-         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8 FROM devices d \
+         text, expires_at, next_attempt_at, created_at, updated_at) \
+         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8, ?8 FROM devices d \
          WHERE d.owner = ?1 AND d.disabled_at IS NULL ORDER BY d.id \
          ON CONFLICT DO NOTHING",
     )
@@ -113,9 +116,24 @@ pub async fn insert_for_owner_devices(
     .bind(p.subtitle)
     .bind(p.text)
     .bind(p.now)
+    .bind(p.expires_at)
     .execute(ex)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Cancels one push not sent yet (claimed or pending): what it was about is moot.
+pub async fn cancel(ex: impl SqliteExecutor<'_>, id: i64, why: &str, now: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE pushes SET status = 'cancelled', error = ?2, updated_at = ?3 \
+         WHERE id = ?1 AND status IN ('pending', 'sending')",
+    )
+    .bind(id)
+    .bind(why)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(())
 }
 
 /// Marks up to `limit` due pushes (pending, `next_attempt_at <= now`, device active) as

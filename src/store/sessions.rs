@@ -19,6 +19,10 @@ pub struct SessionRow {
     pub end_reason: Option<String>,
     pub process_pid: Option<i64>,
     pub process_start_time: Option<i64>,
+    /// The end: the last accepted message or keep-alive plus `sessions.lifetime`.
+    pub expires_at: i64,
+    /// When this period's "expires soon" push went out (cleared by a keep-alive).
+    pub warned_at: Option<i64>,
     /// Counted by the query, not stored.
     pub message_count: i64,
 }
@@ -30,6 +34,8 @@ impl SessionRow {
 }
 
 pub const STATE_ACTIVE: &str = "active";
+pub const STATE_ENDED: &str = "ended";
+pub const STATE_EXPIRED: &str = "expired";
 
 const SELECT: &str = "SELECT s.*, (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) \
                       AS message_count FROM sessions s";
@@ -41,12 +47,13 @@ pub struct NewSession<'a> {
     pub project_path: &'a str,
     pub title: Option<&'a str>,
     pub now: i64,
+    pub expires_at: i64,
 }
 
 pub async fn insert(ex: impl SqliteExecutor<'_>, s: &NewSession<'_>) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO sessions (id, owner, agent, project_path, title, created_at, last_activity_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO sessions (id, owner, agent, project_path, title, created_at, \
+         last_activity_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(s.id)
     .bind(s.owner)
@@ -55,6 +62,7 @@ pub async fn insert(ex: impl SqliteExecutor<'_>, s: &NewSession<'_>) -> sqlx::Re
     .bind(s.title)
     .bind(s.now)
     .bind(s.now)
+    .bind(s.expires_at)
     .execute(ex)
     .await?;
     Ok(())
@@ -67,21 +75,123 @@ pub async fn get(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<Option<S
         .await
 }
 
-/// The accept path's one look at a session, which also marks it active now: its owner,
-/// state and queue depth. The caller rolls back when it refuses the message.
+/// The accept path's one look at a session, which also marks it active now and moves its
+/// end to `expires_at` (clearing this period's warning): its owner, state and queue depth.
+/// The caller rolls back when it refuses the message.
 pub async fn touch_for_accept(
     ex: impl SqliteExecutor<'_>,
     id: &str,
     now: i64,
+    expires_at: i64,
 ) -> sqlx::Result<Option<(String, String, i64)>> {
     sqlx::query_as(
-        "UPDATE sessions SET last_activity_at = ?2 WHERE id = ?1 RETURNING owner, state, \
+        "UPDATE sessions SET last_activity_at = ?2, expires_at = ?3, warned_at = NULL \
+         WHERE id = ?1 RETURNING owner, state, \
          (SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND status = 'queued')",
     )
     .bind(id)
     .bind(now)
+    .bind(expires_at)
     .fetch_optional(ex)
     .await
+}
+
+/// A keep-alive: moves an active session's end to `expires_at` and clears this period's
+/// warning. Returns the owner and state as they were (nothing changes unless active).
+pub async fn extend(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    expires_at: i64,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "UPDATE sessions SET expires_at = CASE WHEN state = 'active' THEN ?2 ELSE expires_at END, \
+         warned_at = CASE WHEN state = 'active' THEN NULL ELSE warned_at END \
+         WHERE id = ?1 RETURNING owner, state",
+    )
+    .bind(id)
+    .bind(expires_at)
+    .fetch_optional(ex)
+    .await
+}
+
+/// Active sessions whose warning is due at `now` (`expires_at - warn_before <= now`) and
+/// not yet sent this period, and whose end has not come (an end that came first is
+/// handled by the expiry alone).
+pub async fn due_warnings(
+    ex: impl SqliteExecutor<'_>,
+    now: i64,
+    warn_before_ms: i64,
+) -> sqlx::Result<Vec<SessionRow>> {
+    sqlx::query_as(&format!(
+        "{SELECT} WHERE s.state = 'active' AND s.warned_at IS NULL \
+         AND s.expires_at - ?2 <= ?1 AND s.expires_at > ?1 ORDER BY s.expires_at"
+    ))
+    .bind(now)
+    .bind(warn_before_ms)
+    .fetch_all(ex)
+    .await
+}
+
+/// Marks this period's warning as sent, unless the session was extended or ended
+/// meanwhile (its end is no longer `expires_at`). True when it was marked.
+pub async fn mark_warned(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    expires_at: i64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE sessions SET warned_at = ?3 WHERE id = ?1 AND expires_at = ?2 \
+         AND state = 'active' AND warned_at IS NULL",
+    )
+    .bind(id)
+    .bind(expires_at)
+    .bind(now)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ids of active sessions whose end has come.
+pub async fn due_expiries(ex: impl SqliteExecutor<'_>, now: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE state = 'active' AND expires_at <= ? ORDER BY expires_at",
+    )
+    .bind(now)
+    .fetch_all(ex)
+    .await
+}
+
+/// The next moment the scheduler has something to do: a warning not yet sent, or an end.
+pub async fn next_deadline(
+    ex: impl SqliteExecutor<'_>,
+    warn_before_ms: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT MIN(CASE WHEN warned_at IS NULL THEN expires_at - ? ELSE expires_at END) \
+         FROM sessions WHERE state = 'active'",
+    )
+    .bind(warn_before_ms)
+    .fetch_one(ex)
+    .await
+}
+
+/// Every active session with its queue depth, soonest end first (the admin's view).
+pub async fn list_active(ex: impl SqliteExecutor<'_>) -> sqlx::Result<Vec<(SessionRow, i64)>> {
+    #[derive(FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        session: SessionRow,
+        queued: i64,
+    }
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT t.*, (SELECT COUNT(*) FROM messages q WHERE q.session_id = t.id \
+         AND q.status = 'queued') AS queued FROM ({SELECT} WHERE s.state = 'active') t \
+         ORDER BY t.expires_at"
+    ))
+    .fetch_all(ex)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.session, r.queued)).collect())
 }
 
 /// Sessions newest activity first; `owner: None` lists everyone's (admin).
@@ -150,16 +260,20 @@ pub async fn with_recorded_process(
     .await
 }
 
+/// Ends an active session: `ended` (deleted by its owner) or `expired` (its end came: only
+/// when `expires_at <= now`, so a keep-alive committed first wins). True when it changed.
 pub async fn end(
     ex: impl SqliteExecutor<'_>,
     id: &str,
+    state: &str,
     reason: &str,
     now: i64,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query(
-        "UPDATE sessions SET state = 'ended', ended_at = ?, end_reason = ? \
-         WHERE id = ? AND state = 'active'",
+        "UPDATE sessions SET state = ?1, ended_at = ?2, end_reason = ?3 \
+         WHERE id = ?4 AND state = 'active' AND (?1 <> 'expired' OR expires_at <= ?2)",
     )
+    .bind(state)
     .bind(now)
     .bind(reason)
     .bind(id)

@@ -379,7 +379,7 @@ async fn routes_need_a_valid_token_except_health() {
 
 #[tokio::test]
 async fn wait_returns_202_when_the_turn_outlasts_the_wait() {
-    let app = spawn_app_with(|s| s.server.wait_timeout_secs = 1).await;
+    let app = spawn_app_with(|s| s.server.wait_timeout = std::time::Duration::from_secs(1)).await;
     let body = json!({"message": "slow [slow:3000]", "projectPath": app.project, "wait": true});
     let res = app.post("/api/chat", body).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);

@@ -28,12 +28,12 @@ pub fn fake_claude() -> &'static str {
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings");
     s.server.bind = "127.0.0.1:0".parse().unwrap();
-    s.server.shutdown_grace_secs = 2;
-    s.server.wait_timeout_secs = 30;
+    s.server.shutdown_grace = Duration::from_secs(2);
+    s.server.wait_timeout = Duration::from_secs(30);
     s.database.path = dir.join("data/tether.db");
     s.agent.command = fake_claude().to_string();
     s.agent.args = vec![];
-    s.agent.stop_grace_secs = 2;
+    s.agent.stop_grace = Duration::from_secs(2);
     s.agent.env.insert(
         "CLAUDE_CONFIG_DIR".into(),
         dir.join("claude-config").to_string_lossy().into_owned(),
@@ -342,7 +342,7 @@ impl Tether {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
         cmd.arg("serve")
             .env("TETHER__SERVER__BIND", "127.0.0.1:0")
-            .env("TETHER__SERVER__SHUTDOWN_GRACE_SECS", "2")
+            .env("TETHER__SERVER__SHUTDOWN_GRACE", "2")
             .env("TETHER__DATABASE__PATH", dir.join("data/tether.db"))
             .env("TETHER__AGENT__COMMAND", fake_claude())
             .env("TETHER__AUTH__SECRET", &secret)
@@ -474,7 +474,8 @@ pub fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace_secs = 2\n[database]\npath = {:?}\n\
+            "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"
+[database]\npath = {:?}\n\
              [agent]\ncommand = {:?}\nenv = {{ {env} }}\n[sessions]\nmax_processes = {}\n\
              [projects]\nroots = [{:?}]\n[log]\nfilter = \"warn\"\n",
             settings.database.path,

@@ -196,7 +196,7 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
         dir.path(),
         &[
             ("SERVER__MAX_CONNECTIONS", "4096"),
-            ("SERVER__HEADER_READ_TIMEOUT_SECS", "300"),
+            ("SERVER__HEADER_READ_TIMEOUT", "300"),
         ],
         Some(1024),
     );
@@ -259,7 +259,7 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
         dir.path(),
         &[
             ("SERVER__MAX_CONNECTIONS", "512"),
-            ("SERVER__HEADER_READ_TIMEOUT_SECS", "300"),
+            ("SERVER__HEADER_READ_TIMEOUT", "300"),
         ],
         Some(1024),
     );
@@ -317,7 +317,7 @@ async fn is_closed(stream: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn a_client_that_is_slow_to_send_its_header_is_disconnected() {
-    let app = spawn_app_with(|s| s.server.header_read_timeout_secs = 1).await;
+    let app = spawn_app_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
     let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHost: tether\r\nX-Slow: ")
@@ -345,7 +345,7 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     const CAP: usize = 16;
     let app = spawn_app_with(|s| {
         s.server.max_connections = CAP;
-        s.server.header_read_timeout_secs = 300;
+        s.server.header_read_timeout = Duration::from_secs(300);
     })
     .await;
     let first = app.chat_wait("one", None).await;
@@ -438,7 +438,7 @@ async fn read_answer(stream: &mut TcpStream) -> (u16, String, Value) {
 
 #[tokio::test]
 async fn a_request_over_its_time_answers_a_json_error_but_a_waiting_chat_may_wait() {
-    let app = spawn_app_with(|s| s.server.request_timeout_secs = 1).await;
+    let app = spawn_app_with(|s| s.server.request_timeout = Duration::from_secs(1)).await;
     // A body that never arrives in full.
     let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
     let head = format!(
@@ -456,10 +456,10 @@ async fn a_request_over_its_time_answers_a_json_error_but_a_waiting_chat_may_wai
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("request_timeout_secs"));
+        .contains("request_timeout"));
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    // `wait: true` may take server.wait_timeout_secs, longer than the request timeout.
+    // `wait: true` may take server.wait_timeout, longer than the request timeout.
     let reply = app.chat_wait("take your time [slow:2500]", None).await;
     assert_eq!(reply["status"], "completed", "{reply}");
 }
@@ -517,7 +517,7 @@ async fn new_sessions_per_minute_are_capped_per_owner() {
 
 #[tokio::test]
 async fn live_sessions_are_capped_per_owner() {
-    let app = spawn_app_with(|s| s.limits.active_sessions_per_owner = 2).await;
+    let app = spawn_app_with(|s| s.sessions.max_active_per_owner = 2).await;
     let first: Value = new_session(&app, &app.token).await.json().await.unwrap();
     assert_eq!(
         new_session(&app, &app.token).await.status(),
@@ -604,7 +604,7 @@ async fn a_new_sessions_folder_is_checked_before_the_write_lock_is_taken() {
 
 #[tokio::test]
 async fn requests_during_shutdown_get_a_503_json_answer() {
-    let app = spawn_app_with(|_| {}).await; // shutdown_grace_secs = 2
+    let app = spawn_app_with(|_| {}).await; // shutdown_grace = 2 s
                                             // A running turn keeps the shutdown going for its grace.
     let res = app.chat("long [slow:60000]", None).await;
     let id = res["sessionId"].as_str().unwrap().to_string();
@@ -644,7 +644,7 @@ async fn requests_during_shutdown_get_a_503_json_answer() {
 
 #[tokio::test]
 async fn an_event_stream_that_stopped_reading_does_not_hold_shutdown() {
-    let app = spawn_app_with(|_| {}).await; // shutdown_grace_secs = 2
+    let app = spawn_app_with(|_| {}).await; // shutdown_grace = 2 s
                                             // Megabytes of events: more than the sockets between server and client can hold.
     let first = app.chat_wait("big [huge:4000000]", None).await;
     let id = first["sessionId"].as_str().unwrap().to_string();
@@ -692,7 +692,7 @@ async fn a_second_sigterm_stops_a_shutdown_that_hangs() {
     use nix::sys::signal::Signal;
     let dir = tempfile::tempdir().unwrap();
     // A turn that would hold the graceful shutdown for a minute.
-    let mut tether = Tether::start(dir.path(), &[("SERVER__SHUTDOWN_GRACE_SECS", "60")], None);
+    let mut tether = Tether::start(dir.path(), &[("SERVER__SHUTDOWN_GRACE", "60")], None);
     let token = tether.token("me");
     let client = fresh_client();
     let res = client

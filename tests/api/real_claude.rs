@@ -59,8 +59,8 @@ async fn start_tether_with(
     ] {
         settings.agent.env.insert(k.to_string(), v);
     }
-    settings.agent.turn_timeout_secs = 120;
-    settings.server.wait_timeout_secs = 120;
+    settings.agent.turn_timeout = Duration::from_secs(120);
+    settings.server.wait_timeout = Duration::from_secs(120);
     TestApp::start(settings, dir).await
 }
 

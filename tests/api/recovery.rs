@@ -68,7 +68,7 @@ async fn a_process_that_dies_while_idle_is_replaced_on_the_next_message() {
 
 #[tokio::test]
 async fn a_hung_turn_times_out_and_the_session_recovers() {
-    let app = spawn_app_with(|s| s.agent.turn_timeout_secs = 1).await;
+    let app = spawn_app_with(|s| s.agent.turn_timeout = Duration::from_secs(1)).await;
     let res = app.chat_wait("hang [hang]", None).await;
     assert_eq!(res["status"], "failed");
     assert!(
@@ -104,7 +104,7 @@ async fn a_graceful_restart_continues_the_conversation() {
 
 #[tokio::test]
 async fn shutdown_gives_running_turns_a_grace_then_stops_and_reaps_them() {
-    let app = spawn_app().await; // server.shutdown_grace_secs = 2
+    let app = spawn_app().await; // server.shutdown_grace = 2
     let res = app.chat("long [slow:60000]", None).await;
     let (id, msg) = (
         res["sessionId"].as_str().unwrap().to_string(),
@@ -378,7 +378,7 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
     )
     .unwrap();
     let status = server.child.wait().unwrap();
-    // The grace (server.shutdown_grace_secs = 2 here), then the stop.
+    // The grace (server.shutdown_grace = 2 here), then the stop.
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!pid_alive(pid), "the child was reaped");

@@ -447,13 +447,13 @@ async fn old_events_are_pruned_and_each_session_keeps_at_most_its_cap() {
     assert!(before > 10);
 
     let mut settings = app.settings.events.clone();
-    settings.retention_days = 30;
+    settings.retention = Duration::from_secs(30 * 24 * 3600);
     settings.max_per_session = 10;
     retention::tick(&app.state.store, &settings).await.unwrap();
     assert_eq!(tether::store::events::count(pool, &a_id).await.unwrap(), 10);
     assert!(tether::store::events::count(pool, &b_id).await.unwrap() > 0);
 
-    settings.retention_days = 0; // b ended before now
+    settings.retention = Duration::ZERO; // b ended before now
     retention::tick(&app.state.store, &settings).await.unwrap();
     assert_eq!(tether::store::events::count(pool, &b_id).await.unwrap(), 0);
     assert_eq!(

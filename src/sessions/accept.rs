@@ -1,0 +1,404 @@
+//! The one way a user message enters tether, whatever the route (chat, a keep-alive's
+//! recap, later clients): validated, its session found or created in an allowed project
+//! folder under the owner's caps, the session's end moved to now + `sessions.lifetime`, the
+//! message stored `queued` in the same transaction, and the session's actor woken. Also the
+//! keep-alive, which moves the end without a message.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use uuid::Uuid;
+
+use super::Sessions;
+use crate::{
+    config::{expand_home, ProjectSettings},
+    store::{self, messages, sessions, WriteTx},
+};
+
+/// Longest `clientMessageId` accepted.
+pub const MAX_CLIENT_MESSAGE_ID: usize = 128;
+/// The window of `limits.new_sessions_per_minute`.
+const NEW_SESSION_WINDOW: Duration = Duration::from_secs(60);
+/// `Retry-After` for `too_many_sessions`: no time frees a slot (ending a session does), so a
+/// client is told to come back no sooner than this.
+const ACTIVE_SESSIONS_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why a message (or keep-alive) was refused; the HTTP edge turns each into its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Invalid,
+    TooLarge,
+    Forbidden,
+    NotFound,
+    /// The session was ended by its owner.
+    Conflict,
+    /// The session expired.
+    Gone,
+    /// A limit; try again after the duration.
+    TooMany(Duration),
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub enum AcceptError {
+    Refused {
+        why: Refusal,
+        code: &'static str,
+        message: String,
+    },
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for AcceptError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+fn refused(why: Refusal, code: &'static str, message: impl Into<String>) -> AcceptError {
+    AcceptError::Refused {
+        why,
+        code,
+        message: message.into(),
+    }
+}
+
+/// Where a message goes: a session by its id as sent, or a new one in this folder.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Session(&'a str),
+    NewIn(&'a str),
+}
+
+/// A user message as a client sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The caller: the owner of a new session, and who may use an existing one.
+    pub owner: &'a str,
+    /// An admin may write to any owner's session.
+    pub sees_all: bool,
+    pub text: &'a str,
+    pub target: Target<'a>,
+    /// The client's id for the message: a repeat is answered with the first one.
+    pub client_message_id: Option<&'a str>,
+}
+
+#[derive(Debug)]
+pub enum Accepted {
+    /// Stored `queued`; the session's actor was woken.
+    Queued {
+        session_id: String,
+        message_id: i64,
+        /// The session's new end (ms).
+        expires_at: i64,
+    },
+    /// The same `clientMessageId` was accepted before: that message, as it is now.
+    Repeat(Box<messages::MessageRow>),
+}
+
+impl Sessions {
+    /// Accepts a user message: see the module's doc.
+    pub async fn accept(&self, m: Message<'_>) -> Result<Accepted, AcceptError> {
+        if self.is_closing() {
+            return Err(refused(
+                Refusal::Unavailable,
+                "shutting_down",
+                "tether is shutting down; try again in a moment",
+            ));
+        }
+        self.validate(&m)?;
+        let pool = self.deps().store.pool();
+        if let Some(cmid) = m.client_message_id {
+            if let Some(first) = messages::find_by_client_id(pool, m.owner, cmid).await? {
+                return Ok(Accepted::Repeat(Box::new(first)));
+            }
+        }
+        let project = match m.target {
+            Target::Session(_) => None,
+            // Looked up on the file system before the write lock is taken.
+            Target::NewIn(raw) => Some(resolve_project(&self.deps().projects, raw).await?),
+        };
+        let now = store::now_ms();
+        let expires_at = now + self.lifetime_ms();
+        let mut tx = self.deps().store.begin_write().await?;
+        let session_id = match (m.target, project) {
+            (Target::Session(id), _) => {
+                self.touch_existing(&mut tx, &m, id, now, expires_at)
+                    .await?
+            }
+            (Target::NewIn(_), Some(project)) => {
+                self.create(&mut tx, m.owner, &project, now, expires_at)
+                    .await?
+            }
+            (Target::NewIn(_), None) => unreachable!("a new session's folder is resolved"),
+        };
+        let inserted = messages::insert_user(
+            &mut *tx,
+            &messages::NewUserMessage {
+                session_id: &session_id,
+                owner: m.owner,
+                text: m.text,
+                client_message_id: m.client_message_id,
+                now,
+            },
+        )
+        .await;
+        let message_id = match inserted {
+            Ok(id) => id,
+            Err(e) if store::is_unique_violation(&e) => {
+                // The same clientMessageId raced in: answer with the first one.
+                drop(tx);
+                let cmid = m.client_message_id.unwrap_or_default();
+                return match messages::find_by_client_id(pool, m.owner, cmid).await? {
+                    Some(first) => Ok(Accepted::Repeat(Box::new(first))),
+                    None => Err(e.into()),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tx.commit().await?;
+        tracing::info!(%session_id, message_id, "message queued");
+        self.wake(&session_id);
+        Ok(Accepted::Queued {
+            session_id,
+            message_id,
+            expires_at,
+        })
+    }
+
+    /// Moves an active session's end to now + `sessions.lifetime` and clears this period's
+    /// warning. Returns the new end (ms).
+    pub async fn keep_alive(
+        &self,
+        session_id: &str,
+        owner: &str,
+        sees_all: bool,
+    ) -> Result<i64, AcceptError> {
+        let expires_at = store::now_ms() + self.lifetime_ms();
+        let mut tx = self.deps().store.begin_write().await?;
+        let found = sessions::extend(&mut *tx, session_id, expires_at)
+            .await?
+            .filter(|(o, _)| sees_all || o == owner);
+        let Some((_, state)) = found else {
+            return Err(not_found(session_id));
+        };
+        check_active(&state)?;
+        tx.commit().await?;
+        tracing::info!(session_id, expires_at, "session kept alive");
+        Ok(expires_at)
+    }
+
+    fn lifetime_ms(&self) -> i64 {
+        self.deps().session_settings.lifetime.as_millis() as i64
+    }
+
+    fn validate(&self, m: &Message<'_>) -> Result<(), AcceptError> {
+        if m.text.trim().is_empty() {
+            return Err(refused(
+                Refusal::Invalid,
+                "empty_message",
+                "message must not be empty",
+            ));
+        }
+        let limit = self.deps().session_settings.max_message_bytes;
+        if m.text.len() > limit {
+            return Err(refused(
+                Refusal::TooLarge,
+                "message_too_large",
+                format!(
+                    "message is {} bytes; the limit (sessions.max_message_bytes) is {limit}",
+                    m.text.len()
+                ),
+            ));
+        }
+        if let Some(cmid) = m.client_message_id {
+            if cmid.is_empty() || cmid.len() > MAX_CLIENT_MESSAGE_ID {
+                return Err(refused(
+                    Refusal::Invalid,
+                    "invalid_client_message_id",
+                    format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The existing session the message goes to, touched (active now, its end moved):
+    /// refused when it is not the caller's, not active, or its queue is full.
+    async fn touch_existing(
+        &self,
+        tx: &mut WriteTx,
+        m: &Message<'_>,
+        id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<String, AcceptError> {
+        let session = Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| {
+            refused(
+                Refusal::Invalid,
+                "invalid_session_id",
+                "sessionId must be a UUID",
+            )
+        })?;
+        let (_, state, queued) = sessions::touch_for_accept(&mut **tx, &session, now, expires_at)
+            .await?
+            .filter(|(owner, _, _)| m.sees_all || owner == m.owner)
+            .ok_or_else(|| not_found(&session))?;
+        check_active(&state)?;
+        let limit = self.deps().session_settings.max_queued_per_session;
+        if queued >= i64::from(limit) {
+            return Err(refused(
+                Refusal::TooMany(Duration::from_secs(5)),
+                "queue_full",
+                format!(
+                    "{queued} messages are already waiting in this session \
+                     (sessions.max_queued_per_session = {limit}); wait for a reply"
+                ),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// A new session of `owner` in `project`, within the owner's caps (read in the write
+    /// transaction that creates it, so two requests cannot both take the last one).
+    async fn create(
+        &self,
+        tx: &mut WriteTx,
+        owner: &str,
+        project: &Path,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<String, AcceptError> {
+        let deps = self.deps();
+        let window = NEW_SESSION_WINDOW.as_millis() as i64;
+        let load = sessions::owner_load(&mut **tx, owner, now - window).await?;
+        let active_limit = i64::from(deps.session_settings.max_active_per_owner);
+        if load.active >= active_limit {
+            tracing::info!(owner, code = "too_many_sessions", "per-owner limit reached");
+            return Err(refused(
+                Refusal::TooMany(ACTIVE_SESSIONS_RETRY_AFTER),
+                "too_many_sessions",
+                format!(
+                    "{} sessions are active (sessions.max_active_per_owner = {active_limit}); \
+                     end one (DELETE /api/sessions/{{id}}) or continue one with sessionId",
+                    load.active
+                ),
+            ));
+        }
+        let rate = i64::from(deps.limits.new_sessions_per_minute);
+        if load.created_since >= rate {
+            // A slot frees when the oldest session of the window leaves it.
+            let oldest = load.oldest_since.unwrap_or(now);
+            let wait = (oldest + window - now).max(0) as u64;
+            tracing::info!(
+                owner,
+                code = "too_many_new_sessions",
+                "per-owner limit reached"
+            );
+            return Err(refused(
+                Refusal::TooMany(Duration::from_millis(wait)),
+                "too_many_new_sessions",
+                format!(
+                    "{} sessions were started in the last minute (limits.new_sessions_per_minute \
+                     = {rate}); try again later or continue one with sessionId",
+                    load.created_since
+                ),
+            ));
+        }
+        let id = Uuid::new_v4().to_string();
+        let project = project.to_string_lossy();
+        let title = Path::new(project.as_ref())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        sessions::insert(
+            &mut **tx,
+            &sessions::NewSession {
+                id: &id,
+                owner,
+                agent: deps.agent.name(),
+                project_path: &project,
+                title: title.as_deref(),
+                now,
+                expires_at,
+            },
+        )
+        .await?;
+        Ok(id)
+    }
+}
+
+fn not_found(id: &str) -> AcceptError {
+    refused(
+        Refusal::NotFound,
+        "session_not_found",
+        format!("no session {id}"),
+    )
+}
+
+/// Refuses a session that is not active: 410 once it expired, 409 once its owner ended it.
+fn check_active(state: &str) -> Result<(), AcceptError> {
+    match state {
+        sessions::STATE_ACTIVE => Ok(()),
+        sessions::STATE_EXPIRED => Err(refused(
+            Refusal::Gone,
+            "session_expired",
+            "this session expired; its history stays readable; start a new one with projectPath",
+        )),
+        _ => Err(refused(
+            Refusal::Conflict,
+            "session_ended",
+            "this session has ended; start a new one with projectPath",
+        )),
+    }
+}
+
+/// An existing directory inside one of `projects.roots`, made canonical. The file-system
+/// calls run on a blocking thread.
+async fn resolve_project(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, AcceptError> {
+    let (projects, raw) = (projects.clone(), raw.to_string());
+    tokio::task::spawn_blocking(move || resolve_project_blocking(&projects, &raw))
+        .await
+        .unwrap_or_else(|e| {
+            Err(refused(
+                Refusal::Unavailable,
+                "internal_error",
+                format!("the project folder could not be checked: {e}"),
+            ))
+        })
+}
+
+fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, AcceptError> {
+    let path = expand_home(Path::new(raw.trim()));
+    if raw.trim().is_empty() || !path.is_absolute() {
+        return Err(refused(
+            Refusal::Invalid,
+            "invalid_project_path",
+            "projectPath must be an absolute path",
+        ));
+    }
+    let canonical = std::fs::canonicalize(&path).map_err(|_| {
+        refused(
+            Refusal::Invalid,
+            "project_not_found",
+            format!("projectPath {raw} does not exist"),
+        )
+    })?;
+    if !canonical.is_dir() {
+        return Err(refused(
+            Refusal::Invalid,
+            "project_not_a_directory",
+            format!("projectPath {raw} is not a directory"),
+        ));
+    }
+    let roots = projects.canonical_roots();
+    if !roots.iter().any(|root| canonical.starts_with(root)) {
+        return Err(refused(
+            Refusal::Forbidden,
+            "forbidden",
+            format!("projectPath {raw} is outside the folders tether may use (projects.roots)"),
+        ));
+    }
+    Ok(canonical)
+}

@@ -1,0 +1,170 @@
+//! A session's day, scheduled from SQLite: the "expires soon" push `sessions.warn_before`
+//! ahead of its end, the end itself (process stopped, session `expired`, a push), and the
+//! hibernation of processes idle for `sessions.idle_stop`. [`Sessions::lifecycle_tick`] is
+//! one step at a given time (tests drive it with their own clock); [`run`] calls it with
+//! the wall clock whenever the next deadline comes, at most [`MAX_SLEEP`] apart. Deadlines
+//! that fell due while tether was down are handled by the first step after start.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Control, ProcessState, Sessions};
+use crate::{
+    push::{self, Audience, PushEvent, PushKind},
+    store::{self, sessions},
+};
+
+/// Longest sleep between two steps (idle processes are looked at this often).
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// After a failed step, the next one comes this much later.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LifecycleReport {
+    pub warned: usize,
+    pub expired: usize,
+    pub hibernated: usize,
+}
+
+impl Sessions {
+    /// One step of the scheduler at `now` (ms since the epoch).
+    pub async fn lifecycle_tick(&self, now: i64) -> sqlx::Result<LifecycleReport> {
+        let settings = &self.deps().session_settings;
+        let warn_before = settings.warn_before.as_millis() as i64;
+        let mut report = LifecycleReport::default();
+        // Ends first: a warning whose end has also passed is not sent (the query skips it).
+        for id in sessions::due_expiries(self.deps().store.pool(), now).await? {
+            if self.expire(&id, now).await? {
+                report.expired += 1;
+            }
+        }
+        let pool = self.deps().store.pool();
+        for session in sessions::due_warnings(pool, now, warn_before).await? {
+            if self.warn(&session, now).await? {
+                report.warned += 1;
+            }
+        }
+        report.hibernated = self.hibernate_idle(now, settings.idle_stop);
+        Ok(report)
+    }
+
+    /// Sends this period's warning, once: marked in the transaction that queues the push.
+    async fn warn(&self, session: &sessions::SessionRow, now: i64) -> sqlx::Result<bool> {
+        let mut tx = self.deps().store.begin_write().await?;
+        if !sessions::mark_warned(&mut *tx, &session.id, session.expires_at, now).await? {
+            return Ok(false);
+        }
+        let left = Duration::from_millis((session.expires_at - now).max(0) as u64);
+        let text = format!(
+            "This session ends in {} unless you keep it alive.",
+            human_duration(left)
+        );
+        let event = PushEvent {
+            kind: PushKind::SessionExpiring,
+            audience: &Audience::of(session),
+            message_id: None,
+            text: &text,
+            expires_at: Some(session.expires_at),
+        };
+        push::enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
+        self.deps().push_wake.notify_one();
+        tracing::info!(session_id = %session.id, expires_at = session.expires_at, "expiry warning queued");
+        Ok(true)
+    }
+
+    /// Ends a session whose end came (unless a keep-alive moved it meanwhile).
+    async fn expire(&self, id: &str, now: i64) -> sqlx::Result<bool> {
+        self.end_session_as(id, sessions::STATE_EXPIRED, "expired", now)
+            .await
+    }
+
+    /// Asks every process idle since before `now - idle_stop` to stop. Returns how many.
+    fn hibernate_idle(&self, now: i64, idle_stop: Duration) -> usize {
+        let cutoff = now - idle_stop.as_millis() as i64;
+        let idle: Vec<_> = self
+            .actors()
+            .iter()
+            .filter_map(|(id, e)| {
+                let p = e.handle.process.borrow();
+                (p.state == ProcessState::Idle && p.last_used_ms <= cutoff)
+                    .then(|| (id.clone(), e.handle.ctl.clone()))
+            })
+            .collect();
+        let mut asked = 0;
+        for (id, ctl) in idle {
+            if ctl.try_send(Control::Stop("hibernated after idle")).is_ok() {
+                tracing::info!(session_id = %id, "hibernating an idle process");
+                asked += 1;
+            }
+        }
+        asked
+    }
+}
+
+/// Runs the scheduler until tether stops.
+pub async fn run(sessions: Sessions) {
+    let mut stop = sessions.stopping();
+    let warn_before = sessions.deps().session_settings.warn_before.as_millis() as i64;
+    loop {
+        let now = store::now_ms();
+        let sleep = match sessions.lifecycle_tick(now).await {
+            Ok(report) => {
+                if report != LifecycleReport::default() {
+                    tracing::debug!(?report, "lifecycle step");
+                }
+                match sessions::next_deadline(sessions.deps().store.pool(), warn_before).await {
+                    Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64),
+                    _ => MAX_SLEEP,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lifecycle step failed; trying again");
+                RETRY
+            }
+        };
+        // A little after the deadline, so that it has passed by the clock of the next step.
+        let sleep = (sleep + Duration::from_millis(10)).min(MAX_SLEEP);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A duration as people say it, in its two largest units: "45s", "12m 5s", "4h",
+/// "3h 12m", "2d 4h".
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let Some(first) = units.iter().position(|(n, _)| secs >= *n) else {
+        return "0s".to_string();
+    };
+    let (n, unit) = units[first];
+    let mut out = format!("{}{unit}", secs / n);
+    if let Some((m, unit2)) = units.get(first + 1) {
+        let rest = (secs % n) / m;
+        if rest > 0 {
+            out.push_str(&format!(" {rest}{unit2}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        let h = |s| human_duration(Duration::from_secs(s));
+        assert_eq!(h(0), "0s");
+        assert_eq!(h(45), "45s");
+        assert_eq!(h(725), "12m 5s");
+        assert_eq!(h(4 * 3600), "4h");
+        assert_eq!(h(3 * 3600 + 12 * 60 + 59), "3h 12m");
+        assert_eq!(h(2 * 86_400 + 4 * 3600 + 1), "2d 4h");
+    }
+}
