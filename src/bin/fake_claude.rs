@@ -27,6 +27,7 @@
 //! | `[early-exit]` | exit 1 on reading the message, before it reaches the transcript         |
 //! | `[spawn-tool]` | start `sleep 300` in the group (a tool); stderr and the reply name its pid|
 //! | `[badtype]`    | print an event whose type holds a newline and a space first             |
+//! | `[api-retry:N]`| print N `system/api_retry` lines 400 ms apart (as the CLI does while the API fails), then reply |
 //!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
@@ -53,6 +54,8 @@ const MODEL: &str = "fake-model";
 const VERSION: &str = "2.1.329-fake";
 const LOREM: &str = "lorem ipsum dolor sit amet ";
 const COST_PER_TURN_MILLI_USD: u64 = 1;
+/// Time between two `api_retry` lines of `[api-retry:N]`.
+const API_RETRY_GAP: Duration = Duration::from_millis(400);
 
 fn main() {
     if std::env::args().any(|a| a == "--version" || a == "-v") {
@@ -376,6 +379,7 @@ struct Directives {
     early_exit: bool,
     spawn_tool: bool,
     bad_type: bool,
+    api_retries: Option<u64>,
 }
 
 impl Directives {
@@ -399,6 +403,7 @@ impl Directives {
             "slow" => self.slow_ms = number(arg),
             "crash" => self.crash = true,
             "hang" => self.hang = true,
+            "api-retry" => self.api_retries = number(arg),
             "garbage" => self.garbage = true,
             "huge" => self.huge = number(arg),
             "bigreply" => self.bigreply = number(arg),
@@ -553,6 +558,18 @@ impl Conversation {
         }
         if directives.tool {
             self.emit_tool_use();
+        }
+        for attempt in 1..=directives.api_retries.unwrap_or(0) {
+            if let Waited::Interrupted = self.wait(API_RETRY_GAP) {
+                let interrupted = self.result_line("error_during_execution", true, "", started);
+                self.finish(&interrupted);
+                return;
+            }
+            emit(&json!({
+                "type": "system", "subtype": "api_retry", "attempt": attempt,
+                "max_retries": 10, "retry_delay_ms": API_RETRY_GAP.as_millis() as u64,
+                "error_status": 529, "error": "overloaded", "session_id": self.session.id,
+            }));
         }
         if let Some(ms) = directives.slow_ms {
             if let Waited::Interrupted = self.wait(Duration::from_millis(ms)) {

@@ -33,6 +33,8 @@ pub struct SentPush {
     pub collapse_id: Option<String>,
     pub push_type: Option<String>,
     pub priority: Option<String>,
+    /// `apns-expiration` (seconds since the epoch).
+    pub expiration: Option<u64>,
     /// The exact JSON a2 would post.
     pub json: String,
 }
@@ -184,6 +186,7 @@ impl PushGateway for FakeGateway {
                     .map(|c| c.value.to_string()),
                 push_type: options.apns_push_type.map(|t| t.to_string()),
                 priority: options.apns_priority.as_ref().map(|p| p.to_string()),
+                expiration: options.apns_expiration,
                 json: n.to_json_string()?,
             });
             let step = self

@@ -3,6 +3,7 @@
 
 mod chat;
 mod helpers;
+mod lifecycle;
 mod listener;
 mod push;
 mod real_claude;

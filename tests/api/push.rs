@@ -16,19 +16,19 @@ use tether::{
 
 use crate::helpers::{error_code, spawn_app, test_settings, wait_for, TestApp};
 
-const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+pub(crate) const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const T2: &str = "f9e8d7c6b5a4938271605f4e3d2c1b0af9e8d7c6b5a4938271605f4e3d2c1b0a";
 const TOPIC: &str = "com.example.tether";
 
 /// The app with `gateway` as its push gateway, in a fresh data folder.
-async fn spawn_with_gateway(gateway: Arc<dyn PushGateway>) -> TestApp {
+pub(crate) async fn spawn_with_gateway(gateway: Arc<dyn PushGateway>) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let settings = test_settings(dir.path());
     start_with_gateway(settings, dir, gateway).await
 }
 
 /// The app on an existing data folder (a restart) with `gateway`.
-async fn start_with_gateway(
+pub(crate) async fn start_with_gateway(
     mut settings: Settings,
     dir: Arc<TempDir>,
     gateway: Arc<dyn PushGateway>,
@@ -37,7 +37,7 @@ async fn start_with_gateway(
     TestApp::start_with(settings, dir, Some(gateway)).await
 }
 
-async fn register(app: &TestApp, token: &str, environment: &str) -> Value {
+pub(crate) async fn register(app: &TestApp, token: &str, environment: &str) -> Value {
     let res = app
         .post(
             "/api/devices",
@@ -70,7 +70,7 @@ async fn health(app: &TestApp) -> Value {
 }
 
 /// Waits until the fake has been asked to send `n` pushes, and returns them.
-async fn sent(fake: &FakeGateway, n: usize) -> Vec<tether::push::fake::SentPush> {
+pub(crate) async fn sent(fake: &FakeGateway, n: usize) -> Vec<tether::push::fake::SentPush> {
     wait_for(&format!("{n} pushes sent"), || async {
         let sent = fake.sent();
         (sent.len() >= n).then_some(sent)
