@@ -20,11 +20,11 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
-    views::{time, MessageView, Page, SessionView},
+    views::{time, ActiveSessionView, MessageView, Page, SessionView},
     ApiError, ApiQuery, Edge,
 };
 use crate::{
-    auth::Caller,
+    auth::{Admin, Caller},
     sessions::{Accepted, LiveEvent, Message, Subscription, Target},
     store::{self, events, messages, sessions, sessions::SessionRow},
     AppState,
@@ -42,6 +42,7 @@ pub(super) const EVENTS_ROUTE: &str = "/api/sessions/{id}/events";
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/sessions", get(list))
+        .route("/api/sessions/active", get(active))
         .route("/api/sessions/{id}", get(show).delete(end))
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route(EVENTS_ROUTE, get(stream_events))
@@ -70,6 +71,33 @@ async fn list(
     let rows = sessions::list(state.store.pool(), caller.scope(), page.limit()?).await?;
     let views: Vec<_> = rows.into_iter().map(|s| view(&state, s)).collect();
     Ok(Json(json!({ "sessions": views })))
+}
+
+/// The admin's view: every active session with what it costs the machine, and the totals.
+async fn active(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
+    let now = store::now_ms();
+    let rows = sessions::list_active(state.store.pool()).await?;
+    let settings = &state.settings.sessions;
+    let mut memory_total = 0;
+    let views: Vec<ActiveSessionView> = rows
+        .into_iter()
+        .map(|(s, queued)| {
+            let process = state.sessions.process_info(&s.id);
+            let usage = state.sessions.usage_of(&s.id);
+            memory_total += usage.map_or(0, |u| u.memory_bytes);
+            ActiveSessionView::new(s, queued, process, usage, now)
+        })
+        .collect();
+    Ok(Json(json!({
+        "sessions": views,
+        "totals": {
+            "activeSessions": views.len(),
+            "processes": state.sessions.live_processes(),
+            "maxProcesses": settings.max_processes,
+            "memoryBytes": memory_total,
+            "maxMemoryBytes": settings.max_total_memory.0,
+        },
+    })))
 }
 
 async fn show(

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::ApiError;
 use crate::{
-    sessions::{ProcessInfo, ProcessState},
+    sessions::{ProcessInfo, ProcessState, Usage},
     store::{messages::MessageRow, messages::Status, sessions::SessionRow},
 };
 
@@ -58,6 +58,69 @@ impl SessionView {
             message_count: s.message_count,
             total_cost_usd: s.total_cost_usd,
             agent_session_id: s.agent_session_id,
+        }
+    }
+}
+
+/// One line of the admin's view of active sessions.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveSessionView {
+    pub id: String,
+    pub owner: String,
+    pub title: Option<String>,
+    pub project_path: String,
+    /// `running` (a turn), `waiting` (for a process slot), `idle` (a process waits for the
+    /// next message) or `hibernated` (no process; the next message resumes it).
+    pub state: &'static str,
+    pub pid: Option<u32>,
+    /// Resident memory of the process and the tools it started, at the last reading.
+    pub memory_bytes: Option<u64>,
+    pub cpu_percent: Option<f32>,
+    pub created_at: DateTime<Utc>,
+    pub last_activity_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub age_secs: i64,
+    pub idle_secs: i64,
+    pub expires_in_secs: i64,
+    pub queued: i64,
+    pub message_count: i64,
+    pub total_cost_usd: f64,
+}
+
+impl ActiveSessionView {
+    pub fn new(
+        s: SessionRow,
+        queued: i64,
+        process: ProcessInfo,
+        usage: Option<Usage>,
+        now: i64,
+    ) -> Self {
+        let state = match process.state {
+            ProcessState::Busy | ProcessState::Starting => "running",
+            ProcessState::Waiting => "waiting",
+            ProcessState::Idle => "idle",
+            ProcessState::None => "hibernated",
+        };
+        let secs = |ms: i64| ms.max(0) / 1000;
+        Self {
+            state,
+            pid: process.pid,
+            memory_bytes: usage.map(|u| u.memory_bytes),
+            cpu_percent: usage.map(|u| u.cpu_percent),
+            age_secs: secs(now - s.created_at),
+            idle_secs: secs(now - s.last_activity_at),
+            expires_in_secs: secs(s.expires_at - now),
+            created_at: time(s.created_at),
+            last_activity_at: time(s.last_activity_at),
+            expires_at: time(s.expires_at),
+            queued,
+            message_count: s.message_count,
+            total_cost_usd: s.total_cost_usd,
+            id: s.id,
+            owner: s.owner,
+            title: s.title,
+            project_path: s.project_path,
         }
     }
 }

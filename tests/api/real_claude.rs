@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{test_settings, TestApp},
+    helpers::{pid_alive, test_settings, wait_for, TestApp},
     stand_in_api::{user_texts, StandInApi},
 };
 
@@ -125,6 +125,22 @@ async fn the_real_cli_keeps_context_across_a_restart_and_can_be_interrupted() {
     let after = app.chat_wait("Are you there?", Some(&id)).await;
     assert_eq!(after["status"], "completed", "{after}");
     assert_eq!(after["reply"]["text"], "Back again.");
+
+    // Hibernate: the idle CLI is stopped (30 min idle, as the scheduler sees it), and the
+    // next message starts it again with --resume and the whole conversation.
+    let pid = app.state.sessions.process_info(&id).pid.expect("a live CLI");
+    let later = tether::store::now_ms() + 31 * 60 * 1000;
+    let report = app.state.sessions.lifecycle_tick(later).await.unwrap();
+    assert_eq!(report.hibernated, 1);
+    wait_for("the CLI to stop", || async { (!pid_alive(pid)).then_some(()) }).await;
+    api.set_reply("Awake: BANANA.");
+    let resumed = app.chat_wait("Still there after the nap?", Some(&id)).await;
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    assert_ne!(app.state.sessions.process_info(&id).pid, Some(pid), "a new process");
+    let last = api.main_requests().last().cloned().unwrap();
+    let texts = user_texts(&last);
+    assert_eq!(texts.first().map(String::as_str), Some("Remember the word BANANA"));
+    assert_eq!(texts.last().map(String::as_str), Some("Still there after the nap?"));
 }
 
 #[tokio::test]
