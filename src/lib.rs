@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod awake;
 pub mod cli;
 pub mod config;
 pub mod datadir;

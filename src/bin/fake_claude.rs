@@ -28,6 +28,7 @@
 //! | `[spawn-tool]` | start `sleep 300` in the group (a tool); stderr and the reply name its pid|
 //! | `[badtype]`    | print an event whose type holds a newline and a space first             |
 //! | `[api-retry:N]`| print N `system/api_retry` lines 400 ms apart (as the CLI does while the API fails), then reply |
+//! | `[alloc:MB]`   | hold MB MiB resident until exit; the reply starts `allocated MB MiB`    |
 //!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
@@ -380,6 +381,7 @@ struct Directives {
     spawn_tool: bool,
     bad_type: bool,
     api_retries: Option<u64>,
+    alloc_mib: Option<usize>,
 }
 
 impl Directives {
@@ -416,6 +418,7 @@ impl Directives {
             "early-exit" => self.early_exit = true,
             "spawn-tool" => self.spawn_tool = true,
             "badtype" => self.bad_type = true,
+            "alloc" => self.alloc_mib = number(arg),
             _ => {}
         }
     }
@@ -551,6 +554,9 @@ impl Conversation {
         if directives.spawn_tool {
             self.tool = Some(spawn_tool());
         }
+        if let Some(mib) = directives.alloc_mib {
+            allocate(mib);
+        }
         if directives.unknown {
             emit(
                 &json!({"type": "mystery_event", "foo": {"bar": 1}, "session_id": self.session.id}),
@@ -610,6 +616,9 @@ impl Conversation {
                 self.session.history.join(" / ")
             ),
         };
+        if let Some(mib) = directives.alloc_mib {
+            reply = format!("allocated {mib} MiB | {reply}");
+        }
         if let Some(pid) = self.tool.take() {
             reply = format!("tool pid {pid} | {reply}");
         }
@@ -758,6 +767,14 @@ fn spawn_tool() -> u32 {
         }
         Err(err) => fatal(&format!("Error: cannot start a tool: {err}"), 1),
     }
+}
+
+/// Makes `mib` MiB resident (every page written) and keeps it until the process ends, so a
+/// test can watch a CLI's memory grow.
+fn allocate(mib: usize) {
+    let held: &'static mut [u8] = vec![1u8; mib << 20].leak();
+    // Keeps the compiler from dropping an allocation that is never read.
+    std::hint::black_box(held);
 }
 
 /// Writes `message` to stderr and exits with `code`.

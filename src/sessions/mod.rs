@@ -11,6 +11,7 @@ mod log;
 pub mod retention;
 mod slots;
 mod turn;
+pub mod usage;
 
 use std::{
     collections::HashMap,
