@@ -18,6 +18,7 @@ use tokio::{
 use crate::{
     agent::{self, claude::Claude, AgentStatus},
     auth::Auth,
+    awake::KeepAwake,
     config::Settings,
     datadir::{self, DataDirLock},
     http::{self, server::Drain, ApiError},
@@ -189,7 +190,11 @@ impl Application {
             state.settings.events.clone(),
             state.sessions.stopping(),
         ));
-        let lifecycle = tokio::spawn(crate::sessions::lifecycle::run(state.sessions.clone()));
+        let lifecycle = tokio::spawn(crate::sessions::lifecycle::run(
+            state.sessions.clone(),
+            KeepAwake::new(state.settings.sessions.keep_awake),
+        ));
+        let resource_watch = tokio::spawn(crate::sessions::resources::run(state.sessions.clone()));
         let grace = state.settings.server.shutdown_grace;
         let (drain_trigger, drain) = Drain::new();
         let (sessions_stopped, sessions_done) = oneshot::channel::<()>();
@@ -214,6 +219,7 @@ impl Application {
         push_worker.await?;
         retention.await?;
         lifecycle.await?;
+        resource_watch.await?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -74,7 +74,10 @@ async fn list(
 }
 
 /// The admin's view: every active session with what it costs the machine, and the totals.
-async fn active(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
+async fn active(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
     let now = store::now_ms();
     let rows = sessions::list_active(state.store.pool()).await?;
     let settings = &state.settings.sessions;

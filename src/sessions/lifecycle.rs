@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{Control, ProcessState, Sessions};
 use crate::{
+    awake::KeepAwake,
     push::{self, Audience, PushEvent, PushKind},
     store::{self, sessions},
 };
@@ -104,8 +105,9 @@ impl Sessions {
     }
 }
 
-/// Runs the scheduler until tether stops.
-pub async fn run(sessions: Sessions) {
+/// Runs the scheduler until tether stops, keeping the machine awake (`awake`) while any
+/// session is active.
+pub async fn run(sessions: Sessions, awake: KeepAwake) {
     let mut stop = sessions.stopping();
     let warn_before = sessions.deps().session_settings.warn_before.as_millis() as i64;
     loop {
@@ -115,7 +117,10 @@ pub async fn run(sessions: Sessions) {
                 if report != LifecycleReport::default() {
                     tracing::debug!(?report, "lifecycle step");
                 }
-                match sessions::next_deadline(sessions.deps().store.pool(), warn_before).await {
+                let next = sessions::next_deadline(sessions.deps().store.pool(), warn_before).await;
+                // No deadline: no active session, nothing to stay awake for.
+                awake.set(!matches!(next, Ok(None))).await;
+                match next {
                     Ok(Some(at)) => Duration::from_millis((at - now).max(0) as u64),
                     _ => MAX_SLEEP,
                 }
@@ -129,9 +134,10 @@ pub async fn run(sessions: Sessions) {
         let sleep = (sleep + Duration::from_millis(10)).min(MAX_SLEEP);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
         }
     }
+    awake.release().await;
 }
 
 /// A duration as people say it, in its two largest units: "45s", "12m 5s", "4h",

@@ -8,6 +8,7 @@ mod finish;
 pub mod lifecycle;
 mod live;
 mod log;
+pub mod resources;
 pub mod retention;
 mod slots;
 mod turn;
@@ -40,6 +41,7 @@ use crate::{
 
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use log::{LiveEvent, LiveRing, Subscription};
+pub use usage::Usage;
 
 /// What every actor needs.
 pub struct Deps {
@@ -139,6 +141,8 @@ struct Inner {
     generations: AtomicU64,
     /// Ends background loops at shutdown.
     stop: watch::Sender<bool>,
+    /// The last reading of each live process group, by session (see `resources`).
+    usage: Mutex<HashMap<String, Usage>>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -157,6 +161,7 @@ impl Sessions {
                 closing: AtomicBool::new(false),
                 generations: AtomicU64::new(0),
                 stop: watch::Sender::new(false),
+                usage: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -216,6 +221,10 @@ impl Sessions {
             self.deps().push_wake.notify_one();
         }
         Ok(interrupted.len())
+    }
+
+    fn usage(&self) -> MutexGuard<'_, HashMap<String, Usage>> {
+        self.inner.usage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells a session's actor to look at its queue, starting the actor if needed.

@@ -47,6 +47,8 @@ pub fn test_settings(dir: &Path) -> Settings {
         dir.join("fake-claude.log").to_string_lossy().into_owned(),
     );
     s.projects.roots = vec![dir.join("projects")];
+    // Tests must not hold the machine awake (the keep-awake has its own tests).
+    s.sessions.keep_awake = false;
     s.auth.secret = "test-secret-test-secret-test-secret".to_string().into();
     s.log.filter = "warn".into();
     s

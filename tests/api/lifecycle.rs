@@ -8,7 +8,12 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tether::{push::fake::FakeGateway, sessions::lifecycle::LifecycleReport, store};
+use tether::{
+    config::ByteSize,
+    push::fake::FakeGateway,
+    sessions::{lifecycle::LifecycleReport, usage::Sampler},
+    store,
+};
 
 use crate::{
     helpers::{error_code, pid_alive, spawn_app_with, test_settings, wait_for, TestApp},
@@ -406,4 +411,112 @@ async fn a_silent_turn_fails_as_stalled_and_api_retries_keep_one_alive() {
     // The session goes on.
     let after = app.chat_wait("still there?", Some(&id)).await;
     assert_eq!(after["status"], "completed");
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test]
+async fn an_idle_process_above_its_memory_limit_is_recycled_and_resumed() {
+    let app = spawn_app_with(|s| s.sessions.max_process_memory = ByteSize(100 * MIB)).await;
+    let first = app
+        .chat_wait("[alloc:150] remember the word cedar", None)
+        .await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let pid = app
+        .state
+        .sessions
+        .process_info(&id)
+        .pid
+        .expect("a live process");
+    let (report, _) = app.state.sessions.resource_tick(Sampler::new()).await;
+    assert_eq!(report.recycled, 1, "{report:?}");
+    assert!(report.total_bytes > 150 * MIB);
+    wait_for("the process to stop", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
+    let next = app.chat_wait("and now?", Some(&id)).await;
+    let text = next["reply"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("remember the word cedar"),
+        "resumed with context: {text}"
+    );
+}
+
+#[tokio::test]
+async fn above_the_total_idle_processes_hibernate_oldest_first() {
+    let app = spawn_app_with(|s| s.sessions.max_total_memory = ByteSize(200 * MIB)).await;
+    let old = app.chat_wait("[alloc:120] old", None).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let new = app.chat_wait("[alloc:120] new", None).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_pid = app.state.sessions.process_info(&old).pid.unwrap();
+    let new_pid = app.state.sessions.process_info(&new).pid.unwrap();
+    let (report, _) = app.state.sessions.resource_tick(Sampler::new()).await;
+    assert_eq!((report.recycled, report.hibernated), (0, 1), "{report:?}");
+    wait_for("the older process to stop", || async {
+        (!pid_alive(old_pid)).then_some(())
+    })
+    .await;
+    assert!(pid_alive(new_pid), "the newer one stays");
+}
+
+#[tokio::test]
+async fn the_admin_sees_every_active_session_and_what_it_costs() {
+    let app = spawn_app_with(|_| {}).await;
+    let a = app.chat_wait("[alloc:50] a", None).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = app.chat_wait("b", None).await["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.delete(&format!("/api/sessions/{b}")).await;
+    let (_, sampler) = app.state.sessions.resource_tick(Sampler::new()).await;
+    app.state.sessions.resource_tick(sampler).await;
+
+    let res = app.get("/api/sessions/active").await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "admins only");
+    let res = app.get_as(&app.admin_token, "/api/sessions/active").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: Value = res.json().await.unwrap();
+    let sessions = view["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "only active sessions: {view}");
+    let s = &sessions[0];
+    assert_eq!(s["id"], a.as_str());
+    assert_eq!(s["owner"], "me");
+    assert_eq!(s["title"], "demo");
+    assert_eq!(s["state"], "idle");
+    assert_eq!(s["pid"], app.state.sessions.process_info(&a).pid.unwrap());
+    assert!(s["memoryBytes"].as_u64().unwrap() > 50 * MIB, "{s}");
+    assert!(s["cpuPercent"].is_number());
+    assert_eq!(s["messageCount"], 2);
+    assert_eq!(s["queued"], 0);
+    assert!(s["expiresInSecs"].as_i64().unwrap() > 23 * 3600);
+    assert!(s["totalCostUsd"].as_f64().unwrap() > 0.0);
+    let totals = &view["totals"];
+    assert_eq!(totals["activeSessions"], 1);
+    assert_eq!(totals["processes"], 1);
+    assert_eq!(totals["maxProcesses"], 8);
+    assert_eq!(totals["memoryBytes"], s["memoryBytes"]);
+
+    // Hibernated, it is still listed, without a process.
+    tick(&app, store::now_ms() + HOUR).await;
+    let view = wait_for("the session to show as hibernated", || async {
+        let v: Value = app
+            .get_as(&app.admin_token, "/api/sessions/active")
+            .await
+            .json()
+            .await
+            .unwrap();
+        (v["sessions"][0]["state"] == "hibernated").then_some(v)
+    })
+    .await;
+    assert_eq!(view["sessions"][0]["pid"], Value::Null);
+    assert_eq!(view["totals"]["processes"], 0);
 }

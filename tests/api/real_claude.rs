@@ -128,19 +128,37 @@ async fn the_real_cli_keeps_context_across_a_restart_and_can_be_interrupted() {
 
     // Hibernate: the idle CLI is stopped (30 min idle, as the scheduler sees it), and the
     // next message starts it again with --resume and the whole conversation.
-    let pid = app.state.sessions.process_info(&id).pid.expect("a live CLI");
+    let pid = app
+        .state
+        .sessions
+        .process_info(&id)
+        .pid
+        .expect("a live CLI");
     let later = tether::store::now_ms() + 31 * 60 * 1000;
     let report = app.state.sessions.lifecycle_tick(later).await.unwrap();
     assert_eq!(report.hibernated, 1);
-    wait_for("the CLI to stop", || async { (!pid_alive(pid)).then_some(()) }).await;
+    wait_for("the CLI to stop", || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await;
     api.set_reply("Awake: BANANA.");
     let resumed = app.chat_wait("Still there after the nap?", Some(&id)).await;
     assert_eq!(resumed["status"], "completed", "{resumed}");
-    assert_ne!(app.state.sessions.process_info(&id).pid, Some(pid), "a new process");
+    assert_ne!(
+        app.state.sessions.process_info(&id).pid,
+        Some(pid),
+        "a new process"
+    );
     let last = api.main_requests().last().cloned().unwrap();
     let texts = user_texts(&last);
-    assert_eq!(texts.first().map(String::as_str), Some("Remember the word BANANA"));
-    assert_eq!(texts.last().map(String::as_str), Some("Still there after the nap?"));
+    assert_eq!(
+        texts.first().map(String::as_str),
+        Some("Remember the word BANANA")
+    );
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("Still there after the nap?")
+    );
 }
 
 #[tokio::test]

@@ -68,10 +68,8 @@ impl Sessions {
         drop(usage);
 
         let settings = &self.deps().session_settings;
-        let (per_process, total_limit) = (
-            settings.max_process_memory.0,
-            settings.max_total_memory.0,
-        );
+        let (per_process, total_limit) =
+            (settings.max_process_memory.0, settings.max_total_memory.0);
         let memory = |w: &Watched| samples.get(&w.pid).map_or(0, |u: &Usage| u.memory_bytes);
         let mut report = WatchReport {
             total_bytes: watched.iter().map(memory).sum(),
