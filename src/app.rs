@@ -104,7 +104,7 @@ impl Application {
         // leave the first one's processes, turns and pushes alone.
         let data_dir = settings.data_dir();
         datadir::create_dir(&data_dir)?;
-        let data_lock = Arc::new(DataDirLock::acquire(&data_dir)?);
+        let mut data_lock = DataDirLock::acquire(&data_dir)?;
         let auth = Auth::from_settings(&settings)?;
         datadir::create_database_file(&settings.database.path)?;
         let store = Store::open(&settings.database.path, settings.database.max_connections)
@@ -114,6 +114,8 @@ impl Application {
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .with_context(|| format!("binding {}", settings.server.bind))?;
+        // Where commands such as `tether sessions` find this server.
+        data_lock.record_address(listener.local_addr()?)?;
         let status = agent::probe(&settings.agent.command).await;
         match (&status.version, &status.error) {
             (Some(version), _) => {
@@ -157,7 +159,7 @@ impl Application {
             metrics: prometheus(),
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
-            _data_lock: data_lock,
+            _data_lock: Arc::new(data_lock),
         };
         Ok(Self { listener, state })
     }

@@ -1,17 +1,20 @@
 //! The data folder: created private (0700), its database file created private (0600) before
 //! SQLite opens it (SQLite gives the WAL and shared-memory files the database's mode), secret
-//! files checked to be private, and an exclusive lock so that one server runs per folder.
+//! files checked to be private, and an exclusive lock so that one server runs per folder,
+//! in which the server writes where it listens for the commands that talk to it.
 
 use std::{
     fs::{File, OpenOptions},
     io::{Read, Seek, SeekFrom, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use anyhow::Context;
 
 /// The lock file in the data folder. While a server runs it holds an exclusive lock on it
-/// (released by the OS when the process ends, however it ends) and its pid in it.
+/// (released by the OS when the process ends, however it ends) and writes in it its pid
+/// on the first line, then, once it listens, its address on the second.
 pub const LOCK_FILE: &str = "tether.lock";
 
 /// A server's hold on its data folder; dropping it releases the folder.
@@ -35,7 +38,7 @@ impl DataDirLock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-                let by = match holder.trim().parse::<u32>() {
+                let by = match holder.lines().next().unwrap_or("").trim().parse::<u32>() {
                     Ok(pid) => format!(" (pid {pid})"),
                     Err(_) => String::new(),
                 };
@@ -50,12 +53,29 @@ impl DataDirLock {
             }
         }
         // Ours now: say who holds it, for the next one that tries.
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        writeln!(file, "{}", std::process::id())?;
-        file.sync_all()?;
-        tracing::debug!(path = %path.display(), "data folder locked");
-        Ok(Self { file, path })
+        let mut lock = Self { file, path };
+        lock.write_holder(None)?;
+        tracing::debug!(path = %lock.path.display(), "data folder locked");
+        Ok(lock)
+    }
+
+    /// Adds the address the server listens on under its pid, for the commands that talk to
+    /// the running server (see [`running_server`]).
+    pub fn record_address(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        self.write_holder(Some(addr))
+            .with_context(|| format!("writing the address in {}", self.path.display()))
+    }
+
+    /// Replaces the lock file's content with this process's pid and, if given, its address.
+    fn write_holder(&mut self, addr: Option<SocketAddr>) -> std::io::Result<()> {
+        let mut text = format!("{}\n", std::process::id());
+        if let Some(addr) = addr {
+            text.push_str(&format!("{addr}\n"));
+        }
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(text.as_bytes())?;
+        self.file.sync_all()
     }
 
     pub fn path(&self) -> &Path {
@@ -69,6 +89,63 @@ impl Drop for DataDirLock {
         let _ = self.file.set_len(0);
         tracing::debug!(path = %self.path.display(), "data folder released");
     }
+}
+
+/// Where to reach the server that holds the data folder `dir`: the address it recorded
+/// (see [`DataDirLock::record_address`]), with an unspecified one (`0.0.0.0`, `[::]`) made
+/// loopback. Fails, naming the folder, when no server holds it or the one that does does
+/// not listen yet.
+pub fn running_server(dir: &Path) -> anyhow::Result<SocketAddr> {
+    let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let not_running = || {
+        anyhow::anyhow!(
+            "no tether is running on the data folder {}; start it with `tether serve`",
+            folder.display()
+        )
+    };
+    let path = dir.join(LOCK_FILE);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_running()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    // A shared lock is refused only while a server holds its exclusive one; taken, it is
+    // let go at once (another command asking the same question takes it too).
+    match file.try_lock_shared() {
+        Ok(()) => {
+            file.unlock()?;
+            return Err(not_running());
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("checking the lock on {}", path.display()));
+        }
+    }
+    let mut holder = String::new();
+    file.read_to_string(&mut holder)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = holder.lines();
+    let pid = lines.next().unwrap_or("").trim();
+    match lines.next().map(|l| l.trim().parse::<SocketAddr>()) {
+        Some(Ok(addr)) => Ok(reachable(addr)),
+        _ => anyhow::bail!(
+            "the tether on the data folder {} (pid {pid}) is not listening yet; try again \
+             in a moment",
+            folder.display()
+        ),
+    }
+}
+
+/// `addr` as a client on this machine reaches it: a server listening on every address
+/// (`0.0.0.0`, `[::]`) is reached on loopback.
+fn reachable(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 /// Creates the data folder (and any missing parents) readable by its owner only. A folder
@@ -221,5 +298,64 @@ mod tests {
         );
         drop(first);
         DataDirLock::acquire(tmp.path()).expect("free again");
+    }
+
+    #[test]
+    fn the_recorded_address_is_found_while_the_lock_is_held() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut lock = DataDirLock::acquire(tmp.path()).unwrap();
+        let err = running_server(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("not listening yet"), "{err}");
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+
+        lock.record_address("127.0.0.1:4242".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            running_server(tmp.path()).unwrap(),
+            "127.0.0.1:4242".parse().unwrap()
+        );
+        // Every address: reached on loopback.
+        lock.record_address("0.0.0.0:4243".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            running_server(tmp.path()).unwrap(),
+            "127.0.0.1:4243".parse().unwrap()
+        );
+        lock.record_address("[::]:4244".parse().unwrap()).unwrap();
+        assert_eq!(
+            running_server(tmp.path()).unwrap(),
+            "[::1]:4244".parse().unwrap()
+        );
+        // The pid still comes first, for a second server's refusal.
+        let err = DataDirLock::acquire(tmp.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_folder_no_server_holds_is_named_in_the_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = std::fs::canonicalize(tmp.path()).unwrap();
+        let expected = format!(
+            "no tether is running on the data folder {}; start it with `tether serve`",
+            folder.display()
+        );
+        // Never used; then left by a server that was killed, its address still written.
+        assert_eq!(
+            running_server(tmp.path()).unwrap_err().to_string(),
+            expected
+        );
+        std::fs::write(tmp.path().join(LOCK_FILE), "4321\n127.0.0.1:4242\n").unwrap();
+        assert_eq!(
+            running_server(tmp.path()).unwrap_err().to_string(),
+            expected
+        );
+        // The check let the lock go: a server can take the folder.
+        DataDirLock::acquire(tmp.path()).expect("free");
     }
 }

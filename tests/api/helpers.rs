@@ -5,8 +5,9 @@
 
 use std::{
     future::Future,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -336,7 +337,6 @@ impl Tether {
     /// Starts it with `settings` (pairs like `("SERVER__MAX_CONNECTIONS", "64")`, each
     /// becoming `TETHER__…`) and, on Unix, its open-file limit set to `nofile` first.
     pub fn start(dir: &Path, settings: &[(&str, &str)], nofile: Option<u64>) -> Tether {
-        use std::io::BufRead;
         let project = dir.join("projects/demo");
         std::fs::create_dir_all(&project).unwrap();
         let project = std::fs::canonicalize(project).unwrap();
@@ -501,6 +501,72 @@ pub fn serve(config: &Path) -> Command {
         )
         .env_remove("RUST_LOG");
     cmd
+}
+
+/// tether as a separate process (`tether serve --config FILE`), to kill with SIGKILL.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// The config file it was started with, for other `tether` commands.
+    pub config: PathBuf,
+}
+
+impl Server {
+    pub fn start(settings: &Settings, dir: &Path) -> Server {
+        let config = write_config(settings, dir);
+        let mut child = serve(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("tether listening on ")
+            .expect("address line")
+            .to_string();
+        Server {
+            child,
+            base,
+            config,
+        }
+    }
+
+    pub fn sigkill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    /// A user token for this server's secret.
+    pub fn token(settings: &Settings) -> String {
+        tether::auth::Auth::from_settings(settings)
+            .unwrap()
+            .issue("me", Role::User)
+            .unwrap()
+    }
+
+    pub async fn post(&self, token: &str, body: Value) -> Value {
+        reqwest::Client::new()
+            .post(format!("{}/api/chat", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The arguments of one logged invocation of the fake CLI.

@@ -2,6 +2,7 @@
 //! child process speaking the Claude stream-json protocol (the fake CLI, or the real one).
 
 mod chat;
+mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;

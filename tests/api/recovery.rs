@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::Duration,
 };
@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use tether::config::Settings;
 
 use crate::helpers::{
-    argv, pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for, write_config,
-    TestApp,
+    argv, pid_alive, spawn_app, spawn_app_with, test_settings, wait_for, Server, TestApp,
 };
 
 fn resumed(run: &Value, session: &str) -> bool {
@@ -179,45 +178,6 @@ async fn a_recorded_pid_reused_by_another_process_is_left_alone() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
     drop(app);
-}
-
-/// tether as a separate process, to kill with SIGKILL.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(settings: &Settings, dir: &std::path::Path) -> Server {
-        let config = write_config(settings, dir);
-        let mut child = serve(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("tether listening on ")
-            .expect("address line")
-            .to_string();
-        Server { child, base }
-    }
-
-    fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test]
@@ -442,29 +402,6 @@ async fn record_process(settings: &Settings, session_id: &str, pid: u32, start_t
         .await
         .unwrap();
     store.close().await;
-}
-
-impl Server {
-    /// A user token for this server's secret.
-    fn token(settings: &Settings) -> String {
-        tether::auth::Auth::from_settings(settings)
-            .unwrap()
-            .issue("me", tether::auth::Role::User)
-            .unwrap()
-    }
-
-    async fn post(&self, token: &str, body: Value) -> Value {
-        reqwest::Client::new()
-            .post(format!("{}/api/chat", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 #[tokio::test]

@@ -1,4 +1,6 @@
-//! The command line: `tether serve` and `tether token`.
+//! The command line: `tether serve`, `tether token` and `tether sessions`.
+
+mod sessions;
 
 use std::path::PathBuf;
 
@@ -41,6 +43,14 @@ enum Command {
         #[arg(long, default_value = "me")]
         user: String,
     },
+    /// Show the live sessions of the server running on this configuration's data folder.
+    Sessions {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the server's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,6 +70,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("{token}");
             Ok(())
+        }
+        Command::Sessions { config, json } => {
+            let settings = Settings::load(config.as_deref()).context("loading settings")?;
+            sessions::run(&settings, json).await
         }
     }
 }
