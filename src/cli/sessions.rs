@@ -14,6 +14,7 @@ use crate::{
     auth::{Auth, Role, ADMIN_OWNER},
     config::Settings,
     datadir,
+    sessions::lifecycle::human_duration,
 };
 
 /// The server's list of live sessions (admin token).
@@ -203,10 +204,10 @@ fn row(s: &ActiveSession) -> [String; 13] {
         s.cpu_percent
             .map(|cpu| format!("{cpu:.1}%"))
             .unwrap_or_else(dash),
-        human_duration(s.age_secs),
-        human_duration(s.idle_secs),
+        human_secs(s.age_secs),
+        human_secs(s.idle_secs),
         match u64::try_from(s.expires_in_secs) {
-            Ok(secs) if secs > 0 => human_duration(secs),
+            Ok(secs) if secs > 0 => human_secs(secs),
             _ => "expired".to_string(),
         },
         s.queued.to_string(),
@@ -243,42 +244,13 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// `secs` in its two largest units, the second left out when zero ("45s", "12m 5s",
-/// "3h 12m", "2d 4h", "3h").
-fn human_duration(secs: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
-    let Some(i) = UNITS.iter().position(|&(size, _)| secs >= size) else {
-        return "0s".to_string();
-    };
-    let (size, name) = UNITS[i];
-    let mut out = format!("{}{name}", secs / size);
-    if let Some(&(smaller, smaller_name)) = UNITS.get(i + 1) {
-        let rest = secs % size / smaller;
-        if rest > 0 {
-            let _ = write!(out, " {rest}{smaller_name}");
-        }
-    }
-    out
+fn human_secs(secs: u64) -> String {
+    human_duration(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_show_their_two_largest_units() {
-        for (secs, shown) in [
-            (0, "0s"),
-            (45, "45s"),
-            (60, "1m"),
-            (12 * 60 + 5, "12m 5s"),
-            (3 * 3600 + 12 * 60 + 30, "3h 12m"),
-            (3 * 3600 + 59, "3h"),
-            (2 * 86_400 + 4 * 3600 + 59, "2d 4h"),
-        ] {
-            assert_eq!(human_duration(secs), shown, "{secs}");
-        }
-    }
 
     #[test]
     fn sizes_use_binary_units() {
