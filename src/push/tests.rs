@@ -816,3 +816,55 @@ async fn the_loop_sends_when_woken_and_stops_on_shutdown() {
         .expect("worker stops")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_warning_is_sent_only_while_it_stands_and_before_the_end() {
+    let h = harness().await;
+    h.device("me", T1).await;
+    let end = h.session.expires_at;
+    let warn = |h: &Harness| {
+        let (store, session) = (h.store.clone(), h.session.clone());
+        async move {
+            let mut tx = store.begin_write().await.unwrap();
+            let now = store::now_ms();
+            assert!(
+                sessions::mark_warned(&mut *tx, &session.id, session.expires_at, now)
+                    .await
+                    .unwrap()
+            );
+            let event = PushEvent {
+                kind: PushKind::SessionExpiring,
+                audience: &Audience::of(&session),
+                message_id: None,
+                text: "This session ends in 4h unless you keep it alive.",
+                expires_at: Some(session.expires_at),
+            };
+            enqueue(&mut tx, &event).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+
+    // Kept alive before the worker got to it: the warning is dropped, not sent.
+    warn(&h).await;
+    sessions::extend(h.store.pool(), &h.session.id, end + HOUR)
+        .await
+        .unwrap();
+    let report = h.tick_at(store::now_ms()).await;
+    assert_eq!((report.claimed, report.cancelled, report.sent), (1, 1, 0));
+    assert_eq!(h.rows().await[0].status, PushStatus::Cancelled);
+
+    // Past its end (APNs' expiration), a warning is not sent either.
+    sessions::extend(h.store.pool(), &h.session.id, end)
+        .await
+        .unwrap();
+    warn(&h).await;
+    let report = h.tick_at(end + 1).await;
+    assert_eq!((report.claimed, report.failed, report.sent), (1, 1, 0));
+    let row = &h.rows().await[1];
+    assert_eq!(row.status, PushStatus::Failed);
+    assert!(
+        row.error.as_deref().unwrap().contains("APNs expiration"),
+        "{row:?}"
+    );
+    assert!(h.fake.sent().is_empty());
+}
