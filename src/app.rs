@@ -140,6 +140,7 @@ impl Application {
             session_settings: settings.sessions.clone(),
             projects: settings.projects.clone(),
             limits: settings.limits.clone(),
+            approvals: settings.approvals.clone(),
             push_wake: push_wake.clone(),
         });
         let push = PushService::new(

@@ -25,6 +25,17 @@ pub struct Settings {
     pub push: PushSettings,
     pub log: LogSettings,
     pub limits: LimitSettings,
+    pub approvals: ApprovalSettings,
+}
+
+/// Tools the agent asks to use, and questions it asks, answered from the phone.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApprovalSettings {
+    /// Deny a request nobody answered after this long ("off": wait as long as it takes).
+    #[serde(deserialize_with = "optional_duration")]
+    pub auto_deny_after: Option<Duration>,
+    /// Bytes of a tool's input kept with its approval (the agent gets the whole input).
+    pub max_input_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +77,8 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AgentSettings {
     pub command: String,
+    /// `--permission-mode` of a session that has not chosen one.
+    pub permission_mode: String,
     pub args: Vec<String>,
     pub env: std::collections::BTreeMap<String, String>,
     #[serde(deserialize_with = "duration")]
@@ -225,6 +238,28 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         }),
     }
 }
+
+/// A duration, or "off" (none).
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Human(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Human(h) if matches!(h.trim(), "off" | "") => Ok(None),
+        Raw::Secs(s) => Ok(Some(Duration::from_secs(s))),
+        Raw::Human(h) => humantime::parse_duration(h.trim()).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{h:?} is not \"off\" or a duration like \"10m\": {e}"
+            ))
+        }),
+    }
+}
+
+/// The permission modes Claude Code knows.
+pub const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
 
 /// A size in bytes, written as a number or with a unit ("512MiB", "2GiB", "1.5GB").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

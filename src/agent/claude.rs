@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Agent, Launch, Parsed, Signal, TurnResult};
+use super::{Agent, Decision, Launch, Parsed, PermissionRequest, Signal, TurnResult};
 use crate::config::AgentSettings;
 
 /// tether's own settings come from variables with this prefix (matched in any case, as the
@@ -66,6 +66,9 @@ impl Agent for Claude {
                 "--session-id"
             })
             .arg(&launch.conversation_id)
+            // Tools that need approval are asked about on stdout (`can_use_tool`) and wait.
+            .args(["--permission-prompt-tool", "stdio", "--permission-mode"])
+            .arg(&launch.permission_mode)
             .args(&self.extra_args)
             .envs(&self.env)
             .current_dir(&launch.cwd);
@@ -96,6 +99,40 @@ impl Agent for Claude {
         )
     }
 
+    fn permission_line(&self, request_id: &str, decision: &Decision) -> Option<String> {
+        let response = match decision {
+            Decision::Allow {
+                updated_input,
+                updated_permissions,
+            } => {
+                let mut r = json!({"behavior": "allow", "updatedInput": updated_input});
+                if let Some(p) = updated_permissions {
+                    r["updatedPermissions"] = p.clone();
+                }
+                r
+            }
+            Decision::Deny { message } => json!({"behavior": "deny", "message": message}),
+        };
+        Some(
+            json!({
+                "type": "control_response",
+                "response": {"subtype": "success", "request_id": request_id, "response": response}
+            })
+            .to_string(),
+        )
+    }
+
+    fn permission_mode_line(&self, request_id: &str, mode: &str) -> Option<String> {
+        Some(
+            json!({
+                "type": "control_request",
+                "request_id": request_id,
+                "request": {"subtype": "set_permission_mode", "mode": mode}
+            })
+            .to_string(),
+        )
+    }
+
     fn parse_line(&self, line: &str) -> Parsed {
         // Only the fields tether acts on are read; the rest is checked to be JSON and
         // skipped (the line itself is what is stored and streamed).
@@ -103,8 +140,8 @@ impl Agent for Claude {
             return Parsed::Invalid;
         };
         let kind = head.kind.unwrap_or_else(|| "unknown".into());
-        let signal = if kind == "result" {
-            Signal::TurnDone(Box::new(TurnResult {
+        let signal = match (kind.as_str(), head.request, head.request_id) {
+            ("result", _, _) => Signal::TurnDone(Box::new(TurnResult {
                 is_error: head.is_error.unwrap_or(false),
                 subtype: head.subtype.unwrap_or_default(),
                 text: head.result.unwrap_or_default(),
@@ -112,9 +149,20 @@ impl Agent for Claude {
                 cumulative_cost_usd: head.total_cost_usd,
                 duration_ms: head.duration_ms,
                 usage: head.usage,
-            }))
-        } else {
-            Signal::None
+            })),
+            ("control_request", Some(r), Some(request_id)) if r.subtype == "can_use_tool" => {
+                let tool_name = r.tool_name.unwrap_or_default();
+                Signal::Permission(Box::new(PermissionRequest {
+                    question: r.requires_user_interaction == Some(true)
+                        || tool_name == ASK_USER_QUESTION,
+                    request_id,
+                    tool_name,
+                    input: r.input.unwrap_or(Value::Null),
+                    description: r.description,
+                    suggestions: r.permission_suggestions,
+                }))
+            }
+            _ => Signal::None,
         };
         Parsed::Event { kind, signal }
     }
@@ -165,7 +213,23 @@ struct Head {
     total_cost_usd: Option<f64>,
     duration_ms: Option<i64>,
     usage: Option<Value>,
+    request_id: Option<String>,
+    request: Option<ControlRequest>,
 }
+
+/// The `request` of a `control_request` the CLI sends (a permission prompt).
+#[derive(Deserialize)]
+struct ControlRequest {
+    subtype: String,
+    tool_name: Option<String>,
+    input: Option<Value>,
+    description: Option<String>,
+    permission_suggestions: Option<Value>,
+    requires_user_interaction: Option<bool>,
+}
+
+/// The tool through which Claude asks the user questions.
+const ASK_USER_QUESTION: &str = "AskUserQuestion";
 
 #[cfg(test)]
 mod tests {
@@ -185,6 +249,7 @@ mod tests {
             conversation_id: "abc".into(),
             cwd: "/tmp".into(),
             resume: false,
+            permission_mode: "plan".into(),
         };
         let args = |l: &Launch| -> Vec<String> {
             claude()
@@ -196,9 +261,76 @@ mod tests {
         };
         let first = args(&launch);
         assert_eq!(&first[..6], &STREAM_ARGS);
-        assert_eq!(&first[6..], &["--session-id", "abc", "--model", "x"]);
+        assert_eq!(
+            &first[6..],
+            &[
+                "--session-id",
+                "abc",
+                "--permission-prompt-tool",
+                "stdio",
+                "--permission-mode",
+                "plan",
+                "--model",
+                "x"
+            ]
+        );
         launch.resume = true;
         assert_eq!(&args(&launch)[6..8], &["--resume", "abc"]);
+    }
+
+    #[test]
+    fn a_permission_request_and_its_answers_are_the_cli_lines() {
+        let c = claude();
+        let line = r#"{"type":"control_request","request_id":"r1","request":{"subtype":"can_use_tool","tool_name":"Write","display_name":"Write","input":{"file_path":"/p/hello.txt","content":"hi"},"description":"hello.txt","permission_suggestions":[{"type":"setMode","mode":"acceptEdits","destination":"session"}],"tool_use_id":"toolu_1"}}"#;
+        let Parsed::Event {
+            kind,
+            signal: Signal::Permission(req),
+        } = c.parse_line(line)
+        else {
+            panic!("a permission request")
+        };
+        assert_eq!(kind, "control_request");
+        assert_eq!(
+            (req.request_id.as_str(), req.tool_name.as_str()),
+            ("r1", "Write")
+        );
+        assert_eq!(req.input["file_path"], "/p/hello.txt");
+        assert_eq!(req.description.as_deref(), Some("hello.txt"));
+        assert!(!req.question);
+        let question = r#"{"type":"control_request","request_id":"r2","request":{"subtype":"can_use_tool","tool_name":"AskUserQuestion","input":{"questions":[]},"requires_user_interaction":true}}"#;
+        assert!(
+            matches!(c.parse_line(question), Parsed::Event { signal: Signal::Permission(r), .. } if r.question)
+        );
+        // The answer to our own interrupt is not a request.
+        let ours =
+            r#"{"type":"control_request","request_id":"r3","request":{"subtype":"interrupt"}}"#;
+        assert!(matches!(
+            c.parse_line(ours),
+            Parsed::Event {
+                signal: Signal::None,
+                ..
+            }
+        ));
+
+        let allow = Decision::Allow {
+            updated_input: serde_json::json!({"a": 1}),
+            updated_permissions: None,
+        };
+        let v: Value = serde_json::from_str(&c.permission_line("r1", &allow).unwrap()).unwrap();
+        assert_eq!(v["type"], "control_response");
+        assert_eq!(v["response"]["request_id"], "r1");
+        assert_eq!(
+            v["response"]["response"],
+            serde_json::json!({"behavior": "allow", "updatedInput": {"a": 1}})
+        );
+        let deny = Decision::Deny {
+            message: "no".into(),
+        };
+        let v: Value = serde_json::from_str(&c.permission_line("r1", &deny).unwrap()).unwrap();
+        assert_eq!(
+            v["response"]["response"],
+            serde_json::json!({"behavior": "deny", "message": "no"})
+        );
     }
 
     #[test]
@@ -228,6 +360,7 @@ mod tests {
                 conversation_id: "abc".into(),
                 cwd: "/tmp".into(),
                 resume: false,
+                permission_mode: "default".into(),
             };
             let cmd = c.command(&launch);
             let envs: BTreeMap<String, Option<String>> = cmd

@@ -20,6 +20,9 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// The CLI has seen this conversation before: continue it instead of starting it.
     pub resume: bool,
+    /// How the CLI asks before using tools (Claude's `--permission-mode`); kept with the
+    /// session so a resumed process asks the same way.
+    pub permission_mode: String,
 }
 
 /// One coding CLI.
@@ -32,6 +35,10 @@ pub trait Agent: Send + Sync + 'static {
     fn user_line(&self, text: &str) -> String;
     /// The stdin line that interrupts the running turn, if the tool has one.
     fn interrupt_line(&self, request_id: &str) -> Option<String>;
+    /// The stdin line that answers a permission request of the agent.
+    fn permission_line(&self, request_id: &str, decision: &Decision) -> Option<String>;
+    /// The stdin line that changes a live process's permission mode, if the tool has one.
+    fn permission_mode_line(&self, request_id: &str, mode: &str) -> Option<String>;
     /// Reads one stdout line.
     fn parse_line(&self, line: &str) -> Parsed;
     /// Whether the CLI already holds this conversation (for Claude: its transcript file
@@ -61,6 +68,38 @@ pub enum Signal {
     None,
     /// The turn ended.
     TurnDone(Box<TurnResult>),
+    /// The agent asks before using a tool (or asks the user a question) and waits.
+    Permission(Box<PermissionRequest>),
+}
+
+/// A tool the agent wants to use, or a question it asks the user, waiting for an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermissionRequest {
+    /// The agent's id for the request, quoted in the answer.
+    pub request_id: String,
+    pub tool_name: String,
+    pub input: Value,
+    /// What the agent says it is about to do (e.g. the file's name).
+    pub description: Option<String>,
+    /// What the agent offers to remember (e.g. switch the session to `acceptEdits`).
+    pub suggestions: Option<Value>,
+    /// A question for the user (AskUserQuestion), not a tool to allow.
+    pub question: bool,
+}
+
+/// The user's answer to a [`PermissionRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow {
+        /// The input the tool runs with (for a question: the input with its answers).
+        updated_input: Value,
+        /// Permission changes to keep for the session (the agent's own suggestions).
+        updated_permissions: Option<Value>,
+    },
+    Deny {
+        /// Told to the model; never empty.
+        message: String,
+    },
 }
 
 /// The end of a turn, as the CLI reported it.

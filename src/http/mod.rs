@@ -2,6 +2,7 @@
 //! the JSON 404, the request timeout and the 503 while shutting down. [`server`] is the
 //! listener that serves it.
 
+mod approvals;
 mod chat;
 mod devices;
 mod error;
@@ -52,6 +53,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
     Router::new()
         .merge(health::router())
         .merge(chat::router())
+        .merge(approvals::router())
         .merge(sessions::router())
         .merge(devices::router())
         .merge(pushes::router())
@@ -75,7 +77,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
 
 /// 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
 /// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
-/// last); `POST /api/chat` gets `server.wait_timeout` on top for `wait: true`.
+/// last); `POST /api/chat` and a keep-alive (its recap) get `server.wait_timeout` on top.
 async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     if edge.drain.is_draining() {
         let mut res = ApiError::unavailable(
@@ -90,7 +92,7 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let budget = match route.as_ref().map(MatchedPath::as_str) {
         Some(sessions::EVENTS_ROUTE) => return next.run(req).await,
-        Some(chat::ROUTE) => edge.request_timeout + edge.wait_timeout,
+        Some(chat::ROUTE | sessions::KEEP_ALIVE_ROUTE) => edge.request_timeout + edge.wait_timeout,
         _ => edge.request_timeout,
     };
     match tokio::time::timeout(budget, next.run(req)).await {

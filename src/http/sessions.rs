@@ -36,6 +36,9 @@ const CATCH_UP_PAGE: i64 = 500;
 const SSE_BUFFER: usize = 64;
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
+/// The keep-alive's route, also named by the request timeout (a recap waits for its turn).
+pub(super) const KEEP_ALIVE_ROUTE: &str = "/api/sessions/{id}/keep-alive";
+
 /// The event stream's route, also named by the request timeout (streams are exempt).
 pub(super) const EVENTS_ROUTE: &str = "/api/sessions/{id}/events";
 
@@ -47,11 +50,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/sessions/{id}/messages", get(list_messages))
         .route(EVENTS_ROUTE, get(stream_events))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
-        .route("/api/sessions/{id}/keep-alive", post(keep_alive))
+        .route(KEEP_ALIVE_ROUTE, post(keep_alive))
 }
 
 /// The session if it exists and the caller may see it (else 404, to reveal nothing).
-async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<SessionRow, ApiError> {
+pub(super) async fn visible(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<SessionRow, ApiError> {
     sessions::get(state.store.pool(), id)
         .await?
         .filter(|s| caller.can_see(&s.owner))

@@ -7,7 +7,12 @@ use serde_json::Value;
 use super::ApiError;
 use crate::{
     sessions::{ProcessInfo, ProcessState, Usage},
-    store::{messages::MessageRow, messages::Status, sessions::SessionRow},
+    store::{
+        approvals::{ApprovalRow, ApprovalStatus},
+        messages::MessageRow,
+        messages::Status,
+        sessions::SessionRow,
+    },
 };
 
 /// A time column (ms since the epoch) as the API shows it (RFC 3339, UTC).
@@ -33,6 +38,8 @@ pub struct SessionView {
     pub expires_at: DateTime<Utc>,
     /// When this period's "expires soon" push went out (a keep-alive clears it).
     pub warned_at: Option<DateTime<Utc>>,
+    /// How its agent asks before using tools; null: `agent.permission_mode`.
+    pub permission_mode: Option<String>,
     pub message_count: i64,
     pub total_cost_usd: f64,
     /// The conversation id the CLI reported last (equal to `id` unless the CLI changed it).
@@ -55,9 +62,60 @@ impl SessionView {
             end_reason: s.end_reason,
             expires_at: time(s.expires_at),
             warned_at: s.warned_at.map(time),
+            permission_mode: s.permission_mode,
             message_count: s.message_count,
             total_cost_usd: s.total_cost_usd,
             agent_session_id: s.agent_session_id,
+        }
+    }
+}
+
+/// A tool the agent asked to use, or a question it asked, and what became of it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalView {
+    pub id: i64,
+    pub session_id: String,
+    pub message_id: i64,
+    /// `tool` (Allow / Deny) or `question` (answer with one of the options).
+    pub kind: String,
+    pub tool_name: String,
+    /// The tool's input (for a question: its `questions`), as the agent sent it; when
+    /// `inputCut`, only its size (answer with `updatedInput`).
+    pub input: Value,
+    pub input_cut: bool,
+    pub description: Option<String>,
+    /// What the agent offers to remember when allowed with `remember: "session"`.
+    pub suggestions: Option<Value>,
+    pub status: ApprovalStatus,
+    /// The answer given to the agent.
+    pub decision: Option<Value>,
+    pub decided_by: Option<String>,
+    /// Why it expired or was cancelled.
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApprovalRow> for ApprovalView {
+    fn from(a: ApprovalRow) -> Self {
+        let json = |s: &str| serde_json::from_str(s).unwrap_or(Value::Null);
+        Self {
+            id: a.id,
+            session_id: a.session_id,
+            message_id: a.message_id,
+            kind: a.kind,
+            tool_name: a.tool_name,
+            input: json(&a.input),
+            input_cut: a.input_cut,
+            description: a.description,
+            suggestions: a.suggestions.as_deref().map(json),
+            status: a.status,
+            decision: a.decision.as_deref().map(json),
+            decided_by: a.decided_by,
+            reason: a.reason,
+            created_at: time(a.created_at),
+            decided_at: a.decided_at.map(time),
         }
     }
 }

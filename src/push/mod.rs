@@ -40,6 +40,10 @@ pub enum PushKind {
     SessionExpiring,
     /// The session reached its end: its process stopped and it takes no more messages.
     SessionExpired,
+    /// The agent waits for the owner to allow or deny a tool.
+    ApprovalRequested,
+    /// The agent waits for the owner to answer a question.
+    QuestionAsked,
 }
 
 impl PushKind {
@@ -52,6 +56,8 @@ impl PushKind {
             Self::ProcessExited => "process_exited",
             Self::SessionExpiring => "session_expiring",
             Self::SessionExpired => "session_expired",
+            Self::ApprovalRequested => "approval_requested",
+            Self::QuestionAsked => "question_asked",
         }
     }
 
@@ -63,6 +69,8 @@ impl PushKind {
             Self::ProcessExited,
             Self::SessionExpiring,
             Self::SessionExpired,
+            Self::ApprovalRequested,
+            Self::QuestionAsked,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -72,8 +80,16 @@ impl PushKind {
     pub fn category(self) -> Option<&'static str> {
         match self {
             Self::SessionExpiring => Some("SESSION_EXPIRING"),
+            Self::ApprovalRequested => Some("APPROVAL"),
+            Self::QuestionAsked => Some("QUESTION"),
             _ => None,
         }
+    }
+
+    /// `aps.interruption-level`: a person is waiting on the answer, so it may break through
+    /// Focus modes.
+    pub fn interruption_level(self) -> Option<&'static str> {
+        matches!(self, Self::ApprovalRequested | Self::QuestionAsked).then_some("time-sensitive")
     }
 
     /// The `apns-collapse-id` of a push of this kind: a later warning about a session
@@ -95,6 +111,8 @@ impl PushKind {
             Self::ProcessExited => Some("Agent process exited"),
             Self::SessionExpiring => Some("Session expires soon"),
             Self::SessionExpired => Some("Session expired"),
+            Self::ApprovalRequested => Some("Approval needed"),
+            Self::QuestionAsked => Some("Question"),
         }
     }
 
@@ -107,6 +125,8 @@ impl PushKind {
             Self::ProcessExited => "The agent process exited; the next message starts it again.",
             Self::SessionExpiring => "This session ends soon; keep it alive to continue.",
             Self::SessionExpired => "This session has ended; start a new one to continue.",
+            Self::ApprovalRequested => "Claude wants to use a tool.",
+            Self::QuestionAsked => "Claude has a question.",
         }
     }
 }
@@ -152,6 +172,8 @@ pub struct PushEvent<'a> {
     pub text: &'a str,
     /// When the push is worthless (ms): APNs' expiration, and not sent after it.
     pub expires_at: Option<i64>,
+    /// The approval it asks for (the `approvalId` custom key).
+    pub approval_id: Option<i64>,
 }
 
 /// Adds one outbox row per active device of the session's owner, inside `tx`: the push
@@ -179,6 +201,7 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
             subtitle: event.kind.subtitle(),
             text: &text,
             expires_at: event.expires_at,
+            approval_id: event.approval_id,
             now: store::now_ms(),
         },
     )

@@ -42,6 +42,9 @@ struct Aps<'a> {
     /// Groups a conversation's pushes on the phone: the session id.
     #[serde(rename = "thread-id")]
     thread_id: &'a str,
+    /// `time-sensitive` when a person is waiting on the answer (a2 0.10 cannot set it).
+    #[serde(rename = "interruption-level", skip_serializing_if = "Option::is_none")]
+    interruption_level: Option<&'a str>,
 }
 
 impl PayloadLike for Notification<'_> {
@@ -76,6 +79,10 @@ pub struct Content<'a> {
     pub message_id: Option<i64>,
     /// `aps.category`: the actions the app offers on the notification.
     pub category: Option<&'a str>,
+    /// `aps.interruption-level`.
+    pub interruption_level: Option<&'a str>,
+    /// The approval it asks for (the `approvalId` custom key).
+    pub approval_id: Option<i64>,
 }
 
 /// The APNs headers of one notification besides push type and priority.
@@ -89,7 +96,8 @@ pub struct Headers<'a> {
 }
 
 /// Builds the notification for one device. Custom keys beside `aps`: `sessionId`,
-/// `messageId` (when there is one; the app fetches the full text by it) and `kind`.
+/// `messageId` (when there is one; the app fetches the full text by it), `approvalId`
+/// (when it asks for one) and `kind`.
 pub fn notification<'a>(
     content: &Content<'a>,
     device_token: &'a str,
@@ -119,6 +127,9 @@ pub fn notification<'a>(
         payload.add_custom_data("messageId", &id)?;
     }
     payload.add_custom_data("kind", &content.kind)?;
+    if let Some(id) = content.approval_id {
+        payload.add_custom_data("approvalId", &id)?;
+    }
     let a2::request::payload::Payload {
         options,
         device_token,
@@ -131,6 +142,7 @@ pub fn notification<'a>(
         aps: Aps {
             base: aps,
             thread_id: content.session_id,
+            interruption_level: content.interruption_level,
         },
         data,
     })
@@ -325,6 +337,8 @@ mod tests {
             session_id: SESSION,
             message_id,
             category: kind.category(),
+            interruption_level: kind.interruption_level(),
+            approval_id: None,
         }
     }
 

@@ -120,6 +120,7 @@ impl Harness {
                 message_id,
                 text,
                 expires_at: None,
+                approval_id: None,
             },
         )
         .await
@@ -838,6 +839,7 @@ async fn a_warning_is_sent_only_while_it_stands_and_before_the_end() {
                 message_id: None,
                 text: "This session ends in 4h unless you keep it alive.",
                 expires_at: Some(session.expires_at),
+                approval_id: None,
             };
             enqueue(&mut tx, &event).await.unwrap();
             tx.commit().await.unwrap();

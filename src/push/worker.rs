@@ -327,6 +327,8 @@ impl PushService {
             session_id: &p.session_id,
             message_id: p.message_id,
             category: kind.and_then(PushKind::category),
+            interruption_level: kind.and_then(PushKind::interruption_level),
+            approval_id: p.approval_id,
         };
         let fitted = match payload::fit(&whole, config.preview_chars) {
             Ok(f) => f,

@@ -16,7 +16,8 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    live::Live,
+    approve::{Gone, Pending},
+    live::{Live, Read},
     log::{EventLog, LiveRing},
     ActorHandle, Control, ProcessInfo, ProcessState, Sessions,
 };
@@ -54,6 +55,8 @@ pub(super) struct Actor {
     pub(super) interrupts_sent: u64,
     /// Who hears about this session, set once the session is loaded (before any turn).
     pub(super) audience: Option<Audience>,
+    /// Permission requests of the running turn waiting for the owner, oldest first.
+    pub(super) approvals: Vec<Pending>,
 }
 
 impl Actor {
@@ -77,6 +80,7 @@ impl Actor {
             exit: None,
             interrupts_sent: 0,
             audience: None,
+            approvals: Vec::new(),
         }
     }
 
@@ -192,6 +196,10 @@ impl Actor {
                 let _ = reply.send(false);
             }
             Some(Control::Stop(reason)) => self.stop_process(reason).await,
+            Some(Control::Decide(d)) => {
+                let _ = d.reply.send(Err(Gone)); // no turn: nothing waits for an answer
+            }
+            Some(Control::SetMode(mode)) => self.send_permission_mode(&mode),
             Some(Control::Shutdown(deadline)) => self.exit = Some(Exit::Shutdown(deadline)),
             Some(Control::End) | None => self.exit = Some(Exit::Ended),
         }
@@ -201,9 +209,10 @@ impl Actor {
     async fn idle_line(&mut self, line: Option<io::Result<Line>>) {
         match line {
             Some(Ok(line)) => {
-                // A stray `result` outside a turn ends nothing; it is only logged.
-                if let Some((_, Some(row))) = self.on_line(line) {
-                    self.log.hold(row);
+                // A stray `result` (or request) outside a turn ends nothing; it is only logged.
+                match self.on_line(line) {
+                    Read::Done(_, Some(row)) | Read::Asks(_, row) => self.log.hold(row),
+                    Read::Done(_, None) | Read::Nothing => {}
                 }
                 self.log.flush(&self.sessions.deps().store).await;
             }
@@ -233,6 +242,7 @@ impl Actor {
             message_id,
             text,
             expires_at: None,
+            approval_id: None,
         };
         let result: sqlx::Result<()> = async {
             let mut tx = self.store().begin_write().await?;

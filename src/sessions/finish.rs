@@ -12,7 +12,14 @@ use crate::{
     agent::TurnResult,
     faults,
     push::{self, PushEvent, PushKind},
-    store::{self, events::EventRow, messages, messages::Status, sessions},
+    store::{
+        self, approvals,
+        approvals::{ApprovalStatus, Scope},
+        events::EventRow,
+        messages,
+        messages::Status,
+        sessions,
+    },
 };
 
 /// Attempts to store a turn's end before the message is failed for it.
@@ -226,6 +233,7 @@ impl Actor {
         if !stored {
             self.fail_unstored(msg).await;
         }
+        self.approvals.clear();
         if self.live.is_some() {
             self.set_state(ProcessState::Idle);
         }
@@ -307,6 +315,28 @@ impl Actor {
             ),
             None => None,
         };
+        // Requests of the turn still waiting end with it.
+        if !self.approvals.is_empty() {
+            let (status, reason) = match outcome.status {
+                Status::Failed => (
+                    ApprovalStatus::Expired,
+                    "the turn failed before it was answered",
+                ),
+                _ => (
+                    ApprovalStatus::Cancelled,
+                    "the turn ended before it was answered",
+                ),
+            };
+            for id in
+                approvals::close_pending(&mut *tx, Scope::Turn(msg.id), status, reason, outcome.now)
+                    .await?
+            {
+                rows.push(self.log.stage_tether(
+                    "approval_decided",
+                    json!({"approvalId": id, "status": status, "decidedBy": "tether", "reason": reason}),
+                ));
+            }
+        }
         if let Some(line) = &end.line {
             rows.push(match reply_id {
                 Some(id) => without_reply_text(line, id),
@@ -332,6 +362,7 @@ impl Actor {
                 message_id: Some(reply_id.unwrap_or(msg.id)),
                 text,
                 expires_at: None,
+                approval_id: None,
             };
             push::enqueue(&mut tx, &event).await?;
         }

@@ -68,6 +68,7 @@ impl Sessions {
             message_id: None,
             text: &text,
             expires_at: Some(session.expires_at),
+            approval_id: None,
         };
         push::enqueue(&mut tx, &event).await?;
         tx.commit().await?;

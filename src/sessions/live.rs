@@ -9,13 +9,22 @@ use super::{actor::Actor, ProcessState};
 use crate::{
     agent::{
         process::{AgentProcess, Line},
-        Launch, Parsed, Signal, TurnResult,
+        Launch, Parsed, PermissionRequest, Signal, TurnResult,
     },
     store::{events::EventRow, sessions},
 };
 
 /// Characters of an invalid or cut line quoted in its event and log line.
 const PREVIEW_CHARS: usize = 200;
+
+/// What a stdout line means for the turn.
+pub(super) enum Read {
+    Nothing,
+    /// The agent asks before using a tool (its line, numbered).
+    Asks(PermissionRequest, EventRow),
+    /// The turn ended (its `result` line, numbered, when it could be read).
+    Done(TurnResult, Option<EventRow>),
+}
 
 /// The process and what it holds.
 pub(super) struct Live {
@@ -45,6 +54,10 @@ impl Actor {
                 .unwrap_or(session.id.clone()),
             cwd: session.project_path.clone().into(),
             resume: session.transcript_started,
+            permission_mode: session
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| self.sessions.deps().agent_settings.permission_mode.clone()),
         };
         let agent = self.sessions.deps().agent.clone();
         let probe = launch.clone();
@@ -160,9 +173,9 @@ impl Actor {
         }
     }
 
-    /// Reads one stdout line: the event to hold, or the turn's end. The line that ends
-    /// the turn is returned, numbered, to be stored with the turn's end.
-    pub(super) fn on_line(&mut self, line: Line) -> Option<(TurnResult, Option<EventRow>)> {
+    /// Reads one stdout line: an event to hold, a permission request, or the turn's end.
+    /// The line that asks or ends is returned, numbered, to be stored with what it causes.
+    pub(super) fn on_line(&mut self, line: Line) -> Read {
         let max = self.sessions.deps().agent_settings.max_line_bytes;
         if line.truncated {
             metrics::counter!("tether_agent_lines_truncated_total").increment(1);
@@ -191,9 +204,9 @@ impl Actor {
                     duration_ms: None,
                     usage: None,
                 };
-                return Some((result, None));
+                return Read::Done(result, None);
             }
-            return None;
+            return Read::Nothing;
         }
         match self.sessions.deps().agent.parse_line(&line.text) {
             Parsed::Invalid => {
@@ -204,16 +217,19 @@ impl Actor {
                     .log
                     .stage_tether("invalid_line", json!({"preview": preview}));
                 self.log.hold(row);
-                None
+                Read::Nothing
             }
-            Parsed::Event { kind, signal } => match signal {
-                Signal::TurnDone(result) => Some((*result, Some(self.log.stage(&kind, line.text)))),
-                Signal::None => {
-                    let row = self.log.stage(&kind, line.text);
-                    self.log.hold(row);
-                    None
+            Parsed::Event { kind, signal } => {
+                let row = self.log.stage(&kind, line.text);
+                match signal {
+                    Signal::TurnDone(result) => Read::Done(*result, Some(row)),
+                    Signal::Permission(request) => Read::Asks(*request, row),
+                    Signal::None => {
+                        self.log.hold(row);
+                        Read::Nothing
+                    }
                 }
-            },
+            }
         }
     }
 }

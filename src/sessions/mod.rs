@@ -4,6 +4,7 @@
 
 mod accept;
 mod actor;
+mod approve;
 mod finish;
 pub mod lifecycle;
 mod live;
@@ -34,12 +35,17 @@ use tokio::{
 
 use crate::{
     agent::{process, Agent},
-    config::{AgentSettings, LimitSettings, ProjectSettings, SessionSettings},
+    config::{AgentSettings, ApprovalSettings, LimitSettings, ProjectSettings, SessionSettings},
     push::{self, Audience, PushEvent, PushKind},
-    store::{self, messages, sessions, Store},
+    store::{
+        self, approvals,
+        approvals::{ApprovalStatus, Scope},
+        messages, sessions, Store,
+    },
 };
 
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
+pub use approve::Gone;
 pub use log::{LiveEvent, LiveRing, Subscription};
 pub use usage::Usage;
 
@@ -52,6 +58,7 @@ pub struct Deps {
     /// Where new sessions may run.
     pub projects: ProjectSettings,
     pub limits: LimitSettings,
+    pub approvals: ApprovalSettings,
     /// Wakes the push worker after a push row was committed.
     pub push_wake: Arc<Notify>,
 }
@@ -107,6 +114,10 @@ enum Control {
     Shutdown(Instant),
     /// The session was ended: stop now.
     End,
+    /// The owner decided on a pending permission request.
+    Decide(approve::Decide),
+    /// The session's permission mode changed: tell the live process.
+    SetMode(String),
 }
 
 #[derive(Clone)]
@@ -188,6 +199,20 @@ impl Sessions {
                 sessions::set_process(pool, &id, None).await?;
             }
         }
+        let expired = approvals::close_pending(
+            pool,
+            Scope::All,
+            ApprovalStatus::Expired,
+            "tether restarted while it waited; its turn was interrupted",
+            store::now_ms(),
+        )
+        .await?;
+        if !expired.is_empty() {
+            tracing::warn!(
+                count = expired.len(),
+                "pending approvals expired by the restart"
+            );
+        }
         let interrupted = self.interrupt_running(STOPPED_MID_TURN).await?;
         if interrupted > 0 {
             tracing::warn!(count = interrupted, "turns interrupted by the last stop");
@@ -212,6 +237,7 @@ impl Sessions {
                     message_id: Some(m.id),
                     text: reason,
                     expires_at: None,
+                    approval_id: None,
                 };
                 push::enqueue(&mut tx, &event).await?;
             }
@@ -311,6 +337,14 @@ impl Sessions {
             "the session was ended"
         };
         let cancelled = messages::cancel_queued(&mut *tx, session_id, why, now).await?;
+        approvals::close_pending(
+            &mut *tx,
+            Scope::Session(session_id),
+            ApprovalStatus::Cancelled,
+            why,
+            now,
+        )
+        .await?;
         if expired {
             if let Some(session) = sessions::get(&mut *tx, session_id).await? {
                 let event = PushEvent {
@@ -320,6 +354,7 @@ impl Sessions {
                     text: "This session has ended. Its history stays readable; start a new \
                            session to continue.",
                     expires_at: None,
+                    approval_id: None,
                 };
                 push::enqueue(&mut tx, &event).await?;
             }
@@ -456,6 +491,7 @@ impl Sessions {
                     message_id: Some(m.id),
                     text: REASON,
                     expires_at: None,
+                    approval_id: None,
                 };
                 push::enqueue(&mut tx, &event).await?;
             }

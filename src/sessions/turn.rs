@@ -15,6 +15,7 @@ use tokio::{
 use super::{
     actor::{live_line, Actor, Exit, DB_RETRY},
     finish::Cut,
+    live::Read,
     slots, Control, ProcessState,
 };
 use crate::{
@@ -90,7 +91,11 @@ impl Actor {
             }
             let flush_at = if running { self.log.flush_due() } else { None };
             let reading = matches!(phase, Phase::Run);
-            let stall_at = (reading && interrupted_at.is_none()).then(|| last_life + stall_timeout);
+            // A turn waiting for a person is not stalled.
+            let waiting_for_owner = !self.approvals.is_empty();
+            let stall_at = (reading && interrupted_at.is_none() && !waiting_for_owner)
+                .then(|| last_life + stall_timeout);
+            let auto_deny_at = if reading { self.auto_deny_at() } else { None };
             tokio::select! {
                 next = step(&mut phase) => match next {
                     Step::Slot(Ok(slot)) => {
@@ -128,7 +133,14 @@ impl Actor {
                 line = live_line(&mut self.live), if reading => match line {
                     Some(Ok(line)) => {
                         last_life = Instant::now();
-                        let Some((result, row)) = self.on_line(line) else { continue };
+                        let (result, row) = match self.on_line(line) {
+                            Read::Nothing => continue,
+                            Read::Asks(request, row) => {
+                                self.ask(&msg, request, row).await;
+                                continue;
+                            }
+                            Read::Done(result, row) => (result, row),
+                        };
                         let launch = self.live.as_ref().map(|l| l.launch.clone());
                         if result.is_error {
                             if let Some(l) = self.other_way(launch, &result.text, &mut retried) {
@@ -180,6 +192,11 @@ impl Actor {
                         }
                     }
                     Some(Control::Stop(_)) => {} // busy: it stays
+                    Some(Control::Decide(d)) => {
+                        self.answer(d).await;
+                        last_life = Instant::now();
+                    }
+                    Some(Control::SetMode(mode)) => self.send_permission_mode(&mode),
                     Some(Control::Shutdown(at)) => {
                         self.exit = Some(Exit::Shutdown(at));
                         if matches!(phase, Phase::Slot(_)) {
@@ -193,6 +210,10 @@ impl Actor {
                         return;
                     }
                 },
+                _ = sleep_until(auto_deny_at) => {
+                    self.auto_deny().await;
+                    last_life = Instant::now();
+                }
                 _ = sleep_until(stall_at) => {
                     tracing::warn!(silent_for = ?stall_timeout, "turn stalled; interrupting it");
                     stalled = true;

@@ -1,6 +1,7 @@
 //! The SQLite store: the pool (WAL), the embedded migrations, and one module of query
 //! functions per table. No SQL lives outside this folder.
 
+pub mod approvals;
 pub mod devices;
 pub mod events;
 pub mod messages;

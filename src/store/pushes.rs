@@ -56,6 +56,8 @@ pub struct PushRow {
     pub payload: Option<String>,
     /// APNs' expiration (ms): not sent after it.
     pub expires_at: Option<i64>,
+    /// The approval it asks for.
+    pub approval_id: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -92,6 +94,7 @@ pub struct NewPush<'a> {
     pub subtitle: Option<&'a str>,
     pub text: &'a str,
     pub expires_at: Option<i64>,
+    pub approval_id: Option<i64>,
     pub now: i64,
 }
 
@@ -103,8 +106,8 @@ pub async fn insert_for_owner_devices(
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "INSERT INTO pushes (device_id, owner, session_id, message_id, kind, title, subtitle, \
-         text, expires_at, next_attempt_at, created_at, updated_at) \
-         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?8, ?8, ?8 FROM devices d \
+         text, expires_at, approval_id, next_attempt_at, created_at, updated_at) \
+         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8, ?8 FROM devices d \
          WHERE d.owner = ?1 AND d.disabled_at IS NULL ORDER BY d.id \
          ON CONFLICT DO NOTHING",
     )
@@ -117,6 +120,7 @@ pub async fn insert_for_owner_devices(
     .bind(p.text)
     .bind(p.now)
     .bind(p.expires_at)
+    .bind(p.approval_id)
     .execute(ex)
     .await?;
     Ok(done.rows_affected())

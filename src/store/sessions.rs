@@ -23,6 +23,8 @@ pub struct SessionRow {
     pub expires_at: i64,
     /// When this period's "expires soon" push went out (cleared by a keep-alive).
     pub warned_at: Option<i64>,
+    /// The permission mode it runs with; None: `agent.permission_mode`.
+    pub permission_mode: Option<String>,
     /// Counted by the query, not stored.
     pub message_count: i64,
 }
@@ -231,6 +233,21 @@ pub async fn record_turn(
     .execute(ex)
     .await?;
     Ok(())
+}
+
+/// Sets the permission mode the session's CLI runs with from now on. False when there
+/// is no such session.
+pub async fn set_permission_mode(
+    ex: impl SqliteExecutor<'_>,
+    id: &str,
+    mode: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("UPDATE sessions SET permission_mode = ? WHERE id = ?")
+        .bind(mode)
+        .bind(id)
+        .execute(ex)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Records (or clears) the live child process, so a later start can stop it if it survived us.
