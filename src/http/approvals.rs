@@ -116,7 +116,7 @@ async fn decide(
 ) -> Result<Response, ApiError> {
     let row = visible_approval(&state, &caller, &id).await?;
     if row.status != ApprovalStatus::Pending {
-        return Ok(already(row));
+        return already(row);
     }
     let (decision, keep_mode) = decision_of(&row, req)?;
     let outcome = state
@@ -129,7 +129,7 @@ async fn decide(
     match outcome {
         Ok(()) => Ok(Json(ApprovalView::from(now)).into_response()),
         // Decided (or ended) by someone else meanwhile.
-        Err(_) if now.status != ApprovalStatus::Pending => Ok(already(now)),
+        Err(_) if now.status != ApprovalStatus::Pending => already(now),
         Err(_) => {
             // Nothing holds it any more: its process or turn is gone.
             approvals::close_pending(
@@ -149,9 +149,17 @@ async fn decide(
     }
 }
 
-/// 409 with the decision that was made first.
-fn already(row: ApprovalRow) -> Response {
+/// 409 with the decision made first; 410 when it ended undecided (expired or cancelled).
+fn already(row: ApprovalRow) -> Result<Response, ApiError> {
     let status = row.status;
+    if matches!(status, ApprovalStatus::Expired | ApprovalStatus::Cancelled) {
+        let why = row.reason.as_deref().unwrap_or("it ended");
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "approval_expired",
+            format!("this request can no longer be answered: {why}"),
+        ));
+    }
     let body = json!({
         "error": {
             "code": "already_decided",
@@ -159,7 +167,7 @@ fn already(row: ApprovalRow) -> Response {
         },
         "approval": ApprovalView::from(row),
     });
-    (StatusCode::CONFLICT, Json(body)).into_response()
+    Ok((StatusCode::CONFLICT, Json(body)).into_response())
 }
 
 /// The answer for the agent, and a mode to keep for the session (`remember`), from what the

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0, a real SQLite file, real HTTP, and a real
 //! child process speaking the Claude stream-json protocol (the fake CLI, or the real one).
 
+mod approvals;
 mod chat;
 mod cli;
 mod helpers;

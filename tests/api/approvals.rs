@@ -1,0 +1,407 @@
+//! Approvals end to end with the fake CLI asking as the real one does: allow, deny with and
+//! without a message, a question answered, deciding twice, deciding after the process died,
+//! interrupt and restart while pending, the push of each kind, `remember: "session"`, the
+//! permission mode surviving a resume, no stall while a person decides, and the auto-deny.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tether::push::fake::FakeGateway;
+
+use crate::{
+    helpers::{error_code, spawn_app_with, test_settings, wait_for, TestApp},
+    push::{register, sent, start_with_gateway, T1},
+};
+
+/// The app with a scripted push gateway and a registered phone.
+async fn app_with(
+    configure: impl FnOnce(&mut tether::config::Settings),
+) -> (TestApp, Arc<FakeGateway>) {
+    let fake = Arc::new(FakeGateway::new());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(dir.path());
+    configure(&mut settings);
+    let app = start_with_gateway(settings, dir, fake.clone()).await;
+    register(&app, T1, "sandbox").await;
+    (app, fake)
+}
+
+/// Starts a session whose first turn asks; returns (session, message, the pending approval).
+async fn ask(app: &TestApp, text: &str, session: Option<&str>) -> (String, i64, Value) {
+    let queued = app.chat(text, session).await;
+    let id = queued["sessionId"].as_str().unwrap().to_string();
+    let approval = pending(app, &id).await;
+    (id, queued["messageId"].as_i64().unwrap(), approval)
+}
+
+/// Waits for the session's one pending approval.
+async fn pending(app: &TestApp, id: &str) -> Value {
+    wait_for("a pending approval", || async {
+        let v = app
+            .get_json(&format!("/api/sessions/{id}/approvals?status=pending"))
+            .await;
+        v["approvals"].as_array().unwrap().first().cloned()
+    })
+    .await
+}
+
+async fn decide(app: &TestApp, approval: &Value, body: Value) -> reqwest::Response {
+    app.post(&format!("/api/approvals/{}", approval["id"]), body)
+        .await
+}
+
+async fn approval(app: &TestApp, approval: &Value) -> Value {
+    app.get_json(&format!("/api/approvals/{}", approval["id"]))
+        .await
+}
+
+/// The reply of a finished turn.
+async fn reply(app: &TestApp, session: &str, message: i64) -> (Value, String) {
+    let m = app.wait_terminal(session, message).await;
+    let text = app
+        .messages(session)
+        .await
+        .into_iter()
+        .find(|r| r["replyTo"] == message)
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    (m, text)
+}
+
+/// The control responses the fake CLI received (FAKE_CLAUDE_CONTROL_LOG).
+fn control_log(app: &TestApp) -> Vec<Value> {
+    std::fs::read_to_string(app.dir.path().join("control.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Makes the fake CLI log the control responses it gets, beside the data folder.
+fn with_control_log(s: &mut tether::config::Settings) {
+    let dir = s
+        .database
+        .path
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    s.agent.env.insert(
+        "FAKE_CLAUDE_CONTROL_LOG".into(),
+        dir.join("control.log").to_string_lossy().into_owned(),
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_write_runs_and_the_phone_was_asked_first() {
+    let (app, fake) = app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-write:hello.txt]", None).await;
+    assert_eq!(a["kind"], "tool");
+    assert_eq!(a["toolName"], "Write");
+    assert_eq!(a["status"], "pending");
+    assert_eq!(a["messageId"], msg);
+    let path = app.project.join("hello.txt");
+    assert_eq!(a["input"]["file_path"], path.to_string_lossy().as_ref());
+    assert!(!path.exists(), "nothing written before the owner allows it");
+    assert_eq!(app.message(&id, msg).await["status"], "running");
+
+    let push = sent(&fake, 1).await.remove(0);
+    let p = push.payload();
+    assert_eq!(p["kind"], "approval_requested");
+    assert_eq!(p["aps"]["category"], "APPROVAL");
+    assert_eq!(p["aps"]["interruption-level"], "time-sensitive");
+    assert_eq!(p["aps"]["thread-id"], id.as_str());
+    assert_eq!(p["approvalId"], a["id"]);
+    assert_eq!(p["sessionId"], id.as_str());
+    let body = p["aps"]["alert"]["body"].as_str().unwrap();
+    assert!(body.starts_with("Claude wants to use Write: "), "{body}");
+    assert!(body.contains("hello.txt"), "{body}");
+
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let decided: Value = res.json().await.unwrap();
+    assert_eq!(decided["status"], "allowed");
+    assert_eq!(decided["decidedBy"], "me");
+    let (m, text) = reply(&app, &id, msg).await;
+    assert_eq!(m["status"], "completed");
+    assert_eq!(text, "wrote hello.txt");
+    assert!(path.exists());
+
+    // Deciding twice: 409 with the first decision; nothing more reaches the agent.
+    let res = decide(&app, &a, json!({"decision": "deny"})).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "already_decided");
+    assert_eq!(body["approval"]["status"], "allowed");
+
+    // The event stream had both, in order.
+    let events = tether::store::events::list_after(app.state.store.pool(), &id, 0, 1000)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let asked = kinds.iter().position(|k| *k == "tether.approval_requested");
+    let decided = kinds.iter().position(|k| *k == "tether.approval_decided");
+    assert!(asked.is_some() && decided > asked, "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_denied_write_leaves_no_file_and_the_agent_hears_why() {
+    let app = spawn_app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-write:no.txt]", None).await;
+    let res = decide(
+        &app,
+        &a,
+        json!({"decision": "deny", "message": "not in this folder"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (m, text) = reply(&app, &id, msg).await;
+    assert_eq!(m["status"], "completed");
+    assert_eq!(text, "denied: not in this folder");
+    assert!(!app.project.join("no.txt").exists());
+    assert_eq!(approval(&app, &a).await["status"], "denied");
+
+    // Without a message, the agent still gets one.
+    let (_, msg, a) = ask(&app, "[ask-write:no.txt]", Some(&id)).await;
+    decide(&app, &a, json!({"decision": "deny"})).await;
+    let (_, text) = reply(&app, &id, msg).await;
+    assert_eq!(text, "denied: The user denied this from their phone.");
+    // Bad decisions change nothing.
+    let (_, _, a) = ask(&app, "[ask-write:no.txt]", Some(&id)).await;
+    let res = decide(&app, &a, json!({"decision": "maybe"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_decision".into())
+    );
+    let res = decide(
+        &app,
+        &a,
+        json!({"decision": "allow", "remember": "forever"}),
+    )
+    .await;
+    assert_eq!(error_code(res).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(approval(&app, &a).await["status"], "pending");
+    let res = app
+        .get(&format!(
+            "/api/approvals/{}",
+            a["id"].as_i64().unwrap() + 1000
+        ))
+        .await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::NOT_FOUND, "approval_not_found".into())
+    );
+    let other = app
+        .state
+        .auth
+        .issue("someone-else", tether::auth::Role::User)
+        .unwrap();
+    let res = app
+        .get_as(&other, &format!("/api/approvals/{}", a["id"]))
+        .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "another owner's approval is not shown"
+    );
+}
+
+#[tokio::test]
+async fn a_question_is_pushed_and_answered_with_a_label() {
+    let (app, fake) = app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-question]", None).await;
+    assert_eq!(a["kind"], "question");
+    assert_eq!(a["toolName"], "AskUserQuestion");
+    assert_eq!(a["input"]["questions"][0]["question"], "Which color?");
+    let p = sent(&fake, 1).await.remove(0).payload();
+    assert_eq!(p["kind"], "question_asked");
+    assert_eq!(p["aps"]["category"], "QUESTION");
+    assert_eq!(p["aps"]["alert"]["body"], "Which color?");
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "answers_required".into())
+    );
+    let res = decide(&app, &a, json!({"answers": {"Which color?": "Blue"}})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (_, text) = reply(&app, &id, msg).await;
+    assert_eq!(text, "answered: Which color?=Blue");
+}
+
+#[tokio::test]
+async fn when_its_process_dies_a_pending_approval_expires_and_cannot_be_decided() {
+    let app = spawn_app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-write:x.txt]", None).await;
+    let pid = app.state.sessions.process_info(&id).pid.unwrap();
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let m = app.wait_terminal(&id, msg).await;
+    assert_eq!(m["status"], "failed");
+    let gone = approval(&app, &a).await;
+    assert_eq!(gone["status"], "expired");
+    assert!(gone["reason"].is_string());
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::GONE, "approval_expired".into())
+    );
+    assert!(!app.project.join("x.txt").exists());
+}
+
+#[tokio::test]
+async fn an_interrupt_while_pending_cancels_the_approval() {
+    let app = spawn_app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-write:x.txt]", None).await;
+    let res = app
+        .post(&format!("/api/sessions/{id}/interrupt"), json!({}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let m = app.wait_terminal(&id, msg).await;
+    assert_eq!(m["status"], "interrupted");
+    assert_eq!(approval(&app, &a).await["status"], "cancelled");
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::GONE, "approval_expired".into())
+    );
+    // The session goes on.
+    let next = app.chat_wait("after", Some(&id)).await;
+    assert_eq!(next["status"], "completed");
+}
+
+#[tokio::test]
+async fn a_restart_while_pending_expires_it_and_the_conversation_goes_on() {
+    let app = spawn_app_with(|_| {}).await;
+    let (id, msg, a) = ask(&app, "[ask-write:x.txt]", None).await;
+    let app = app.restart().await;
+    assert_eq!(app.message(&id, msg).await["status"], "interrupted");
+    let gone = approval(&app, &a).await;
+    assert_eq!(gone["status"], "expired");
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(error_code(res).await.0, StatusCode::GONE);
+    let next = app.chat_wait("still here?", Some(&id)).await;
+    assert_eq!(next["status"], "completed");
+    let text = next["reply"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("[ask-write:x.txt]"),
+        "the conversation resumed: {text}"
+    );
+    assert!(
+        !app.project.join("x.txt").exists(),
+        "nothing answered twice"
+    );
+}
+
+#[tokio::test]
+async fn remember_session_keeps_the_mode_across_a_resume() {
+    let app = spawn_app_with(with_control_log).await;
+    let (id, msg, a) = ask(&app, "[ask-write:a.txt]", None).await;
+    assert_eq!(a["suggestions"][0]["mode"], "acceptEdits");
+    decide(
+        &app,
+        &a,
+        json!({"decision": "allow", "remember": "session"}),
+    )
+    .await;
+    let (m, _) = reply(&app, &id, msg).await;
+    assert_eq!(m["status"], "completed");
+    let session = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(session["permissionMode"], "acceptEdits");
+    let answered = control_log(&app);
+    let last = &answered.last().unwrap()["control_response"]["response"];
+    assert_eq!(
+        last["response"]["updatedPermissions"][0]["mode"],
+        "acceptEdits"
+    );
+
+    // The same process no longer asks; nor does a resumed one.
+    let b = app.chat_wait("[ask-write:b.txt]", Some(&id)).await;
+    assert_eq!(b["reply"]["text"], "wrote b.txt");
+    app.state
+        .sessions
+        .lifecycle_tick(tether::store::now_ms() + 3_600_000)
+        .await
+        .unwrap();
+    wait_for("hibernation", || async {
+        app.state
+            .sessions
+            .process_info(&id)
+            .pid
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let c = app.chat_wait("[ask-write:c.txt]", Some(&id)).await;
+    assert_eq!(c["reply"]["text"], "wrote c.txt");
+    let argv = app.invocations().pop().unwrap()["argv"].clone();
+    let argv: Vec<&str> = argv
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = argv.iter().position(|a| *a == "--permission-mode").unwrap();
+    assert_eq!(argv[at + 1], "acceptEdits");
+    assert!(argv.contains(&"--resume"));
+}
+
+#[tokio::test]
+async fn the_permission_mode_is_set_on_the_live_process_and_kept() {
+    let app = spawn_app_with(with_control_log).await;
+    let first = app.chat_wait("hello", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let path = format!("/api/sessions/{id}/permission-mode");
+    let res = app.post(&path, json!({"mode": "yolo"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_permission_mode".into()
+        )
+    );
+    assert_eq!(
+        app.get_json(&format!("/api/sessions/{id}")).await["permissionMode"],
+        Value::Null
+    );
+    let res = app.post(&path, json!({"mode": "acceptEdits"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["appliedToLiveProcess"], true);
+    // The live process switched: it writes without asking.
+    let b = app.chat_wait("[ask-write:b.txt]", Some(&id)).await;
+    assert_eq!(b["reply"]["text"], "wrote b.txt");
+}
+
+#[tokio::test]
+async fn a_turn_waiting_for_a_person_is_not_stalled_and_auto_deny_is_opt_in() {
+    let app = spawn_app_with(|s| s.sessions.stall_timeout = Duration::from_secs(1)).await;
+    let (id, msg, a) = ask(&app, "[ask-write:slow.txt]", None).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        app.message(&id, msg).await["status"],
+        "running",
+        "not stalled"
+    );
+    decide(&app, &a, json!({"decision": "allow"})).await;
+    let (m, _) = reply(&app, &id, msg).await;
+    assert_eq!(m["status"], "completed");
+
+    let app = spawn_app_with(|s| s.approvals.auto_deny_after = Some(Duration::from_secs(1))).await;
+    let (id, msg, a) = ask(&app, "[ask-write:late.txt]", None).await;
+    let (m, text) = reply(&app, &id, msg).await;
+    assert_eq!(m["status"], "completed");
+    assert!(
+        text.starts_with("denied: Nobody answered within 1s"),
+        "{text}"
+    );
+    let denied = approval(&app, &a).await;
+    assert_eq!(
+        (denied["status"].as_str(), denied["decidedBy"].as_str()),
+        (Some("denied"), Some("tether"))
+    );
+}
