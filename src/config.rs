@@ -223,20 +223,8 @@ impl ProjectSettings {
 /// A duration written as a human form ("24h", "30m", "90s", "1h 30m") or a whole number
 /// of seconds.
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Human(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Human(h) => humantime::parse_duration(h.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{h:?} is not a duration like \"24h\" or \"90s\": {e}"
-            ))
-        }),
-    }
+    optional_duration(d)?
+        .ok_or_else(|| serde::de::Error::custom("a duration is needed here, not \"off\""))
 }
 
 /// A duration, or "off" (none).

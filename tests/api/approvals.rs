@@ -3,29 +3,15 @@
 //! interrupt and restart while pending, the push of each kind, `remember: "session"`, the
 //! permission mode surviving a resume, no stall while a person decides, and the auto-deny.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tether::push::fake::FakeGateway;
 
 use crate::{
-    helpers::{error_code, spawn_app_with, test_settings, wait_for, TestApp},
-    push::{register, sent, start_with_gateway, T1},
+    helpers::{error_code, spawn_app_with, wait_for, TestApp},
+    push::{sent, spawn_with_phone},
 };
-
-/// The app with a scripted push gateway and a registered phone.
-async fn app_with(
-    configure: impl FnOnce(&mut tether::config::Settings),
-) -> (TestApp, Arc<FakeGateway>) {
-    let fake = Arc::new(FakeGateway::new());
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut settings = test_settings(dir.path());
-    configure(&mut settings);
-    let app = start_with_gateway(settings, dir, fake.clone()).await;
-    register(&app, T1, "sandbox").await;
-    (app, fake)
-}
 
 /// Starts a session whose first turn asks; returns (session, message, the pending approval).
 async fn ask(app: &TestApp, text: &str, session: Option<&str>) -> (String, i64, Value) {
@@ -96,7 +82,7 @@ fn with_control_log(s: &mut tether::config::Settings) {
 
 #[tokio::test]
 async fn an_allowed_write_runs_and_the_phone_was_asked_first() {
-    let (app, fake) = app_with(|_| {}).await;
+    let (app, fake) = spawn_with_phone(|_| {}).await;
     let (id, msg, a) = ask(&app, "[ask-write:hello.txt]", None).await;
     assert_eq!(a["kind"], "tool");
     assert_eq!(a["toolName"], "Write");
@@ -210,7 +196,7 @@ async fn a_denied_write_leaves_no_file_and_the_agent_hears_why() {
 
 #[tokio::test]
 async fn a_question_is_pushed_and_answered_with_a_label() {
-    let (app, fake) = app_with(|_| {}).await;
+    let (app, fake) = spawn_with_phone(|_| {}).await;
     let (id, msg, a) = ask(&app, "[ask-question]", None).await;
     assert_eq!(a["kind"], "question");
     assert_eq!(a["toolName"], "AskUserQuestion");

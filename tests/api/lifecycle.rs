@@ -4,20 +4,19 @@
 //! transparent resume, waiting for a process slot, and the stall watch. The scheduler's
 //! step is driven with times the test chooses: no test waits real hours.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tether::{
     config::ByteSize,
-    push::fake::FakeGateway,
     sessions::{lifecycle::LifecycleReport, usage::Sampler},
     store,
 };
 
 use crate::{
-    helpers::{error_code, pid_alive, spawn_app_with, test_settings, wait_for, TestApp},
-    push::{register, sent, spawn_with_gateway, start_with_gateway, T1},
+    helpers::{error_code, pid_alive, spawn_app_with, wait_for, TestApp},
+    push::{sent, spawn_with_phone, start_with_gateway},
 };
 
 const HOUR: i64 = 3600 * 1000;
@@ -127,9 +126,7 @@ async fn a_keep_alive_with_recap_runs_a_turn_and_answers_its_text() {
 
 #[tokio::test]
 async fn the_warning_goes_out_once_at_its_moment_with_its_headers() {
-    let fake = Arc::new(FakeGateway::new());
-    let app = spawn_with_gateway(fake.clone()).await;
-    register(&app, T1, "sandbox").await;
+    let (app, fake) = spawn_with_phone(|_| {}).await;
     let first = app.chat_wait("hello", None).await;
     let id = first["sessionId"].as_str().unwrap().to_string();
     let replies = sent(&fake, 1).await.len();
@@ -181,9 +178,7 @@ async fn the_warning_goes_out_once_at_its_moment_with_its_headers() {
 
 #[tokio::test]
 async fn at_its_end_the_session_expires_its_process_stops_and_messages_get_410() {
-    let fake = Arc::new(FakeGateway::new());
-    let app = spawn_with_gateway(fake.clone()).await;
-    register(&app, T1, "sandbox").await;
+    let (app, fake) = spawn_with_phone(|_| {}).await;
     let first = app.chat_wait("hello", None).await;
     let id = first["sessionId"].as_str().unwrap().to_string();
     let replies = sent(&fake, 1).await.len();
@@ -241,9 +236,7 @@ async fn at_its_end_the_session_expires_its_process_stops_and_messages_get_410()
 
 #[tokio::test]
 async fn deadlines_that_fell_due_while_down_are_handled_once_after_start() {
-    let fake = Arc::new(FakeGateway::new());
-    let app = spawn_with_gateway(fake.clone()).await;
-    register(&app, T1, "sandbox").await;
+    let (app, fake) = spawn_with_phone(|_| {}).await;
     let warn_me = app.chat_wait("one", None).await["sessionId"]
         .as_str()
         .unwrap()
@@ -387,13 +380,11 @@ async fn with_every_slot_busy_a_message_waits_and_says_so() {
 
 #[tokio::test]
 async fn a_silent_turn_fails_as_stalled_and_api_retries_keep_one_alive() {
-    let fake = Arc::new(FakeGateway::new());
-    let dir = Arc::new(tempfile::tempdir().unwrap());
-    let mut settings = test_settings(dir.path());
-    settings.sessions.stall_timeout = Duration::from_secs(1);
-    settings.agent.interrupt_grace = Duration::from_secs(1);
-    let app = start_with_gateway(settings, dir, fake.clone()).await;
-    register(&app, T1, "sandbox").await;
+    let (app, fake) = spawn_with_phone(|s| {
+        s.sessions.stall_timeout = Duration::from_secs(1);
+        s.agent.interrupt_grace = Duration::from_secs(1);
+    })
+    .await;
 
     // The CLI retrying the API for 2 s (a line every 400 ms) is alive.
     let alive = app.chat_wait("[api-retry:5] patience", None).await;

@@ -37,6 +37,20 @@ pub(crate) async fn start_with_gateway(
     TestApp::start_with(settings, dir, Some(gateway)).await
 }
 
+/// The app with a scripted push gateway and one registered phone (`T1`), in a fresh data
+/// folder with `configure`d settings.
+pub(crate) async fn spawn_with_phone(
+    configure: impl FnOnce(&mut Settings),
+) -> (TestApp, Arc<FakeGateway>) {
+    let fake = Arc::new(FakeGateway::new());
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut settings = test_settings(dir.path());
+    configure(&mut settings);
+    let app = start_with_gateway(settings, dir, fake.clone()).await;
+    register(&app, T1, "sandbox").await;
+    (app, fake)
+}
+
 pub(crate) async fn register(app: &TestApp, token: &str, environment: &str) -> Value {
     let res = app
         .post(
