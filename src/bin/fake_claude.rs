@@ -3,8 +3,11 @@
 //! It speaks the CLI's persistent stream-json protocol (see `claude-protocol.md`): one JSON
 //! object per line on stdin and stdout, a `system/init` + `assistant` + `result` triple per turn,
 //! transcripts under `<config>/projects/<mangled cwd>/<id>.jsonl`, `--session-id` refusing an
-//! existing transcript, `--resume` refusing a missing one, and interrupts through
-//! `control_request`.
+//! existing transcript, `--resume` refusing a missing one, interrupts through
+//! `control_request`, and tool approvals: with `--permission-prompt-tool stdio` a tool that
+//! needs approval is asked for with a `can_use_tool` control request and waits, with no time
+//! limit, for the host's `control_response`; a host may change `--permission-mode` with a
+//! `set_permission_mode` control request.
 //!
 //! The default reply echoes the message and every user message of the conversation so far, so a
 //! test can prove context survived turns, processes and restarts. Square-bracket directives in a
@@ -29,6 +32,30 @@
 //! | `[badtype]`    | print an event whose type holds a newline and a space first             |
 //! | `[api-retry:N]`| print N `system/api_retry` lines 400 ms apart (as the CLI does while the API fails), then reply |
 //! | `[alloc:MB]`   | hold MB MiB resident until exit; the reply starts `allocated MB MiB`    |
+//! | `[ask-write:FILE]` | a `tool_use` of Write for `<cwd>/FILE`; approval as below; the reply is `wrote FILE` or `denied: MESSAGE` |
+//! | `[ask-question]`   | a `tool_use` of AskUserQuestion (`Which color?`, Red or Blue), asked whatever the mode; the reply is `answered: Which color?=LABEL` or `denied: MESSAGE` |
+//!
+//! Approvals, as the real CLI (2.1.329) does them. Mode `acceptEdits` or `bypassPermissions`:
+//! Write runs at once. Otherwise, without `--permission-prompt-tool stdio`, it is refused
+//! (a `system/permission_denied` line, an error `tool_result`, the reply
+//! `refused: no permission prompt tool`, an entry in the result's `permission_denials`; there,
+//! AskUserQuestion is no tool at all). With it, a `can_use_tool` control request, then a wait
+//! that only the answer, an interrupt or the end of stdin ends:
+//! - `{"behavior":"allow","updatedInput":{…}}` runs the tool with `updatedInput` over the
+//!   original input; a `setMode` entry in `updatedPermissions` switches the mode (a
+//!   `system/status` line), so a later Write in this process is not asked for.
+//! - `{"behavior":"deny","message":M}` gives the model an error `tool_result` M; a deny without a
+//!   message (or any other answer) gives it the CLI's "invalid permission result" text instead,
+//!   and a `control_response` of subtype `error` gives it `Tool permission request failed: …`.
+//!   Either way the turn goes on and ends with a successful `result`.
+//! - An interrupt is answered with a `control_cancel_request` for the pending request, then the
+//!   interrupt's `control_response`, and the turn ends interrupted.
+//! - End of stdin: the tool fails (`Tool permission request failed: AbortError: …`), the turn
+//!   ends, then the process exits.
+//!
+//! User lines that arrive during a turn are queued and run as turns of their own afterwards. (The
+//! real CLI, seen while an approval was pending, folds such a line into the running turn as a
+//! note to the model, with no `result` of its own.)
 //!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
@@ -36,7 +63,9 @@
 //! 0.5 s to start; the transcript is written only once the first message is read),
 //! `FAKE_CLAUDE_CONFIG_DIR` (where this fake keeps transcripts, over `CLAUDE_CONFIG_DIR`, so a
 //! test can make tether's view of the transcripts differ from the CLI's), `CLAUDE_CONFIG_DIR`
-//! / `HOME` (where transcripts live).
+//! / `HOME` (where transcripts live), `FAKE_CLAUDE_CONTROL_LOG` (append
+//! `{"pid":…,"control_response":<the line>}` for every `control_response` read from stdin, so a
+//! test can see how the host answered).
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -58,12 +87,58 @@ const COST_PER_TURN_MILLI_USD: u64 = 1;
 /// Time between two `api_retry` lines of `[api-retry:N]`.
 const API_RETRY_GAP: Duration = Duration::from_millis(400);
 
+/// What `--permission-mode` accepts: the real CLI's list, and `default`.
+const START_MODES: &[&str] = &[
+    "default",
+    "acceptEdits",
+    "auto",
+    "bypassPermissions",
+    "manual",
+    "dontAsk",
+    "plan",
+];
+/// What a host's `set_permission_mode` may choose (`bypassPermissions` only in a process
+/// started with `--dangerously-skip-permissions`).
+const MODES: &[&str] = &[
+    "acceptEdits",
+    "auto",
+    "bypassPermissions",
+    "default",
+    "dontAsk",
+    "plan",
+];
+/// Modes in which a file edit runs without asking.
+const EDITS_ALLOWED: &[&str] = &["acceptEdits", "bypassPermissions"];
+/// What `[ask-write]` writes unless the host's `updatedInput` says otherwise.
+const WRITE_CONTENT: &str = "hello from fake";
+/// The real CLI's `tool_result` texts, word for word.
+const INVALID_PERMISSION_RESULT: &str = "The canUseTool callback returned an invalid permission \
+    result. Expected {behavior: 'allow', updatedInput?: object} or {behavior: 'deny', message: \
+    string}. updatedPermissions may hold at most 4096 updates, rules and directories in all.";
+const PERMISSION_STREAM_CLOSED: &str =
+    "Tool permission request failed: AbortError: Tool permission stream closed before response received";
+const TOOL_USE_REJECTED: &str = "The user doesn't want to proceed with this tool use. The tool \
+    use was rejected (eg. if it was a file edit, the new_string was NOT written to the file). \
+    STOP what you are doing and wait for the user to tell you how to proceed.";
+const NO_ASK_TOOL: &str = "<tool_use_error>Error: No such tool available: AskUserQuestion. \
+    AskUserQuestion is disabled for this session, in subagents as well as here.</tool_use_error>";
+
 fn main() {
     if std::env::args().any(|a| a == "--version" || a == "-v") {
         println!("{VERSION} (Claude Code)");
         return;
     }
     let args = Args::parse(std::env::args().skip(1));
+    if !START_MODES.contains(&args.permission_mode.as_str()) {
+        fatal(
+            &format!(
+                "error: option '--permission-mode <mode>' argument '{}' is invalid. Allowed \
+                 choices are acceptEdits, auto, bypassPermissions, manual, dontAsk, plan.",
+                args.permission_mode
+            ),
+            1,
+        );
+    }
     let cwd = match std::env::current_dir() {
         Ok(dir) => dir.to_string_lossy().into_owned(),
         Err(err) => fatal(
@@ -82,7 +157,8 @@ fn main() {
         thread::sleep(Duration::from_millis(ms));
     }
     let rx = spawn_stdin_reader();
-    let code = Conversation::new(session, rx).run();
+    let permissions = Permissions::from_args(&args);
+    let code = Conversation::new(session, rx, permissions).run();
     process::exit(code);
 }
 
@@ -102,6 +178,12 @@ enum Start {
 
 struct Args {
     start: Start,
+    /// `--permission-prompt-tool`: only `stdio` (ask the host) means anything here.
+    permission_prompt_tool: Option<String>,
+    /// `--permission-mode`, `default` when absent.
+    permission_mode: String,
+    /// `--dangerously-skip-permissions`: starts in `bypassPermissions` and lets a host choose it.
+    skip_permissions: bool,
 }
 
 /// Flags of the real CLI that take a value; the value must be skipped, not read as a flag.
@@ -130,7 +212,14 @@ const VALUE_FLAGS: &[&str] = &[
 impl Args {
     fn parse(mut args: impl Iterator<Item = String>) -> Self {
         let mut start = Start::Fresh;
+        let mut permission_prompt_tool = None;
+        let mut permission_mode = None;
+        let mut skip_permissions = false;
         while let Some(arg) = args.next() {
+            if arg == "--dangerously-skip-permissions" {
+                skip_permissions = true;
+                continue;
+            }
             let (flag, inline_value) = match arg.split_once('=') {
                 Some((flag, value)) if flag.starts_with("--") => {
                     (flag.to_owned(), Some(value.to_owned()))
@@ -144,10 +233,25 @@ impl Args {
             match flag.as_str() {
                 "--session-id" => start = Start::New(value),
                 "--resume" | "-r" => start = Start::Resume(value),
+                "--permission-prompt-tool" => permission_prompt_tool = Some(value),
+                "--permission-mode" => permission_mode = Some(value),
                 _ => {}
             }
         }
-        Self { start }
+        let permission_mode = permission_mode.unwrap_or_else(|| {
+            if skip_permissions {
+                "bypassPermissions"
+            } else {
+                "default"
+            }
+            .to_owned()
+        });
+        Self {
+            start,
+            permission_prompt_tool,
+            permission_mode,
+            skip_permissions,
+        }
     }
 }
 
@@ -165,6 +269,22 @@ fn log_invocation(cwd: &str) {
         .and_then(|mut file| file.write_all(line.as_bytes()));
     if let Err(err) = written {
         eprintln!("fake-claude: cannot write the invocation log: {err}");
+    }
+}
+
+/// Appends `{"pid":…,"control_response":<line>}` to `$FAKE_CLAUDE_CONTROL_LOG`, if set.
+fn log_control_response(line: &Value) {
+    let Some(path) = std::env::var_os("FAKE_CLAUDE_CONTROL_LOG") else {
+        return;
+    };
+    let entry = json!({"pid": process::id(), "control_response": line}).to_string() + "\n";
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(entry.as_bytes()));
+    if let Err(err) = written {
+        eprintln!("fake-claude: cannot write the control log: {err}");
     }
 }
 
@@ -293,6 +413,12 @@ enum Input {
     Interrupt {
         request_id: Value,
     },
+    SetPermissionMode {
+        request_id: Value,
+        mode: Value,
+    },
+    /// The host's answer to a control request of this process: the line's `response`.
+    ControlResponse(Value),
     OtherControl {
         request_id: Value,
         subtype: String,
@@ -334,11 +460,19 @@ fn classify(line: &str) -> Input {
             let request_id = value["request_id"].clone();
             match value["request"]["subtype"].as_str() {
                 Some("interrupt") => Input::Interrupt { request_id },
+                Some("set_permission_mode") => Input::SetPermissionMode {
+                    request_id,
+                    mode: value["request"]["mode"].clone(),
+                },
                 other => Input::OtherControl {
                     request_id,
                     subtype: other.unwrap_or_default().to_owned(),
                 },
             }
+        }
+        Some("control_response") => {
+            log_control_response(&value);
+            Input::ControlResponse(value["response"].clone())
         }
         _ => Input::Ignored,
     }
@@ -382,6 +516,16 @@ struct Directives {
     bad_type: bool,
     api_retries: Option<u64>,
     alloc_mib: Option<usize>,
+    /// `[ask-write:FILE]` and `[ask-question]`, in the message's order.
+    asks: Vec<Ask>,
+}
+
+/// A tool call that needs approval, scripted by a directive.
+enum Ask {
+    /// `[ask-write:FILE]`: Write `<cwd>/FILE`.
+    Write(String),
+    /// `[ask-question]`: AskUserQuestion.
+    Question,
 }
 
 impl Directives {
@@ -419,6 +563,12 @@ impl Directives {
             "spawn-tool" => self.spawn_tool = true,
             "badtype" => self.bad_type = true,
             "alloc" => self.alloc_mib = number(arg),
+            "ask-write" => {
+                if let Some(file) = arg.filter(|file| !file.is_empty()) {
+                    self.asks.push(Ask::Write(file.to_owned()));
+                }
+            }
+            "ask-question" => self.asks.push(Ask::Question),
             _ => {}
         }
     }
@@ -443,6 +593,45 @@ enum Waited {
     Interrupted,
 }
 
+/// How tools that need approval are handled, from the flags and later `set_permission_mode`.
+struct Permissions {
+    /// `--permission-prompt-tool stdio`: ask the host with `can_use_tool`.
+    ask_host: bool,
+    /// The current permission mode, shown in every `system/init`.
+    mode: String,
+    /// Whether a host may switch to `bypassPermissions`.
+    can_bypass: bool,
+}
+
+impl Permissions {
+    fn from_args(args: &Args) -> Self {
+        Self {
+            ask_host: args.permission_prompt_tool.as_deref() == Some("stdio"),
+            mode: args.permission_mode.clone(),
+            can_bypass: args.skip_permissions,
+        }
+    }
+}
+
+/// The host's decision on a `can_use_tool` request.
+enum Verdict {
+    /// Run the tool with this input (the original one with the host's `updatedInput` over it);
+    /// `updates` is the answer's `updatedPermissions`.
+    Allow { input: Value, updates: Value },
+    /// Do not run it; the model gets this text as an error `tool_result`.
+    Deny(String),
+    /// An interrupt arrived first (already answered).
+    Interrupted,
+}
+
+/// How a tool directive ended.
+enum ToolEnd {
+    /// The turn goes on; the reply says this.
+    Said(String),
+    /// The turn was interrupted while the tool waited for approval.
+    Interrupted,
+}
+
 struct Conversation {
     session: Session,
     rx: Receiver<Input>,
@@ -455,10 +644,15 @@ struct Conversation {
     last_was_error: bool,
     /// The pid of a tool started by `[spawn-tool]`, named in the reply.
     tool: Option<u32>,
+    permissions: Permissions,
+    /// This turn's refused tool calls, for the `result`'s `permission_denials`.
+    denials: Vec<Value>,
+    /// Tool calls of this process, for unique `tool_use` ids.
+    tool_uses: u64,
 }
 
 impl Conversation {
-    fn new(session: Session, rx: Receiver<Input>) -> Self {
+    fn new(session: Session, rx: Receiver<Input>, permissions: Permissions) -> Self {
         Self {
             session,
             rx,
@@ -468,6 +662,9 @@ impl Conversation {
             messages: 0,
             last_was_error: false,
             tool: None,
+            permissions,
+            denials: Vec::new(),
+            tool_uses: 0,
         }
     }
 
@@ -493,6 +690,11 @@ impl Conversation {
         match input {
             Input::User(text) => self.queue.push_back(text),
             Input::Interrupt { request_id } => answer_control(&request_id),
+            Input::SetPermissionMode { request_id, mode } => {
+                self.set_permission_mode(&request_id, &mode);
+            }
+            // An answer to no pending request: ignored, as the real CLI does.
+            Input::ControlResponse(_) => {}
             Input::OtherControl {
                 request_id,
                 subtype,
@@ -535,6 +737,7 @@ impl Conversation {
             fatal("fake early exit, before the transcript", 1);
         }
         self.turns += 1;
+        self.denials.clear();
         append_transcript(&self.session.transcript, "user", text);
         self.session.history.push(text.to_owned());
 
@@ -588,6 +791,21 @@ impl Conversation {
             emit(&self.assistant_line(json!([{"type": "text", "text": "partial"}])));
             fatal("fake crash", 3);
         }
+        let mut said = Vec::new();
+        for ask in &directives.asks {
+            let end = match ask {
+                Ask::Write(file) => self.ask_write(file),
+                Ask::Question => self.ask_question(),
+            };
+            match end {
+                ToolEnd::Said(text) => said.push(text),
+                ToolEnd::Interrupted => {
+                    let interrupted = self.result_line("error_during_execution", true, "", started);
+                    self.finish(&interrupted);
+                    return;
+                }
+            }
+        }
 
         let failure = if directives.not_logged_in || env_u64("FAKE_CLAUDE_NOT_LOGGED_IN") == Some(1)
         {
@@ -599,7 +817,7 @@ impl Conversation {
         };
         let result = match failure {
             Some(message) => self.result_line("success", true, message, started),
-            None => self.reply(text, &directives, started),
+            None => self.reply(text, &directives, &said, started),
         };
         self.finish(&result);
         if directives.exit_after {
@@ -607,10 +825,18 @@ impl Conversation {
         }
     }
 
-    /// Prints the assistant line, records the reply and builds the successful result.
-    fn reply(&mut self, text: &str, directives: &Directives, started: Instant) -> Value {
+    /// Prints the assistant line, records the reply and builds the successful result. `said`
+    /// is what the tool directives made the model say; when there is any, it is the reply.
+    fn reply(
+        &mut self,
+        text: &str,
+        directives: &Directives,
+        said: &[String],
+        started: Instant,
+    ) -> Value {
         let mut reply = match directives.bigreply {
             Some(len) => lorem(len),
+            None if !said.is_empty() => said.join(" | "),
             None => format!(
                 "echo: {text} | history: {}",
                 self.session.history.join(" / ")
@@ -654,16 +880,303 @@ impl Conversation {
         }));
     }
 
+    /// Answers a host's `set_permission_mode` and switches to the mode, or refuses it with the
+    /// real CLI's errors.
+    fn set_permission_mode(&mut self, request_id: &Value, mode: &Value) {
+        let mode = mode.as_str().unwrap_or_default();
+        if !MODES.contains(&mode) {
+            refuse_control_with(
+                request_id,
+                "Cannot set permission mode: must be one of acceptEdits, auto, \
+                 bypassPermissions, default, dontAsk, plan",
+                "invalid_mode",
+            );
+            return;
+        }
+        if mode == "bypassPermissions" && !self.permissions.can_bypass {
+            refuse_control_with(
+                request_id,
+                "Cannot set permission mode to bypassPermissions because the session was not \
+                 launched with --dangerously-skip-permissions",
+                "bypass_not_launched",
+            );
+            return;
+        }
+        emit(&json!({
+            "type": "control_response",
+            "response": {"subtype": "success", "request_id": request_id, "response": {"mode": mode}},
+        }));
+        self.switch_mode(mode);
+    }
+
+    /// Takes `mode` from now on, and says so with a `system/status` line as the real CLI does.
+    fn switch_mode(&mut self, mode: &str) {
+        self.permissions.mode = mode.to_owned();
+        emit(&json!({
+            "type": "system",
+            "subtype": "status",
+            "status": null,
+            "permissionMode": mode,
+            "uuid": Uuid::new_v4().to_string(),
+            "session_id": self.session.id,
+        }));
+    }
+
+    /// `[ask-write:FILE]`: a Write of `<cwd>/FILE`, run, refused or asked for as the mode and
+    /// the prompt tool say.
+    fn ask_write(&mut self, file: &str) -> ToolEnd {
+        let path = Path::new(&self.session.cwd).join(file);
+        let input = json!({"file_path": path, "content": WRITE_CONTENT});
+        let tool_use_id = self.emit_tool_call("Write", &input);
+        if EDITS_ALLOWED.contains(&self.permissions.mode.as_str()) {
+            return ToolEnd::Said(self.write_file(&tool_use_id, &input));
+        }
+        if !self.permissions.ask_host {
+            let message = format!(
+                "Claude requested permissions to write to {}, but you haven't granted it yet.",
+                path.display()
+            );
+            emit(&json!({
+                "type": "system",
+                "subtype": "permission_denied",
+                "tool_name": "Write",
+                "tool_use_id": tool_use_id,
+                "message": message,
+                "uuid": Uuid::new_v4().to_string(),
+                "session_id": self.session.id,
+            }));
+            self.refuse_tool("Write", &tool_use_id, &input, &message);
+            return ToolEnd::Said("refused: no permission prompt tool".to_owned());
+        }
+        let request = json!({
+            "subtype": "can_use_tool",
+            "tool_name": "Write",
+            "display_name": "Write",
+            "input": input,
+            "description": file,
+            "permission_suggestions": [
+                {"type": "setMode", "mode": "acceptEdits", "destination": "session"},
+            ],
+            "tool_use_id": tool_use_id,
+        });
+        match self.ask_host(request, &input) {
+            Verdict::Allow { input, updates } => {
+                self.apply_permission_updates(&updates);
+                ToolEnd::Said(self.write_file(&tool_use_id, &input))
+            }
+            Verdict::Deny(message) => {
+                self.refuse_tool("Write", &tool_use_id, &input, &message);
+                ToolEnd::Said(format!("denied: {message}"))
+            }
+            Verdict::Interrupted => {
+                self.interrupted_tool("Write", &tool_use_id, &input);
+                ToolEnd::Interrupted
+            }
+        }
+    }
+
+    /// `[ask-question]`: an AskUserQuestion, always asked for (it needs a person), and no tool at
+    /// all without the prompt tool.
+    fn ask_question(&mut self) -> ToolEnd {
+        let input = json!({"questions": [{
+            "question": "Which color?",
+            "header": "Color",
+            "options": [
+                {"label": "Red", "description": "warm"},
+                {"label": "Blue", "description": "cool"},
+            ],
+            "multiSelect": false,
+        }]});
+        let tool_use_id = self.emit_tool_call("AskUserQuestion", &input);
+        if !self.permissions.ask_host {
+            self.emit_tool_result(&tool_use_id, NO_ASK_TOOL, true);
+            return ToolEnd::Said("refused: no permission prompt tool".to_owned());
+        }
+        let request = json!({
+            "subtype": "can_use_tool",
+            "tool_name": "AskUserQuestion",
+            "display_name": "AskUserQuestion",
+            "input": input,
+            "tool_use_id": tool_use_id,
+            "requires_user_interaction": true,
+        });
+        match self.ask_host(request, &input) {
+            Verdict::Allow { input, .. } => {
+                let answers: Vec<(String, String)> = input["answers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(question, answer)| {
+                        let answer = answer
+                            .as_str()
+                            .map_or_else(|| answer.to_string(), str::to_owned);
+                        (question.clone(), answer)
+                    })
+                    .collect();
+                if answers.is_empty() {
+                    self.emit_tool_result(
+                        &tool_use_id,
+                        "The user did not answer the questions.",
+                        false,
+                    );
+                    return ToolEnd::Said("unanswered".to_owned());
+                }
+                let quoted: Vec<String> = answers
+                    .iter()
+                    .map(|(question, answer)| format!("\"{question}\"=\"{answer}\""))
+                    .collect();
+                let told = format!(
+                    "Your questions have been answered: {}. You can now continue with these \
+                     answers in mind.",
+                    quoted.join(", ")
+                );
+                self.emit_tool_result(&tool_use_id, &told, false);
+                let plain: Vec<String> = answers
+                    .iter()
+                    .map(|(question, answer)| format!("{question}={answer}"))
+                    .collect();
+                ToolEnd::Said(format!("answered: {}", plain.join(", ")))
+            }
+            Verdict::Deny(message) => {
+                self.refuse_tool("AskUserQuestion", &tool_use_id, &input, &message);
+                ToolEnd::Said(format!("denied: {message}"))
+            }
+            Verdict::Interrupted => {
+                self.interrupted_tool("AskUserQuestion", &tool_use_id, &input);
+                ToolEnd::Interrupted
+            }
+        }
+    }
+
+    /// Sends a `can_use_tool` control request and waits, with no time limit, for the host's
+    /// answer to it, while still serving other inputs (user lines are queued).
+    fn ask_host(&mut self, request: Value, input: &Value) -> Verdict {
+        let request_id = Uuid::new_v4().to_string();
+        emit(&json!({"type": "control_request", "request_id": request_id, "request": request}));
+        loop {
+            if self.eof {
+                return Verdict::Deny(PERMISSION_STREAM_CLOSED.to_owned());
+            }
+            match self.rx.recv().unwrap_or(Input::Eof) {
+                Input::ControlResponse(response) if response["request_id"] == request_id => {
+                    return verdict(&response, input);
+                }
+                Input::Interrupt {
+                    request_id: interrupt,
+                } => {
+                    emit(&json!({"type": "control_cancel_request", "request_id": request_id}));
+                    answer_control(&interrupt);
+                    return Verdict::Interrupted;
+                }
+                input => self.handle_side_input(input),
+            }
+        }
+    }
+
+    /// Applies the `setMode` entries of an answer's `updatedPermissions`.
+    fn apply_permission_updates(&mut self, updates: &Value) {
+        let modes = updates
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|update| update["type"] == "setMode")
+            .filter_map(|update| update["mode"].as_str())
+            .filter(|mode| MODES.contains(mode));
+        for mode in modes.map(str::to_owned).collect::<Vec<_>>() {
+            self.switch_mode(&mode);
+        }
+    }
+
+    /// Runs a Write: creates its file, tells the model, and returns what the reply says.
+    fn write_file(&mut self, tool_use_id: &str, input: &Value) -> String {
+        let path = PathBuf::from(input["file_path"].as_str().unwrap_or_default());
+        let content = input["content"].as_str().unwrap_or_default();
+        let written = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::write(&path, content));
+        let shown = path
+            .strip_prefix(&self.session.cwd)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        match written {
+            Ok(()) => {
+                let told = format!(
+                    "File created successfully at: {} (file state is current in your context — \
+                     no need to Read it back)",
+                    path.display()
+                );
+                self.emit_tool_result(tool_use_id, &told, false);
+                format!("wrote {shown}")
+            }
+            Err(err) => {
+                let told = format!("<tool_use_error>{err}</tool_use_error>");
+                self.emit_tool_result(tool_use_id, &told, true);
+                format!("write failed: {shown}: {err}")
+            }
+        }
+    }
+
+    /// A tool that does not run: the model gets `message` as an error, and the `result` lists it.
+    fn refuse_tool(&mut self, name: &str, tool_use_id: &str, input: &Value, message: &str) {
+        self.emit_tool_result(tool_use_id, message, true);
+        self.denials
+            .push(json!({"tool_name": name, "tool_use_id": tool_use_id, "tool_input": input}));
+    }
+
+    /// The lines the real CLI prints after an interrupt cancelled a pending approval.
+    fn interrupted_tool(&mut self, name: &str, tool_use_id: &str, input: &Value) {
+        self.refuse_tool(name, tool_use_id, input, TOOL_USE_REJECTED);
+        let text = json!([{"type": "text", "text": "[Request interrupted by user for tool use]"}]);
+        emit(&self.user_line(text));
+    }
+
+    /// Prints an assistant line calling tool `name`; returns the `tool_use` id.
+    fn emit_tool_call(&mut self, name: &str, input: &Value) -> String {
+        self.tool_uses += 1;
+        let id = format!("toolu_fake_{:06}_{}", self.tool_uses, process::id());
+        let call = json!([{"type": "tool_use", "id": id, "name": name, "input": input}]);
+        emit(&self.assistant_line(call));
+        id
+    }
+
+    fn emit_tool_result(&self, tool_use_id: &str, content: &str, is_error: bool) {
+        let mut block =
+            json!({"type": "tool_result", "content": content, "tool_use_id": tool_use_id});
+        if is_error {
+            block["is_error"] = json!(true);
+        }
+        emit(&self.user_line(json!([block])));
+    }
+
+    fn user_line(&self, content: Value) -> Value {
+        json!({
+            "type": "user",
+            "message": {"role": "user", "content": content},
+            "parent_tool_use_id": null,
+            "session_id": self.session.id,
+            "uuid": Uuid::new_v4().to_string(),
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+    }
+
     fn init_line(&self) -> Value {
+        // Without a prompt tool, the real CLI offers no AskUserQuestion.
+        let tools = if self.permissions.ask_host {
+            json!(["AskUserQuestion", "Bash", "Read", "Write"])
+        } else {
+            json!(["Bash", "Read", "Write"])
+        };
         json!({
             "type": "system",
             "subtype": "init",
             "cwd": self.session.cwd,
             "session_id": self.session.id,
-            "tools": ["Bash", "Read"],
+            "tools": tools,
             "mcp_servers": [],
             "model": MODEL,
-            "permissionMode": "default",
+            "permissionMode": self.permissions.mode,
             "apiKeySource": "none",
             "claude_code_version": VERSION,
         })
@@ -708,8 +1221,38 @@ impl Conversation {
             "total_cost_usd": (self.turns * COST_PER_TURN_MILLI_USD) as f64 / 1000.0,
             "usage": usage(10, 5),
             "stop_reason": stop_reason,
+            "permission_denials": self.denials,
             "uuid": Uuid::new_v4().to_string(),
         })
+    }
+}
+
+/// Reads the host's answer to a `can_use_tool` request as the real CLI does. `input` is the
+/// tool's original input, which `updatedInput` overrides field by field.
+fn verdict(response: &Value, input: &Value) -> Verdict {
+    if response["subtype"] == "error" {
+        let error = response["error"].as_str().unwrap_or_default();
+        return Verdict::Deny(format!("Tool permission request failed: Error: {error}"));
+    }
+    let decision = &response["response"];
+    match decision["behavior"].as_str() {
+        Some("allow") => {
+            let mut input = input.clone();
+            if let (Some(fields), Some(updated)) =
+                (input.as_object_mut(), decision["updatedInput"].as_object())
+            {
+                fields.extend(updated.clone());
+            }
+            Verdict::Allow {
+                input,
+                updates: decision["updatedPermissions"].clone(),
+            }
+        }
+        Some("deny") => match decision["message"].as_str() {
+            Some(message) => Verdict::Deny(message.to_owned()),
+            None => Verdict::Deny(INVALID_PERMISSION_RESULT.to_owned()),
+        },
+        _ => Verdict::Deny(INVALID_PERMISSION_RESULT.to_owned()),
     }
 }
 
@@ -721,6 +1264,19 @@ fn answer_control(request_id: &Value) {
     emit(&json!({
         "type": "control_response",
         "response": {"subtype": "success", "request_id": request_id, "response": {}},
+    }));
+}
+
+/// A control request refused with the real CLI's `error` and `error_code`.
+fn refuse_control_with(request_id: &Value, error: &str, code: &str) {
+    emit(&json!({
+        "type": "control_response",
+        "response": {
+            "subtype": "error",
+            "request_id": request_id,
+            "error": error,
+            "error_code": code,
+        },
     }));
 }
 

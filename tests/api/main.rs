@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;
+mod permission_protocol;
 mod push;
 mod real_claude;
 mod recovery;

@@ -17,7 +17,7 @@ use crate::{
 const BIN_VAR: &str = "TETHER_TEST_CLAUDE_BIN";
 
 /// The real CLI's path, or None (skip) with the reason printed.
-fn real_cli() -> Option<String> {
+pub(crate) fn real_cli() -> Option<String> {
     match std::env::var(BIN_VAR) {
         Ok(path) if !path.is_empty() => Some(path),
         _ if std::env::var("CI").is_ok() => {

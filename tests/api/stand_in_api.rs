@@ -5,6 +5,8 @@
 //! request asks for `"stream": true` (the CLI always does), and records every request body so a
 //! test can check what the CLI sent, e.g. that a resumed conversation still carried its history
 //! (see [`user_texts`]). [`StandInApi::set_delay`] makes turns slow enough to interrupt.
+//! [`StandInApi::push_tool_use`] scripts a model call that asks for a tool; the call after it,
+//! which carries the tool's result (see [`tool_results`]), gets the text reply again.
 //!
 //! What the real CLI (2.1.329) was seen to send, with `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`:
 //! one `POST /v1/messages?beta=true` per model call, always streaming, each carrying the whole
@@ -18,6 +20,7 @@
 // A test binary includes this module whole and may use only part of it.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +34,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use futures::stream::{self, Stream};
+use futures::stream;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -54,6 +57,23 @@ struct Shared {
     in_flight: AtomicUsize,
     delay: Mutex<Duration>,
     reply: Mutex<Option<String>>,
+    /// Tool calls to answer the next conversation requests with, one per request, before
+    /// going back to the text reply.
+    tool_uses: Mutex<VecDeque<ToolUse>>,
+}
+
+/// A model call that asks the CLI to run a tool.
+#[derive(Clone)]
+struct ToolUse {
+    id: String,
+    name: String,
+    input: Value,
+}
+
+/// What one `POST /v1/messages` is answered with.
+enum Answer {
+    Text(String),
+    Tool(ToolUse),
 }
 
 impl StandInApi {
@@ -130,6 +150,20 @@ impl StandInApi {
     pub fn set_reply(&self, text: &str) {
         *lock(&self.state.reply) = Some(text.to_owned());
     }
+
+    /// Answers the next conversation request (see [`is_main_request`]) with a call of tool
+    /// `name` with `input` (stop reason `tool_use`) instead of text; returns the `tool_use` id.
+    /// Calls pushed in a row answer the requests in a row; once they are used up, requests get
+    /// the text reply again, so the request carrying the last tool's result ends the turn.
+    pub fn push_tool_use(&self, name: &str, input: Value) -> String {
+        let id = tool_use_id();
+        lock(&self.state.tool_uses).push_back(ToolUse {
+            id: id.clone(),
+            name: name.to_owned(),
+            input,
+        });
+        id
+    }
 }
 
 impl Drop for StandInApi {
@@ -157,6 +191,35 @@ pub fn user_texts(body: &Value) -> Vec<String> {
         .filter(|text| !is_injected_text(text))
         .map(|text| text.trim_end().to_owned())
         .collect()
+}
+
+/// The `tool_result` blocks of the last user message of a request body, whole: what the model
+/// is told about the tools it asked for (`tool_use_id`, `content`, `is_error`).
+///
+/// Empty when the last user message is plain text.
+pub fn tool_results(body: &Value) -> Vec<Value> {
+    let Some(last) = body["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))
+    else {
+        return Vec::new();
+    };
+    match last["content"].as_array() {
+        Some(blocks) => blocks
+            .iter()
+            .filter(|block| block["type"] == "tool_result")
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The text of a `tool_result` block, whose `content` is a string or a list of text blocks.
+pub fn tool_result_text(result: &Value) -> String {
+    match &result["content"] {
+        Value::String(text) => text.clone(),
+        content => content_texts(content).join("\n"),
+    }
 }
 
 /// Whether a request is part of the conversation rather than a side request of the CLI.
@@ -219,7 +282,7 @@ async fn record_call(State(state): State<Arc<Shared>>, request: Request, next: N
 /// client disconnects, so an abandoned (e.g. interrupted) request ends at once.
 async fn messages(State(state): State<Arc<Shared>>, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let reply = state.record(request.clone());
+    let answer = state.record(request.clone());
     let delay = *lock(&state.delay);
     let waiting = InFlight::new(&state.in_flight);
     tokio::time::sleep(delay).await;
@@ -229,9 +292,14 @@ async fn messages(State(state): State<Arc<Shared>>, body: Bytes) -> Response {
         .unwrap_or("claude-stand-in")
         .to_owned();
     if request["stream"] == true {
-        Sse::new(reply_events(model, reply)).into_response()
+        Sse::new(stream::iter(
+            reply_events(&model, &answer)
+                .into_iter()
+                .map(|data| Ok::<_, Infallible>(sse_event(data))),
+        ))
+        .into_response()
     } else {
-        Json(reply_message(&model, &reply)).into_response()
+        Json(reply_message(&model, &answer)).into_response()
     }
 }
 
@@ -241,35 +309,100 @@ async fn count_tokens() -> Json<Value> {
 }
 
 impl Shared {
-    /// Records a request and returns the text to reply to it.
-    fn record(&self, request: Value) -> String {
+    /// Records a request and returns what to answer it with: the next scripted tool call for
+    /// a conversation request, else the text reply.
+    fn record(&self, request: Value) -> Answer {
+        let tool = if is_main_request(&request) {
+            lock(&self.tool_uses).pop_front()
+        } else {
+            None
+        };
         let mut requests = lock(&self.requests);
         requests.push(request);
         let number = requests.len();
         drop(requests);
-        lock(&self.reply)
-            .clone()
-            .unwrap_or_else(|| format!("stand-in reply #{number}"))
+        match tool {
+            Some(tool) => Answer::Tool(tool),
+            None => Answer::Text(
+                lock(&self.reply)
+                    .clone()
+                    .unwrap_or_else(|| format!("stand-in reply #{number}")),
+            ),
+        }
+    }
+}
+
+impl Answer {
+    /// The content block as a whole message holds it.
+    fn block(&self) -> Value {
+        match self {
+            Answer::Text(text) => json!({ "type": "text", "text": text }),
+            Answer::Tool(tool) => json!({
+                "type": "tool_use",
+                "id": tool.id,
+                "name": tool.name,
+                "input": tool.input,
+            }),
+        }
+    }
+
+    /// The content block as `content_block_start` opens it: empty, filled by the delta.
+    fn empty_block(&self) -> Value {
+        match self {
+            Answer::Text(_) => json!({ "type": "text", "text": "" }),
+            Answer::Tool(tool) => json!({
+                "type": "tool_use",
+                "id": tool.id,
+                "name": tool.name,
+                "input": {},
+            }),
+        }
+    }
+
+    /// The one `content_block_delta` that fills the block.
+    fn delta(&self) -> Value {
+        match self {
+            Answer::Text(text) => json!({ "type": "text_delta", "text": text }),
+            Answer::Tool(tool) => json!({
+                "type": "input_json_delta",
+                "partial_json": tool.input.to_string(),
+            }),
+        }
+    }
+
+    fn stop_reason(&self) -> &'static str {
+        match self {
+            Answer::Text(_) => "end_turn",
+            Answer::Tool(_) => "tool_use",
+        }
+    }
+
+    fn output_tokens(&self) -> usize {
+        match self {
+            Answer::Text(text) => output_tokens(text),
+            Answer::Tool(tool) => output_tokens(&tool.input.to_string()),
+        }
     }
 }
 
 /// A whole reply as the Messages API answers a request without `stream`.
-fn reply_message(model: &str, text: &str) -> Value {
+fn reply_message(model: &str, answer: &Answer) -> Value {
     json!({
         "id": message_id(),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{ "type": "text", "text": text }],
-        "stop_reason": "end_turn",
+        "content": [answer.block()],
+        "stop_reason": answer.stop_reason(),
         "stop_sequence": null,
-        "usage": { "input_tokens": 10, "output_tokens": output_tokens(text) },
+        "usage": { "input_tokens": 10, "output_tokens": answer.output_tokens() },
     })
 }
 
-/// A whole reply as the streaming Messages API sends it: one text block, then `end_turn`.
-fn reply_events(model: String, text: String) -> impl Stream<Item = Result<Event, Infallible>> {
-    let events = [
+/// A whole reply as the streaming Messages API sends it: one content block (text, or a tool
+/// call whose input comes as one `input_json_delta`), then `end_turn` or `tool_use`.
+fn reply_events(model: &str, answer: &Answer) -> Vec<Value> {
+    vec![
         json!({
             "type": "message_start",
             "message": {
@@ -291,23 +424,22 @@ fn reply_events(model: String, text: String) -> impl Stream<Item = Result<Event,
         json!({
             "type": "content_block_start",
             "index": 0,
-            "content_block": { "type": "text", "text": "" },
+            "content_block": answer.empty_block(),
         }),
         json!({ "type": "ping" }),
         json!({
             "type": "content_block_delta",
             "index": 0,
-            "delta": { "type": "text_delta", "text": text },
+            "delta": answer.delta(),
         }),
         json!({ "type": "content_block_stop", "index": 0 }),
         json!({
             "type": "message_delta",
-            "delta": { "stop_reason": "end_turn", "stop_sequence": null },
-            "usage": { "output_tokens": output_tokens(&text) },
+            "delta": { "stop_reason": answer.stop_reason(), "stop_sequence": null },
+            "usage": { "output_tokens": answer.output_tokens() },
         }),
         json!({ "type": "message_stop" }),
-    ];
-    stream::iter(events.map(|data| Ok(sse_event(data))))
+    ]
 }
 
 /// One SSE event named after its `type`, as the real API names them.
@@ -330,6 +462,12 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// `toolu_standin_NNNNNN`, unique in the test binary.
+fn tool_use_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("toolu_standin_{:06}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn message_id() -> String {
