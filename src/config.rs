@@ -247,7 +247,14 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Du
 }
 
 /// The permission modes Claude Code knows.
-pub const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
+pub const PERMISSION_MODES: [&str; 6] = [
+    "default",
+    "acceptEdits",
+    "plan",
+    "auto",
+    "dontAsk",
+    "bypassPermissions",
+];
 
 /// A size in bytes, written as a number or with a unit ("512MiB", "2GiB", "1.5GB").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

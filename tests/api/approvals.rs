@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::{
-    helpers::{error_code, spawn_app_with, wait_for, TestApp},
+    helpers::{error_code, spawn_app_with, wait_for, Server, TestApp},
     push::{sent, spawn_with_phone},
 };
 
@@ -261,26 +261,69 @@ async fn an_interrupt_while_pending_cancels_the_approval() {
 }
 
 #[tokio::test]
-async fn a_restart_while_pending_expires_it_and_the_conversation_goes_on() {
+async fn a_restart_while_pending_ends_it_and_the_conversation_goes_on() {
+    // A graceful stop ends the turn (interrupted): what it waited for is cancelled.
     let app = spawn_app_with(|_| {}).await;
     let (id, msg, a) = ask(&app, "[ask-write:x.txt]", None).await;
     let app = app.restart().await;
     assert_eq!(app.message(&id, msg).await["status"], "interrupted");
-    let gone = approval(&app, &a).await;
-    assert_eq!(gone["status"], "expired");
+    assert_eq!(approval(&app, &a).await["status"], "cancelled");
     let res = decide(&app, &a, json!({"decision": "allow"})).await;
-    assert_eq!(error_code(res).await.0, StatusCode::GONE);
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::GONE, "approval_expired".into())
+    );
+    let (settings, dir) = app.stop().await;
+
+    // A SIGKILL leaves it pending in the database: the next start expires it.
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    let asked = server
+        .post(
+            &token,
+            json!({"message": "[ask-write:y.txt]", "sessionId": id}),
+        )
+        .await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/sessions/{id}/approvals?status=pending", server.base);
+    let b: Value = wait_for("a pending approval", || async {
+        let v: Value = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["approvals"].as_array()?.first().cloned()
+    })
+    .await;
+    server.sigkill();
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, asked["messageId"].as_i64().unwrap()).await;
+    assert_eq!(m["status"], "interrupted");
+    let gone = approval(&app, &b).await;
+    assert_eq!(gone["status"], "expired");
+    assert!(
+        gone["reason"].as_str().unwrap().contains("restarted"),
+        "{gone}"
+    );
+    let res = decide(&app, &b, json!({"decision": "allow"})).await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::GONE, "approval_expired".into())
+    );
+
     let next = app.chat_wait("still here?", Some(&id)).await;
     assert_eq!(next["status"], "completed");
     let text = next["reply"]["text"].as_str().unwrap();
     assert!(
-        text.contains("[ask-write:x.txt]"),
+        text.contains("[ask-write:y.txt]"),
         "the conversation resumed: {text}"
     );
-    assert!(
-        !app.project.join("x.txt").exists(),
-        "nothing answered twice"
-    );
+    assert!(!app.project.join("x.txt").exists(), "nothing answered");
+    assert!(!app.project.join("y.txt").exists(), "nothing answered");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     helpers::{pid_alive, test_settings, wait_for, TestApp},
-    stand_in_api::{user_texts, StandInApi},
+    stand_in_api::{tool_result_text, tool_results, user_texts, StandInApi},
 };
 
 const BIN_VAR: &str = "TETHER_TEST_CLAUDE_BIN";
@@ -187,4 +187,98 @@ async fn a_first_start_the_real_cli_refuses_does_not_break_the_session() {
         user_texts(&last),
         vec!["Remember the word MANGO", "Which word?"]
     );
+}
+
+/// The session's one pending approval, as the phone sees it.
+async fn pending_approval(app: &TestApp, id: &str) -> serde_json::Value {
+    wait_for("a pending approval", || async {
+        let v = app
+            .get_json(&format!("/api/sessions/{id}/approvals?status=pending"))
+            .await;
+        v["approvals"].as_array().unwrap().first().cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_real_cli_asks_the_phone_before_writing_and_hears_the_answer() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir.clone()).await;
+    let hello = app.project.join("hello.txt");
+
+    // Allowed: the file is written and the turn completes.
+    api.push_tool_use(
+        "Write",
+        json!({"file_path": hello, "content": "hello from the model"}),
+    );
+    api.set_reply("Written.");
+    let first = app.chat("Create hello.txt", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let msg = first["messageId"].as_i64().unwrap();
+    let a = pending_approval(&app, &id).await;
+    assert_eq!(a["toolName"], "Write");
+    assert_eq!(a["kind"], "tool");
+    assert_eq!(a["input"]["file_path"], hello.to_string_lossy().as_ref());
+    assert!(!hello.exists());
+    let res = app
+        .post(
+            &format!("/api/approvals/{}", a["id"]),
+            json!({"decision": "allow"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let done = app.wait_terminal(&id, msg).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        std::fs::read_to_string(&hello).unwrap(),
+        "hello from the model"
+    );
+
+    // Denied: no file, and the model hears the message.
+    let denied = app.project.join("denied.txt");
+    api.push_tool_use("Write", json!({"file_path": denied, "content": "no"}));
+    api.set_reply("Understood.");
+    let second = app.chat("Create denied.txt", Some(&id)).await;
+    let msg = second["messageId"].as_i64().unwrap();
+    let a = pending_approval(&app, &id).await;
+    let res = app
+        .post(
+            &format!("/api/approvals/{}", a["id"]),
+            json!({"decision": "deny", "message": "Not in this folder"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let done = app.wait_terminal(&id, msg).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(!denied.exists());
+    let told = tool_results(api.main_requests().last().unwrap());
+    assert_eq!(tool_result_text(&told[0]), "Not in this folder");
+
+    // A question answered from the phone reaches the model as that answer.
+    api.push_tool_use(
+        "AskUserQuestion",
+        json!({"questions": [{"question": "Which color?", "header": "Color",
+            "options": [{"label": "Red", "description": "warm"},
+                        {"label": "Blue", "description": "cool"}],
+            "multiSelect": false}]}),
+    );
+    api.set_reply("Blue it is.");
+    let third = app.chat("Pick a color with me", Some(&id)).await;
+    let msg = third["messageId"].as_i64().unwrap();
+    let q = pending_approval(&app, &id).await;
+    assert_eq!(q["kind"], "question");
+    let res = app
+        .post(
+            &format!("/api/approvals/{}", q["id"]),
+            json!({"answers": {"Which color?": "Blue"}}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let done = app.wait_terminal(&id, msg).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let told = tool_results(api.main_requests().last().unwrap());
+    let text = tool_result_text(&told[0]);
+    assert!(text.contains("\"Which color?\"=\"Blue\""), "{text}");
 }
