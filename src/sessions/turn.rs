@@ -66,6 +66,8 @@ impl Actor {
         // The last sign of life from the agent (any line; its api_retry lines too).
         let mut last_life = Instant::now();
         let mut stalled = false;
+        // Since when the turn waits for the owner to answer a permission request.
+        let mut owner_since: Option<Instant> = None;
         let mut running = false;
         // A live process takes the message at once; else the turn first waits for a slot.
         let (mut phase, mut timeout_at) = if self.live.is_some() {
@@ -82,17 +84,27 @@ impl Actor {
         let mut retry_launch: Option<Launch> = None;
         let mut retried = false;
         loop {
-            let mut deadline = timeout_at;
-            if let Some(at) = interrupted_at {
-                deadline = deadline.map(|d| d.min(at + interrupt_grace));
+            // A turn waiting for a person is neither stalled nor timed out: the time it
+            // waits is added to its deadline once the wait is over.
+            let waiting_for_owner = !self.approvals.is_empty();
+            match (waiting_for_owner, owner_since) {
+                (true, None) => owner_since = Some(Instant::now()),
+                (false, Some(since)) => {
+                    timeout_at = timeout_at.map(|t| t + since.elapsed());
+                    owner_since = None;
+                }
+                _ => {}
             }
-            if let (Some(Exit::Shutdown(at)), Some(d)) = (self.exit, deadline) {
-                deadline = Some(d.min(at));
+            let mut deadline = if waiting_for_owner { None } else { timeout_at };
+            let mut cap = |at: Instant| deadline = Some(deadline.map_or(at, |d| d.min(at)));
+            if let Some(at) = interrupted_at {
+                cap(at + interrupt_grace);
+            }
+            if let (Some(Exit::Shutdown(at)), Some(_)) = (self.exit, timeout_at) {
+                cap(at);
             }
             let flush_at = if running { self.log.flush_due() } else { None };
             let reading = matches!(phase, Phase::Run);
-            // A turn waiting for a person is not stalled.
-            let waiting_for_owner = !self.approvals.is_empty();
             let stall_at = (reading && interrupted_at.is_none() && !waiting_for_owner)
                 .then(|| last_life + stall_timeout);
             let auto_deny_at = if reading { self.auto_deny_at() } else { None };

@@ -407,7 +407,7 @@ async fn the_permission_mode_is_set_on_the_live_process_and_kept() {
 }
 
 #[tokio::test]
-async fn a_turn_waiting_for_a_person_is_not_stalled_and_auto_deny_is_opt_in() {
+async fn a_turn_waiting_for_a_person_neither_stalls_nor_times_out_and_auto_deny_is_opt_in() {
     let app = spawn_app_with(|s| s.sessions.stall_timeout = Duration::from_secs(1)).await;
     let (id, msg, a) = ask(&app, "[ask-write:slow.txt]", None).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
