@@ -378,26 +378,39 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
             "projectPath must be an absolute path",
         ));
     }
-    let canonical = std::fs::canonicalize(&path).map_err(|_| {
+    // Outside the roots is one answer, whether or not the path exists: an error must not
+    // tell a caller what lies beyond the folders it may use.
+    let outside = || {
         refused(
-            Refusal::Invalid,
-            "project_not_found",
-            format!("projectPath {raw} does not exist"),
+            Refusal::Forbidden,
+            "forbidden",
+            format!("projectPath {raw} is outside the folders tether may use (projects.roots)"),
         )
-    })?;
+    };
+    let roots = projects.canonical_roots();
+    let Ok(canonical) = std::fs::canonicalize(&path) else {
+        // It does not exist: judged by its words alone (no `..`), as a path inside a root.
+        let plain = !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+        let lexical_roots = projects.roots.iter().map(|r| expand_home(r));
+        if plain && roots.iter().cloned().chain(lexical_roots).any(|r| path.starts_with(r)) {
+            return Err(refused(
+                Refusal::Invalid,
+                "project_not_found",
+                format!("projectPath {raw} does not exist"),
+            ));
+        }
+        return Err(outside());
+    };
+    if !roots.iter().any(|root| canonical.starts_with(root)) {
+        return Err(outside());
+    }
     if !canonical.is_dir() {
         return Err(refused(
             Refusal::Invalid,
             "project_not_a_directory",
             format!("projectPath {raw} is not a directory"),
-        ));
-    }
-    let roots = projects.canonical_roots();
-    if !roots.iter().any(|root| canonical.starts_with(root)) {
-        return Err(refused(
-            Refusal::Forbidden,
-            "forbidden",
-            format!("projectPath {raw} is outside the folders tether may use (projects.roots)"),
         ));
     }
     Ok(canonical)

@@ -194,6 +194,17 @@ async fn bad_input_is_refused_and_changes_nothing() {
             StatusCode::FORBIDDEN,
             "forbidden",
         ),
+        // Outside the roots, a path that does not exist answers as one that does.
+        (
+            json!({"message": "hi", "projectPath": "/no/such/folder/anywhere"}),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            json!({"message": "hi", "projectPath": format!("{project}/../../../missing")}),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
         (
             json!({"message": "hi", "sessionId": "not-a-uuid"}),
             StatusCode::UNPROCESSABLE_ENTITY,
