@@ -2,9 +2,11 @@
 //! sessions, push worker and router, bound to a listener; runs it until a shutdown signal.
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -22,9 +24,10 @@ use crate::{
     config::Settings,
     datadir::{self, DataDirLock},
     http::{self, server::Drain, ApiError},
+    pairing::Lockout,
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
-    store::Store,
+    store::{tokens, Store},
 };
 
 /// Everything a request handler needs; cheap to clone.
@@ -37,8 +40,12 @@ pub struct AppState {
     /// The push outbox: its worker's step (`tick`) and the gateway's status.
     pub push: PushService,
     pub metrics: PrometheusHandle,
+    /// Bad pairing codes of the last minute (`POST /api/pair`).
+    pub pairing: Arc<Lockout>,
     agent: Arc<tokio::sync::RwLock<AgentStatus>>,
     agent_name: &'static str,
+    /// When each token's last use was written (at most once a minute each).
+    token_uses: Arc<Mutex<HashMap<String, Instant>>>,
     /// This server's hold on its data folder: released when the application and every
     /// clone of its state are gone (the server has stopped).
     _data_lock: Arc<DataDirLock>,
@@ -77,6 +84,29 @@ impl AppState {
     pub fn agent_name(&self) -> &'static str {
         self.agent_name
     }
+
+    /// Records that a token was used (`last_used_at`), at most once a minute per token,
+    /// off the request's path.
+    pub fn note_token_use(&self, token_id: &str) {
+        const EVERY: Duration = Duration::from_secs(60);
+        let now = Instant::now();
+        {
+            let mut uses = self.token_uses.lock().unwrap_or_else(|e| e.into_inner());
+            if uses
+                .get(token_id)
+                .is_some_and(|t| now.duration_since(*t) < EVERY)
+            {
+                return;
+            }
+            uses.insert(token_id.to_string(), now);
+        }
+        let (store, id) = (self.store.clone(), token_id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = tokens::touch(store.pool(), &id, crate::store::now_ms()).await {
+                tracing::warn!(error = %e, "could not record a token's use");
+            }
+        });
+    }
 }
 
 pub struct Application {
@@ -110,6 +140,7 @@ impl Application {
         let store = Store::open(&settings.database.path, settings.database.max_connections)
             .await
             .with_context(|| format!("opening database {}", settings.database.path.display()))?;
+        auth.load_revoked(tokens::revoked_ids(store.pool(), crate::store::now_ms()).await?);
         // Bound before recovery: a server that cannot listen stops nothing.
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -152,6 +183,7 @@ impl Application {
         push.recover().await.context("recovering the push outbox")?;
         sessions.recover().await.context("recovering sessions")?;
         let state = AppState {
+            pairing: Arc::new(Lockout::new(settings.auth.pairing_attempts_per_minute)),
             settings: Arc::new(settings),
             store,
             sessions,
@@ -160,6 +192,7 @@ impl Application {
             metrics: prometheus(),
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
+            token_uses: Arc::default(),
             _data_lock: Arc::new(data_lock),
         };
         Ok(Self { listener, state })

@@ -2,7 +2,11 @@
 //! folder), and who a token speaks for. Tokens only: the HTTP extractors that read them from
 //! requests live in `http::extract`.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::Context;
 use jsonwebtoken::{errors::ErrorKind, DecodingKey, EncodingKey, Header, Validation};
@@ -10,7 +14,7 @@ use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Settings, datadir};
+use crate::{config::Settings, datadir, store::tokens};
 
 /// File (in the data folder) that holds the generated secret when none is configured.
 const SECRET_FILE: &str = "auth.secret";
@@ -45,6 +49,17 @@ pub struct Claims {
     pub role: Role,
     pub iat: u64,
     pub exp: u64,
+    /// The token's id: listed and revoked by it (`GET /api/tokens`).
+    pub jti: String,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::User => "user",
+        }
+    }
 }
 
 /// The authenticated caller of a request (read from its bearer token by `http::extract`).
@@ -52,6 +67,8 @@ pub struct Claims {
 pub struct Caller {
     pub owner: String,
     pub role: Role,
+    /// The id of the token it called with.
+    pub token_id: Option<String>,
 }
 
 impl Caller {
@@ -81,6 +98,21 @@ struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl_secs: u64,
+    /// Lifetime of a paired token (a phone's): long, as phones are revoked, not expired.
+    paired_ttl_secs: u64,
+    /// Ids of revoked tokens (loaded at start, added to by each revocation).
+    revoked: RwLock<HashSet<String>>,
+}
+
+/// A paired token with `auth.paired_token_ttl = "off"` lives this long: in effect, until it
+/// is revoked.
+const NEVER_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// A token just made, and what it says.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub claims: Claims,
 }
 
 impl Auth {
@@ -99,12 +131,55 @@ impl Auth {
                 encoding: EncodingKey::from_secret(&secret),
                 decoding: DecodingKey::from_secret(&secret),
                 ttl_secs: settings.auth.token_ttl.as_secs(),
+                paired_ttl_secs: settings
+                    .auth
+                    .paired_token_ttl
+                    .map_or(NEVER_SECS, |d| d.as_secs()),
+                revoked: RwLock::new(HashSet::new()),
             }),
         })
     }
 
-    /// A signed token for `owner`. A user token for the admin's name is refused.
+    /// A signed token for `owner`, with `auth.token_ttl`. A user token for the admin's
+    /// name is refused. Recorded nowhere: see [`Self::issue_recorded`].
     pub fn issue(&self, owner: &str, role: Role) -> anyhow::Result<String> {
+        Ok(self.sign(owner, role, self.inner.ttl_secs)?.token)
+    }
+
+    /// A token for `owner` recorded in the store (listed, revocable): a paired one lives
+    /// `auth.paired_token_ttl`, others `auth.token_ttl`.
+    pub async fn issue_recorded(
+        &self,
+        ex: impl sqlx::SqliteExecutor<'_>,
+        owner: &str,
+        role: Role,
+        name: Option<&str>,
+        paired: bool,
+    ) -> anyhow::Result<Issued> {
+        let ttl = if paired {
+            self.inner.paired_ttl_secs
+        } else {
+            self.inner.ttl_secs
+        };
+        let issued = self.sign(owner, role, ttl)?;
+        let c = &issued.claims;
+        tokens::insert(
+            ex,
+            &tokens::NewToken {
+                id: &c.jti,
+                name,
+                owner,
+                role: role.as_str(),
+                paired,
+                now: c.iat as i64 * 1000,
+                expires_at: (c.exp as i64).saturating_mul(1000),
+            },
+        )
+        .await?;
+        Ok(issued)
+    }
+
+    fn sign(&self, owner: &str, role: Role, ttl_secs: u64) -> anyhow::Result<Issued> {
         if role == Role::User && is_reserved_owner(owner) {
             anyhow::bail!(
                 "the owner name {owner:?} is reserved for the admin; choose another name \
@@ -116,13 +191,28 @@ impl Auth {
             sub: owner.to_string(),
             role,
             iat: now,
-            exp: now + self.inner.ttl_secs,
+            exp: now + ttl_secs,
+            jti: uuid::Uuid::new_v4().to_string(),
         };
-        Ok(jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &self.inner.encoding,
-        )?)
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &self.inner.encoding)?;
+        Ok(Issued { token, claims })
+    }
+
+    /// Refuses the token `id` from now on (its row is marked by the caller).
+    pub fn forget(&self, id: &str) {
+        self.revoked().insert(id.to_string());
+    }
+
+    /// Loads the ids of revoked tokens (at start).
+    pub fn load_revoked(&self, ids: impl IntoIterator<Item = String>) {
+        self.revoked().extend(ids);
+    }
+
+    fn revoked(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {
+        self.inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The claims of a token this server signed and that has not expired. A user token
@@ -133,6 +223,10 @@ impl Auth {
             jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &validation)?.claims;
         if claims.role == Role::User && is_reserved_owner(&claims.sub) {
             return Err(ErrorKind::InvalidSubject.into());
+        }
+        let revoked = self.inner.revoked.read().unwrap_or_else(|e| e.into_inner());
+        if revoked.contains(&claims.jti) {
+            return Err(ErrorKind::InvalidToken.into());
         }
         Ok(claims)
     }

@@ -142,6 +142,14 @@ pub struct ProjectSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub secret: SecretString,
+    /// Lifetime of a paired phone's token; None ("off"): until revoked.
+    #[serde(deserialize_with = "optional_duration")]
+    pub paired_token_ttl: Option<Duration>,
+    /// How long a pairing code from `tether pair` can be used.
+    #[serde(deserialize_with = "duration")]
+    pub pairing_ttl: Duration,
+    /// Failed pairing attempts in any minute before `POST /api/pair` answers 429.
+    pub pairing_attempts_per_minute: u32,
     #[serde(deserialize_with = "duration")]
     pub token_ttl: Duration,
 }

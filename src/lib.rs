@@ -9,6 +9,7 @@ pub mod config;
 pub mod datadir;
 pub mod faults;
 pub mod http;
+pub mod pairing;
 pub mod push;
 pub mod sessions;
 pub mod store;

@@ -1,17 +1,15 @@
-//! The command line: `tether serve`, `tether token` and `tether sessions`.
+//! The command line: `tether serve`, `tether token`, `tether tokens`, `tether pair` and
+//! `tether sessions`.
 
 mod sessions;
+mod tokens;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{
-    auth::{Auth, Role, ADMIN_OWNER},
-    config::Settings,
-    telemetry, Application,
-};
+use crate::{config::Settings, telemetry, Application};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +41,32 @@ enum Command {
         #[arg(long, default_value = "me")]
         user: String,
     },
+    /// List the API tokens (`revoke ID` to revoke one).
+    Tokens {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<TokensAction>,
+    },
+    /// Pair a phone: print a one-time code and its QR code for the tether app.
+    Pair {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// What to call the phone (it may send its own name instead).
+        #[arg(long)]
+        name: Option<String>,
+        /// The owner the phone's token speaks for.
+        #[arg(long, default_value = "me")]
+        owner: String,
+        /// The server's address as the phone reaches it (default: the running server's).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print only {code, url, fingerprint, expiresAt, link} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the live sessions of the server running on this configuration's data folder.
     Sessions {
         #[arg(long)]
@@ -51,6 +75,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TokensAction {
+    /// Revoke a token: it is refused from its next request, and its phone gets no pushes.
+    Revoke { id: String },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,14 +92,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
         } => {
             let settings = Settings::load(config.as_deref()).context("loading settings")?;
-            let auth = Auth::from_settings(&settings)?;
-            let token = if admin {
-                auth.issue(ADMIN_OWNER, Role::Admin)?
-            } else {
-                auth.issue(&user, Role::User)?
-            };
-            println!("{token}");
-            Ok(())
+            tokens::token(&settings, admin, &user).await
+        }
+        Command::Tokens {
+            config,
+            json,
+            action,
+        } => {
+            let settings = Settings::load(config.as_deref()).context("loading settings")?;
+            match action {
+                None => tokens::list(&settings, json).await,
+                Some(TokensAction::Revoke { id }) => tokens::revoke(&settings, &id).await,
+            }
+        }
+        Command::Pair {
+            config,
+            name,
+            owner,
+            url,
+            json,
+        } => {
+            let settings = Settings::load(config.as_deref()).context("loading settings")?;
+            tokens::pair(&settings, name.as_deref(), &owner, url, json).await
         }
         Command::Sessions { config, json } => {
             let settings = Settings::load(config.as_deref()).context("loading settings")?;

@@ -74,13 +74,25 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
 
 /// `GET path` on one HTTP/1.1 connection to `addr`: the status and the whole body.
 async fn get(addr: SocketAddr, path: &str, token: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+    call(addr, hyper::Method::GET, path, token).await
+}
+
+/// `method path` on one HTTP/1.1 connection to `addr`: the status and the whole body.
+pub(super) async fn call(
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the tether at {addr}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::get(path)
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
         .header(header::HOST, addr.to_string())
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Empty::<Bytes>::new())?;
@@ -106,7 +118,7 @@ struct ErrorDetail {
 }
 
 /// The server's refusal as the user reads it: status, message and code.
-fn server_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
+pub(super) fn server_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
     let what = match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody { error }) => format!("{} ({})", error.message, error.code),
         Err(_) => String::from_utf8_lossy(body).trim().to_string(),

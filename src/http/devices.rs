@@ -167,6 +167,7 @@ async fn register(
             environment,
             topic: req.topic.as_deref(),
             name,
+            token_id: caller.token_id.as_deref(),
             now,
         },
     )

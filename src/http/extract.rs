@@ -38,9 +38,11 @@ impl FromRequestParts<AppState> for Caller {
                 }
                 _ => ApiError::unauthorized("the token is invalid or expired"),
             })?;
+        state.note_token_use(&claims.jti);
         Ok(Caller {
             owner: claims.sub,
             role: claims.role,
+            token_id: Some(claims.jti),
         })
     }
 }

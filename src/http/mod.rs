@@ -12,6 +12,7 @@ pub mod limits;
 mod pushes;
 pub mod server;
 mod sessions;
+mod tokens;
 mod views;
 
 use std::time::Duration;
@@ -57,6 +58,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .merge(sessions::router())
         .merge(devices::router())
         .merge(pushes::router())
+        .merge(tokens::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))

@@ -103,6 +103,7 @@ impl Harness {
                 environment: Environment::Sandbox,
                 topic: None,
                 name: None,
+                token_id: None,
                 now: store::now_ms(),
             },
         )

@@ -394,7 +394,13 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
             .components()
             .any(|c| matches!(c, std::path::Component::ParentDir));
         let lexical_roots = projects.roots.iter().map(|r| expand_home(r));
-        if plain && roots.iter().cloned().chain(lexical_roots).any(|r| path.starts_with(r)) {
+        if plain
+            && roots
+                .iter()
+                .cloned()
+                .chain(lexical_roots)
+                .any(|r| path.starts_with(r))
+        {
             return Err(refused(
                 Refusal::Invalid,
                 "project_not_found",

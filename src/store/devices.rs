@@ -43,6 +43,8 @@ pub struct DeviceRow {
     pub last_seen_at: i64,
     pub disabled_at: Option<i64>,
     pub disabled_reason: Option<String>,
+    /// The API token it was registered with (revoking it disables the device).
+    pub token_id: Option<String>,
 }
 
 impl DeviceRow {
@@ -58,6 +60,8 @@ pub struct NewDevice<'a> {
     pub environment: Environment,
     pub topic: Option<&'a str>,
     pub name: Option<&'a str>,
+    /// The id of the API token that registers it.
+    pub token_id: Option<&'a str>,
     pub now: i64,
 }
 
@@ -66,9 +70,9 @@ pub struct NewDevice<'a> {
 /// disabled token is enabled again (the app just got it from iOS, so it is current).
 pub async fn upsert(ex: impl SqliteExecutor<'_>, d: &NewDevice<'_>) -> sqlx::Result<DeviceRow> {
     sqlx::query_as(
-        "INSERT INTO devices (owner, token, environment, topic, name, created_at, last_seen_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
-         ON CONFLICT (token) DO UPDATE SET owner = excluded.owner, \
+        "INSERT INTO devices (owner, token, environment, topic, name, created_at, last_seen_at, \
+         token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7) \
+         ON CONFLICT (token) DO UPDATE SET owner = excluded.owner, token_id = excluded.token_id, \
          environment = excluded.environment, topic = excluded.topic, \
          name = COALESCE(excluded.name, devices.name), last_seen_at = excluded.last_seen_at, \
          disabled_at = NULL, disabled_reason = NULL \
@@ -80,7 +84,24 @@ pub async fn upsert(ex: impl SqliteExecutor<'_>, d: &NewDevice<'_>) -> sqlx::Res
     .bind(d.topic)
     .bind(d.name)
     .bind(d.now)
+    .bind(d.token_id)
     .fetch_one(ex)
+    .await
+}
+
+/// Disables the devices registered with an API token (it was revoked). Returns their ids.
+pub async fn disable_for_api_token(
+    ex: impl SqliteExecutor<'_>,
+    token_id: &str,
+    now: i64,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "UPDATE devices SET disabled_at = ?2, disabled_reason = 'its API token was revoked' \
+         WHERE token_id = ?1 AND disabled_at IS NULL RETURNING id",
+    )
+    .bind(token_id)
+    .bind(now)
+    .fetch_all(ex)
     .await
 }
 
@@ -177,6 +198,7 @@ mod tests {
             environment: Environment::Sandbox,
             topic: None,
             name: Some("phone"),
+            token_id: None,
             now,
         }
     }

@@ -492,14 +492,22 @@ pub fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
 
 /// `tether serve --config FILE` with the test secret given the usual way, by environment.
 pub fn serve(config: &Path) -> Command {
+    let mut cmd = tether_command(config, &["serve"]);
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// `tether ARGS… --config FILE` with the test secret given the usual way, by environment.
+pub fn tether_command(config: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    cmd.args(["serve", "--config"])
+    cmd.args(args)
+        .arg("--config")
         .arg(config)
+        .env_remove("RUST_BACKTRACE")
         .env(
             "TETHER__AUTH__SECRET",
             "test-secret-test-secret-test-secret",
-        )
-        .env_remove("RUST_LOG");
+        );
     cmd
 }
 

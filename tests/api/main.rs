@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;
+mod pairing;
 mod permission_protocol;
 mod push;
 mod real_claude;

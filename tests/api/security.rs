@@ -408,6 +408,7 @@ async fn no_user_token_may_speak_for_the_admin() {
             role: Role::User,
             iat: now,
             exp: now + 600,
+            jti: "forged".into(),
         };
         let forged = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),

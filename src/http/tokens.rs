@@ -1,0 +1,123 @@
+//! API tokens and pairing: the list (admin), revocation (admin, or the owner of the token),
+//! and `POST /api/pair`, where a phone trades a one-time code for a token of its own (no
+//! token needed).
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::IntoResponse,
+    routing::{delete, get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{views::time, ApiError, ApiJson};
+use crate::{
+    auth::{Admin, Caller},
+    pairing::{self, RedeemError, Refused},
+    store::{devices, now_ms, pushes, tokens, tokens::TokenRow},
+    AppState,
+};
+
+/// Longest device name kept.
+const MAX_NAME: usize = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tokens", get(list))
+        .route("/api/tokens/{id}", delete(revoke))
+        .route(PAIR_ROUTE, post(pair))
+}
+
+/// The pairing route: the one besides health open without a token.
+pub(super) const PAIR_ROUTE: &str = "/api/pair";
+
+fn view(t: TokenRow) -> serde_json::Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "owner": t.owner,
+        "role": t.role,
+        "paired": t.paired,
+        "createdAt": time(t.created_at),
+        "expiresAt": time(t.expires_at),
+        "lastUsedAt": t.last_used_at.map(time),
+        "revokedAt": t.revoked_at.map(time),
+    })
+}
+
+async fn list(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
+    let rows = tokens::list(state.store.pool(), None).await?;
+    let views: Vec<_> = rows.into_iter().map(view).collect();
+    Ok(Json(json!({ "tokens": views })))
+}
+
+/// Revokes a token: it answers 401 from its next request, and the devices registered with
+/// it get no more pushes.
+async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let pool = state.store.pool();
+    tokens::get(pool, &id)
+        .await?
+        .filter(|t| caller.can_see(&t.owner))
+        .ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {id}")))?;
+    let now = now_ms();
+    let mut tx = state.store.begin_write().await?;
+    tokens::revoke(&mut *tx, &id, now).await?;
+    let disabled = devices::disable_for_api_token(&mut *tx, &id, now).await?;
+    for device in &disabled {
+        pushes::cancel_pending_for_device(&mut *tx, *device, "its API token was revoked", now)
+            .await?;
+    }
+    tx.commit().await?;
+    state.auth.forget(&id);
+    tracing::info!(token_id = %id, devices = disabled.len(), by = %caller.owner, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PairRequest {
+    code: String,
+    device_name: Option<String>,
+}
+
+async fn pair(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PairRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let name = req
+        .device_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > MAX_NAME) {
+        return Err(ApiError::invalid(
+            "invalid_device_name",
+            format!("deviceName is at most {MAX_NAME} characters"),
+        ));
+    }
+    let issued = pairing::redeem(&state.store, &state.auth, &state.pairing, &req.code, name)
+        .await
+        .map_err(|e| match e {
+            RedeemError::Refused(Refused::BadCode) => ApiError::unauthorized(
+                "this pairing code is wrong, used or expired; run `tether pair` for a new one",
+            ),
+            RedeemError::Refused(Refused::LockedOut(wait)) => ApiError::too_many(
+                "too_many_pairing_attempts",
+                "too many wrong pairing codes in the last minute (auth.pairing_attempts_per_minute); try again later",
+                wait,
+            ),
+            RedeemError::Db(e) => e.into(),
+            RedeemError::Other(e) => e.into(),
+        })?;
+    Ok(Json(json!({
+        "token": issued.token,
+        "tokenId": issued.claims.jti,
+        "owner": issued.claims.sub,
+    })))
+}
