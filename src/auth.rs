@@ -321,6 +321,7 @@ mod tests {
                 role,
                 iat: now,
                 exp: now + 60,
+                jti: "forged".into(),
             };
             jsonwebtoken::encode(
                 &Header::default(),

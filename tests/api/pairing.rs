@@ -176,8 +176,8 @@ fn decode_qr(text: &str) -> String {
         let c = lines[y / 2].get(x).copied().unwrap_or(' ');
         match c {
             '█' => true,
-            '▀' => y % 2 == 0,
-            '▄' => y % 2 == 1,
+            '▀' => y.is_multiple_of(2),
+            '▄' => !y.is_multiple_of(2),
             _ => false,
         }
     };
