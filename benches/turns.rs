@@ -110,6 +110,8 @@ fn main() {
     let (warm, cold, parallel, wall, http, accept) = rt.block_on(async {
         let mut s = Settings::load(None).unwrap();
         s.server.bind = "127.0.0.1:0".parse().unwrap();
+        // The benchmark drives one token far past any per-token request rate.
+        s.server.requests_per_minute = 0;
         s.database.path = dir.path().join("data/tether.db");
         s.agent.command = env!("CARGO_BIN_EXE_fake-claude").into();
         s.agent.env.insert(

@@ -53,6 +53,8 @@ pub struct ServerSettings {
     /// idle keep-alive connection stays open).
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// Requests per minute per token (or per address without one); 0: no limit.
+    pub requests_per_minute: u32,
     /// Longest time to answer a request (event streams exempt; chat adds `wait_timeout`).
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,

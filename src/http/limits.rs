@@ -1,11 +1,61 @@
-//! Per-owner limits at the HTTP edge: the count of each owner's open event streams.
-//! Session counts live in SQLite (see `store::sessions::owner_load`), checked by the
-//! accept path where sessions are created (`sessions::accept`).
+//! Limits at the HTTP edge: the request rate of each token (or address) and the count of
+//! each owner's open event streams. Session counts live in SQLite (see
+//! `store::sessions::owner_load`), checked by the accept path where sessions are created
+//! (`sessions::accept`).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    num::NonZeroU32,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
 };
+
+use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota};
+
+/// Requests per minute per key (`server.requests_per_minute`): a bearer token, or the
+/// caller's address for requests without one.
+pub struct RequestRate {
+    limiter: DefaultKeyedRateLimiter<String>,
+    checks: AtomicU64,
+}
+
+/// How often (in requests) keys idle long enough to be full again are forgotten, so the
+/// table stays as small as the set of recent callers.
+const FORGET_EVERY: u64 = 1024;
+
+impl std::fmt::Debug for RequestRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestRate")
+            .field("keys", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl RequestRate {
+    /// None when `per_minute` is 0 (no limit).
+    pub fn new(per_minute: u32) -> Option<Self> {
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute)?);
+        Some(Self {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    /// Err with how long to wait when `key` is over its rate.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| {
+                not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+            })
+    }
+}
 
 /// Open event streams per owner; cheap to clone.
 #[derive(Clone, Default, Debug)]
@@ -55,6 +105,20 @@ impl Drop for StreamPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_key_gets_its_own_rate() {
+        let rate = RequestRate::new(2).unwrap();
+        assert!(rate.check("a").is_ok());
+        assert!(rate.check("a").is_ok());
+        let wait = rate.check("a").unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert!(rate.check("b").is_ok(), "another key is not slowed");
+        assert!(RequestRate::new(0).is_none(), "0 is no limit");
+    }
 
     #[test]
     fn permits_are_counted_per_owner_until_dropped() {

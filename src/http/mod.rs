@@ -15,11 +15,14 @@ mod sessions;
 mod tokens;
 mod views;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{header::CONNECTION, HeaderValue, StatusCode},
+    http::{
+        header::{AUTHORIZATION, CONNECTION},
+        HeaderValue, StatusCode,
+    },
     middleware::{self, Next},
     response::{IntoResponse, Response},
     Extension, Router,
@@ -40,6 +43,8 @@ pub struct Edge {
     request_timeout: Duration,
     /// `server.wait_timeout`: the extra time `POST /api/chat {"wait": true}` may take.
     wait_timeout: Duration,
+    /// `server.requests_per_minute`; None: no limit.
+    rate: Option<Arc<limits::RequestRate>>,
 }
 
 /// The whole API. `drain` tells it when shutdown has begun (see [`server::Drain`]).
@@ -50,6 +55,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         streams: limits::StreamCounts::default(),
         request_timeout: state.settings.server.request_timeout(),
         wait_timeout: state.settings.server.wait_timeout,
+        rate: limits::RequestRate::new(state.settings.server.requests_per_minute).map(Arc::new),
     };
     Router::new()
         .merge(health::router())
@@ -77,7 +83,18 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .with_state(state)
 }
 
-/// 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
+/// Whose rate a request counts against: its bearer token, else its peer's address.
+fn rate_key(req: &Request) -> String {
+    if let Some(auth) = req.headers().get(AUTHORIZATION) {
+        return format!("token {}", String::from_utf8_lossy(auth.as_bytes()));
+    }
+    match req.extensions().get::<server::Peer>() {
+        Some(peer) => format!("address {}", peer.0.ip()),
+        None => "anonymous".to_string(),
+    }
+}
+
+/// 429 `too_many_requests` past `server.requests_per_minute`; 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
 /// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
 /// last); `POST /api/chat` and a keep-alive (its recap) get `server.wait_timeout` on top.
 async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
@@ -90,6 +107,16 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
         res.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return res;
+    }
+    if let Some(rate) = &edge.rate {
+        if let Err(wait) = rate.check(&rate_key(&req)) {
+            return ApiError::too_many(
+                "too_many_requests",
+                "too many requests for this token (server.requests_per_minute); slow down",
+                wait,
+            )
+            .into_response();
+        }
     }
     let route = req.extensions().get::<MatchedPath>().cloned();
     let budget = match route.as_ref().map(MatchedPath::as_str) {

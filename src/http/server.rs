@@ -7,6 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -156,6 +157,7 @@ impl Server {
                     let service = ConnService {
                         router: router.clone(),
                         state: state.clone(),
+                        peer: stream.peer_addr().ok(),
                     };
                     let abort = tasks.spawn(serve_connection(
                         stream,
@@ -422,7 +424,13 @@ impl Registry {
 struct ConnService {
     router: Router,
     state: Arc<ConnState>,
+    /// The client's address, given to each request as [`Peer`].
+    peer: Option<SocketAddr>,
 }
+
+/// The address a request came from (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<CountedBody>;
@@ -432,9 +440,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(self.state.clone());
         let mut router = self.router.clone();
+        let mut req = req.map(Body::new);
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(Peer(peer));
+        }
         Box::pin(async move {
             // The router is always ready (axum's `Router::poll_ready` is `Ready`).
-            let res = tower_service::Service::call(&mut router, req.map(Body::new)).await?;
+            let res = tower_service::Service::call(&mut router, req).await?;
             Ok(res.map(|body| CountedBody {
                 body,
                 _guard: guard,

@@ -21,8 +21,8 @@ use tether::{
 };
 
 use crate::helpers::{
-    error_code, fake_claude, pid_alive, serve, spawn_app, test_settings, wait_for, write_config,
-    TestApp,
+    error_code, fake_claude, pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for,
+    write_config, TestApp,
 };
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -481,4 +481,40 @@ async fn a_device_token_another_owner_holds_is_not_taken_over() {
     assert_eq!(res.status(), StatusCode::OK);
     let moved: Value = res.json().await.unwrap();
     assert_eq!(moved["owner"], "admin");
+}
+
+#[tokio::test]
+async fn each_token_and_each_address_has_its_request_rate() {
+    let app = spawn_app_with(|s| s.server.requests_per_minute = 5).await;
+    for _ in 0..5 {
+        assert_eq!(app.get("/api/sessions").await.status(), StatusCode::OK);
+    }
+    let res = app.get("/api/sessions").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=12).contains(&wait),
+        "a token's next request in {wait} s"
+    );
+    assert_eq!(error_code(res).await.1, "too_many_requests");
+    // Another token is not slowed by it; requests without one count per address.
+    let res = app.get_as(&app.admin_token, "/api/sessions").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut anonymous = Vec::new();
+    for _ in 0..6 {
+        anonymous.push(
+            app.client
+                .get(app.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(&anonymous[..5], &[StatusCode::OK; 5]);
+    assert_eq!(anonymous[5], StatusCode::TOO_MANY_REQUESTS);
 }
