@@ -6,12 +6,13 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
-    Json, Router,
+    Json,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{
+    routes::{Access, Routes},
     sessions::visible,
     views::{ApprovalView, Page},
     ApiError, ApiJson, ApiQuery,
@@ -26,15 +27,32 @@ use crate::{
     },
     AppState,
 };
+use axum::http::Method;
 
 /// What the agent is told when the owner denies without saying why.
 const DEFAULT_DENY: &str = "The user denied this from their phone.";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/sessions/{id}/approvals", get(list))
-        .route("/api/approvals/{id}", get(show).post(decide))
-        .route("/api/sessions/{id}/permission-mode", post(set_mode))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(
+            Method::GET,
+            "/api/sessions/{id}/approvals",
+            Access::User,
+            get(list),
+        )
+        .add(Method::GET, "/api/approvals/{id}", Access::User, get(show))
+        .add(
+            Method::POST,
+            "/api/approvals/{id}",
+            Access::User,
+            post(decide),
+        )
+        .add(
+            Method::POST,
+            "/api/sessions/{id}/permission-mode",
+            Access::User,
+            post(set_mode),
+        )
 }
 
 #[derive(Deserialize)]

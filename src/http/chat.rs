@@ -6,25 +6,30 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
-    Json, Router,
+    Json,
 };
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{views::MessageView, ApiError, ApiJson};
+use super::{
+    routes::{Access, Routes},
+    views::MessageView,
+    ApiError, ApiJson,
+};
 use crate::{
     auth::Caller,
     sessions::{Accepted, Message, Target},
     store::{messages, messages::Status},
     AppState,
 };
+use axum::http::Method;
 
 /// The route, also named by the request timeout (it may wait for a reply).
 pub(super) const ROUTE: &str = "/api/chat";
 
-pub fn router() -> Router<AppState> {
-    Router::new().route(ROUTE, post(chat))
+pub fn router() -> Routes {
+    Routes::default().add(Method::POST, ROUTE, Access::User, post(chat))
 }
 
 #[derive(Deserialize)]

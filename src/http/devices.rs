@@ -7,14 +7,18 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
     response::IntoResponse,
-    routing::{delete, get},
-    Json, Router,
+    routing::{delete, get, post},
+    Json,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{views::time, ApiError, ApiJson};
+use super::{
+    routes::{Access, Routes},
+    views::time,
+    ApiError, ApiJson,
+};
 use crate::{
     auth::Caller,
     push::token_prefix,
@@ -25,6 +29,7 @@ use crate::{
     },
     AppState,
 };
+use axum::http::Method;
 
 /// APNs tokens are 32 bytes today; Apple may make them longer, so up to 100 bytes is taken.
 const MIN_TOKEN_HEX: usize = 64;
@@ -34,10 +39,16 @@ const MAX_TOPIC_BYTES: usize = 255;
 /// Longest device name.
 const MAX_NAME_CHARS: usize = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/devices", get(list).post(register))
-        .route("/api/devices/{token}", delete(remove))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/api/devices", Access::User, get(list))
+        .add(Method::POST, "/api/devices", Access::User, post(register))
+        .add(
+            Method::DELETE,
+            "/api/devices/{token}",
+            Access::User,
+            delete(remove),
+        )
 }
 
 #[derive(Deserialize)]

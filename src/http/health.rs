@@ -2,18 +2,20 @@
 //! status code, for monitors); with a valid token (any role) also what is wrong: database,
 //! agent, push gateway, version, counts. And `GET /metrics` (Prometheus text, admin token).
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json};
 use serde_json::json;
 
+use super::routes::{Access, Routes};
 use crate::{
     auth::{Admin, Caller},
     AppState,
 };
+use axum::http::Method;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/health", Access::Public, get(health))
+        .add(Method::GET, "/metrics", Access::Admin, get(metrics))
 }
 
 async fn health(State(state): State<AppState>, caller: Option<Caller>) -> impl IntoResponse {

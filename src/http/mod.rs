@@ -10,6 +10,7 @@ mod extract;
 mod health;
 pub mod limits;
 mod pushes;
+pub mod routes;
 pub mod server;
 mod sessions;
 mod tokens;
@@ -47,6 +48,22 @@ pub struct Edge {
     rate: Option<Arc<limits::RequestRate>>,
 }
 
+/// Every area's routes.
+fn all_routes() -> routes::Routes {
+    health::router()
+        .merge(chat::router())
+        .merge(approvals::router())
+        .merge(sessions::router())
+        .merge(devices::router())
+        .merge(pushes::router())
+        .merge(tokens::router())
+}
+
+/// The list of the server's routes, as its router is built from it.
+pub fn route_table() -> Vec<routes::RouteInfo> {
+    all_routes().into_parts().1
+}
+
 /// The whole API. `drain` tells it when shutdown has begun (see [`server::Drain`]).
 pub fn router(state: AppState, drain: server::Drain) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
@@ -57,14 +74,8 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         wait_timeout: state.settings.server.wait_timeout,
         rate: limits::RequestRate::new(state.settings.server.requests_per_minute).map(Arc::new),
     };
-    Router::new()
-        .merge(health::router())
-        .merge(chat::router())
-        .merge(approvals::router())
-        .merge(sessions::router())
-        .merge(devices::router())
-        .merge(pushes::router())
-        .merge(tokens::router())
+    let (routes, _) = all_routes().into_parts();
+    routes
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))

@@ -5,13 +5,14 @@ use axum::{
     extract::{Path, State},
     response::IntoResponse,
     routing::get,
-    Json, Router,
+    Json,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{
+    routes::{Access, Routes},
     views::{time, Page},
     ApiError, ApiQuery,
 };
@@ -23,14 +24,15 @@ use crate::{
     },
     AppState,
 };
+use axum::http::Method;
 
 /// A `device` filter this long is a token, shorter ones are device ids.
 const MIN_TOKEN_LEN: usize = 64;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/pushes", get(list))
-        .route("/api/pushes/{id}", get(show))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/api/pushes", Access::Admin, get(list))
+        .add(Method::GET, "/api/pushes/{id}", Access::Admin, get(show))
 }
 
 #[derive(Serialize)]

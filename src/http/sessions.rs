@@ -11,8 +11,8 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
     },
-    routing::{get, post},
-    Extension, Json, Router,
+    routing::{delete, get, post},
+    Extension, Json,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -20,6 +20,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 
 use super::{
+    routes::{Access, Routes},
     views::{time, ActiveSessionView, MessageView, Page, SessionView},
     ApiError, ApiQuery, Edge,
 };
@@ -29,6 +30,7 @@ use crate::{
     store::{self, events, messages, sessions, sessions::SessionRow},
     AppState,
 };
+use axum::http::Method;
 
 /// Events read from SQLite per step while catching a listener up.
 const CATCH_UP_PAGE: i64 = 500;
@@ -42,15 +44,41 @@ pub(super) const KEEP_ALIVE_ROUTE: &str = "/api/sessions/{id}/keep-alive";
 /// The event stream's route, also named by the request timeout (streams are exempt).
 pub(super) const EVENTS_ROUTE: &str = "/api/sessions/{id}/events";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/sessions", get(list))
-        .route("/api/sessions/active", get(active))
-        .route("/api/sessions/{id}", get(show).delete(end))
-        .route("/api/sessions/{id}/messages", get(list_messages))
-        .route(EVENTS_ROUTE, get(stream_events))
-        .route("/api/sessions/{id}/interrupt", post(interrupt))
-        .route(KEEP_ALIVE_ROUTE, post(keep_alive))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/api/sessions", Access::User, get(list))
+        .add(
+            Method::GET,
+            "/api/sessions/active",
+            Access::Admin,
+            get(active),
+        )
+        .add(Method::GET, "/api/sessions/{id}", Access::User, get(show))
+        .add(
+            Method::DELETE,
+            "/api/sessions/{id}",
+            Access::User,
+            delete(end),
+        )
+        .add(
+            Method::GET,
+            "/api/sessions/{id}/messages",
+            Access::User,
+            get(list_messages),
+        )
+        .add(Method::GET, EVENTS_ROUTE, Access::User, get(stream_events))
+        .add(
+            Method::POST,
+            "/api/sessions/{id}/interrupt",
+            Access::User,
+            post(interrupt),
+        )
+        .add(
+            Method::POST,
+            KEEP_ALIVE_ROUTE,
+            Access::User,
+            post(keep_alive),
+        )
 }
 
 /// The session if it exists and the caller may see it (else 404, to reveal nothing).

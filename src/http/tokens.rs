@@ -7,27 +7,37 @@ use axum::{
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, post},
-    Json, Router,
+    Json,
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{views::time, ApiError, ApiJson};
+use super::{
+    routes::{Access, Routes},
+    views::time,
+    ApiError, ApiJson,
+};
 use crate::{
     auth::{Admin, Caller},
     pairing::{self, RedeemError, Refused},
     store::{devices, now_ms, pushes, tokens, tokens::TokenRow},
     AppState,
 };
+use axum::http::Method;
 
 /// Longest device name kept.
 const MAX_NAME: usize = 100;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tokens", get(list))
-        .route("/api/tokens/{id}", delete(revoke))
-        .route(PAIR_ROUTE, post(pair))
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::GET, "/api/tokens", Access::Admin, get(list))
+        .add(
+            Method::DELETE,
+            "/api/tokens/{id}",
+            Access::User,
+            delete(revoke),
+        )
+        .add(Method::POST, PAIR_ROUTE, Access::Public, post(pair))
 }
 
 /// The pairing route: the one besides health open without a token.

@@ -518,3 +518,145 @@ async fn each_token_and_each_address_has_its_request_rate() {
     assert_eq!(&anonymous[..5], &[StatusCode::OK; 5]);
     assert_eq!(anonymous[5], StatusCode::TOO_MANY_REQUESTS);
 }
+
+/// Every route the router has (taken from the server's own route table) refuses whoever may
+/// not call it: no token, a bad token and a revoked token (401), a user on admin routes
+/// (403), and another owner on what is not theirs (404, changing nothing).
+#[tokio::test]
+async fn every_route_refuses_who_may_not_call_it() {
+    use tether::http::routes::Access;
+    const DEVICE: &str = "e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7e7";
+    let app = spawn_app().await;
+    let res = app
+        .post(
+            "/api/devices",
+            json!({"token": DEVICE, "environment": "sandbox"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let first = app.chat_wait("hello", None).await;
+    let sid = first["sessionId"].as_str().unwrap().to_string();
+    app.chat("[ask-write:a.txt]", Some(&sid)).await;
+    let approval = wait_for("a pending approval", || async {
+        let v = app
+            .get_json(&format!("/api/sessions/{sid}/approvals?status=pending"))
+            .await;
+        v["approvals"][0]["id"].as_i64()
+    })
+    .await;
+    let push = wait_for("a push in the ledger", || async {
+        let v: Value = app
+            .get_as(&app.admin_token, "/api/pushes")
+            .await
+            .json()
+            .await
+            .ok()?;
+        v["pushes"][0]["id"].as_i64()
+    })
+    .await;
+    let recorded = |name: &'static str| {
+        let (store, auth) = (app.state.store.clone(), app.state.auth.clone());
+        async move {
+            auth.issue_recorded(
+                store.pool(),
+                "me",
+                tether::auth::Role::User,
+                Some(name),
+                true,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mine = recorded("phone").await.claims.jti;
+    let revoked = recorded("old phone").await;
+    let res = app
+        .delete(&format!("/api/tokens/{}", revoked.claims.jti))
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let other = app
+        .state
+        .auth
+        .issue("someone-else", tether::auth::Role::User)
+        .unwrap();
+
+    let code = tether::pairing::create(&app.state.store, "me", None, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .0;
+    let routes = tether::http::route_table();
+    assert!(routes.len() >= 23, "{} routes", routes.len());
+    for route in routes {
+        let path = route
+            .path
+            .replace("{token}", DEVICE)
+            .replace("/api/sessions/{id}", &format!("/api/sessions/{sid}"))
+            .replace("/api/approvals/{id}", &format!("/api/approvals/{approval}"))
+            .replace("/api/pushes/{id}", &format!("/api/pushes/{push}"))
+            .replace("/api/tokens/{id}", &format!("/api/tokens/{mine}"));
+        assert!(!path.contains('{'), "no id for {}", route.path);
+        let body = match route.path {
+            "/api/chat" => json!({"message": "hi", "sessionId": sid}),
+            "/api/approvals/{id}" => json!({"decision": "deny"}),
+            "/api/sessions/{id}/permission-mode" => json!({"mode": "plan"}),
+            "/api/devices" => json!({"token": DEVICE, "environment": "production"}),
+            "/api/pair" => json!({"code": code}),
+            _ => json!({}),
+        };
+        let call = |token: Option<&str>| {
+            let mut req = app
+                .client
+                .request(route.method.clone(), app.url(&path))
+                .timeout(Duration::from_secs(10));
+            if route.method != reqwest::Method::GET && route.method != reqwest::Method::DELETE {
+                req = req.json(&body);
+            }
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            async move { req.send().await.unwrap().status() }
+        };
+        let what = format!("{} {}", route.method, route.path);
+        if route.access == Access::Public {
+            assert_ne!(call(None).await, StatusCode::UNAUTHORIZED, "{what} is open");
+            continue;
+        }
+        assert_eq!(
+            call(None).await,
+            StatusCode::UNAUTHORIZED,
+            "{what} without a token"
+        );
+        assert_eq!(
+            call(Some("not-a-token")).await,
+            StatusCode::UNAUTHORIZED,
+            "{what} bad token"
+        );
+        assert_eq!(
+            call(Some(&revoked.token)).await,
+            StatusCode::UNAUTHORIZED,
+            "{what} revoked token"
+        );
+        if route.access == Access::Admin {
+            assert_eq!(
+                call(Some(&app.token)).await,
+                StatusCode::FORBIDDEN,
+                "{what} as a user"
+            );
+        } else if route.path.contains('{') {
+            assert_eq!(
+                call(Some(&other)).await,
+                StatusCode::NOT_FOUND,
+                "{what} as another owner"
+            );
+        }
+    }
+    // Nothing of "me" was changed by the others.
+    let session = app.get_json(&format!("/api/sessions/{sid}")).await;
+    assert_eq!(session["state"], "active");
+    assert_eq!(session["permissionMode"], Value::Null);
+    let a = app.get_json(&format!("/api/approvals/{approval}")).await;
+    assert_eq!(a["status"], "pending");
+    let devices = app.get_json("/api/devices").await;
+    assert_eq!(devices["devices"][0]["environment"], "sandbox");
+    assert_eq!(devices["devices"][0]["active"], true);
+}
