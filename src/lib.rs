@@ -13,5 +13,6 @@ pub mod push;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{AppState, Application};
