@@ -276,7 +276,7 @@ impl Drop for Killed {
 }
 
 #[tokio::test]
-async fn the_binary_prints_its_https_address_then_the_fingerprint() {
+async fn the_binary_prints_its_https_address_then_the_fingerprint_that_tether_sessions_pins() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
     let config = write_config(&settings, dir.path());
@@ -312,4 +312,24 @@ async fn the_binary_prints_its_https_address_then_the_fingerprint() {
         .await
         .unwrap();
     assert_eq!(health, json!({"status": "ok", "tls": true}));
+
+    // `tether sessions` on the same configuration trusts the certificate of its data folder.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["sessions", "--json", "--config"])
+        .arg(&config)
+        .env("TETHER__SERVER__TLS", "self-signed")
+        .env(
+            "TETHER__AUTH__SECRET",
+            "test-secret-test-secret-test-secret",
+        )
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["totals"]["activeSessions"], 0, "{answer}");
 }
