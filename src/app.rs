@@ -28,6 +28,7 @@ use crate::{
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
     store::{tokens, Store},
+    tls::Tls,
 };
 
 /// Everything a request handler needs; cheap to clone.
@@ -42,6 +43,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Bad pairing codes of the last minute (`POST /api/pair`).
     pub pairing: Arc<Lockout>,
+    /// The SHA-256 fingerprint of the certificate served (`server.tls`), which the app pins;
+    /// None over plain HTTP.
+    pub tls_fingerprint: Option<String>,
     agent: Arc<tokio::sync::RwLock<AgentStatus>>,
     agent_name: &'static str,
     /// When each token's last use was written (at most once a minute each).
@@ -111,6 +115,8 @@ impl AppState {
 
 pub struct Application {
     listener: TcpListener,
+    /// The handshake of every connection with `server.tls`; None for plain HTTP.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
 }
 
@@ -136,6 +142,9 @@ impl Application {
         datadir::create_dir(&data_dir)?;
         let mut data_lock = DataDirLock::acquire(&data_dir)?;
         let auth = Auth::from_settings(&settings)?;
+        // Made (self-signed) or read before binding: a server with a bad certificate or key
+        // does not listen at all.
+        let tls = Tls::from_settings(&settings)?;
         datadir::create_database_file(&settings.database.path)?;
         let store = Store::open(&settings.database.path, settings.database.max_connections)
             .await
@@ -190,12 +199,17 @@ impl Application {
             auth,
             push,
             metrics: prometheus(),
+            tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
             token_uses: Arc::default(),
             _data_lock: Arc::new(data_lock),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            tls: tls.map(|t| t.acceptor),
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -208,6 +222,12 @@ impl Application {
         &self.state
     }
 
+    /// `https://ADDR` with TLS, else `http://ADDR`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
     /// Serves until `shutdown` resolves; then stops taking messages, gives running turns
     /// `server.shutdown_grace`, and stops and reaps every child before returning.
     /// HTTP drains meanwhile: event streams end at once, requests that arrive answer 503
@@ -217,7 +237,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener,
+            tls,
+            state,
+        } = self;
         let shutdown = shutdown.shared();
         // The push worker stops at the same signal; what it has not sent waits for the next start.
         let push_worker = tokio::spawn(state.push.clone().run(shutdown.clone()));
@@ -245,7 +269,7 @@ impl Application {
             let _ = sessions_stopped.send(());
         });
         let store = state.store.clone();
-        let server = http::server::Server::new(listener, &state.settings);
+        let server = http::server::Server::new(listener, &state.settings, tls);
         server
             .serve(http::router(state, drain.clone()), drain, async {
                 let _ = sessions_done.await;
@@ -262,8 +286,8 @@ impl Application {
     }
 }
 
-/// Refuses a non-loopback address without an explicit secret, and warns that tokens
-/// cross the network in clear text on one with (tether speaks plain HTTP).
+/// Refuses a non-loopback address without an explicit secret, and, without TLS, warns that
+/// tokens cross the network in clear text on one with.
 fn check_bind(settings: &Settings) -> anyhow::Result<()> {
     let bind = settings.server.bind;
     if bind.ip().is_loopback() {
@@ -274,11 +298,14 @@ fn check_bind(settings: &Settings) -> anyhow::Result<()> {
             "refusing to bind {bind} (not loopback) without an explicit auth.secret (TETHER__AUTH__SECRET)"
         );
     }
-    tracing::warn!(
-        %bind,
-        "listening beyond this machine without TLS: tokens and messages travel in clear text; \
-         put tether behind a TLS proxy or a private network (VPN, Tailscale)"
-    );
+    if !settings.server.tls.is_on() {
+        tracing::warn!(
+            %bind,
+            "listening beyond this machine without TLS: tokens and messages travel in clear \
+             text; set server.tls = \"self-signed\", or put tether behind a TLS proxy or a \
+             private network (VPN, Tailscale)"
+        );
+    }
     Ok(())
 }
 

@@ -58,6 +58,66 @@ pub struct ServerSettings {
     /// Longest time to answer a request (event streams exempt; chat adds `wait_timeout`).
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Whether the listener speaks HTTPS, and with which certificate (see `crate::tls`).
+    pub tls: TlsMode,
+}
+
+/// `server.tls`: plain HTTP, HTTPS with a certificate tether makes itself (the phone pins
+/// its fingerprint), or HTTPS with the given PEM files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TlsMode {
+    /// `"off"`: plain HTTP.
+    #[default]
+    Off,
+    /// `"self-signed"`: a certificate and key made once in the data folder, then reused.
+    SelfSigned,
+    /// `{ cert = "PATH", key = "PATH" }`: a certificate (chain, leaf first) and its key.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl TlsMode {
+    pub fn is_on(&self) -> bool {
+        *self != Self::Off
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TlsModeVisitor)
+    }
+}
+
+/// The three forms of [`TlsMode`]: a word, or a table of two paths.
+struct TlsModeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TlsModeVisitor {
+    type Value = TlsMode;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#""off", "self-signed" or { cert = "PATH", key = "PATH" }"#)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsMode, E> {
+        match v.trim() {
+            "off" => Ok(TlsMode::Off),
+            "self-signed" => Ok(TlsMode::SelfSigned),
+            _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TlsMode, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Files {
+            cert: PathBuf,
+            key: PathBuf,
+        }
+        let files = Files::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(TlsMode::Files {
+            cert: expand_home(&files.cert),
+            key: expand_home(&files.key),
+        })
+    }
 }
 
 /// What one owner (the `sub` of a token) may hold at once, so that one phone or script
@@ -344,6 +404,45 @@ mod tests {
         assert_eq!(parse_bytes("12parsecs"), None);
     }
 
+    /// `server.tls` as `toml` sets it, or the error's text.
+    fn tls_from(toml: &str) -> Result<TlsMode, String> {
+        Figment::from(Toml::string(DEFAULTS))
+            .merge(Toml::string(toml))
+            .extract::<Settings>()
+            .map(|s| s.server.tls)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_takes_three_forms_and_refuses_others_naming_them() {
+        assert_eq!(tls_from("").unwrap(), TlsMode::Off, "off by default");
+        assert_eq!(tls_from("[server]\ntls = \"off\"").unwrap(), TlsMode::Off);
+        assert_eq!(
+            tls_from("[server]\ntls = \"self-signed\"").unwrap(),
+            TlsMode::SelfSigned
+        );
+        assert_eq!(
+            tls_from("[server]\ntls = { cert = \"/c.pem\", key = \"/k.pem\" }").unwrap(),
+            TlsMode::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            }
+        );
+        for bad in [
+            "tls = \"on\"",
+            "tls = true",
+            "tls = { cert = \"/c.pem\" }",
+            "tls = { cert = \"/c.pem\", key = \"/k.pem\", ca = \"/ca.pem\" }",
+        ] {
+            let err = tls_from(&format!("[server]\n{bad}")).unwrap_err();
+            assert!(
+                err.contains("server.tls")
+                    && (err.contains("\"self-signed\"") || err.contains("field")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail closure returns its own error type
     fn env_overrides_nested_keys() {
@@ -355,7 +454,15 @@ mod tests {
             jail.set_env("TETHER__SESSIONS__LIFETIME", "90m");
             jail.set_env("TETHER__SESSIONS__MAX_TOTAL_MEMORY", "1.5GiB");
             jail.set_env("TETHER__AGENT__TURN_TIMEOUT", "45");
+            jail.set_env("TETHER__SERVER__TLS", "{cert=\"/c.pem\",key=\"/k.pem\"}");
             let s = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!(
+                s.server.tls,
+                TlsMode::Files {
+                    cert: "/c.pem".into(),
+                    key: "/k.pem".into()
+                }
+            );
             assert_eq!(s.server.bind.port(), 0);
             assert_eq!(s.agent.command, "/opt/claude");
             assert_eq!(s.sessions.max_processes, 3);

@@ -14,5 +14,6 @@ pub mod push;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::{AppState, Application};

@@ -126,8 +126,12 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(config.as_deref()).context("loading settings")?;
     telemetry::init(&settings.log);
     let app = Application::build(settings).await?;
-    // The one line a script reads to learn the port (useful with port 0).
-    println!("tether listening on http://{}", app.local_addr());
+    // The first line is the one a script reads to learn the port (useful with port 0); the
+    // fingerprint follows, for whoever pins the certificate.
+    println!("tether listening on {}", app.base_url());
+    if let Some(fingerprint) = &app.state().tls_fingerprint {
+        println!("tls fingerprint sha256 {fingerprint}");
+    }
     app.run_until(shutdown_signal()).await
 }
 

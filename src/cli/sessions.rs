@@ -8,13 +8,17 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{body::Bytes, header, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 
 use crate::{
     auth::{Auth, Role, ADMIN_OWNER},
     config::Settings,
     datadir,
     sessions::lifecycle::human_duration,
+    tls,
 };
 
 /// The server's list of live sessions (admin token).
@@ -50,14 +54,21 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     // that no server uses.
     let addr = datadir::running_server(&settings.data_dir())?;
     let token = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
-    let (status, body) = tokio::time::timeout(TIMEOUT, get(addr, ROUTE, &token))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the tether at {addr} did not answer within {} s",
-                TIMEOUT.as_secs()
-            )
-        })??;
+    // Over TLS, the server is trusted as the phone trusts it: by its certificate's fingerprint.
+    let fingerprint = tls::configured_fingerprint(settings)?;
+    let asked = call(
+        addr,
+        hyper::Method::GET,
+        ROUTE,
+        &token,
+        fingerprint.as_deref(),
+    );
+    let (status, body) = tokio::time::timeout(TIMEOUT, asked).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the tether at {addr} did not answer within {} s",
+            TIMEOUT.as_secs()
+        )
+    })??;
     if status != StatusCode::OK {
         return Err(server_error(status, &body));
     }
@@ -72,21 +83,43 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `GET path` on one HTTP/1.1 connection to `addr`: the status and the whole body.
-async fn get(addr: SocketAddr, path: &str, token: &str) -> anyhow::Result<(StatusCode, Bytes)> {
-    call(addr, hyper::Method::GET, path, token).await
-}
-
-/// `method path` on one HTTP/1.1 connection to `addr`: the status and the whole body.
+/// `method path` on one HTTP/1.1 connection to `addr`, over TLS trusting only the
+/// certificate with `fingerprint` if one is given: the status and the whole body.
 pub(super) async fn call(
     addr: SocketAddr,
     method: hyper::Method,
     path: &str,
     token: &str,
+    fingerprint: Option<&str>,
 ) -> anyhow::Result<(StatusCode, Bytes)> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to the tether at {addr}"))?;
+    let Some(fingerprint) = fingerprint else {
+        return exchange(stream, addr, method, path, token).await;
+    };
+    let stream = tls::pinned_connector(fingerprint)
+        .connect(addr.ip().into(), stream)
+        .await
+        .with_context(|| {
+            format!(
+                "TLS with the tether at {addr}, expecting the certificate with fingerprint \
+                 {fingerprint}"
+            )
+        })?;
+    exchange(stream, addr, method, path, token).await
+}
+
+async fn exchange<S>(
+    stream: S,
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<(StatusCode, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);

@@ -81,7 +81,10 @@ pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
     if let Ok(addr) = datadir::running_server(&data_dir) {
         let admin = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
         let path = format!("/api/tokens/{id}");
-        let (status, body) = super::sessions::call(addr, Method::DELETE, &path, &admin).await?;
+        let fingerprint = crate::tls::configured_fingerprint(settings)?;
+        let (status, body) =
+            super::sessions::call(addr, Method::DELETE, &path, &admin, fingerprint.as_deref())
+                .await?;
         if status != StatusCode::NO_CONTENT {
             return Err(super::sessions::server_error(status, &body));
         }
@@ -115,7 +118,7 @@ pub async fn pair(
         "the owner name {owner:?} is reserved for the admin"
     );
     let data_dir = settings.data_dir();
-    let fingerprint: Option<String> = None;
+    let fingerprint = crate::tls::configured_fingerprint(settings)?;
     let url = match url {
         Some(url) => url,
         None => {

@@ -1,6 +1,7 @@
 //! `GET /health`: without a token only whether the server is healthy (`status` and the
-//! status code, for monitors); with a valid token (any role) also what is wrong: database,
-//! agent, push gateway, version, counts. And `GET /metrics` (Prometheus text, admin token).
+//! status code, for monitors) and whether it speaks TLS; with a valid token (any role) also
+//! what is wrong: database, agent, push gateway, version, counts; with an admin token also the
+//! TLS certificate's fingerprint. And `GET /metrics` (Prometheus text, admin token).
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json};
 use serde_json::json;
@@ -33,14 +34,16 @@ async fn health(State(state): State<AppState>, caller: Option<Caller>) -> impl I
         StatusCode::SERVICE_UNAVAILABLE
     };
     tracing::debug!(status, "health");
+    let tls = state.tls_fingerprint.is_some();
     if caller.is_none() {
         // Paths, versions and errors tell an attacker what runs here: only for token holders.
-        return (code, Json(json!({ "status": status })));
+        // Whether it speaks TLS, anyone connected can see.
+        return (code, Json(json!({ "status": status, "tls": tls })));
     }
     let unsent = crate::store::pushes::count_unsent(state.store.pool())
         .await
         .ok();
-    let body = json!({
+    let mut body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
         "database": {"ok": database.is_ok()},
@@ -53,7 +56,12 @@ async fn health(State(state): State<AppState>, caller: Option<Caller>) -> impl I
         },
         "liveProcesses": state.sessions.live_processes(),
         "shuttingDown": state.sessions.is_closing(),
+        "tls": tls,
     });
+    if caller.as_ref().is_some_and(|c| c.is_admin()) {
+        // What the app pins: shown to the machine's owner, who pairs the phone.
+        body["tlsFingerprint"] = json!(state.tls_fingerprint);
+    }
     (code, Json(body))
 }
 

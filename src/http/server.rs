@@ -2,6 +2,8 @@
 //! client can take the server from the others (a header read timeout, a connection cap that
 //! makes room for newcomers, a loop that survives running out of file descriptors) and so that
 //! shutdown has a hard deadline (answers 503 while draining, closes what is left after it).
+//! With TLS, each connection's own task (never the accept loop) shakes hands first, within
+//! the header read timeout, and hyper then reads the decrypted stream.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -25,11 +27,13 @@ use http_body::{Frame, SizeHint};
 use hyper::{body::Incoming, server::conn::http1, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::{AbortHandle, JoinSet},
     time::Instant,
 };
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Settings;
 
@@ -110,10 +114,13 @@ pub struct Server {
     header_read_timeout: Duration,
     /// `server.shutdown_grace` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
     drain_limit: Duration,
+    /// HTTPS: every connection shakes hands first (`server.tls`); None for plain HTTP.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Server {
-    pub fn new(listener: TcpListener, settings: &Settings) -> Self {
+    /// Serves HTTPS with `tls`, plain HTTP without.
+    pub fn new(listener: TcpListener, settings: &Settings, tls: Option<TlsAcceptor>) -> Self {
         let reserve = RESERVED_FDS
             + FDS_PER_DB_CONNECTION * settings.database.max_connections as usize
             + FDS_PER_PROCESS * settings.sessions.max_processes;
@@ -124,6 +131,7 @@ impl Server {
             reserve,
             header_read_timeout: settings.server.header_read_timeout(),
             drain_limit: settings.server.shutdown_grace + DRAIN_MARGIN,
+            tls,
         }
     }
 
@@ -161,6 +169,7 @@ impl Server {
                     };
                     let abort = tasks.spawn(serve_connection(
                         stream,
+                        self.tls.clone(),
                         service,
                         self.header_read_timeout,
                         drain.clone(),
@@ -265,12 +274,59 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// it. A connection accepted while draining answers its one request (503) and closes.
 async fn serve_connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     service: ConnService,
     header_read_timeout: Duration,
     drain: Drain,
 ) {
     // Events are small and should not wait for more to fill a packet.
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_http(stream, service, header_read_timeout, drain).await;
+    };
+    // The handshake is bounded like a request header, and until it ends the connection
+    // counts as one whose client has sent nothing yet: once older than `EVICT_MIN_AGE` it
+    // may be closed to make room.
+    let state = service.state.clone();
+    let mut handshake = std::pin::pin!(tokio::time::timeout(
+        header_read_timeout,
+        acceptor.accept(stream)
+    ));
+    let shaken = std::future::poll_fn(|cx| {
+        let shaken = handshake.as_mut().poll(cx);
+        if shaken.is_pending() {
+            state.polled.store(true, Ordering::SeqCst);
+        }
+        shaken
+    })
+    .await;
+    let stream = match shaken {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            metrics::counter!("tether_http_tls_handshakes_failed_total").increment(1);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("tether_http_tls_handshakes_failed_total").increment(1);
+            tracing::debug!(
+                timeout = ?header_read_timeout,
+                "TLS handshake not done in time; connection closed"
+            );
+            return;
+        }
+    };
+    // Hyper has yet to read what may already have come after the handshake: not closable
+    // until it has (as a plain connection before its first read).
+    state.polled.store(false, Ordering::SeqCst);
+    serve_http(stream, service, header_read_timeout, drain).await
+}
+
+/// HTTP/1 on a connection (plain, or after its TLS handshake), until it ends.
+async fn serve_http<S>(stream: S, service: ConnService, header_read_timeout: Duration, drain: Drain)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let state = service.state.clone();
     let mut draining = drain.is_draining();
     let mut builder = http1::Builder::new();
@@ -329,10 +385,10 @@ struct ConnState {
     /// Its task has read what had arrived and waits for more: a connection not yet polled
     /// (a newcomer whose header is already in its socket) is never closed to make room.
     polled: AtomicBool,
-    /// When it was accepted, and whether its client has sent anything: a connection that
-    /// has received nothing and is younger than `EVICT_MIN_AGE` is never closed to make room
-    /// (a client writes its request just after connecting; on a loaded machine that can
-    /// come after the connection was first polled).
+    /// When it was accepted, and whether its client has sent anything (with TLS: anything
+    /// past the handshake): a connection that has received nothing and is younger than
+    /// `EVICT_MIN_AGE` is never closed to make room (a client writes its request just after
+    /// connecting; on a loaded machine that can come after the connection was first polled).
     accepted: Instant,
     received: AtomicBool,
 }
@@ -547,13 +603,14 @@ fn open_file_limit(_wanted: usize) -> Option<usize> {
     None
 }
 
-/// A connection's socket, noting when its client first sent something.
-struct Counted {
-    inner: TcpStream,
+/// A connection's socket (or its TLS stream, whose bytes are the requests' once decrypted),
+/// noting when its client first sent something.
+struct Counted<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl tokio::io::AsyncRead for Counted {
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -568,7 +625,7 @@ impl tokio::io::AsyncRead for Counted {
     }
 }
 
-impl tokio::io::AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

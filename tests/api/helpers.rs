@@ -13,6 +13,8 @@ use std::{
 };
 
 use reqwest::StatusCode;
+// reqwest's rustls, for a verifier that pins the test server's certificate.
+use rustls_023 as rustls;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tether::{auth::Role, config::Settings, push::PushGateway, AppState, Application};
@@ -104,15 +106,20 @@ impl TestApp {
     }
 
     fn serve(app: Application, settings: Settings, dir: Arc<TempDir>, project: PathBuf) -> Self {
-        let base = format!("http://{}", app.local_addr());
+        let base = app.base_url();
         let state = app.state().clone();
+        // Over TLS, the client trusts the server's certificate as the app does: by pinning it.
+        let client = match &state.tls_fingerprint {
+            Some(fingerprint) => pinned_client(fingerprint),
+            None => reqwest::Client::new(),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let join = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         }));
         Self {
             base,
-            client: reqwest::Client::new(),
+            client,
             token: state.auth.issue("me", Role::User).unwrap(),
             admin_token: state.auth.issue("admin", Role::Admin).unwrap(),
             state,
@@ -588,4 +595,80 @@ pub fn argv(run: &Value) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
+}
+
+/// A client that trusts exactly the certificate whose SHA-256 fingerprint is `fingerprint`
+/// (uppercase hex pairs joined by `:`), whatever its names, dates or issuer, as the app does.
+pub fn pinned_client(fingerprint: &str) -> reqwest::Client {
+    pinned_client_builder(fingerprint).build().unwrap()
+}
+
+/// [`pinned_client`] before it is built, for more settings.
+pub fn pinned_client_builder(fingerprint: &str) -> reqwest::ClientBuilder {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCert {
+        fingerprint: fingerprint.to_string(),
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    reqwest::Client::builder().use_preconfigured_tls(config)
+}
+
+/// The SHA-256 of a certificate's DER, as tether prints it (computed here on its own).
+pub fn sha256_fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let pairs: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    pairs.join(":")
+}
+
+#[derive(Debug)]
+struct PinnedCert {
+    fingerprint: String,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if sha256_fingerprint(end_entity) == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

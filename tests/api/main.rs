@@ -16,3 +16,4 @@ mod resilience;
 mod security;
 mod sessions;
 mod stand_in_api;
+mod tls;

@@ -245,6 +245,13 @@ async fn binding_beyond_loopback_warns_that_tokens_travel_in_clear_text() {
     assert!(text.contains("WARN"), "{text}");
     assert!(text.contains("clear text"), "{text}");
 
+    // With TLS, nothing travels in clear text: no warning.
+    logs.0.lock().unwrap().clear();
+    settings.server.tls = tether::config::TlsMode::SelfSigned;
+    drop(Application::build(settings.clone()).await.unwrap());
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("clear text"), "with TLS: {text}");
+
     // Without an explicit secret it is still refused.
     settings.auth.secret = String::new().into();
     let err = Application::build(settings).await.err().expect("refused");
@@ -363,7 +370,7 @@ async fn health_without_a_token_says_only_whether_the_server_is_healthy() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
-        json!({"status": "ok"}),
+        json!({"status": "ok", "tls": false}),
         "nothing more without a token"
     );
 
@@ -382,7 +389,7 @@ async fn health_without_a_token_says_only_whether_the_server_is_healthy() {
         crate::helpers::spawn_app_with(|s| s.agent.command = "/nonexistent/claude".into()).await;
     let (status, body) = app.health_anonymous().await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(body, json!({"status": "degraded"}));
+    assert_eq!(body, json!({"status": "degraded", "tls": false}));
 }
 
 #[tokio::test]
