@@ -179,11 +179,7 @@ async fn a_denied_write_leaves_no_file_and_the_agent_hears_why() {
         error_code(res).await,
         (StatusCode::NOT_FOUND, "approval_not_found".into())
     );
-    let other = app
-        .state
-        .auth
-        .issue("someone-else", tether::auth::Role::User)
-        .unwrap();
+    let other = app.stranger_token();
     let res = app
         .get_as(&other, &format!("/api/approvals/{}", a["id"]))
         .await;

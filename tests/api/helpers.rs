@@ -202,6 +202,22 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// Starts a session with `text` and waits for the reply; returns the session's id.
+    pub async fn new_session(&self, text: &str) -> String {
+        self.chat_wait(text, None).await["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A user token of another owner, who must see none of "me"'s things.
+    pub fn stranger_token(&self) -> String {
+        self.state
+            .auth
+            .issue("someone-else", tether::auth::Role::User)
+            .unwrap()
+    }
+
     /// Sends a message without waiting; returns the 202 body.
     pub async fn chat(&self, text: &str, session_id: Option<&str>) -> Value {
         let mut body = json!({"message": text});

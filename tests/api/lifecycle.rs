@@ -88,11 +88,7 @@ async fn a_message_and_a_keep_alive_each_move_the_end_a_lifetime_ahead() {
     );
     assert_eq!(row(&app, &id).await.expires_at, end);
     // Someone else's session, or none: 404.
-    let other = app
-        .state
-        .auth
-        .issue("someone-else", tether::auth::Role::User)
-        .unwrap();
+    let other = app.stranger_token();
     let res = app
         .client
         .post(app.url(&format!("/api/sessions/{id}/keep-alive")))
@@ -237,14 +233,8 @@ async fn at_its_end_the_session_expires_its_process_stops_and_messages_get_410()
 #[tokio::test]
 async fn deadlines_that_fell_due_while_down_are_handled_once_after_start() {
     let (app, fake) = spawn_with_phone(|_| {}).await;
-    let warn_me = app.chat_wait("one", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let end_me = app.chat_wait("two", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let warn_me = app.new_session("one").await;
+    let end_me = app.new_session("two").await;
     let replies = sent(&fake, 2).await.len();
     let (settings, dir) = app.stop().await;
 
@@ -349,14 +339,8 @@ async fn an_idle_process_hibernates_and_the_next_message_resumes_it() {
 #[tokio::test]
 async fn with_every_slot_busy_a_message_waits_and_says_so() {
     let app = spawn_app_with(|s| s.sessions.max_processes = 1).await;
-    let a = app.chat_wait("a", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = app.chat_wait("b", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = app.new_session("a").await;
+    let b = app.new_session("b").await;
     // b took a's slot: a's idle process was hibernated (least recently used).
     assert_eq!(app.state.sessions.process_info(&a).pid, None);
     let busy = app.chat("[slow:1500] b works", Some(&b)).await;
@@ -437,14 +421,8 @@ async fn an_idle_process_above_its_memory_limit_is_recycled_and_resumed() {
 #[tokio::test]
 async fn above_the_total_idle_processes_hibernate_oldest_first() {
     let app = spawn_app_with(|s| s.sessions.max_total_memory = ByteSize(200 * MIB)).await;
-    let old = app.chat_wait("[alloc:120] old", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let new = app.chat_wait("[alloc:120] new", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let old = app.new_session("[alloc:120] old").await;
+    let new = app.new_session("[alloc:120] new").await;
     let old_pid = app.state.sessions.process_info(&old).pid.unwrap();
     let new_pid = app.state.sessions.process_info(&new).pid.unwrap();
     let (report, _) = app.state.sessions.resource_tick(Sampler::new()).await;
@@ -459,14 +437,8 @@ async fn above_the_total_idle_processes_hibernate_oldest_first() {
 #[tokio::test]
 async fn the_admin_sees_every_active_session_and_what_it_costs() {
     let app = spawn_app_with(|_| {}).await;
-    let a = app.chat_wait("[alloc:50] a", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = app.chat_wait("b", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = app.new_session("[alloc:50] a").await;
+    let b = app.new_session("b").await;
     app.delete(&format!("/api/sessions/{b}")).await;
     let (_, sampler) = app.state.sessions.resource_tick(Sampler::new()).await;
     app.state.sessions.resource_tick(sampler).await;

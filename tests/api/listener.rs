@@ -541,10 +541,7 @@ async fn live_sessions_are_capped_per_owner() {
 #[tokio::test]
 async fn event_streams_are_capped_per_owner() {
     let app = spawn_app_with(|s| s.limits.streams_per_owner = 2).await;
-    let id = app.chat_wait("one", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_session("one").await;
     let path = format!("/api/sessions/{id}/events");
     let first = app.get(&path).await;
     let second = app.get(&path).await;

@@ -98,11 +98,7 @@ async fn a_code_is_traded_once_for_a_token_that_works_until_revoked() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    let other = app
-        .state
-        .auth
-        .issue("someone-else", tether::auth::Role::User)
-        .unwrap();
+    let other = app.stranger_token();
     let res = app
         .client
         .delete(app.url(&format!("/api/tokens/{id}")))

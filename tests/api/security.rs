@@ -156,10 +156,7 @@ async fn a_server_that_cannot_bind_stops_nothing() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let settings = test_settings(dir.path());
     let app = TestApp::start(settings, dir).await;
-    let id = app.chat_wait("one", None).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = app.new_session("one").await;
     let (mut settings, _dir) = app.stop().await;
 
     // A CLI of a run that died, recorded on the session; and the port taken by someone else.
@@ -581,11 +578,7 @@ async fn every_route_refuses_who_may_not_call_it() {
         .delete(&format!("/api/tokens/{}", revoked.claims.jti))
         .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
-    let other = app
-        .state
-        .auth
-        .issue("someone-else", tether::auth::Role::User)
-        .unwrap();
+    let other = app.stranger_token();
 
     let code = tether::pairing::create(&app.state.store, "me", None, Duration::from_secs(60))
         .await

@@ -113,11 +113,7 @@ async fn another_owner_sees_nothing_and_an_admin_sees_all() {
     let app = spawn_app().await;
     let first = app.chat_wait("mine", None).await;
     let id = first["sessionId"].as_str().unwrap();
-    let stranger = app
-        .state
-        .auth
-        .issue("someone-else", tether::auth::Role::User)
-        .unwrap();
+    let stranger = app.stranger_token();
     for path in [
         format!("/api/sessions/{id}"),
         format!("/api/sessions/{id}/messages"),
