@@ -254,6 +254,15 @@ async fn an_interrupt_while_pending_cancels_the_approval() {
     // The session goes on.
     let next = app.chat_wait("after", Some(&id)).await;
     assert_eq!(next["status"], "completed");
+
+    // Ending the session while a request waits cancels it too; the phone can see why.
+    let (_, msg, b) = ask(&app, "[ask-write:y.txt]", Some(&id)).await;
+    let res = app.delete(&format!("/api/sessions/{id}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.message(&id, msg).await["status"], "interrupted");
+    let ended = approval(&app, &b).await;
+    assert_eq!(ended["status"], "cancelled");
+    assert_eq!(ended["reason"], "the session was ended");
 }
 
 #[tokio::test]
