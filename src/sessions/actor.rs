@@ -52,7 +52,8 @@ pub(super) struct Actor {
     process_tx: watch::Sender<ProcessInfo>,
     pub(super) live: Option<Live>,
     pub(super) exit: Option<Exit>,
-    pub(super) interrupts_sent: u64,
+    /// Control requests tether sent this actor's processes (their ids count up).
+    requests_sent: u64,
     /// Who hears about this session, set once the session is loaded (before any turn).
     pub(super) audience: Option<Audience>,
     /// Permission requests of the running turn waiting for the owner, oldest first.
@@ -78,7 +79,7 @@ impl Actor {
             process_tx,
             live: None,
             exit: None,
-            interrupts_sent: 0,
+            requests_sent: 0,
             audience: None,
             approvals: Vec::new(),
         }
@@ -254,6 +255,12 @@ impl Actor {
             Ok(()) => self.sessions.deps().push_wake.notify_one(),
             Err(e) => tracing::error!(error = %e, "could not queue a push"),
         }
+    }
+
+    /// A new id for a control request tether sends the agent (`tether_<what>_<n>`).
+    pub(super) fn next_request_id(&mut self, what: &str) -> String {
+        self.requests_sent += 1;
+        format!("tether_{what}_{}", self.requests_sent)
     }
 
     pub(super) fn set_state(&self, state: ProcessState) {

@@ -277,8 +277,7 @@ impl Actor {
 
     /// Tells a live process its new permission mode.
     pub(super) fn send_permission_mode(&mut self, mode: &str) {
-        self.interrupts_sent += 1;
-        let request_id = format!("tether_mode_{}", self.interrupts_sent);
+        let request_id = self.next_request_id("mode");
         let agent = &self.sessions.deps().agent;
         if let (Some(line), Some(live)) =
             (agent.permission_mode_line(&request_id, mode), &self.live)

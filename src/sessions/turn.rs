@@ -373,8 +373,7 @@ impl Actor {
 
     /// Writes the agent's interrupt request; false if it has none or stdin is gone.
     fn send_interrupt(&mut self) -> bool {
-        self.interrupts_sent += 1;
-        let request_id = format!("tether_interrupt_{}", self.interrupts_sent);
+        let request_id = self.next_request_id("interrupt");
         let Some(line) = self.sessions.deps().agent.interrupt_line(&request_id) else {
             return false;
         };
