@@ -145,10 +145,7 @@ impl Application {
         // Made (self-signed) or read before binding: a server with a bad certificate or key
         // does not listen at all.
         let tls = Tls::from_settings(&settings)?;
-        datadir::create_database_file(&settings.database.path)?;
-        let store = Store::open(&settings.database.path, settings.database.max_connections)
-            .await
-            .with_context(|| format!("opening database {}", settings.database.path.display()))?;
+        let store = Store::open_configured(&settings.database).await?;
         auth.load_revoked(tokens::revoked_ids(store.pool(), crate::store::now_ms()).await?);
         // Bound before recovery: a server that cannot listen stops nothing.
         let listener = TcpListener::bind(settings.server.bind)

@@ -14,7 +14,11 @@ use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Settings, datadir, store::tokens};
+use crate::{
+    config::Settings,
+    datadir,
+    store::{devices, pushes, tokens, Store},
+};
 
 /// File (in the data folder) that holds the generated secret when none is configured.
 const SECRET_FILE: &str = "auth.secret";
@@ -230,6 +234,21 @@ impl Auth {
         }
         Ok(claims)
     }
+}
+
+/// Revokes the token `id` in the store, in one transaction: marked revoked, the devices
+/// registered with it disabled and their unsent pushes cancelled. Returns those devices.
+/// (A running server must also [`Auth::forget`] it.)
+pub async fn revoke_recorded(store: &Store, id: &str, now: i64) -> sqlx::Result<Vec<i64>> {
+    let mut tx = store.begin_write().await?;
+    tokens::revoke(&mut *tx, id, now).await?;
+    let disabled = devices::disable_for_api_token(&mut *tx, id, now).await?;
+    for device in &disabled {
+        pushes::cancel_pending_for_device(&mut *tx, *device, "its API token was revoked", now)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(disabled)
 }
 
 /// Refuses a configured `auth.secret` shorter than [`MIN_SECRET_BYTES`]. Empty means "use

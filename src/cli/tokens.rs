@@ -2,7 +2,6 @@
 //! are written to the database beside the running server; a revocation goes through the
 //! running server when there is one, so that it refuses the token at once.
 
-use anyhow::Context;
 use hyper::{Method, StatusCode};
 
 use crate::{
@@ -14,10 +13,7 @@ use crate::{
 
 async fn store(settings: &Settings) -> anyhow::Result<Store> {
     datadir::create_dir(&settings.data_dir())?;
-    datadir::create_database_file(&settings.database.path)?;
-    Store::open(&settings.database.path, 1)
-        .await
-        .with_context(|| format!("opening database {}", settings.database.path.display()))
+    Store::open_configured(&settings.database).await
 }
 
 /// Prints a new token, recorded (listed by `tether tokens`, revocable).
@@ -90,15 +86,11 @@ pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
         }
     } else {
         let store = store(settings).await?;
-        let now = store::now_ms();
-        let mut tx = store.begin_write().await?;
         anyhow::ensure!(
-            tokens::get(&mut *tx, id).await?.is_some(),
+            tokens::get(store.pool(), id).await?.is_some(),
             "no token {id} (`tether tokens` lists them)"
         );
-        tokens::revoke(&mut *tx, id, now).await?;
-        crate::store::devices::disable_for_api_token(&mut *tx, id, now).await?;
-        tx.commit().await?;
+        crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
     }
     println!("revoked {id}");
     Ok(())

@@ -22,8 +22,8 @@ use crate::{
     auth::Caller,
     config::PERMISSION_MODES,
     store::{
-        approvals::{self, ApprovalRow, ApprovalStatus, Scope},
-        now_ms, sessions,
+        approvals::{self, ApprovalRow, ApprovalStatus},
+        sessions,
     },
     AppState,
 };
@@ -137,33 +137,15 @@ async fn decide(
         return already(row);
     }
     let (decision, keep_mode) = decision_of(&row, req)?;
-    let outcome = state
+    let (after, taken) = state
         .sessions
-        .decide(&row.session_id, row.id, decision, &caller.owner, keep_mode)
-        .await;
-    let now = approvals::get(state.store.pool(), row.id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("approval {} vanished", row.id))?;
-    match outcome {
-        Ok(()) => Ok(Json(ApprovalView::from(now)).into_response()),
-        // Decided (or ended) by someone else meanwhile.
-        Err(_) if now.status != ApprovalStatus::Pending => already(now),
-        Err(_) => {
-            // Nothing holds it any more: its process or turn is gone.
-            approvals::close_pending(
-                state.store.pool(),
-                Scope::Turn(row.message_id),
-                ApprovalStatus::Expired,
-                "its agent process is gone",
-                now_ms(),
-            )
-            .await?;
-            Err(ApiError::new(
-                StatusCode::GONE,
-                "approval_expired",
-                "this request can no longer be answered: its agent process is gone",
-            ))
-        }
+        .decide(&row, decision, &caller.owner, keep_mode)
+        .await?;
+    if taken {
+        Ok(Json(ApprovalView::from(after)).into_response())
+    } else {
+        // Decided by someone else meanwhile (409), or no longer answerable (410).
+        already(after)
     }
 }
 

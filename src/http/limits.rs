@@ -45,15 +45,13 @@ impl RequestRate {
     }
 
     /// Err with how long to wait when `key` is over its rate.
-    pub fn check(&self, key: &str) -> Result<(), Duration> {
+    pub fn check(&self, key: String) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.limiter.retain_recent();
         }
-        self.limiter
-            .check_key(&key.to_string())
-            .map_err(|not_until| {
-                not_until.wait_time_from(governor::clock::DefaultClock::default().now())
-            })
+        self.limiter.check_key(&key).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::DefaultClock::default().now())
+        })
     }
 }
 
@@ -109,14 +107,14 @@ mod tests {
     #[test]
     fn each_key_gets_its_own_rate() {
         let rate = RequestRate::new(2).unwrap();
-        assert!(rate.check("a").is_ok());
-        assert!(rate.check("a").is_ok());
-        let wait = rate.check("a").unwrap_err();
+        assert!(rate.check("a".into()).is_ok());
+        assert!(rate.check("a".into()).is_ok());
+        let wait = rate.check("a".into()).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
-        assert!(rate.check("b").is_ok(), "another key is not slowed");
+        assert!(rate.check("b".into()).is_ok(), "another key is not slowed");
         assert!(RequestRate::new(0).is_none(), "0 is no limit");
     }
 

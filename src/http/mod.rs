@@ -120,7 +120,7 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
         return res;
     }
     if let Some(rate) = &edge.rate {
-        if let Err(wait) = rate.check(&rate_key(&req)) {
+        if let Err(wait) = rate.check(rate_key(&req)) {
             return ApiError::too_many(
                 "too_many_requests",
                 "too many requests for this token (server.requests_per_minute); slow down",

@@ -18,9 +18,9 @@ use super::{
     ApiError, ApiJson,
 };
 use crate::{
-    auth::{Admin, Caller},
+    auth::{self, Admin, Caller},
     pairing::{self, RedeemError, Refused},
-    store::{devices, now_ms, pushes, tokens, tokens::TokenRow},
+    store::{now_ms, tokens, tokens::TokenRow},
     AppState,
 };
 use axum::http::Method;
@@ -75,15 +75,7 @@ async fn revoke(
         .await?
         .filter(|t| caller.can_see(&t.owner))
         .ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {id}")))?;
-    let now = now_ms();
-    let mut tx = state.store.begin_write().await?;
-    tokens::revoke(&mut *tx, &id, now).await?;
-    let disabled = devices::disable_for_api_token(&mut *tx, &id, now).await?;
-    for device in &disabled {
-        pushes::cancel_pending_for_device(&mut *tx, *device, "its API token was revoked", now)
-            .await?;
-    }
-    tx.commit().await?;
+    let disabled = auth::revoke_recorded(&state.store, &id, now_ms()).await?;
     state.auth.forget(&id);
     tracing::info!(token_id = %id, devices = disabled.len(), by = %caller.owner, "token revoked");
     Ok(StatusCode::NO_CONTENT)

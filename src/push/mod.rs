@@ -176,6 +176,25 @@ pub struct PushEvent<'a> {
     pub approval_id: Option<i64>,
 }
 
+impl<'a> PushEvent<'a> {
+    /// An event with no expiration and no approval.
+    pub fn new(
+        kind: PushKind,
+        audience: &'a Audience,
+        message_id: Option<i64>,
+        text: &'a str,
+    ) -> Self {
+        Self {
+            kind,
+            audience,
+            message_id,
+            text,
+            expires_at: None,
+            approval_id: None,
+        }
+    }
+}
+
 /// Adds one outbox row per active device of the session's owner, inside `tx`: the push
 /// exists exactly when the event it is about was committed. Enqueueing the same event
 /// (kind, session, message) again adds nothing. The row keeps the title and a plain-text

@@ -115,14 +115,7 @@ impl Harness {
         let mut tx = self.store.pool().begin().await.unwrap();
         enqueue(
             &mut tx,
-            &PushEvent {
-                kind,
-                audience: &Audience::of(&self.session),
-                message_id,
-                text,
-                expires_at: None,
-                approval_id: None,
-            },
+            &PushEvent::new(kind, &Audience::of(&self.session), message_id, text),
         )
         .await
         .unwrap();

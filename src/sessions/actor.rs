@@ -237,14 +237,7 @@ impl Actor {
         let Some(audience) = &self.audience else {
             return;
         };
-        let event = PushEvent {
-            kind,
-            audience,
-            message_id,
-            text,
-            expires_at: None,
-            approval_id: None,
-        };
+        let event = PushEvent::new(kind, audience, message_id, text);
         let result: sqlx::Result<()> = async {
             let mut tx = self.store().begin_write().await?;
             push::enqueue(&mut tx, &event).await?;

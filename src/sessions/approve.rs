@@ -15,7 +15,7 @@ use crate::{
     push::{self, PushEvent, PushKind},
     store::{
         self, approvals,
-        approvals::{ApprovalStatus, NewApproval},
+        approvals::{ApprovalRow, ApprovalStatus, NewApproval, Scope},
         events::EventRow,
         messages, sessions,
     },
@@ -44,23 +44,54 @@ pub struct Decide {
 pub struct Gone;
 
 impl Sessions {
-    /// Hands a decision to the session's actor. `Gone` when no live turn holds the request.
+    /// Decides a pending approval: handed to the actor whose turn holds it, which stores
+    /// it and answers the agent. When no live turn holds it any more (its process or turn is
+    /// gone), it is ended `expired` here. Returns the approval as it is afterwards, and
+    /// whether this decision was the one taken.
     pub async fn decide(
         &self,
-        session_id: &str,
-        approval_id: i64,
+        row: &ApprovalRow,
+        decision: Decision,
+        by: &str,
+        keep_mode: Option<String>,
+    ) -> sqlx::Result<(ApprovalRow, bool)> {
+        let taken = self
+            .hand_decision(row, decision, by, keep_mode)
+            .await
+            .is_ok();
+        let pool = self.deps().store.pool();
+        if !taken {
+            let why = "its agent process is gone";
+            approvals::close_pending(
+                pool,
+                Scope::One(row.id),
+                ApprovalStatus::Expired,
+                why,
+                store::now_ms(),
+            )
+            .await?;
+        }
+        let after = approvals::get(pool, row.id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok((after, taken))
+    }
+
+    async fn hand_decision(
+        &self,
+        row: &ApprovalRow,
         decision: Decision,
         by: &str,
         keep_mode: Option<String>,
     ) -> Result<(), Gone> {
         let ctl = self
             .actors()
-            .get(session_id)
+            .get(&row.session_id)
             .map(|e| e.handle.ctl.clone())
             .ok_or(Gone)?;
         let (reply, answer) = oneshot::channel();
         let decide = Decide {
-            approval_id,
+            approval_id: row.id,
             decision,
             by: by.to_string(),
             keep_mode,
@@ -137,12 +168,8 @@ impl Actor {
                     PushKind::ApprovalRequested
                 };
                 let push = PushEvent {
-                    kind: push_kind,
-                    audience,
-                    message_id: None,
-                    text: &text,
-                    expires_at: None,
                     approval_id: Some(approval_id),
+                    ..PushEvent::new(push_kind, audience, None, &text)
                 };
                 push::enqueue(&mut tx, &push).await?;
             }

@@ -356,14 +356,7 @@ impl Actor {
                 Some(r) => r.text.as_str(),
                 None => outcome.error.unwrap_or_default(),
             };
-            let event = PushEvent {
-                kind,
-                audience,
-                message_id: Some(reply_id.unwrap_or(msg.id)),
-                text,
-                expires_at: None,
-                approval_id: None,
-            };
+            let event = PushEvent::new(kind, audience, Some(reply_id.unwrap_or(msg.id)), text);
             push::enqueue(&mut tx, &event).await?;
         }
         let kind = if outcome.status == Status::Completed {

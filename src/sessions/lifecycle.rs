@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Control, ProcessState, Sessions};
+use super::Sessions;
 use crate::{
     awake::KeepAwake,
     push::{self, Audience, PushEvent, PushKind},
@@ -62,13 +62,10 @@ impl Sessions {
             "This session ends in {} unless you keep it alive.",
             human_duration(left)
         );
+        let audience = Audience::of(session);
         let event = PushEvent {
-            kind: PushKind::SessionExpiring,
-            audience: &Audience::of(session),
-            message_id: None,
-            text: &text,
             expires_at: Some(session.expires_at),
-            approval_id: None,
+            ..PushEvent::new(PushKind::SessionExpiring, &audience, None, &text)
         };
         push::enqueue(&mut tx, &event).await?;
         tx.commit().await?;
@@ -86,23 +83,11 @@ impl Sessions {
     /// Asks every process idle since before `now - idle_stop` to stop. Returns how many.
     fn hibernate_idle(&self, now: i64, idle_stop: Duration) -> usize {
         let cutoff = now - idle_stop.as_millis() as i64;
-        let idle: Vec<_> = self
-            .actors()
+        self.processes()
             .iter()
-            .filter_map(|(id, e)| {
-                let p = e.handle.process.borrow();
-                (p.state == ProcessState::Idle && p.last_used_ms <= cutoff)
-                    .then(|| (id.clone(), e.handle.ctl.clone()))
-            })
-            .collect();
-        let mut asked = 0;
-        for (id, ctl) in idle {
-            if ctl.try_send(Control::Stop("hibernated after idle")).is_ok() {
-                tracing::info!(session_id = %id, "hibernating an idle process");
-                asked += 1;
-            }
-        }
-        asked
+            .filter(|p| p.is_idle() && p.last_used_ms <= cutoff)
+            .filter(|p| p.stop("hibernated after idle"))
+            .count()
     }
 }
 

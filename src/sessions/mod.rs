@@ -230,17 +230,14 @@ impl Sessions {
         let interrupted =
             messages::interrupt_all_running(&mut *tx, reason, store::now_ms()).await?;
         for m in &interrupted {
-            if let Some(session) = sessions::get(&mut *tx, &m.session_id).await? {
-                let event = PushEvent {
-                    kind: PushKind::TurnInterrupted,
-                    audience: &Audience::of(&session),
-                    message_id: Some(m.id),
-                    text: reason,
-                    expires_at: None,
-                    approval_id: None,
-                };
-                push::enqueue(&mut tx, &event).await?;
-            }
+            tell_owner(
+                &mut tx,
+                &m.session_id,
+                PushKind::TurnInterrupted,
+                Some(m.id),
+                reason,
+            )
+            .await?;
         }
         tx.commit().await?;
         if !interrupted.is_empty() {
@@ -346,18 +343,9 @@ impl Sessions {
         )
         .await?;
         if expired {
-            if let Some(session) = sessions::get(&mut *tx, session_id).await? {
-                let event = PushEvent {
-                    kind: PushKind::SessionExpired,
-                    audience: &Audience::of(&session),
-                    message_id: None,
-                    text: "This session has ended. Its history stays readable; start a new \
-                           session to continue.",
-                    expires_at: None,
-                    approval_id: None,
-                };
-                push::enqueue(&mut tx, &event).await?;
-            }
+            let text = "This session has ended. Its history stays readable; start a new \
+                        session to continue.";
+            tell_owner(&mut tx, session_id, PushKind::SessionExpired, None, text).await?;
         }
         tx.commit().await?;
         if expired {
@@ -484,17 +472,14 @@ impl Sessions {
             messages::fail_running(&mut *tx, session_id, REASON, store::now_ms()).await?
         {
             sessions::set_process(&mut *tx, session_id, None).await?;
-            if let Some(session) = sessions::get(&mut *tx, session_id).await? {
-                let event = PushEvent {
-                    kind: PushKind::TurnFailed,
-                    audience: &Audience::of(&session),
-                    message_id: Some(m.id),
-                    text: REASON,
-                    expires_at: None,
-                    approval_id: None,
-                };
-                push::enqueue(&mut tx, &event).await?;
-            }
+            tell_owner(
+                &mut tx,
+                session_id,
+                PushKind::TurnFailed,
+                Some(m.id),
+                REASON,
+            )
+            .await?;
         }
         tx.commit().await?;
         self.deps().push_wake.notify_one();
@@ -518,24 +503,71 @@ impl Sessions {
         true
     }
 
-    /// Asks the least recently used idle process (not `except`'s) to stop, to free a slot.
-    fn evict_one_idle(&self, except: &str) -> bool {
-        let actors = self.actors();
-        let victim = actors
+    /// Every process that exists, least recently used first.
+    fn processes(&self) -> Vec<LiveProcess> {
+        let mut all: Vec<LiveProcess> = self
+            .actors()
             .iter()
-            .filter(|(id, _)| id.as_str() != except)
             .filter_map(|(id, e)| {
                 let p = e.handle.process.borrow();
-                (p.state == ProcessState::Idle).then(|| (p.last_used_ms, id, e.handle.ctl.clone()))
+                Some(LiveProcess {
+                    session_id: id.clone(),
+                    pid: p.pid.filter(|_| p.state.is_live())?,
+                    state: p.state,
+                    last_used_ms: p.last_used_ms,
+                    ctl: e.handle.ctl.clone(),
+                })
             })
-            .min_by_key(|(used, _, _)| *used);
-        match victim {
-            Some((_, id, ctl)) => {
-                tracing::info!(session_id = %id, "hibernating the least recently used idle process to free a slot");
-                ctl.try_send(Control::Stop("hibernated to free a process slot"))
-                    .is_ok()
-            }
-            None => false,
+            .collect();
+        all.sort_by_key(|p| p.last_used_ms);
+        all
+    }
+
+    /// Asks the least recently used idle process (not `except`'s) to stop, to free a slot.
+    fn evict_one_idle(&self, except: &str) -> bool {
+        self.processes()
+            .iter()
+            .find(|p| p.is_idle() && p.session_id != except)
+            .is_some_and(|p| p.stop("hibernated to free a process slot"))
+    }
+}
+
+/// Queues, in `tx`, a push to the owner of `session_id` (looked up, for a path with no
+/// actor holding its audience).
+async fn tell_owner(
+    tx: &mut store::WriteTx,
+    session_id: &str,
+    kind: PushKind,
+    message_id: Option<i64>,
+    text: &str,
+) -> sqlx::Result<()> {
+    if let Some(session) = sessions::get(&mut **tx, session_id).await? {
+        let audience = Audience::of(&session);
+        push::enqueue(tx, &PushEvent::new(kind, &audience, message_id, text)).await?;
+    }
+    Ok(())
+}
+
+/// A session's process as the pool sees it, for the decisions to stop one.
+struct LiveProcess {
+    session_id: String,
+    pid: u32,
+    state: ProcessState,
+    last_used_ms: i64,
+    ctl: mpsc::Sender<Control>,
+}
+
+impl LiveProcess {
+    fn is_idle(&self) -> bool {
+        self.state == ProcessState::Idle
+    }
+
+    /// Asks its actor to stop it if it is still idle then; true when asked.
+    fn stop(&self, reason: &'static str) -> bool {
+        let asked = self.ctl.try_send(Control::Stop(reason)).is_ok();
+        if asked {
+            tracing::info!(session_id = %self.session_id, pid = self.pid, reason, "stopping an idle process");
         }
+        asked
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::{
     usage::{Sampler, Usage},
-    Control, ProcessState, Sessions,
+    LiveProcess, Sessions,
 };
 
 /// What one step did.
@@ -25,32 +25,11 @@ pub struct WatchReport {
     pub total_bytes: u64,
 }
 
-struct Watched {
-    session_id: String,
-    pid: u32,
-    state: ProcessState,
-    last_used_ms: i64,
-    ctl: tokio::sync::mpsc::Sender<Control>,
-}
-
 impl Sessions {
     /// One look at every live process (see the module's doc). `sampler` keeps what CPU use
     /// is measured against; it is handed back when the reading (a blocking call) is done.
     pub async fn resource_tick(&self, sampler: Sampler) -> (WatchReport, Sampler) {
-        let watched: Vec<Watched> = self
-            .actors()
-            .iter()
-            .filter_map(|(id, e)| {
-                let p = e.handle.process.borrow();
-                Some(Watched {
-                    session_id: id.clone(),
-                    pid: p.pid.filter(|_| p.state.is_live())?,
-                    state: p.state,
-                    last_used_ms: p.last_used_ms,
-                    ctl: e.handle.ctl.clone(),
-                })
-            })
-            .collect();
+        let watched = self.processes();
         let pids: Vec<u32> = watched.iter().map(|w| w.pid).collect();
         let (samples, sampler) = tokio::task::spawn_blocking(move || {
             let mut sampler = sampler;
@@ -70,54 +49,42 @@ impl Sessions {
         let settings = &self.deps().session_settings;
         let (per_process, total_limit) =
             (settings.max_process_memory.0, settings.max_total_memory.0);
-        let memory = |w: &Watched| samples.get(&w.pid).map_or(0, |u: &Usage| u.memory_bytes);
+        let memory = |p: &LiveProcess| samples.get(&p.pid).map_or(0, |u: &Usage| u.memory_bytes);
         let mut report = WatchReport {
             total_bytes: watched.iter().map(memory).sum(),
             ..WatchReport::default()
         };
+        let mut left = report.total_bytes;
         let mut stopped = HashSet::new();
-        for w in watched.iter().filter(|w| memory(w) > per_process) {
-            if w.state != ProcessState::Idle {
-                tracing::warn!(session_id = %w.session_id, pid = w.pid, memory_bytes = memory(w),
+        for p in watched.iter().filter(|p| memory(p) > per_process) {
+            if !p.is_idle() {
+                tracing::warn!(session_id = %p.session_id, pid = p.pid, memory_bytes = memory(p),
                     "a busy agent process is above sessions.max_process_memory; it is left to finish");
-                continue;
-            }
-            if w.ctl.try_send(Control::Stop(RECYCLED)).is_ok() {
-                tracing::info!(session_id = %w.session_id, pid = w.pid, memory_bytes = memory(w),
-                    "recycling an idle agent process above sessions.max_process_memory");
-                stopped.insert(w.pid);
+            } else if p.stop(RECYCLED) {
+                stopped.insert(p.pid);
+                left = left.saturating_sub(memory(p));
                 report.recycled += 1;
             }
         }
-        let mut left: u64 = watched
+        // Least recently used first (`processes` is in that order).
+        for p in watched
             .iter()
-            .filter(|w| !stopped.contains(&w.pid))
-            .map(memory)
-            .sum();
+            .filter(|p| p.is_idle() && !stopped.contains(&p.pid))
+        {
+            if left <= total_limit {
+                break;
+            }
+            if p.stop(OVER_TOTAL) {
+                left = left.saturating_sub(memory(p));
+                report.hibernated += 1;
+            }
+        }
         if left > total_limit {
-            let mut idle: Vec<&Watched> = watched
-                .iter()
-                .filter(|w| w.state == ProcessState::Idle && !stopped.contains(&w.pid))
-                .collect();
-            idle.sort_by_key(|w| w.last_used_ms);
-            for w in idle {
-                if left <= total_limit {
-                    break;
-                }
-                if w.ctl.try_send(Control::Stop(OVER_TOTAL)).is_ok() {
-                    tracing::info!(session_id = %w.session_id, pid = w.pid, memory_bytes = memory(w),
-                        "hibernating an idle agent process: all of them passed sessions.max_total_memory");
-                    left = left.saturating_sub(memory(w));
-                    report.hibernated += 1;
-                }
-            }
-            if left > total_limit {
-                tracing::warn!(
-                    memory_bytes = left,
-                    limit = total_limit,
-                    "agent processes are above sessions.max_total_memory and none is idle"
-                );
-            }
+            tracing::warn!(
+                memory_bytes = left,
+                limit = total_limit,
+                "agent processes are above sessions.max_total_memory and none is idle"
+            );
         }
         (report, sampler)
     }

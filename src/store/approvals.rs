@@ -134,6 +134,8 @@ pub async fn decide(
 /// Which pending approvals [`close_pending`] ends.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
+    /// One approval.
+    One(i64),
     /// Those of one turn (its user message).
     Turn(i64),
     Session(&'a str),
@@ -150,21 +152,23 @@ pub async fn close_pending(
     reason: &str,
     now: i64,
 ) -> sqlx::Result<Vec<i64>> {
-    let (message_id, session_id) = match scope {
-        Scope::Turn(id) => (Some(id), None),
-        Scope::Session(id) => (None, Some(id)),
-        Scope::All => (None, None),
+    let (id, message_id, session_id) = match scope {
+        Scope::One(id) => (Some(id), None, None),
+        Scope::Turn(id) => (None, Some(id), None),
+        Scope::Session(id) => (None, None, Some(id)),
+        Scope::All => (None, None, None),
     };
     sqlx::query_scalar(
         "UPDATE approvals SET status = ?2, reason = ?3, decided_by = 'tether', decided_at = ?4 \
          WHERE status = 'pending' AND (?1 IS NULL OR message_id = ?1) \
-         AND (?5 IS NULL OR session_id = ?5) RETURNING id",
+         AND (?5 IS NULL OR session_id = ?5) AND (?6 IS NULL OR id = ?6) RETURNING id",
     )
     .bind(message_id)
     .bind(status)
     .bind(reason)
     .bind(now)
     .bind(session_id)
+    .bind(id)
     .fetch_all(ex)
     .await
 }

@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context;
 use sqlx::{
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -72,6 +73,15 @@ impl Store {
             pool,
             writer: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// The configured database (`database.*`): its file created private if new, then opened.
+    /// Its folder must exist.
+    pub async fn open_configured(db: &crate::config::DatabaseSettings) -> anyhow::Result<Self> {
+        crate::datadir::create_database_file(&db.path)?;
+        Self::open(&db.path, db.max_connections)
+            .await
+            .with_context(|| format!("opening database {}", db.path.display()))
     }
 
     pub fn pool(&self) -> &SqlitePool {

@@ -216,7 +216,7 @@ async fn a_question_is_pushed_and_answered_with_a_label() {
 async fn when_its_process_dies_a_pending_approval_expires_and_cannot_be_decided() {
     let app = spawn_app_with(|_| {}).await;
     let (id, msg, a) = ask(&app, "[ask-write:x.txt]", None).await;
-    let pid = app.state.sessions.process_info(&id).pid.unwrap();
+    let pid = app.pid_of(&id);
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,

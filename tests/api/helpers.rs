@@ -210,6 +210,15 @@ impl TestApp {
             .to_string()
     }
 
+    /// The pid of the session's live process (panics when it has none).
+    pub fn pid_of(&self, session_id: &str) -> u32 {
+        self.state
+            .sessions
+            .process_info(session_id)
+            .pid
+            .expect("a live process")
+    }
+
     /// A user token of another owner, who must see none of "me"'s things.
     pub fn stranger_token(&self) -> String {
         self.state
@@ -291,6 +300,14 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the process `pid` is gone (reaped or a zombie).
+pub async fn wait_gone(pid: u32) {
+    wait_for(&format!("process {pid} to end"), || async {
+        (!pid_alive(pid)).then_some(())
+    })
+    .await
 }
 
 /// Is a process with this pid alive (and not a zombie)?

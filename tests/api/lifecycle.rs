@@ -15,7 +15,7 @@ use tether::{
 };
 
 use crate::{
-    helpers::{error_code, pid_alive, spawn_app_with, wait_for, TestApp},
+    helpers::{error_code, pid_alive, spawn_app_with, wait_for, wait_gone, TestApp},
     push::{sent, spawn_with_phone, start_with_gateway},
 };
 
@@ -178,12 +178,7 @@ async fn at_its_end_the_session_expires_its_process_stops_and_messages_get_410()
     let first = app.chat_wait("hello", None).await;
     let id = first["sessionId"].as_str().unwrap().to_string();
     let replies = sent(&fake, 1).await.len();
-    let pid = app
-        .state
-        .sessions
-        .process_info(&id)
-        .pid
-        .expect("a live process");
+    let pid = app.pid_of(&id);
     let end = row(&app, &id).await.expires_at;
 
     let report = tick(&app, end).await;
@@ -195,10 +190,7 @@ async fn at_its_end_the_session_expires_its_process_stops_and_messages_get_410()
     let shown = app.get_json(&format!("/api/sessions/{id}")).await;
     assert_eq!(shown["state"], "expired");
     assert_eq!(shown["endReason"], "expired");
-    wait_for("the process to stop", || async {
-        (!pid_alive(pid)).then_some(())
-    })
-    .await;
+    wait_gone(pid).await;
     let pushes = sent(&fake, replies + 1).await;
     assert_eq!(pushes[replies].payload()["kind"], "session_expired");
     assert_eq!(
@@ -297,12 +289,7 @@ async fn an_idle_process_hibernates_and_the_next_message_resumes_it() {
     let app = spawn_app_with(|_| {}).await;
     let first = app.chat_wait("remember the word lantern", None).await;
     let id = first["sessionId"].as_str().unwrap().to_string();
-    let pid = app
-        .state
-        .sessions
-        .process_info(&id)
-        .pid
-        .expect("a live process");
+    let pid = app.pid_of(&id);
 
     let now = store::now_ms();
     assert_eq!(
@@ -311,10 +298,7 @@ async fn an_idle_process_hibernates_and_the_next_message_resumes_it() {
         "not before idle_stop"
     );
     assert_eq!(tick(&app, now + 31 * 60_000).await.hibernated, 1);
-    wait_for("the process to stop", || async {
-        (!pid_alive(pid)).then_some(())
-    })
-    .await;
+    wait_gone(pid).await;
     let shown = app.get_json(&format!("/api/sessions/{id}")).await;
     assert_eq!(shown["state"], "active", "hibernated, not ended");
     assert_eq!(shown["process"]["state"], "none");
@@ -397,19 +381,11 @@ async fn an_idle_process_above_its_memory_limit_is_recycled_and_resumed() {
         .chat_wait("[alloc:150] remember the word cedar", None)
         .await;
     let id = first["sessionId"].as_str().unwrap().to_string();
-    let pid = app
-        .state
-        .sessions
-        .process_info(&id)
-        .pid
-        .expect("a live process");
+    let pid = app.pid_of(&id);
     let (report, _) = app.state.sessions.resource_tick(Sampler::new()).await;
     assert_eq!(report.recycled, 1, "{report:?}");
     assert!(report.total_bytes > 150 * MIB);
-    wait_for("the process to stop", || async {
-        (!pid_alive(pid)).then_some(())
-    })
-    .await;
+    wait_gone(pid).await;
     let next = app.chat_wait("and now?", Some(&id)).await;
     let text = next["reply"]["text"].as_str().unwrap();
     assert!(
@@ -423,14 +399,11 @@ async fn above_the_total_idle_processes_hibernate_oldest_first() {
     let app = spawn_app_with(|s| s.sessions.max_total_memory = ByteSize(200 * MIB)).await;
     let old = app.new_session("[alloc:120] old").await;
     let new = app.new_session("[alloc:120] new").await;
-    let old_pid = app.state.sessions.process_info(&old).pid.unwrap();
-    let new_pid = app.state.sessions.process_info(&new).pid.unwrap();
+    let old_pid = app.pid_of(&old);
+    let new_pid = app.pid_of(&new);
     let (report, _) = app.state.sessions.resource_tick(Sampler::new()).await;
     assert_eq!((report.recycled, report.hibernated), (0, 1), "{report:?}");
-    wait_for("the older process to stop", || async {
-        (!pid_alive(old_pid)).then_some(())
-    })
-    .await;
+    wait_gone(old_pid).await;
     assert!(pid_alive(new_pid), "the newer one stays");
 }
 
@@ -455,7 +428,7 @@ async fn the_admin_sees_every_active_session_and_what_it_costs() {
     assert_eq!(s["owner"], "me");
     assert_eq!(s["title"], "demo");
     assert_eq!(s["state"], "idle");
-    assert_eq!(s["pid"], app.state.sessions.process_info(&a).pid.unwrap());
+    assert_eq!(s["pid"], app.pid_of(&a));
     assert!(s["memoryBytes"].as_u64().unwrap() > 50 * MIB, "{s}");
     assert!(s["cpuPercent"].is_number());
     assert_eq!(s["messageCount"], 2);

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::helpers::{fake_claude, DEADLINE};
 use crate::real_claude::real_cli;
-use crate::stand_in_api::{tool_result_text, tool_results, StandInApi};
+use crate::stand_in_api::{color_question, tool_result_text, tool_results, StandInApi};
 
 /// What the fake's `[ask-write]` writes; the stand-in asks the real CLI for the same.
 const CONTENT: &str = "hello from fake";
@@ -246,16 +246,7 @@ impl Model {
         match self {
             Model::Fake => "[ask-question]".to_owned(),
             Model::Real { api, .. } => {
-                let input = json!({"questions": [{
-                    "question": "Which color?",
-                    "header": "Color",
-                    "options": [
-                        {"label": "Red", "description": "warm"},
-                        {"label": "Blue", "description": "cool"},
-                    ],
-                    "multiSelect": false,
-                }]});
-                api.push_tool_use("AskUserQuestion", input);
+                api.push_tool_use("AskUserQuestion", color_question());
                 "Ask me something".to_owned()
             }
         }

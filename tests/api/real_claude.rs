@@ -10,8 +10,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{pid_alive, test_settings, wait_for, TestApp},
-    stand_in_api::{tool_result_text, tool_results, user_texts, StandInApi},
+    helpers::{test_settings, wait_for, wait_gone, TestApp},
+    stand_in_api::{color_question, tool_result_text, tool_results, user_texts, StandInApi},
 };
 
 const BIN_VAR: &str = "TETHER_TEST_CLAUDE_BIN";
@@ -128,19 +128,11 @@ async fn the_real_cli_keeps_context_across_a_restart_and_can_be_interrupted() {
 
     // Hibernate: the idle CLI is stopped (30 min idle, as the scheduler sees it), and the
     // next message starts it again with --resume and the whole conversation.
-    let pid = app
-        .state
-        .sessions
-        .process_info(&id)
-        .pid
-        .expect("a live CLI");
+    let pid = app.pid_of(&id);
     let later = tether::store::now_ms() + 31 * 60 * 1000;
     let report = app.state.sessions.lifecycle_tick(later).await.unwrap();
     assert_eq!(report.hibernated, 1);
-    wait_for("the CLI to stop", || async {
-        (!pid_alive(pid)).then_some(())
-    })
-    .await;
+    wait_gone(pid).await;
     api.set_reply("Awake: BANANA.");
     let resumed = app.chat_wait("Still there after the nap?", Some(&id)).await;
     assert_eq!(resumed["status"], "completed", "{resumed}");
@@ -257,13 +249,7 @@ async fn the_real_cli_asks_the_phone_before_writing_and_hears_the_answer() {
     assert_eq!(tool_result_text(&told[0]), "Not in this folder");
 
     // A question answered from the phone reaches the model as that answer.
-    api.push_tool_use(
-        "AskUserQuestion",
-        json!({"questions": [{"question": "Which color?", "header": "Color",
-            "options": [{"label": "Red", "description": "warm"},
-                        {"label": "Blue", "description": "cool"}],
-            "multiSelect": false}]}),
-    );
+    api.push_tool_use("AskUserQuestion", color_question());
     api.set_reply("Blue it is.");
     let third = app.chat("Pick a color with me", Some(&id)).await;
     let msg = third["messageId"].as_i64().unwrap();

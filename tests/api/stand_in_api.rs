@@ -180,6 +180,20 @@ impl Drop for StandInApi {
 /// and the next text become three blocks of one message). Content may be a plain string or an
 /// array of blocks; `tool_result` and other blocks are left out, and so are the texts the CLI
 /// adds on its own (see [`is_injected_text`]).
+/// The input of an AskUserQuestion asking "Which color?" (Red or Blue), as the fake CLI's
+/// `[ask-question]` asks it.
+pub fn color_question() -> Value {
+    json!({"questions": [{
+        "question": "Which color?",
+        "header": "Color",
+        "options": [
+            {"label": "Red", "description": "warm"},
+            {"label": "Blue", "description": "cool"},
+        ],
+        "multiSelect": false,
+    }]})
+}
+
 pub fn user_texts(body: &Value) -> Vec<String> {
     let Some(messages) = body["messages"].as_array() else {
         return Vec::new();
