@@ -252,6 +252,7 @@ impl Application {
             KeepAwake::new(state.settings.sessions.keep_awake),
         ));
         let resource_watch = tokio::spawn(crate::sessions::resources::run(state.sessions.clone()));
+        let spare_keeper = tokio::spawn(crate::sessions::spares::run(state.sessions.clone()));
         let grace = state.settings.server.shutdown_grace;
         let (drain_trigger, drain) = Drain::new();
         let (sessions_stopped, sessions_done) = oneshot::channel::<()>();
@@ -277,6 +278,7 @@ impl Application {
         retention.await?;
         lifecycle.await?;
         resource_watch.await?;
+        spare_keeper.await?;
         store.close().await;
         tracing::info!("stopped");
         Ok(())

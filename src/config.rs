@@ -168,6 +168,9 @@ pub struct SessionSettings {
     #[serde(deserialize_with = "duration")]
     pub stall_timeout: Duration,
     pub max_processes: usize,
+    /// CLI processes started ahead for new sessions in recently used folders (see
+    /// `sessions::spares`); they count toward `max_processes`.
+    pub warm_spares: usize,
     /// Sessions in state `active` per owner; more answer 429 `too_many_sessions`.
     pub max_active_per_owner: u32,
     /// An idle process above this resident memory (its whole process group) is recycled.

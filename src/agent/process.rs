@@ -122,6 +122,11 @@ impl AgentProcess {
         self.lines.recv().await
     }
 
+    /// Whether the process has exited (checked without waiting; it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// The last lines the process wrote on stderr, joined.
     pub fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock().expect("stderr tail lock");

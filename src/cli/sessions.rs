@@ -198,6 +198,9 @@ struct ActiveSession {
 struct Totals {
     active_sessions: u64,
     processes: u64,
+    /// Of the processes, how many are warm spares.
+    #[serde(default)]
+    spares: u64,
     max_processes: u64,
     memory_bytes: u64,
     max_memory_bytes: u64,
@@ -227,10 +230,19 @@ fn render(active: &Active) -> String {
     let plural = if t.active_sessions == 1 { "" } else { "s" };
     let _ = writeln!(
         out,
-        "{} active session{plural} · {}/{} processes · {} / {}",
+        "{} active session{plural} · {}/{} processes{} · {} / {}",
         t.active_sessions,
         t.processes,
         t.max_processes,
+        if t.spares > 0 {
+            format!(
+                " ({} warm spare{})",
+                t.spares,
+                if t.spares == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        },
         human_bytes(t.memory_bytes),
         human_bytes(t.max_memory_bytes)
     );

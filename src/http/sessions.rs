@@ -126,10 +126,14 @@ async fn active(
             ActiveSessionView::new(s, queued, process, usage, now)
         })
         .collect();
+    let spares = state.sessions.spare_list();
+    memory_total += spares.iter().filter_map(|s| s.memory_bytes).sum::<u64>();
     Ok(Json(json!({
         "sessions": views,
+        "spares": spares,
         "totals": {
             "activeSessions": views.len(),
+            "spares": spares.len(),
             "processes": state.sessions.live_processes(),
             "maxProcesses": settings.max_processes,
             "memoryBytes": memory_total,

@@ -307,7 +307,10 @@ impl Sessions {
                 ),
             ));
         }
-        let id = Uuid::new_v4().to_string();
+        // A warm spare waiting in this folder gives the session its id, and so its process.
+        let id = self
+            .claim_spare(project)
+            .unwrap_or_else(|| Uuid::new_v4().to_string());
         let project = project.to_string_lossy();
         let title = Path::new(project.as_ref())
             .file_name()
@@ -356,7 +359,10 @@ fn check_active(state: &str) -> Result<(), AcceptError> {
 
 /// An existing directory inside one of `projects.roots`, made canonical. The file-system
 /// calls run on a blocking thread.
-async fn resolve_project(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, AcceptError> {
+pub(super) async fn resolve_project(
+    projects: &ProjectSettings,
+    raw: &str,
+) -> Result<PathBuf, AcceptError> {
     let (projects, raw) = (projects.clone(), raw.to_string());
     tokio::task::spawn_blocking(move || resolve_project_blocking(&projects, &raw))
         .await

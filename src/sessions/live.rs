@@ -37,6 +37,8 @@ pub(super) struct Live {
     pub(super) cost_so_far: f64,
     /// Its pid is recorded on the session (done with its first turn's start).
     pub(super) recorded: bool,
+    /// It was a warm spare: its spare record goes when the session records it.
+    pub(super) was_spare: bool,
 }
 
 impl Actor {
@@ -95,9 +97,56 @@ impl Actor {
             _slot: slot,
             cost_so_far: 0.0,
             recorded: false,
+            was_spare: false,
         });
         self.set_state(ProcessState::Starting);
         Ok(())
+    }
+
+    /// Takes the warm spare claimed for this session when it was created, if there is one
+    /// and it was started the way this session's first process must be. True when the
+    /// session now has its process (its `process_started` event is held for the turn).
+    pub(super) async fn adopt_spare(&mut self) -> bool {
+        let Some(spare) = self.sessions.take_spare(&self.id) else {
+            return false;
+        };
+        let fits = match self.launch().await {
+            Ok(l) => {
+                !l.resume
+                    && l.conversation_id == spare.id
+                    && l.permission_mode == spare.permission_mode
+                    && l.cwd == spare.cwd
+            }
+            Err(_) => false,
+        };
+        if !fits {
+            self.sessions
+                .stop_spare(spare, "it does not fit its session's start")
+                .await;
+            return false;
+        }
+        let pid = spare.process.pid;
+        tracing::info!(pid, "agent process taken from the warm spares");
+        let row = self.log.stage_tether(
+            "process_started",
+            json!({"pid": pid, "resume": false, "spare": true}),
+        );
+        self.log.hold(row);
+        self.live = Some(Live {
+            process: spare.process,
+            launch: Launch {
+                conversation_id: spare.id,
+                cwd: spare.cwd,
+                resume: false,
+                permission_mode: spare.permission_mode,
+            },
+            _slot: spare.slot,
+            cost_so_far: 0.0,
+            recorded: false,
+            was_spare: true,
+        });
+        self.set_state(ProcessState::Starting);
+        true
     }
 
     /// Waits for a process whose stdout closed, stops what is left of its group, and

@@ -12,6 +12,7 @@ mod log;
 pub mod resources;
 pub mod retention;
 mod slots;
+pub mod spares;
 mod turn;
 pub mod usage;
 
@@ -154,6 +155,10 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// The last reading of each live process group, by session (see `resources`).
     usage: Mutex<HashMap<String, Usage>>,
+    /// Processes started ahead for new sessions (see `spares`).
+    spares: Mutex<spares::Pool>,
+    /// Wakes the spare keeper (a spare was taken).
+    spare_wake: Arc<Notify>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -173,6 +178,8 @@ impl Sessions {
                 generations: AtomicU64::new(0),
                 stop: watch::Sender::new(false),
                 usage: Mutex::new(HashMap::new()),
+                spares: Mutex::new(spares::Pool::default()),
+                spare_wake: Arc::new(Notify::new()),
             }),
         }
     }
@@ -190,6 +197,7 @@ impl Sessions {
     /// left `running` as `interrupted` (telling their owners), and resumes queued work.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let pool = self.deps().store.pool();
+        self.stop_orphan_spares().await?;
         for (id, pid, start_time) in sessions::with_recorded_process(pool).await? {
             let (pid, start_time) = (pid as u32, start_time as u64);
             if process::kill_orphan(pid, start_time).await {
@@ -274,12 +282,14 @@ impl Sessions {
             .unwrap_or_else(ProcessInfo::none)
     }
 
-    /// Number of live CLI processes.
+    /// Number of live CLI processes, warm spares included.
     pub fn live_processes(&self) -> usize {
-        self.actors()
+        let sessions = self
+            .actors()
             .values()
             .filter(|e| e.handle.process.borrow().state.is_live())
-            .count()
+            .count();
+        sessions + self.spare_pids().len()
     }
 
     /// Bytes held in memory for live listeners, over all sessions.
@@ -384,6 +394,7 @@ impl Sessions {
         for e in entries {
             let _ = e.join.await;
         }
+        self.stop_all_spares("tether is shutting down").await;
         match self.interrupt_running(STOPPED_MID_TURN).await {
             Ok(0) => {}
             Ok(left) => tracing::warn!(

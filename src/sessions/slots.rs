@@ -1,6 +1,6 @@
-//! Waiting for a process slot (`sessions.max_processes`): free, or freed by evicting the
-//! least recently used idle process; when every process is busy, asking again as they
-//! finish. A future the actor waits for among its other events.
+//! Waiting for a process slot (`sessions.max_processes`): free, or freed by stopping a warm
+//! spare or else the least recently used idle process; when every process is busy, asking
+//! again as they finish. A future the actor waits for among its other events.
 
 use std::time::Duration;
 
@@ -24,7 +24,10 @@ pub(super) async fn take(
             Err(TryAcquireError::Closed) => return Err(()),
             Err(TryAcquireError::NoPermits) => {}
         }
-        sessions.evict_one_idle(&session_id);
+        // A spare is the first to go, then the least recently used idle process.
+        if !sessions.drop_one_spare("stopped to free a process slot") {
+            sessions.evict_one_idle(&session_id);
+        }
         match tokio::time::timeout(RETRY, slots.clone().acquire_owned()).await {
             Ok(Ok(slot)) => return Ok(slot),
             Ok(Err(_closed)) => return Err(()),

@@ -21,7 +21,7 @@ use super::{
 use crate::{
     agent::Launch,
     faults,
-    store::{messages, messages::Status, sessions},
+    store::{messages, messages::Status, sessions, spares},
 };
 
 type SlotWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, ()>> + Send>>;
@@ -69,8 +69,9 @@ impl Actor {
         // Since when the turn waits for the owner to answer a permission request.
         let mut owner_since: Option<Instant> = None;
         let mut running = false;
-        // A live process takes the message at once; else the turn first waits for a slot.
-        let (mut phase, mut timeout_at) = if self.live.is_some() {
+        // A live process (or the warm spare this new session was given) takes the message at
+        // once; else the turn first waits for a slot.
+        let (mut phase, mut timeout_at) = if self.live.is_some() || self.adopt_spare().await {
             match self.hand_over(&msg, &mut running).await {
                 Some(p) => (p, Some(started + timeout)),
                 None => return,
@@ -356,6 +357,9 @@ impl Actor {
         if let Some(live) = self.live.as_ref().filter(|l| !l.recorded) {
             let p = (live.process.pid, live.process.start_time);
             sessions::set_process(&mut *tx, &self.id, Some(p)).await?;
+            if live.was_spare {
+                spares::remove(&mut *tx, live.process.pid).await?;
+            }
         }
         let row = self
             .log

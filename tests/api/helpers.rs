@@ -52,6 +52,8 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.projects.roots = vec![dir.join("projects")];
     // Tests must not hold the machine awake (the keep-awake has its own tests).
     s.sessions.keep_awake = false;
+    // Spares add processes that tests count; the spare tests and the load runs turn them on.
+    s.sessions.warm_spares = 0;
     // Tests poll; the request rate has its own test.
     s.server.requests_per_minute = 0;
     s.auth.secret = "test-secret-test-secret-test-secret".to_string().into();
@@ -520,12 +522,13 @@ pub fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
         format!(
             "[server]\nbind = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\nrequests_per_minute = {}
 [database]\npath = {:?}\n\
-             [agent]\ncommand = {:?}\nenv = {{ {env} }}\n[sessions]\nmax_processes = {}\n\
+             [agent]\ncommand = {:?}\nenv = {{ {env} }}\n[sessions]\nmax_processes = {}\nwarm_spares = {}\n\
              [projects]\nroots = [{:?}]\n[log]\nfilter = \"warn\"\n",
             settings.server.requests_per_minute,
             settings.database.path,
             settings.agent.command,
             settings.sessions.max_processes,
+            settings.sessions.warm_spares,
             settings.projects.roots[0],
         ),
     )

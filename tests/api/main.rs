@@ -15,5 +15,6 @@ mod recovery;
 mod resilience;
 mod security;
 mod sessions;
+mod spares;
 mod stand_in_api;
 mod tls;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{pid_alive, spawn_app, spawn_app_with, wait_for, TestApp};
 
 /// Reads SSE events `(id, event, data)` until `until` matches one (inclusive).
-async fn read_sse(
+pub(crate) async fn read_sse(
     app: &TestApp,
     session: &str,
     last_event_id: Option<i64>,
@@ -64,7 +64,7 @@ async fn read_sse(
     events
 }
 
-fn turn_ended(ev: &(i64, String, Value)) -> bool {
+pub(crate) fn turn_ended(ev: &(i64, String, Value)) -> bool {
     ev.1 == "tether.turn_completed" || ev.1 == "tether.turn_failed"
 }
 
