@@ -1,6 +1,6 @@
 //! The real Claude Code CLI behind tether, against a stand-in Messages API served by the
 //! test: two turns, a restart of tether, a third turn whose API request carries all three
-//! user messages, and an interrupt of a slow turn. Needs `TETHER_TEST_CLAUDE_BIN` (set by
+//! user messages, an interrupt of a slow turn, approvals, and a new session on a warm spare. Needs `TETHER_TEST_CLAUDE_BIN` (set by
 //! `.ci/run` from `scripts/install-claude.sh`); without it the test says so and skips, except
 //! under CI, where it must run.
 
@@ -43,8 +43,20 @@ async fn start_tether_with(
     dir: Arc<tempfile::TempDir>,
     args: &[&str],
 ) -> TestApp {
+    start_tether_configured(cli, api, dir, |s| {
+        s.agent.args = args.iter().map(|a| a.to_string()).collect();
+    })
+    .await
+}
+
+async fn start_tether_configured(
+    cli: &str,
+    api: &StandInApi,
+    dir: Arc<tempfile::TempDir>,
+    configure: impl FnOnce(&mut tether::config::Settings),
+) -> TestApp {
     let mut settings = test_settings(dir.path());
-    settings.agent.args = args.iter().map(|a| a.to_string()).collect();
+    configure(&mut settings);
     settings.agent.command = cli.to_string();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -267,4 +279,78 @@ async fn the_real_cli_asks_the_phone_before_writing_and_hears_the_answer() {
     let told = tool_results(api.main_requests().last().unwrap());
     let text = tool_result_text(&told[0]);
     assert!(text.contains("\"Which color?\"=\"Blue\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_new_session_runs_on_a_warm_spare_of_the_real_cli() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app =
+        start_tether_configured(&cli, &api, dir.clone(), |s| s.sessions.warm_spares = 1).await;
+
+    api.set_reply("First session.");
+    let first = app.chat_wait("Hello", None).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    let spare = wait_for("a warm spare", || async {
+        let v: serde_json::Value = app
+            .get_as(&app.admin_token, "/api/sessions/active")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["spares"][0]["pid"].as_u64()
+    })
+    .await as u32;
+    // Time for the spare to finish starting, as it would between two sessions.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    api.set_reply("Noted: MANGO.");
+    let second = app.chat_wait("Remember the word MANGO", None).await;
+    assert_eq!(second["status"], "completed", "{second}");
+    assert_eq!(second["reply"]["text"], "Noted: MANGO.");
+    let id = second["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(app.pid_of(&id), spare, "the new session ran on the spare");
+    api.set_reply("You said MANGO.");
+    let third = app.chat_wait("Which word?", Some(&id)).await;
+    assert_eq!(third["reply"]["text"], "You said MANGO.", "{third}");
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        ["Remember the word MANGO", "Which word?"],
+        "the conversation on the spare kept its context"
+    );
+
+    // The replacement spare is stopped with tether and leaves no conversation behind.
+    let replacement = wait_for("a replacement spare", || async {
+        let v: serde_json::Value = app
+            .get_as(&app.admin_token, "/api/sessions/active")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["spares"][0]["pid"]
+            .as_u64()
+            .filter(|p| *p as u32 != spare)
+    })
+    .await as u32;
+    let projects = dir.path().join("home/.claude/projects");
+    drop(app.stop().await);
+    wait_gone(replacement).await;
+    let folder = projects.read_dir().unwrap().next().unwrap().unwrap().path();
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        format!("{}.jsonl", first["sessionId"].as_str().unwrap()),
+        format!("{id}.jsonl"),
+    ];
+    expected.sort();
+    assert_eq!(
+        names, expected,
+        "one transcript per session, none for a spare"
+    );
 }
