@@ -249,10 +249,18 @@ impl TestApp {
     }
 
     pub async fn message(&self, session_id: &str, message_id: i64) -> Value {
-        self.messages(session_id)
-            .await
-            .into_iter()
+        let page = self
+            .get_json(&format!(
+                "/api/sessions/{session_id}/messages?after={}&limit=1",
+                message_id - 1
+            ))
+            .await;
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
             .find(|m| m["id"] == message_id)
+            .cloned()
             .expect("message exists")
     }
 

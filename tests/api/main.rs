@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;
+mod load;
 mod pairing;
 mod permission_protocol;
 mod push;
