@@ -18,5 +18,5 @@ if [ -z "${TETHER_TEST_CLAUDE_BIN:-}" ]; then
 fi
 # The benchmark's one-turn smoke run first, then unit and integration tests (their counts
 # close the output).
-cargo test --bench turns "$@"
+cargo test --bench tether "$@"
 exec cargo test --lib --bins --tests "$@"

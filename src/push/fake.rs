@@ -37,6 +37,8 @@ pub struct SentPush {
     pub expiration: Option<u64>,
     /// The exact JSON a2 would post.
     pub json: String,
+    /// When the gateway was handed it.
+    pub at: std::time::SystemTime,
 }
 
 impl SentPush {
@@ -177,6 +179,7 @@ impl PushGateway for FakeGateway {
             let options = n.options();
             let token = n.device_token().to_string();
             self.sent.lock().expect("sent lock").push(SentPush {
+                at: std::time::SystemTime::now(),
                 token: token.clone(),
                 environment: request.environment,
                 topic: options.apns_topic.map(str::to_string),

@@ -150,6 +150,11 @@ impl PushService {
         }
     }
 
+    /// Tells the worker that push rows were committed (its loop sends them at once).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
     pub fn gateway(&self) -> &Arc<dyn PushGateway> {
         &self.inner.gateway
     }
