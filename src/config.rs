@@ -229,6 +229,8 @@ pub struct PushSettings {
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
     pub batch_size: u32,
+    /// Sends in flight at once within a step.
+    pub concurrency: usize,
     pub preview_chars: usize,
     pub apns: ApnsSettings,
 }

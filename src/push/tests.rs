@@ -42,6 +42,7 @@ fn config() -> WorkerConfig {
         backoff_max: Duration::from_secs(600),
         poll_interval: Duration::from_secs(5),
         batch_size: 50,
+        concurrency: 16,
         preview_chars: 150,
         send_timeout: Duration::from_secs(5),
         default_topic: Some(TOPIC.into()),

@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Pushes claimed per step.
     pub batch_size: u32,
+    /// Sends in flight at once within a step (after the step's first, sent alone).
+    pub concurrency: usize,
     /// Characters of text shown in a push.
     pub preview_chars: usize,
     /// Longest wait for one send's answer; no answer by then counts as a transport error.
@@ -69,6 +71,7 @@ impl WorkerConfig {
             backoff_max: s.backoff_max,
             poll_interval: s.poll_interval,
             batch_size: s.batch_size.max(1),
+            concurrency: s.concurrency.max(1),
             preview_chars: s.preview_chars.max(1),
             send_timeout: s.apns.request_timeout + SEND_GUARD_MARGIN,
             default_topic: Some(s.apns.topic.trim().to_string()).filter(|t| !t.is_empty()),
@@ -96,6 +99,40 @@ pub struct TickReport {
     pub released: usize,
     /// Sending is stopped by a configuration error.
     pub stopped: bool,
+}
+
+/// What came of sending one push, before it is recorded.
+#[derive(Default)]
+struct Attempted {
+    /// Each answer with the push's attempt count after it (two when a provider token was
+    /// renewed); a push that could not be built has one answer, from tether itself.
+    answers: Vec<(Answer, i64)>,
+    /// Requests made to the gateway.
+    sent: usize,
+    /// The JSON sent.
+    json: Option<String>,
+    /// Not sent: what it was about is moot.
+    cancel: Option<&'static str>,
+    /// Sending must stop for this reason (the provider token could not be renewed).
+    stop: Option<String>,
+}
+
+impl Attempted {
+    /// A push that cannot be sent as it is (no request made): it fails with the reason.
+    fn local_failure(due: &DuePush, error: &str) -> Self {
+        let answer = Answer {
+            action: Action::GiveUp,
+            status_code: None,
+            reason: None,
+            apns_id: None,
+            timestamp: None,
+            error: Some(error.to_string()),
+        };
+        Attempted {
+            answers: vec![(answer, due.push.attempts)],
+            ..Attempted::default()
+        }
+    }
 }
 
 /// The push part of `/health`.
@@ -221,7 +258,9 @@ impl PushService {
         Ok(report)
     }
 
-    /// Sends claimed pushes in order until they are done, sending stops, or tether stops.
+    /// Sends claimed pushes until they are done, sending stops, or tether stops: the first
+    /// alone (so a configuration error costs one request), then `push.concurrency` at a
+    /// time, each group's answers recorded in one transaction.
     async fn send_claimed(
         &self,
         ids: &[i64],
@@ -229,14 +268,23 @@ impl PushService {
         report: &mut TickReport,
     ) -> sqlx::Result<()> {
         let pool = self.inner.store.pool();
-        for push in pushes::sending_with_devices(pool, ids).await? {
+        let due = pushes::sending_with_devices(pool, ids).await?;
+        let mut rest = &due[..];
+        let mut group_size = 1;
+        while !rest.is_empty() {
             if self.is_stopped() || self.inner.closing.load(Ordering::SeqCst) {
                 break;
             }
-            // Its device may have been disabled (by an answer in this step) or removed.
-            if pushes::is_sending(pool, push.push.id).await? {
-                self.send_one(&push, now, report).await?;
-            }
+            let (group, tail) = rest.split_at(group_size.min(rest.len()));
+            rest = tail;
+            group_size = self.inner.config.concurrency;
+            // A device may have been disabled (by an answer in this step) or removed.
+            let group_ids: Vec<i64> = group.iter().map(|d| d.push.id).collect();
+            let live = pushes::still_sending(pool, &group_ids).await?;
+            let group: Vec<&DuePush> = group.iter().filter(|d| live.contains(&d.push.id)).collect();
+            let attempts =
+                futures::future::join_all(group.iter().map(|d| self.attempt(d, now))).await;
+            self.record(&group, attempts, now, report).await?;
         }
         Ok(())
     }
@@ -304,25 +352,38 @@ impl PushService {
         }
     }
 
-    /// Sends one claimed push and records what came of it.
-    async fn send_one(&self, due: &DuePush, now: i64, report: &mut TickReport) -> sqlx::Result<()> {
+    /// Sends one claimed push (again after renewing an expired provider token), or finds
+    /// it cannot or need not be sent. Nothing is recorded here: see [`Self::record`].
+    async fn attempt(&self, due: &DuePush, now: i64) -> Attempted {
         let p = &due.push;
         let config = &self.inner.config;
         let topic = due.topic.as_deref().or(config.default_topic.as_deref());
         if topic.is_none() && self.inner.gateway.needs_topic() {
-            let error = "no APNs topic: set push.apns.topic or register the device with a topic";
-            return self.local_failure(due, now, error, report).await;
+            return Attempted::local_failure(
+                due,
+                "no APNs topic: set push.apns.topic or register the device with a topic",
+            );
         }
         if p.expires_at.is_some_and(|at| at <= now) {
-            let error = "its moment passed before it could be sent (APNs expiration)";
-            return self.local_failure(due, now, error, report).await;
+            return Attempted::local_failure(
+                due,
+                "its moment passed before it could be sent (APNs expiration)",
+            );
         }
         let kind = PushKind::parse(&p.kind);
-        if kind == Some(PushKind::SessionExpiring) && !self.still_warned(p).await? {
-            let why = "the session was kept alive or ended before its warning went out";
-            pushes::cancel(self.inner.store.pool(), p.id, why, now).await?;
-            report.cancelled += 1;
-            return Ok(());
+        if kind == Some(PushKind::SessionExpiring) {
+            match self.still_warned(p).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Attempted {
+                        cancel: Some(
+                            "the session was kept alive or ended before its warning went out",
+                        ),
+                        ..Attempted::default()
+                    }
+                }
+                Err(e) => return Attempted::local_failure(due, &format!("database error: {e}")),
+            }
         }
         let whole = Content {
             kind: &p.kind,
@@ -338,8 +399,10 @@ impl PushService {
         let fitted = match payload::fit(&whole, config.preview_chars) {
             Ok(f) => f,
             Err(e) => {
-                let error = format!("the payload could not be built: {e}");
-                return self.local_failure(due, now, &error, report).await;
+                return Attempted::local_failure(
+                    due,
+                    &format!("the payload could not be built: {e}"),
+                )
             }
         };
         let content = Content {
@@ -358,17 +421,20 @@ impl PushService {
             expiration: p.expires_at.map(|ms| (ms / 1000).max(0) as u64),
         };
         // fit() measured this JSON; the token, topic and collapse id are headers, not in it.
-        let json = fitted.json;
         let notification = match payload::notification(&content, &due.token, headers) {
             Ok(n) => n,
             Err(e) => {
-                let error = format!("the payload could not be built: {e}");
-                return self.local_failure(due, now, &error, report).await;
+                return Attempted::local_failure(
+                    due,
+                    &format!("the payload could not be built: {e}"),
+                )
             }
         };
-
+        let mut done = Attempted {
+            json: Some(fitted.json),
+            ..Attempted::default()
+        };
         let mut attempts = p.attempts;
-        let mut renewed = false;
         loop {
             let request = PushRequest {
                 environment: due.environment,
@@ -381,34 +447,22 @@ impl PushService {
                     Ok(outcome) => outcome,
                     Err(_) => Err(a2::Error::RequestTimeout(config.send_timeout.as_secs())),
                 };
-            report.sent += 1;
+            done.sent += 1;
             attempts += 1;
             let mut answer = classify(&outcome);
-            if answer.action == Action::RenewTokenAndRetry {
-                if renewed {
-                    // A fresh token is refused as expired too: the clock or the key is wrong.
-                    answer.action = Action::ConfigError;
-                } else {
-                    renewed = true;
-                    self.record(due, &answer, attempts, now, Some(&json), report)
-                        .await?;
-                    match self.inner.gateway.renew_token(due.environment) {
-                        Ok(()) => continue,
-                        Err(e) => {
-                            self.stop(&format!(
-                                "the APNs provider token could not be renewed: {e}"
-                            ));
-                            report.released +=
-                                pushes::release(self.inner.store.pool(), &[p.id], now).await?
-                                    as usize;
-                            return Ok(());
-                        }
-                    }
-                }
+            let renew = answer.action == Action::RenewTokenAndRetry;
+            if renew && done.sent > 1 {
+                // A fresh token is refused as expired too: the clock or the key is wrong.
+                answer.action = Action::ConfigError;
             }
-            return self
-                .record(due, &answer, attempts, now, Some(&json), report)
-                .await;
+            done.answers.push((answer, attempts));
+            if !renew || done.sent > 1 {
+                return done;
+            }
+            if let Err(e) = self.inner.gateway.renew_token(due.environment) {
+                done.stop = Some(format!("the APNs provider token could not be renewed: {e}"));
+                return done;
+            }
         }
     }
 
@@ -421,17 +475,56 @@ impl PushService {
         }))
     }
 
-    /// Records an answer (the attempt and the push's new state) in one transaction, and
-    /// disables the device when APNs said its token is no good.
+    /// Records what came of a group of sends in one transaction (each answer as an
+    /// attempt, and each push's new state; a device APNs said is no good is disabled), then
+    /// logs and counts them.
     async fn record(
         &self,
+        group: &[&DuePush],
+        attempted: Vec<Attempted>,
+        now: i64,
+        report: &mut TickReport,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.inner.store.begin_write().await?;
+        let mut settled = Vec::new();
+        for (due, done) in group.iter().zip(&attempted) {
+            report.sent += done.sent;
+            if let Some(why) = done.cancel {
+                pushes::cancel(&mut *tx, due.push.id, why, now).await?;
+                report.cancelled += 1;
+            }
+            for (answer, attempts) in &done.answers {
+                let (status, disabled) = self
+                    .record_answer(&mut tx, due, answer, *attempts, now, done.json.as_deref())
+                    .await?;
+                settled.push((*due, answer, *attempts, status, disabled));
+            }
+        }
+        tx.commit().await?;
+        for (due, answer, attempts, status, disabled) in settled {
+            self.settle(due, answer, attempts, status, disabled, report);
+        }
+        for done in &attempted {
+            if let Some(reason) = &done.stop {
+                // Left `sending`: the step releases it for when sending resumes.
+                self.stop(reason);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one answer in `tx`: the attempt, the push's new state, and the device
+    /// disabled when APNs said its token is no good. Returns the state and whether the
+    /// device was disabled.
+    async fn record_answer(
+        &self,
+        tx: &mut store::WriteTx,
         due: &DuePush,
         answer: &Answer,
         attempts: i64,
         now: i64,
         json: Option<&str>,
-        report: &mut TickReport,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<(PushStatus, bool)> {
         let p = &due.push;
         let config = &self.inner.config;
         let described = answer.describe();
@@ -470,7 +563,6 @@ impl PushService {
             }
         };
 
-        let mut tx = self.inner.store.begin_write().await?;
         let mut disabled = false;
         let disable = match (&answer.action, p.device_id) {
             (
@@ -483,8 +575,9 @@ impl PushService {
         };
         if let Some((device_id, unless_registered_after)) = disable {
             let reason = format!("APNs: {described}");
-            disabled = devices::disable(&mut *tx, device_id, &reason, unless_registered_after, now)
-                .await?;
+            disabled =
+                devices::disable(&mut **tx, device_id, &reason, unless_registered_after, now)
+                    .await?;
             error = Some(if disabled {
                 format!("{described}; the device token is disabled")
             } else {
@@ -492,7 +585,7 @@ impl PushService {
             });
         }
         pushes::insert_attempt(
-            &mut *tx,
+            &mut **tx,
             &NewAttempt {
                 push_id: p.id,
                 status_code: answer.status_code,
@@ -506,7 +599,7 @@ impl PushService {
         )
         .await?;
         pushes::after_attempt(
-            &mut *tx,
+            &mut **tx,
             &AfterAttempt {
                 id: p.id,
                 status,
@@ -523,15 +616,28 @@ impl PushService {
         if let (true, Some((device_id, _))) = (disabled, disable) {
             // The device's other unsent pushes, this one being settled above.
             pushes::cancel_pending_for_device(
-                &mut *tx,
+                &mut **tx,
                 device_id,
                 &format!("the device was disabled (APNs: {described})"),
                 now,
             )
             .await?;
         }
-        tx.commit().await?;
+        Ok((status, disabled))
+    }
 
+    /// Logs and counts one recorded answer, and stops sending on a configuration error.
+    fn settle(
+        &self,
+        due: &DuePush,
+        answer: &Answer,
+        attempts: i64,
+        status: PushStatus,
+        disabled: bool,
+        report: &mut TickReport,
+    ) {
+        let p = &due.push;
+        let described = answer.describe();
         metrics::counter!("tether_push_attempts_total", "action" => answer.action.as_str())
             .increment(1);
         let device = token_prefix(&due.token);
@@ -571,27 +677,6 @@ impl PushService {
                 self.stop(&config_hint(answer, &described));
             }
         }
-        Ok(())
-    }
-
-    /// A push that cannot be sent as it is (no request made): failed, with the reason.
-    async fn local_failure(
-        &self,
-        due: &DuePush,
-        now: i64,
-        error: &str,
-        report: &mut TickReport,
-    ) -> sqlx::Result<()> {
-        let answer = Answer {
-            action: Action::GiveUp,
-            status_code: None,
-            reason: None,
-            apns_id: None,
-            timestamp: None,
-            error: Some(error.to_string()),
-        };
-        self.record(due, &answer, due.push.attempts, now, None, report)
-            .await
     }
 
     /// Stops sending until restart, with the reason shown on `/health`.

@@ -306,11 +306,15 @@ pub async fn after_attempt(
 }
 
 /// Whether a claimed push is still `sending` (not cancelled since it was claimed).
-pub async fn is_sending(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pushes WHERE id = ? AND status = 'sending')")
-        .bind(id)
-        .fetch_one(ex)
-        .await
+/// Of `ids`, those still `sending` (not cancelled meanwhile with their device).
+pub async fn still_sending(ex: impl SqliteExecutor<'_>, ids: &[i64]) -> sqlx::Result<Vec<i64>> {
+    let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+    sqlx::query_scalar(
+        "SELECT id FROM pushes WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(ex)
+    .await
 }
 
 pub async fn get(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<Option<PushRow>> {
