@@ -159,6 +159,9 @@ impl Sessions {
             Err(e) => return Err(e.into()),
         };
         tx.commit().await?;
+        if matches!(m.target, Target::NewIn(_)) {
+            self.folders_changed();
+        }
         tracing::info!(%session_id, message_id, "message queued");
         self.wake(&session_id);
         Ok(Accepted::Queued {

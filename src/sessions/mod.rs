@@ -157,8 +157,6 @@ struct Inner {
     usage: Mutex<HashMap<String, Usage>>,
     /// Processes started ahead for new sessions (see `spares`).
     spares: Mutex<spares::Pool>,
-    /// Wakes the spare keeper (a spare was taken).
-    spare_wake: Arc<Notify>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -179,7 +177,6 @@ impl Sessions {
                 stop: watch::Sender::new(false),
                 usage: Mutex::new(HashMap::new()),
                 spares: Mutex::new(spares::Pool::default()),
-                spare_wake: Arc::new(Notify::new()),
             }),
         }
     }

@@ -24,6 +24,9 @@ use crate::{
 
 /// A claimed spare not adopted by then (its session's insert failed) is stopped.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// How long the wanted folders are used before they are read again (a new session makes
+/// them stale at once).
+const FOLDERS_FRESH: Duration = Duration::from_secs(30);
 /// How often the keeper looks for dead spares when nothing wakes it.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a spare dies (doubling with each death in a row), and its cap.
@@ -54,6 +57,9 @@ pub(super) struct Pool {
     /// Set by the memory watch while a spare would push processes past
     /// `sessions.max_total_memory`.
     memory_full: bool,
+    /// The wanted folders as last read, and when; read again after [`FOLDERS_FRESH`] or
+    /// once a session was created.
+    folders: Option<(Instant, Vec<PathBuf>)>,
 }
 
 /// What one step of the keeper did.
@@ -118,7 +124,8 @@ impl Sessions {
         pool.not_before = None;
         drop(pool);
         metrics::counter!("tether_spares_used_total").increment(1);
-        self.inner.spare_wake.notify_one();
+        // Replaced at the keeper's next step, not now: starting a process costs CPU the
+        // session's first turn is using.
         Some(spare)
     }
 
@@ -326,9 +333,25 @@ impl Sessions {
         );
     }
 
+    /// A session was created: the most recently used folders may have changed.
+    pub(super) fn folders_changed(&self) {
+        self.spares().folders = None;
+    }
+
     /// `n` folders for spares: the most recently used ones that are still allowed, the
     /// most recent repeated when there are fewer than `n`.
     async fn wanted_folders(&self, n: usize) -> sqlx::Result<Vec<PathBuf>> {
+        if let Some((at, folders)) = &self.spares().folders {
+            if at.elapsed() < FOLDERS_FRESH {
+                return Ok(folders.clone());
+            }
+        }
+        let read = self.read_wanted_folders(n).await?;
+        self.spares().folders = Some((Instant::now(), read.clone()));
+        Ok(read)
+    }
+
+    async fn read_wanted_folders(&self, n: usize) -> sqlx::Result<Vec<PathBuf>> {
         let recent = spares::recent_projects(self.deps().store.pool(), n).await?;
         let mut folders = Vec::new();
         for raw in recent {
@@ -398,11 +421,10 @@ fn oldest_unclaimed(spares: &[Spare]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// Keeps the spares until tether stops: a step at start, after each spare is taken, and
-/// every second to find dead ones.
+/// Keeps the spares until tether stops: a step at start and every second (a taken spare is
+/// replaced, a dead one found).
 pub async fn run(sessions: Sessions) {
     let mut stop = sessions.stopping();
-    let wake = sessions.inner.spare_wake.clone();
     loop {
         let report = sessions.spare_tick().await;
         if report.started + report.died + report.stopped > 0 {
@@ -410,7 +432,6 @@ pub async fn run(sessions: Sessions) {
         }
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = wake.notified() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
