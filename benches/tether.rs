@@ -16,7 +16,6 @@
 //! CLI against a stand-in API; `--svg FILE` also draws turn time per design. Under
 //! `cargo test` it runs each part once, small, as a smoke test.
 
-#[allow(dead_code)]
 #[path = "../tests/api/stand_in_api.rs"]
 mod stand_in_api;
 
