@@ -50,6 +50,8 @@ fn direct(turns: usize, dir: &std::path::Path) -> Figures {
         .args(tether::agent::claude::STREAM_ARGS)
         .args(["--session-id", &uuid::Uuid::new_v4().to_string()])
         .env("CLAUDE_CONFIG_DIR", dir.join("direct-config"))
+        // The fake streams its text at once: the figures are tether's cost, not a model's pace.
+        .env("FAKE_CLAUDE_DELTA_MS", "0")
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,6 +120,9 @@ fn main() {
             "CLAUDE_CONFIG_DIR".into(),
             dir.path().join("config").to_string_lossy().into(),
         );
+        s.agent
+            .env
+            .insert("FAKE_CLAUDE_DELTA_MS".into(), "0".into());
         s.projects.roots = vec![dir.path().join("projects")];
         s.sessions.max_processes = sessions + 2;
         // Every cold sample is a new session.
