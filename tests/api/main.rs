@@ -7,6 +7,8 @@ mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;
+mod live_text;
+mod openai;
 mod pairing;
 mod permission_protocol;
 mod push;

@@ -268,3 +268,30 @@ async fn the_real_cli_asks_the_phone_before_writing_and_hears_the_answer() {
     let text = tool_result_text(&told[0]);
     assert!(text.contains("\"Which color?\"=\"Blue\""), "{text}");
 }
+
+/// The official `openai` Python SDK against tether driving the real CLI: completions, the
+/// context kept in the session, a streamed reply from the CLI's live text, errors as the SDK's
+/// exceptions (see tests/python/openai_sdk_check.py).
+#[tokio::test]
+async fn the_official_openai_sdk_talks_to_the_real_cli() {
+    let Some(cli) = real_cli() else { return };
+    let Some(python) = crate::openai::sdk_python() else {
+        return;
+    };
+    let api = StandInApi::start().await;
+    // Each reply names the user texts the CLI sent: the SDK sees whether context was kept.
+    api.echo_conversation();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir.clone()).await;
+    crate::openai::run_sdk_check(&app, &python, false).await;
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        vec![
+            "Remember the word BANANA",
+            "Which word did I ask you to remember?",
+            "Tell me a short story about a tether"
+        ],
+        "each completion sent only its own message; the CLI held the rest"
+    );
+}
