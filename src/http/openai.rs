@@ -398,8 +398,8 @@ impl Completion {
                         return;
                     }
                 }
-                Ok(Watched::Ended(msg, reply)) => break (msg, reply),
-                Ok(Watched::Pending(msg)) => break (msg, None),
+                Ok(Watched::Ended(end)) => break *end,
+                Ok(Watched::Pending(msg)) => break (*msg, None),
                 Err(e) => {
                     tracing::error!(error = %e, "could not follow a streamed completion");
                     let err = ApiError::from(e);

@@ -165,11 +165,21 @@ impl Sessions {
             }
             Err(e) => return Err(e.into()),
         };
+        // A watch listens before the actor can take the message: for an existing session,
+        // whose actor may be running and take it as soon as it is committed, before the
+        // commit; a new session has no actor until it is woken (one started before its row
+        // is committed would find no session and stop).
+        let watch_now = |until: Option<Instant>| {
+            until.map(|deadline| self.watch(&session_id, message_id, deadline))
+        };
+        let (before, after) = match m.target {
+            Target::Session(_) => (m.watch_until, None),
+            Target::NewIn(_) => (None, m.watch_until),
+        };
+        let early = watch_now(before);
         tx.commit().await?;
         tracing::info!(%session_id, message_id, "message queued");
-        let watch = m
-            .watch_until
-            .map(|deadline| self.watch(&session_id, message_id, deadline));
+        let watch = early.or_else(|| watch_now(after));
         self.wake(&session_id);
         Ok(Accepted::Queued {
             session_id,

@@ -17,10 +17,10 @@ pub enum Watched {
     /// Text the agent just wrote in this message's turn (never stored as such).
     Text(TextDelta),
     /// The message reached a terminal state: it, and its reply when it completed.
-    Ended(MessageRow, Option<MessageRow>),
+    Ended(Box<(MessageRow, Option<MessageRow>)>),
     /// The deadline passed, or the session's actor stopped, before the end: the message
     /// as it is now (its turn goes on, or waits for the next start).
-    Pending(MessageRow),
+    Pending(Box<MessageRow>),
 }
 
 /// One message's turn, followed on its session's live events.
@@ -76,12 +76,12 @@ impl TurnWatch {
             if std::mem::take(&mut self.look) {
                 let (msg, reply) = self.current().await?;
                 if msg.status.is_terminal() {
-                    return Ok(Watched::Ended(msg, reply));
+                    return Ok(Watched::Ended(Box::new((msg, reply))));
                 }
                 // Running: the turn is ours (one turn runs at a time in a session).
                 self.ours |= msg.status == Status::Running;
                 if self.events.is_none() {
-                    return Ok(Watched::Pending(msg));
+                    return Ok(Watched::Pending(Box::new(msg)));
                 }
             }
             let Some(events) = self.events.as_mut() else {
@@ -93,9 +93,9 @@ impl TurnWatch {
                     // Time is up: the message as it is now.
                     let (msg, reply) = self.current().await?;
                     return Ok(if msg.status.is_terminal() {
-                        Watched::Ended(msg, reply)
+                        Watched::Ended(Box::new((msg, reply)))
                     } else {
-                        Watched::Pending(msg)
+                        Watched::Pending(Box::new(msg))
                     });
                 }
                 Ok(Ok(ev)) => {
@@ -119,8 +119,8 @@ impl TurnWatch {
         loop {
             match self.next().await? {
                 Watched::Text(_) => {}
-                Watched::Ended(msg, reply) => return Ok((msg, reply)),
-                Watched::Pending(msg) => return Ok((msg, None)),
+                Watched::Ended(end) => return Ok(*end),
+                Watched::Pending(msg) => return Ok((*msg, None)),
             }
         }
     }

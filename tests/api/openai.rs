@@ -209,7 +209,7 @@ async fn errors_on_v1_are_in_openais_shape_and_the_rest_keeps_tethers() {
         json!({"object": "list", "data": [{"id": "claude", "object": "model", "created": 0, "owned_by": "tether"}]})
     );
 
-    let cases: Vec<(Value, StatusCode, &str, &str, Value)> = vec![
+    let mut cases: Vec<(Value, StatusCode, &str, &str, Value)> = vec![
         (
             json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
             StatusCode::NOT_FOUND,
@@ -275,6 +275,14 @@ async fn errors_on_v1_are_in_openais_shape_and_the_rest_keeps_tethers() {
             "conversation_id".into(),
         ),
     ];
+    let long = "x".repeat(app.settings.sessions.max_message_bytes + 1);
+    cases.push((
+        json!({"model": "claude", "messages": [{"role": "user", "content": long}], "conversation_id": "00000000-0000-4000-8000-000000000000"}),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "message_too_large",
+        "invalid_request_error",
+        "messages".into(),
+    ));
     for (body, status, code, kind, param) in cases {
         let (got, error) = openai_error(app.completion(body.clone()).await).await;
         assert_eq!((got, &error["code"]), (status, &code.into()), "{body}");
