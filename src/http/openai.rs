@@ -144,7 +144,9 @@ async fn completions(
     } else {
         None
     };
-    state.agent_ready().await?;
+    if !state.sessions.is_closing() {
+        state.agent_ready().await?;
+    }
     let deadline = super::chat::wait_deadline(&state);
     let accepted = state
         .sessions
