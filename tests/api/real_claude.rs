@@ -1,9 +1,9 @@
 //! The real Claude Code CLI behind tether, against a stand-in Messages API served by the
 //! test: two turns, a restart of tether, a third turn whose API request carries all three
-//! user messages, an interrupt of a slow turn, approvals, and the official `openai` Python SDK
-//! through `/v1` (its streamed reply from the CLI's live text). Needs `TETHER_TEST_CLAUDE_BIN` (set by
-//! `.ci/run` from `scripts/install-claude.sh`); without it the test says so and skips, except
-//! under CI, where it must run.
+//! user messages, an interrupt of a slow turn, approvals, and the official `openai` Python
+//! SDK through `/v1` (its streamed reply from the CLI's live text). Needs
+//! `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`); without it
+//! the test says so and skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
 
