@@ -107,6 +107,8 @@ impl Agent {
                 env: vec![
                     ("CLAUDE_CONFIG_DIR".into(), config),
                     ("FAKE_CLAUDE_START_DELAY_MS".into(), FAKE_START_MS.into()),
+                    // Its text streams at once: the figures are tether's cost, not a model's pace.
+                    ("FAKE_CLAUDE_DELTA_MS".into(), "0".into()),
                 ],
                 name: format!("fake CLI ({FAKE_START_MS} ms start)"),
                 _api: None,

@@ -26,6 +26,15 @@ pub struct Settings {
     pub log: LogSettings,
     pub limits: LimitSettings,
     pub approvals: ApprovalSettings,
+    pub openai: OpenAiSettings,
+}
+
+/// The OpenAI-compatible endpoint (`/v1`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenAiSettings {
+    /// The project folder of a conversation started without `project_path`; empty: such a
+    /// request is refused (400). Must lie inside `projects.roots`, as any project.
+    pub default_project: String,
 }
 
 /// Tools the agent asks to use, and questions it asks, answered from the phone.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Agent, Decision, Launch, Parsed, PermissionRequest, Signal, TurnResult};
+use super::{Agent, Decision, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnResult};
 use crate::config::AgentSettings;
 
 /// tether's own settings come from variables with this prefix (matched in any case, as the
@@ -23,15 +23,21 @@ fn settings_vars(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi
     .collect()
 }
 
-/// The flags that make Claude Code a long-lived, line-speaking process.
-pub const STREAM_ARGS: [&str; 6] = [
+/// The flags that make Claude Code a long-lived, line-speaking process. With
+/// `--include-partial-messages` it also prints the model's text as it streams in
+/// (`stream_event` lines), which tether hands to live listeners without storing it.
+pub const STREAM_ARGS: [&str; 7] = [
     "-p",
     "--input-format",
     "stream-json",
     "--output-format",
     "stream-json",
     "--verbose",
+    "--include-partial-messages",
 ];
+
+/// The `type` of the lines that carry a message still being written.
+const STREAM_EVENT: &str = "stream_event";
 
 #[derive(Debug, Clone)]
 pub struct Claude {
@@ -140,6 +146,13 @@ impl Agent for Claude {
             return Parsed::Invalid;
         };
         let kind = head.kind.unwrap_or_else(|| "unknown".into());
+        if kind == STREAM_EVENT {
+            return Parsed::Partial(text_delta(
+                head.event,
+                head.parent_tool_use_id,
+                head.api_message_id,
+            ));
+        }
         let signal = match (kind.as_str(), head.request, head.request_id) {
             ("result", _, _) => Signal::TurnDone(Box::new(TurnResult {
                 is_error: head.is_error.unwrap_or(false),
@@ -215,6 +228,46 @@ struct Head {
     usage: Option<Value>,
     request_id: Option<String>,
     request: Option<ControlRequest>,
+    /// A `stream_event`'s event of the Messages API stream.
+    event: Option<StreamEvent>,
+    /// Set on the lines of a subagent (a Task tool); null for the conversation's own.
+    parent_tool_use_id: Option<String>,
+    api_message_id: Option<String>,
+}
+
+/// The Messages API event a `stream_event` line carries; only text deltas are read.
+#[derive(Deserialize)]
+struct StreamEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    index: Option<u64>,
+    delta: Option<Delta>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+/// The text a `stream_event` adds to the conversation's reply: a `text_delta` of its own
+/// (not a subagent's), else nothing.
+fn text_delta(
+    event: Option<StreamEvent>,
+    parent_tool_use_id: Option<String>,
+    api_message_id: Option<String>,
+) -> Option<TextDelta> {
+    let event = event.filter(|e| e.kind == "content_block_delta")?;
+    if parent_tool_use_id.is_some() {
+        return None;
+    }
+    let delta = event.delta.filter(|d| d.kind == "text_delta")?;
+    Some(TextDelta {
+        text: delta.text.filter(|t| !t.is_empty())?,
+        api_message_id,
+        index: event.index.unwrap_or(0),
+    })
 }
 
 /// The `request` of a `control_request` the CLI sends (a permission prompt).
@@ -260,9 +313,11 @@ mod tests {
                 .collect()
         };
         let first = args(&launch);
-        assert_eq!(&first[..6], &STREAM_ARGS);
+        let n = STREAM_ARGS.len();
+        assert_eq!(&first[..n], &STREAM_ARGS);
+        assert!(first.contains(&"--include-partial-messages".to_string()));
         assert_eq!(
-            &first[6..],
+            &first[n..],
             &[
                 "--session-id",
                 "abc",
@@ -275,7 +330,7 @@ mod tests {
             ]
         );
         launch.resume = true;
-        assert_eq!(&args(&launch)[6..8], &["--resume", "abc"]);
+        assert_eq!(&args(&launch)[n..n + 2], &["--resume", "abc"]);
     }
 
     #[test]
@@ -400,6 +455,36 @@ mod tests {
         assert_eq!(r.text, "hi");
         assert_eq!(r.conversation_id.as_deref(), Some("s1"));
         assert_eq!(r.cumulative_cost_usd, Some(0.002));
+    }
+
+    #[test]
+    fn text_deltas_are_read_and_other_stream_events_are_partial_with_no_text() {
+        // Lines as Claude Code 2.1.329 prints them with --include-partial-messages.
+        let delta = r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Hel"}},"session_id":"s","parent_tool_use_id":null,"uuid":"u","api_message_id":"msg_1"}"#;
+        let Parsed::Partial(Some(d)) = claude().parse_line(delta) else {
+            panic!("a text delta")
+        };
+        assert_eq!(
+            d,
+            TextDelta {
+                text: "Hel".into(),
+                api_message_id: Some("msg_1".into()),
+                index: 1
+            }
+        );
+        for other in [
+            r#"{"type":"stream_event","event":{"type":"message_start","message":{"id":"msg_1","content":[]}},"parent_tool_use_id":null}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}}"#,
+            r#"{"type":"stream_event","event":{"type":"content_block_stop","index":0}}"#,
+            r#"{"type":"stream_event","event":{"type":"message_stop"}}"#,
+            // A subagent's text is not the conversation's reply.
+            r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}},"parent_tool_use_id":"toolu_1"}"#,
+        ] {
+            assert!(
+                matches!(claude().parse_line(other), Parsed::Partial(None)),
+                "{other}"
+            );
+        }
     }
 
     #[test]

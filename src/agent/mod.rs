@@ -58,8 +58,23 @@ pub enum Parsed {
     /// A JSON object and its `type`. The line itself is what is stored and streamed, so
     /// unknown types and fields are kept whole.
     Event { kind: String, signal: Signal },
+    /// A piece of a message still being written (Claude's `stream_event` lines, with
+    /// `--include-partial-messages`). Never stored: the complete line follows it. Its text,
+    /// when it adds text to the reply, goes to live listeners.
+    Partial(Option<TextDelta>),
     /// Not a JSON object: logged and counted, never fatal.
     Invalid,
+}
+
+/// Text the agent just wrote, before the line that holds the whole block.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TextDelta {
+    pub text: String,
+    /// The model's message this text belongs to (the id its complete line will carry).
+    pub api_message_id: Option<String>,
+    /// The content block of that message (a message may hold several text blocks).
+    pub index: u64,
 }
 
 /// What the session actor must act on in an event; most events need nothing.

@@ -2,6 +2,10 @@
 //!
 //! It speaks the CLI's persistent stream-json protocol (see `claude-protocol.md`): one JSON
 //! object per line on stdin and stdout, a `system/init` + `assistant` + `result` triple per turn,
+//! with `--include-partial-messages` each model message streamed first as the real CLI prints
+//! it (a `system/status` "requesting", then `stream_event` lines: `message_start`,
+//! `content_block_start`, the text in `text_delta`s a few words at a time, paced, the block's
+//! whole `assistant` line, `content_block_stop`, `message_delta`, `message_stop`),
 //! transcripts under `<config>/projects/<mangled cwd>/<id>.jsonl`, `--session-id` refusing an
 //! existing transcript, `--resume` refusing a missing one, interrupts through
 //! `control_request`, and tool approvals: with `--permission-prompt-tool stdio` a tool that
@@ -58,6 +62,7 @@
 //! note to the model, with no `result` of its own.)
 //!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
+//! `FAKE_CLAUDE_DELTA_MS` (the pause between two text deltas, default 10 ms; 0 streams at once),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
 //! `FAKE_CLAUDE_START_DELAY_MS` (sleep before reading stdin, as the real CLI takes 0.3 to
 //! 0.5 s to start; the transcript is written only once the first message is read),
@@ -84,6 +89,12 @@ const MODEL: &str = "fake-model";
 const VERSION: &str = "2.1.329-fake";
 const LOREM: &str = "lorem ipsum dolor sit amet ";
 const COST_PER_TURN_MILLI_USD: u64 = 1;
+/// The pause between two `text_delta`s unless `FAKE_CLAUDE_DELTA_MS` says otherwise: the
+/// real API streams a reply a few tokens at a time, tens of milliseconds apart.
+const DELTA_GAP_MS: u64 = 10;
+/// Most `text_delta`s of one text block: a longer text comes in bigger pieces, so that a
+/// huge reply does not take minutes.
+const MAX_DELTAS: usize = 24;
 /// Time between two `api_retry` lines of `[api-retry:N]`.
 const API_RETRY_GAP: Duration = Duration::from_millis(400);
 
@@ -158,7 +169,10 @@ fn main() {
     }
     let rx = spawn_stdin_reader();
     let permissions = Permissions::from_args(&args);
-    let code = Conversation::new(session, rx, permissions).run();
+    let stream = args
+        .partial_messages
+        .then(|| Duration::from_millis(env_u64("FAKE_CLAUDE_DELTA_MS").unwrap_or(DELTA_GAP_MS)));
+    let code = Conversation::new(session, rx, permissions, stream).run();
     process::exit(code);
 }
 
@@ -184,6 +198,8 @@ struct Args {
     permission_mode: String,
     /// `--dangerously-skip-permissions`: starts in `bypassPermissions` and lets a host choose it.
     skip_permissions: bool,
+    /// `--include-partial-messages`: stream each model message as `stream_event` lines first.
+    partial_messages: bool,
 }
 
 /// Flags of the real CLI that take a value; the value must be skipped, not read as a flag.
@@ -215,9 +231,14 @@ impl Args {
         let mut permission_prompt_tool = None;
         let mut permission_mode = None;
         let mut skip_permissions = false;
+        let mut partial_messages = false;
         while let Some(arg) = args.next() {
             if arg == "--dangerously-skip-permissions" {
                 skip_permissions = true;
+                continue;
+            }
+            if arg == "--include-partial-messages" {
+                partial_messages = true;
                 continue;
             }
             let (flag, inline_value) = match arg.split_once('=') {
@@ -251,6 +272,7 @@ impl Args {
             permission_prompt_tool,
             permission_mode,
             skip_permissions,
+            partial_messages,
         }
     }
 }
@@ -578,6 +600,31 @@ fn number<T: FromStr>(arg: Option<&str>) -> Option<T> {
     arg?.parse().ok()
 }
 
+/// `text` in the pieces its `text_delta`s carry: a word each (with the space before it, as
+/// the API sends them), or several words when there would be more than `MAX_DELTAS`; joined,
+/// they are `text`.
+fn text_pieces(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for c in text.chars() {
+        let starts_word = c.is_whitespace()
+            && words
+                .last()
+                .is_some_and(|w| w.chars().last().is_some_and(|l| !l.is_whitespace()));
+        match words.last_mut() {
+            Some(word) if !starts_word => word.push(c),
+            _ => words.push(c.to_string()),
+        }
+    }
+    // A single long word (e.g. `[huge:N]`'s x's) is cut by characters.
+    if words.len() == 1 && text.chars().count() > MAX_DELTAS {
+        let chars: Vec<char> = text.chars().collect();
+        let size = chars.len().div_ceil(MAX_DELTAS);
+        return chars.chunks(size).map(|c| c.iter().collect()).collect();
+    }
+    let per_piece = words.len().div_ceil(MAX_DELTAS).max(1);
+    words.chunks(per_piece).map(|w| w.concat()).collect()
+}
+
 /// `LOREM` repeated and cut to exactly `len` bytes.
 fn lorem(len: usize) -> String {
     LOREM.chars().cycle().take(len).collect()
@@ -649,10 +696,17 @@ struct Conversation {
     denials: Vec<Value>,
     /// Tool calls of this process, for unique `tool_use` ids.
     tool_uses: u64,
+    /// With `--include-partial-messages`: the pause between two text deltas.
+    stream: Option<Duration>,
 }
 
 impl Conversation {
-    fn new(session: Session, rx: Receiver<Input>, permissions: Permissions) -> Self {
+    fn new(
+        session: Session,
+        rx: Receiver<Input>,
+        permissions: Permissions,
+        stream: Option<Duration>,
+    ) -> Self {
         Self {
             session,
             rx,
@@ -665,6 +719,7 @@ impl Conversation {
             permissions,
             denials: Vec::new(),
             tool_uses: 0,
+            stream,
         }
     }
 
@@ -788,7 +843,7 @@ impl Conversation {
             }
         }
         if directives.crash {
-            emit(&self.assistant_line(json!([{"type": "text", "text": "partial"}])));
+            self.say(json!([{"type": "text", "text": "partial"}]));
             fatal("fake crash", 3);
         }
         let mut said = Vec::new();
@@ -816,9 +871,12 @@ impl Conversation {
             None
         };
         let result = match failure {
-            Some(message) => self.result_line("success", true, message, started),
+            Some(message) => Some(self.result_line("success", true, message, started)),
             None => self.reply(text, &directives, &said, started),
         };
+        // Interrupted while the reply streamed: it ends there, as an interrupted turn.
+        let result =
+            result.unwrap_or_else(|| self.result_line("error_during_execution", true, "", started));
         self.finish(&result);
         if directives.exit_after {
             process::exit(0);
@@ -833,7 +891,7 @@ impl Conversation {
         directives: &Directives,
         said: &[String],
         started: Instant,
-    ) -> Value {
+    ) -> Option<Value> {
         let mut reply = match directives.bigreply {
             Some(len) => lorem(len),
             None if !said.is_empty() => said.join(" | "),
@@ -852,9 +910,11 @@ impl Conversation {
             Some(len) => ("x".repeat(len), "huge done".to_owned()),
             None => (reply.clone(), reply),
         };
-        emit(&self.assistant_line(json!([{"type": "text", "text": shown}])));
+        if let Waited::Interrupted = self.say(json!([{"type": "text", "text": shown}])) {
+            return None;
+        }
         append_transcript(&self.session.transcript, "assistant", &result);
-        self.result_line("success", false, &result, started)
+        Some(self.result_line("success", false, &result, started))
     }
 
     fn finish(&mut self, result: &Value) {
@@ -869,7 +929,7 @@ impl Conversation {
             "name": "Bash",
             "input": {"command": "ls"},
         }]);
-        emit(&self.assistant_line(tool_use));
+        self.say(tool_use);
         emit(&json!({
             "type": "user",
             "message": {
@@ -1137,7 +1197,7 @@ impl Conversation {
         self.tool_uses += 1;
         let id = format!("toolu_fake_{:06}_{}", self.tool_uses, process::id());
         let call = json!([{"type": "tool_use", "id": id, "name": name, "input": input}]);
-        emit(&self.assistant_line(call));
+        self.say(call);
         id
     }
 
@@ -1182,12 +1242,100 @@ impl Conversation {
         })
     }
 
-    fn assistant_line(&mut self, content: Value) -> Value {
+    /// One model message: its `assistant` line, one per content block. With
+    /// `--include-partial-messages`, streamed first as the real CLI (2.1.329) prints it: a
+    /// `system/status` "requesting", `message_start`, then for each block its
+    /// `content_block_start`, its deltas (text a few words at a time, `self.stream` apart; a
+    /// tool's input in one `input_json_delta`), its whole `assistant` line, and
+    /// `content_block_stop`; then `message_delta` and `message_stop`. An interrupt while the
+    /// text streams ends the message there.
+    fn say(&mut self, content: Value) -> Waited {
         self.messages += 1;
+        let id = format!("msg_{}", self.messages);
+        let blocks = content.as_array().cloned().unwrap_or_default();
+        let Some(gap) = self.stream else {
+            for block in blocks {
+                emit(&self.assistant_line(&id, json!([block])));
+            }
+            return Waited::Elapsed;
+        };
+        emit(&json!({
+            "type": "system", "subtype": "status", "status": "requesting",
+            "session_id": self.session.id, "uuid": Uuid::new_v4().to_string(),
+        }));
+        self.stream_event(
+            &id,
+            json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": MODEL, "content": [],
+                "stop_reason": null, "stop_sequence": null, "usage": usage(10, 1),
+            }}),
+        );
+        let mut stop_reason = "end_turn";
+        for (index, block) in blocks.into_iter().enumerate() {
+            let mut empty = block.clone();
+            match block["type"].as_str() {
+                Some("text") => empty["text"] = json!(""),
+                Some("tool_use") => {
+                    empty["input"] = json!({});
+                    stop_reason = "tool_use";
+                }
+                _ => {}
+            }
+            self.stream_event(
+                &id,
+                json!({"type": "content_block_start", "index": index, "content_block": empty}),
+            );
+            if let Some(text) = block["text"].as_str() {
+                for (n, piece) in text_pieces(text).into_iter().enumerate() {
+                    if n > 0 && !gap.is_zero() {
+                        if let Waited::Interrupted = self.wait(gap) {
+                            return Waited::Interrupted;
+                        }
+                    }
+                    let delta = json!({"type": "text_delta", "text": piece});
+                    self.stream_event(
+                        &id,
+                        json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                    );
+                }
+            } else if block["type"] == "tool_use" {
+                let delta =
+                    json!({"type": "input_json_delta", "partial_json": block["input"].to_string()});
+                self.stream_event(
+                    &id,
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                );
+            }
+            emit(&self.assistant_line(&id, json!([block])));
+            self.stream_event(&id, json!({"type": "content_block_stop", "index": index}));
+        }
+        self.stream_event(
+            &id,
+            json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+                "usage": {"output_tokens": 5}}),
+        );
+        self.stream_event(&id, json!({"type": "message_stop"}));
+        Waited::Elapsed
+    }
+
+    /// A `stream_event` line of model message `id`.
+    fn stream_event(&self, id: &str, event: Value) {
+        emit(&json!({
+            "type": "stream_event",
+            "event": event,
+            "session_id": self.session.id,
+            "parent_tool_use_id": null,
+            "uuid": Uuid::new_v4().to_string(),
+            "api_message_id": id,
+        }));
+    }
+
+    fn assistant_line(&self, id: &str, content: Value) -> Value {
         json!({
             "type": "assistant",
             "message": {
-                "id": format!("msg_{}", self.messages),
+                "id": id,
                 "role": "assistant",
                 "model": MODEL,
                 "content": content,

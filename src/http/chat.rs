@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
 
 use super::{
     routes::{Access, Routes},
@@ -69,23 +69,33 @@ async fn chat(
             text: &req.message,
             target,
             client_message_id: req.client_message_id.as_deref(),
+            watch_until: req.wait.then(|| wait_deadline(&state)),
         })
         .await?;
-    let (session_id, message_id) = match accepted {
-        Accepted::Repeat(first) => return answer(&state, *first, req.wait).await,
+    match accepted {
+        Accepted::Repeat(first) => answer(&state, *first, req.wait).await,
+        Accepted::Queued {
+            watch: Some(watch), ..
+        } => {
+            let (row, reply) = watch.end().await?;
+            Ok(respond_with(row, reply, true))
+        }
         Accepted::Queued {
             session_id,
             message_id,
             ..
-        } => (session_id, message_id),
-    };
-    if !req.wait {
-        let body =
-            json!({"sessionId": session_id, "messageId": message_id, "status": Status::Queued});
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+        } => {
+            let body =
+                json!({"sessionId": session_id, "messageId": message_id, "status": Status::Queued});
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
     }
-    let (row, reply) = wait_for_end(&state, &session_id, message_id).await?;
-    Ok(respond_with(row, reply, true))
+}
+
+/// When a caller that waits for a turn's end is answered anyway: `server.wait_timeout`
+/// from now.
+pub(super) fn wait_deadline(state: &AppState) -> Instant {
+    Instant::now() + state.settings.server.wait_timeout
 }
 
 /// An already accepted message (a repeated `clientMessageId`): as it is, or with `wait`
@@ -96,7 +106,10 @@ async fn answer(
     wait: bool,
 ) -> Result<Response, ApiError> {
     if wait {
-        let (msg, reply) = wait_for_end(state, &msg.session_id, msg.id).await?;
+        let watch = state
+            .sessions
+            .watch(&msg.session_id, msg.id, wait_deadline(state));
+        let (msg, reply) = watch.end().await?;
         return Ok(respond_with(msg, reply, true));
     }
     respond(state, msg, false).await
@@ -140,50 +153,4 @@ fn respond_with(
         StatusCode::ACCEPTED
     };
     (status, Json(body)).into_response()
-}
-
-/// The message once it is in a terminal state, or as it is when `server.wait_timeout`
-/// pass first. It is read again only when a turn of its session ended (or events were missed).
-pub(super) async fn wait_for_end(
-    state: &AppState,
-    session_id: &str,
-    message_id: i64,
-) -> Result<(messages::MessageRow, Option<messages::MessageRow>), ApiError> {
-    let pool = state.store.pool();
-    let deadline = tokio::time::Instant::now() + state.settings.server.wait_timeout;
-    let look = || async {
-        let (msg, reply) = messages::with_reply(pool, message_id).await?;
-        let msg = msg.ok_or_else(|| anyhow::anyhow!("message {message_id} vanished"))?;
-        Ok::<_, ApiError>((msg, reply))
-    };
-    // Subscribe first, then look: an end after the look is always seen as an event.
-    // (Subscribing starts the session's actor if needed; it looks at its queue at once.)
-    let mut events = state.sessions.subscribe(session_id);
-    loop {
-        let current = look().await?;
-        if current.0.status.is_terminal() {
-            return Ok(current);
-        }
-        let Some(rx) = events.as_mut() else {
-            return Ok(current);
-        };
-        // Only a turn's end, or missed events, can have changed the message.
-        let closed = loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                // Time is up: answer with where the message is now.
-                Err(_) => return look().await,
-                Ok(Ok(ev)) if is_turn_end(&ev.kind) => break false,
-                Ok(Ok(_)) => {}
-                Ok(Err(RecvError::Lagged(_))) => break false,
-                Ok(Err(RecvError::Closed)) => break true,
-            }
-        };
-        if closed {
-            events = None; // the actor stopped: one last look
-        }
-    }
-}
-
-fn is_turn_end(kind: &str) -> bool {
-    kind == "tether.turn_completed" || kind == "tether.turn_failed"
 }

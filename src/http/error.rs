@@ -1,5 +1,6 @@
 //! The one error type of the HTTP edge: a status, a stable code and a message, sent as
-//! `{"error": {"code", "message"}}`. Internal details are logged, never sent.
+//! `{"error": {"code", "message"}}` (the `/v1` routes render the same error in OpenAI's
+//! shape, see `openai`). Internal details are logged, never sent.
 
 use std::time::Duration;
 
@@ -70,10 +71,23 @@ impl ApiError {
     }
 }
 
+/// What an error answer said, kept with the response so that a route family with another
+/// error shape (the OpenAI-compatible `/v1`) can render the same error its own way.
+#[derive(Debug, Clone)]
+pub struct Said {
+    pub code: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
+        let said = Said {
+            code: self.code,
+            message: self.message,
+        };
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(said);
         if let Some(after) = self.retry_after {
             response
                 .headers_mut()

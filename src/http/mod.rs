@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod health;
 pub mod limits;
+pub mod openai;
 mod pushes;
 pub mod routes;
 pub mod server;
@@ -57,6 +58,7 @@ fn all_routes() -> routes::Routes {
         .merge(devices::router())
         .merge(pushes::router())
         .merge(tokens::router())
+        .merge(openai::router())
 }
 
 /// The list of the server's routes, as its router is built from it.
@@ -79,6 +81,8 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))
+        // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
+        .layer(middleware::from_fn(openai::render_errors))
         .layer(Extension(edge))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -107,7 +111,9 @@ fn rate_key(req: &Request) -> String {
 
 /// 429 `too_many_requests` past `server.requests_per_minute`; 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
 /// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
-/// last); `POST /api/chat` and a keep-alive (its recap) get `server.wait_timeout` on top.
+/// last); `POST /api/chat`, a keep-alive (its recap) and `POST /v1/chat/completions` get
+/// `server.wait_timeout` on top (a streamed completion's body is not bounded by it: it ends
+/// with its turn, or at `server.wait_timeout`).
 async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     if edge.drain.is_draining() {
         let mut res = ApiError::unavailable(
@@ -132,7 +138,9 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let budget = match route.as_ref().map(MatchedPath::as_str) {
         Some(sessions::EVENTS_ROUTE) => return next.run(req).await,
-        Some(chat::ROUTE | sessions::KEEP_ALIVE_ROUTE) => edge.request_timeout + edge.wait_timeout,
+        Some(chat::ROUTE | sessions::KEEP_ALIVE_ROUTE | openai::COMPLETIONS_ROUTE) => {
+            edge.request_timeout + edge.wait_timeout
+        }
         _ => edge.request_timeout,
     };
     match tokio::time::timeout(budget, next.run(req)).await {

@@ -231,18 +231,19 @@ async fn keep_alive(
             text: prompt,
             target: Target::Session(&id),
             client_message_id: None,
+            watch_until: Some(super::chat::wait_deadline(&state)),
         })
         .await?;
     let Accepted::Queued {
-        message_id,
         expires_at,
+        watch: Some(watch),
         ..
     } = accepted
     else {
-        unreachable!("a recap has no clientMessageId to repeat");
+        unreachable!("a recap has no clientMessageId to repeat, and asked to be watched");
     };
     body["expiresAt"] = json!(time(expires_at));
-    let (msg, reply) = super::chat::wait_for_end(&state, &id, message_id).await?;
+    let (msg, reply) = watch.end().await?;
     body["recap"] = json!({
         "messageId": msg.id,
         "status": msg.status,
@@ -272,7 +273,9 @@ async fn end(
 }
 
 /// Server-Sent Events of the session's log. Each event's id is its sequence number; a
-/// client that reconnects with `Last-Event-ID: N` first gets every event after N. An owner
+/// client that reconnects with `Last-Event-ID: N` first gets every event after N. Between
+/// them, live only, `tether.text_delta` events (no id) carry the agent's text as it is
+/// written; the stored lines that follow hold the same text whole. An owner
 /// may hold `limits.streams_per_owner` at once; every stream ends when shutdown begins.
 async fn stream_events(
     State(state): State<AppState>,
@@ -295,16 +298,7 @@ async fn stream_events(
     };
     let limit = state.settings.limits.streams_per_owner;
     let Some(permit) = edge.streams.try_acquire(&caller.owner, limit) else {
-        tracing::info!(owner = %caller.owner, code = "too_many_streams", "per-owner limit reached");
-        return Err(ApiError::too_many(
-            "too_many_streams",
-            format!(
-                "{limit} event streams are already open (limits.streams_per_owner); \
-                 close one first"
-            ),
-            // A stream whose client vanished is noticed by its next keep-alive at the latest.
-            SSE_KEEPALIVE,
-        ));
+        return Err(too_many_streams(&caller.owner, limit));
     };
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = if session.is_active() {
@@ -317,12 +311,16 @@ async fn stream_events(
     let stream = ReceiverStream::new(rx).map(move |e: LiveEvent| {
         // The stream counts against its owner until its body is dropped.
         let _counted = &permit;
-        Ok::<_, Infallible>(
-            Event::default()
-                .id(e.seq.to_string())
-                .event(events::sanitize_kind(&e.kind))
-                .data(e.data.as_ref()),
-        )
+        let event = Event::default()
+            .event(events::sanitize_kind(&e.kind))
+            .data(e.data.as_ref());
+        // A transient event (text as it is written) has no id: a client that reconnects
+        // resumes after the last stored event it got, and gets whole lines from there.
+        Ok::<_, Infallible>(if e.transient {
+            event
+        } else {
+            event.id(e.seq.to_string())
+        })
     });
     // Shutdown ends the stream, so the connection can close (a client resumes later with
     // Last-Event-ID); one that stopped reading is closed at the drain's deadline.
@@ -331,6 +329,18 @@ async fn stream_events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
         .into_response())
+}
+
+/// 429 `too_many_streams`: `owner` has `limit` streams open (event streams and streamed
+/// completions).
+pub(super) fn too_many_streams(owner: &str, limit: usize) -> ApiError {
+    tracing::info!(owner, code = "too_many_streams", "per-owner limit reached");
+    ApiError::too_many(
+        "too_many_streams",
+        format!("{limit} streams are already open (limits.streams_per_owner); close one first"),
+        // A stream whose client vanished is noticed by its next keep-alive at the latest.
+        SSE_KEEPALIVE,
+    )
 }
 
 /// Sends the backlog after `sent`, then live events, catching up from SQLite whenever
@@ -352,6 +362,16 @@ async fn feed(
             next = live.recv() => next,
         };
         match next {
+            // Text as it is written, sent when the client has every stored event before
+            // it; one that is behind catches up from SQLite, where the whole lines are.
+            Ok(ev) if ev.transient => {
+                if ev.seq > sent && catch_up(&store, &id, &mut sent, &tx).await.is_err() {
+                    return;
+                }
+                if ev.seq == sent && tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
             Ok(ev) if ev.seq <= sent => {}
             Ok(ev) if ev.seq == sent + 1 => {
                 sent = ev.seq;

@@ -1,5 +1,5 @@
 //! The one way a user message enters tether, whatever the route (chat, a keep-alive's
-//! recap, later clients): validated, its session found or created in an allowed project
+//! recap, the OpenAI-compatible endpoint): validated, its session found or created in an allowed project
 //! folder under the owner's caps, the session's end moved to now + `sessions.lifetime`, the
 //! message stored `queued` in the same transaction, and the session's actor woken. Also the
 //! keep-alive, which moves the end without a message.
@@ -9,9 +9,10 @@ use std::{
     time::Duration,
 };
 
+use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::Sessions;
+use super::{Sessions, TurnWatch};
 use crate::{
     config::{expand_home, ProjectSettings},
     store::{self, messages, sessions, WriteTx},
@@ -83,6 +84,10 @@ pub struct Message<'a> {
     pub target: Target<'a>,
     /// The client's id for the message: a repeat is answered with the first one.
     pub client_message_id: Option<&'a str>,
+    /// The caller follows the turn until then: the answer carries a [`TurnWatch`] that
+    /// listens from before the session's actor hears of the message, so it misses none of
+    /// the turn's text.
+    pub watch_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -93,6 +98,8 @@ pub enum Accepted {
         message_id: i64,
         /// The session's new end (ms).
         expires_at: i64,
+        /// The turn, followed (when the message asked for it with `watch_until`).
+        watch: Option<TurnWatch>,
     },
     /// The same `clientMessageId` was accepted before: that message, as it is now.
     Repeat(Box<messages::MessageRow>),
@@ -158,16 +165,30 @@ impl Sessions {
             }
             Err(e) => return Err(e.into()),
         };
+        // A watch listens before the actor can take the message: for an existing session,
+        // whose actor may be running and take it as soon as it is committed, before the
+        // commit; a new session has no actor until it is woken (one started before its row
+        // is committed would find no session and stop).
+        let watch_now = |until: Option<Instant>| {
+            until.map(|deadline| self.watch(&session_id, message_id, deadline))
+        };
+        let (before, after) = match m.target {
+            Target::Session(_) => (m.watch_until, None),
+            Target::NewIn(_) => (None, m.watch_until),
+        };
+        let early = watch_now(before);
         tx.commit().await?;
         if matches!(m.target, Target::NewIn(_)) {
             self.folders_changed();
         }
         tracing::info!(%session_id, message_id, "message queued");
+        let watch = early.or_else(|| watch_now(after));
         self.wake(&session_id);
         Ok(Accepted::Queued {
             session_id,
             message_id,
             expires_at,
+            watch,
         })
     }
 

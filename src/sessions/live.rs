@@ -258,6 +258,14 @@ impl Actor {
             return Read::Nothing;
         }
         match self.sessions.deps().agent.parse_line(&line.text) {
+            // A message still being written: its text goes to live listeners now; the
+            // complete line that follows is what is stored.
+            Parsed::Partial(delta) => {
+                if let Some(delta) = delta {
+                    self.log.publish_delta(&delta);
+                }
+                Read::Nothing
+            }
             Parsed::Invalid => {
                 metrics::counter!("tether_agent_lines_invalid_total").increment(1);
                 let preview = preview(&line.text);

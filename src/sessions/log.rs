@@ -19,12 +19,17 @@ use crate::store::{self, events, events::EventRow, WriteTx};
 /// long turn; a short turn stores its lines with its end.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// One entry of a session's event log, as live listeners get it.
+/// One entry of a session's event log, as live listeners get it, or a transient event
+/// that only live listeners get (the agent's text as it is written).
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
+    /// The event's number; for a transient event, the number of the last stored event
+    /// published before it (it is never stored, so it has none of its own).
     pub seq: i64,
     pub kind: String,
     pub data: Arc<str>,
+    /// Not in the stored log: sent live only, without an SSE id, and never replayed.
+    pub transient: bool,
 }
 
 impl From<EventRow> for LiveEvent {
@@ -33,6 +38,7 @@ impl From<EventRow> for LiveEvent {
             seq: e.seq,
             kind: e.kind,
             data: e.data.into(),
+            transient: false,
         }
     }
 }
@@ -43,21 +49,29 @@ impl LiveEvent {
     }
 }
 
-/// The latest stored events of a session, for listeners that keep up. Oldest events go
-/// when it holds more than `max_events` or `max_bytes`; a listener that fell behind them
-/// is told it lagged and reads the rest from SQLite.
+/// The kind of the transient event that carries text the agent just wrote.
+pub const TEXT_DELTA: &str = "tether.text_delta";
+
+/// The latest events of a session, for listeners that keep up: stored events, and the
+/// transient ones between them. Oldest events go when it holds more than `max_events` or
+/// `max_bytes`; a listener that fell behind them is told it lagged and reads the rest
+/// from SQLite.
 pub struct LiveRing {
     ring: Mutex<Ring>,
-    /// The newest sequence number published; listeners wait on its changes.
-    latest: watch::Sender<i64>,
+    /// How many events were ever published; listeners wait on its changes.
+    published: watch::Sender<u64>,
     max_events: usize,
     max_bytes: usize,
 }
 
 #[derive(Default)]
 struct Ring {
+    /// The held events; the first one is number `first` of all published.
     events: VecDeque<LiveEvent>,
+    first: u64,
     bytes: usize,
+    /// The number of the last stored event published (where a transient one stands).
+    last_seq: i64,
     closed: bool,
 }
 
@@ -65,7 +79,7 @@ impl LiveRing {
     pub(super) fn new(max_events: usize, max_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
             ring: Mutex::new(Ring::default()),
-            latest: watch::Sender::new(0),
+            published: watch::Sender::new(0),
             max_events: max_events.max(1),
             max_bytes,
         })
@@ -77,36 +91,61 @@ impl LiveRing {
 
     /// Adds stored events (in sequence order) and wakes listeners.
     pub(super) fn publish(&self, events: impl IntoIterator<Item = LiveEvent>) {
-        let mut latest = None;
-        {
-            let mut ring = self.lock();
-            for ev in events {
-                latest = Some(ev.seq);
-                ring.bytes += ev.bytes();
-                ring.events.push_back(ev);
-            }
-            while ring.events.len() > self.max_events || ring.bytes > self.max_bytes {
-                match ring.events.pop_front() {
-                    Some(old) => ring.bytes -= old.bytes(),
-                    None => break,
+        let mut ring = self.lock();
+        for ev in events {
+            ring.last_seq = ring.last_seq.max(ev.seq);
+            ring.push(ev);
+        }
+        self.settle(ring);
+    }
+
+    /// Adds a transient event after the stored ones published so far, and wakes listeners.
+    pub(super) fn publish_transient(&self, kind: &str, data: String) {
+        let mut ring = self.lock();
+        let ev = LiveEvent {
+            seq: ring.last_seq,
+            kind: kind.to_string(),
+            data: data.into(),
+            transient: true,
+        };
+        ring.push(ev);
+        self.settle(ring);
+    }
+
+    /// Drops the oldest events over the bounds, then tells listeners how many were published.
+    fn settle(&self, mut ring: std::sync::MutexGuard<'_, Ring>) {
+        while ring.events.len() > self.max_events || ring.bytes > self.max_bytes {
+            match ring.events.pop_front() {
+                Some(old) => {
+                    ring.bytes -= old.bytes();
+                    ring.first += 1;
                 }
+                None => break,
             }
         }
-        if let Some(seq) = latest {
-            self.latest.send_replace(seq);
-        }
+        let published = ring.first + ring.events.len() as u64;
+        drop(ring);
+        self.published
+            .send_if_modified(|n| std::mem::replace(n, published) != published);
+    }
+
+    /// Where a transient event stands before any stored event was published: after the
+    /// last one already in the log.
+    pub(super) fn continue_after(&self, last_seq: i64) {
+        let mut ring = self.lock();
+        ring.last_seq = ring.last_seq.max(last_seq);
     }
 
     /// No more events will come (the actor stopped); listeners drain and are told.
     pub(super) fn close(&self) {
         self.lock().closed = true;
-        self.latest.send_modify(|_| {});
+        self.published.send_modify(|_| {});
     }
 
     /// Listeners from the next event on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
-        let rx = self.latest.subscribe();
-        let next = *rx.borrow() + 1;
+        let rx = self.published.subscribe();
+        let next = *rx.borrow();
         Subscription {
             ring: self.clone(),
             rx,
@@ -116,7 +155,7 @@ impl LiveRing {
 
     /// How many listeners are attached.
     pub(super) fn listeners(&self) -> usize {
-        self.latest.receiver_count()
+        self.published.receiver_count()
     }
 
     /// Bytes held (for tests and metrics).
@@ -125,11 +164,19 @@ impl LiveRing {
     }
 }
 
+impl Ring {
+    fn push(&mut self, ev: LiveEvent) {
+        self.bytes += ev.bytes();
+        self.events.push_back(ev);
+    }
+}
+
 /// One listener's place in a session's live events.
 pub struct Subscription {
     ring: Arc<LiveRing>,
-    rx: watch::Receiver<i64>,
-    next: i64,
+    rx: watch::Receiver<u64>,
+    /// The number (of all published) of the next event to read.
+    next: u64,
 }
 
 impl Subscription {
@@ -139,16 +186,14 @@ impl Subscription {
         loop {
             {
                 let ring = self.ring.lock();
-                let latest = *self.rx.borrow_and_update();
-                let oldest = ring.events.front().map_or(latest + 1, |e| e.seq);
-                if self.next < oldest && self.next <= latest {
-                    let missed = (oldest - self.next) as u64;
-                    self.next = oldest;
+                self.rx.borrow_and_update();
+                if self.next < ring.first {
+                    let missed = ring.first - self.next;
+                    self.next = ring.first;
                     return Err(RecvError::Lagged(missed));
                 }
-                let at = ring.events.partition_point(|e| e.seq < self.next);
-                if let Some(ev) = ring.events.get(at) {
-                    self.next = ev.seq + 1;
+                if let Some(ev) = ring.events.get((self.next - ring.first) as usize) {
+                    self.next += 1;
                     return Ok(ev.clone());
                 }
                 if ring.closed {
@@ -187,6 +232,15 @@ impl EventLog {
     /// Numbers the next event after `last_seq`, the log's last stored number.
     pub(super) fn continue_after(&mut self, last_seq: i64) {
         self.next_seq = last_seq;
+        self.live.continue_after(last_seq);
+    }
+
+    /// Hands text the agent just wrote to live listeners; it is never stored (the agent's
+    /// complete line, stored, holds it).
+    pub(super) fn publish_delta(&self, delta: &crate::agent::TextDelta) {
+        let mut data = serde_json::to_value(delta).unwrap_or_default();
+        data["type"] = TEXT_DELTA.into();
+        self.live.publish_transient(TEXT_DELTA, data.to_string());
     }
 
     /// The next event, numbered, not yet stored. A number whose row is never stored (a
@@ -286,6 +340,7 @@ mod tests {
             seq,
             kind: "k".into(),
             data: "x".repeat(bytes).into(),
+            transient: false,
         }
     }
 
@@ -317,5 +372,33 @@ mod tests {
         assert!(matches!(l.recv().await, Err(RecvError::Lagged(2))));
         ring.publish([ev(3, 1)]);
         assert_eq!(l.recv().await.unwrap().seq, 3);
+    }
+
+    #[tokio::test]
+    async fn transient_events_stand_after_the_stored_ones_and_count_against_the_bounds() {
+        let ring = LiveRing::new(100, 1000);
+        ring.continue_after(41);
+        let mut l = ring.subscribe();
+        ring.publish_transient(TEXT_DELTA, "a".into());
+        ring.publish([ev(42, 1)]);
+        ring.publish_transient(TEXT_DELTA, "b".into());
+        let got: Vec<(i64, bool)> = [
+            l.recv().await.unwrap(),
+            l.recv().await.unwrap(),
+            l.recv().await.unwrap(),
+        ]
+        .iter()
+        .map(|e| (e.seq, e.transient))
+        .collect();
+        assert_eq!(got, [(41, true), (42, false), (42, true)]);
+        // Many small transient events push the stored one out: the bound holds.
+        for _ in 0..200 {
+            ring.publish_transient(TEXT_DELTA, "x".repeat(100));
+        }
+        assert!(ring.held_bytes() <= 1000, "{}", ring.held_bytes());
+        let mut slow = ring.subscribe();
+        ring.publish([ev(43, 1)]);
+        assert_eq!(slow.recv().await.unwrap().seq, 43);
+        assert!(matches!(l.recv().await, Err(RecvError::Lagged(_))));
     }
 }

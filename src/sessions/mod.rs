@@ -6,6 +6,7 @@ mod accept;
 mod actor;
 mod approve;
 mod finish;
+mod follow;
 pub mod lifecycle;
 mod live;
 mod log;
@@ -47,7 +48,8 @@ use crate::{
 
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use approve::Gone;
-pub use log::{LiveEvent, LiveRing, Subscription};
+pub use follow::{TurnWatch, Watched};
+pub use log::{LiveEvent, LiveRing, Subscription, TEXT_DELTA};
 pub use usage::Usage;
 
 /// What every actor needs.

@@ -716,3 +716,80 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         self.algorithms.supported_schemes()
     }
 }
+
+/// One Server-Sent Event as a client reads it.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// Its `id:`, if it had one.
+    pub id: Option<i64>,
+    /// Its `event:` name, if it had one.
+    pub event: Option<String>,
+    /// Its `data:` lines, joined.
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+/// Reads the events of an SSE response, skipping comments (keep-alives).
+pub struct SseReader {
+    stream:
+        std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(res: reqwest::Response) -> Self {
+        Self {
+            stream: Box::pin(res.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or None when the stream ended; fails the test after [`DEADLINE`].
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    let field = |name: &str| {
+                        line.strip_prefix(name)
+                            .map(|v| v.strip_prefix(' ').unwrap_or(v).to_string())
+                    };
+                    if let Some(v) = field("id:") {
+                        ev.id = v.trim().parse().ok();
+                        any = true;
+                    } else if let Some(v) = field("event:") {
+                        ev.event = Some(v);
+                        any = true;
+                    } else if let Some(v) = field("data:") {
+                        if !ev.data.is_empty() {
+                            ev.data.push('\n');
+                        }
+                        ev.data.push_str(&v);
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(ev);
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .expect("SSE events in time")?;
+            self.buf
+                .push_str(&String::from_utf8_lossy(&chunk.expect("the stream reads")));
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! The real Claude Code CLI behind tether, against a stand-in Messages API served by the
 //! test: two turns, a restart of tether, a third turn whose API request carries all three
-//! user messages, an interrupt of a slow turn, approvals, and a new session on a warm spare. Needs `TETHER_TEST_CLAUDE_BIN` (set by
-//! `.ci/run` from `scripts/install-claude.sh`); without it the test says so and skips, except
-//! under CI, where it must run.
+//! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, and
+//! the official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live
+//! text). Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
+//! without it the test says so and skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
 
@@ -352,5 +353,32 @@ async fn a_new_session_runs_on_a_warm_spare_of_the_real_cli() {
     assert_eq!(
         names, expected,
         "one transcript per session, none for a spare"
+    );
+}
+
+/// The official `openai` Python SDK against tether driving the real CLI: completions, the
+/// context kept in the session, a streamed reply from the CLI's live text, errors as the SDK's
+/// exceptions (see tests/python/openai_sdk_check.py).
+#[tokio::test]
+async fn the_official_openai_sdk_talks_to_the_real_cli() {
+    let Some(cli) = real_cli() else { return };
+    let Some(python) = crate::openai::sdk_python() else {
+        return;
+    };
+    let api = StandInApi::start().await;
+    // Each reply names the user texts the CLI sent: the SDK sees whether context was kept.
+    api.echo_conversation();
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir.clone()).await;
+    crate::openai::run_sdk_check(&app, &python, false).await;
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        vec![
+            "Remember the word BANANA",
+            "Which word did I ask you to remember?",
+            "Tell me a short story about a tether"
+        ],
+        "each completion sent only its own message; the CLI held the rest"
     );
 }

@@ -2,9 +2,12 @@
 //!
 //! Point the CLI at it with `ANTHROPIC_BASE_URL=<base_url()>` and any `ANTHROPIC_API_KEY`. It
 //! answers every `POST /v1/messages` with one text block, streamed as Server-Sent Events when the
-//! request asks for `"stream": true` (the CLI always does), and records every request body so a
+//! request asks for `"stream": true` (the CLI always does) the way the API streams it, a few
+//! words per `text_delta`, and records every request body so a
 //! test can check what the CLI sent, e.g. that a resumed conversation still carried its history
 //! (see [`user_texts`]). [`StandInApi::set_delay`] makes turns slow enough to interrupt.
+//! [`StandInApi::echo_conversation`] makes each reply name the user texts of its request, so a
+//! client of tether can see that context was kept.
 //! [`StandInApi::push_tool_use`] scripts a model call that asks for a tool; the call after it,
 //! which carries the tool's result (see [`tool_results`]), gets the text reply again.
 //!
@@ -34,7 +37,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use futures::stream;
+use futures::{stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -57,6 +60,8 @@ struct Shared {
     in_flight: AtomicUsize,
     delay: Mutex<Duration>,
     reply: Mutex<Option<String>>,
+    /// Reply `heard: <the request's user texts, joined by " / ">` (see [`user_texts`]).
+    echo: std::sync::atomic::AtomicBool,
     /// Tool calls to answer the next conversation requests with, one per request, before
     /// going back to the text reply.
     tool_uses: Mutex<VecDeque<ToolUse>>,
@@ -149,6 +154,12 @@ impl StandInApi {
     /// Makes every later reply say `text` instead of the default `stand-in reply #N`.
     pub fn set_reply(&self, text: &str) {
         *lock(&self.state.reply) = Some(text.to_owned());
+    }
+
+    /// Makes every later text reply `heard: A / B / …`, the user texts its request carried,
+    /// instead of a fixed text: a client sees in the reply whether the context was kept.
+    pub fn echo_conversation(&self) {
+        self.state.echo.store(true, Ordering::SeqCst);
     }
 
     /// Answers the next conversation request (see [`is_main_request`]) with a call of tool
@@ -306,12 +317,14 @@ async fn messages(State(state): State<Arc<Shared>>, body: Bytes) -> Response {
         .unwrap_or("claude-stand-in")
         .to_owned();
     if request["stream"] == true {
-        Sse::new(stream::iter(
-            reply_events(&model, &answer)
-                .into_iter()
-                .map(|data| Ok::<_, Infallible>(sse_event(data))),
-        ))
-        .into_response()
+        // Text deltas come paced, as the model writes them.
+        let events = stream::iter(reply_events(&model, &answer)).then(|data| async move {
+            if data["delta"]["type"] == "text_delta" {
+                tokio::time::sleep(DELTA_GAP).await;
+            }
+            Ok::<_, Infallible>(sse_event(data))
+        });
+        Sse::new(events).into_response()
     } else {
         Json(reply_message(&model, &answer)).into_response()
     }
@@ -331,12 +344,14 @@ impl Shared {
         } else {
             None
         };
+        let heard = format!("heard: {}", user_texts(&request).join(" / "));
         let mut requests = lock(&self.requests);
         requests.push(request);
         let number = requests.len();
         drop(requests);
         match tool {
             Some(tool) => Answer::Tool(tool),
+            None if self.echo.load(Ordering::SeqCst) => Answer::Text(heard),
             None => Answer::Text(
                 lock(&self.reply)
                     .clone()
@@ -373,14 +388,18 @@ impl Answer {
         }
     }
 
-    /// The one `content_block_delta` that fills the block.
-    fn delta(&self) -> Value {
+    /// The `content_block_delta`s that fill the block: a text a few words at a time, as the
+    /// API streams it; a tool's input in one piece.
+    fn deltas(&self) -> Vec<Value> {
         match self {
-            Answer::Text(text) => json!({ "type": "text_delta", "text": text }),
-            Answer::Tool(tool) => json!({
+            Answer::Text(text) => text_pieces(text)
+                .into_iter()
+                .map(|piece| json!({ "type": "text_delta", "text": piece }))
+                .collect(),
+            Answer::Tool(tool) => vec![json!({
                 "type": "input_json_delta",
                 "partial_json": tool.input.to_string(),
-            }),
+            })],
         }
     }
 
@@ -413,10 +432,38 @@ fn reply_message(model: &str, answer: &Answer) -> Value {
     })
 }
 
-/// A whole reply as the streaming Messages API sends it: one content block (text, or a tool
-/// call whose input comes as one `input_json_delta`), then `end_turn` or `tool_use`.
+/// The pause before each `text_delta`.
+const DELTA_GAP: Duration = Duration::from_millis(10);
+/// Words per `text_delta`.
+const WORDS_PER_DELTA: usize = 2;
+
+/// A text in the pieces the API streams it in: a couple of words each, every piece but the
+/// first starting with the space before its word. Joined, they are the text.
+fn text_pieces(text: &str) -> Vec<String> {
+    let mut pieces: Vec<String> = Vec::new();
+    let mut words = 0;
+    let mut after_word = false;
+    for c in text.chars() {
+        if c.is_whitespace() && after_word {
+            words += 1;
+            if words % WORDS_PER_DELTA == 0 {
+                pieces.push(String::new());
+            }
+        }
+        after_word = !c.is_whitespace();
+        match pieces.last_mut() {
+            Some(piece) => piece.push(c),
+            None => pieces.push(c.to_string()),
+        }
+    }
+    pieces
+}
+
+/// A whole reply as the streaming Messages API sends it: one content block (text in several
+/// `text_delta`s, or a tool call whose input comes as one `input_json_delta`), then `end_turn`
+/// or `tool_use`.
 fn reply_events(model: &str, answer: &Answer) -> Vec<Value> {
-    vec![
+    let mut events = vec![
         json!({
             "type": "message_start",
             "message": {
@@ -441,11 +488,15 @@ fn reply_events(model: &str, answer: &Answer) -> Vec<Value> {
             "content_block": answer.empty_block(),
         }),
         json!({ "type": "ping" }),
+    ];
+    events.extend(answer.deltas().into_iter().map(|delta| {
         json!({
             "type": "content_block_delta",
             "index": 0,
-            "delta": answer.delta(),
-        }),
+            "delta": delta,
+        })
+    }));
+    events.extend([
         json!({ "type": "content_block_stop", "index": 0 }),
         json!({
             "type": "message_delta",
@@ -453,7 +504,8 @@ fn reply_events(model: &str, answer: &Answer) -> Vec<Value> {
             "usage": { "output_tokens": answer.output_tokens() },
         }),
         json!({ "type": "message_stop" }),
-    ]
+    ]);
+    events
 }
 
 /// One SSE event named after its `type`, as the real API names them.
