@@ -221,6 +221,17 @@ impl TestApp {
             .expect("a live process")
     }
 
+    /// The warm spares the admin sees now (`GET /api/sessions/active`).
+    pub async fn spares(&self) -> Vec<Value> {
+        let v: Value = self
+            .get_as(&self.admin_token, "/api/sessions/active")
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["spares"].as_array().unwrap().clone()
+    }
+
     /// A user token of another owner, who must see none of "me"'s things.
     pub fn stranger_token(&self) -> String {
         self.state

@@ -294,13 +294,7 @@ async fn a_new_session_runs_on_a_warm_spare_of_the_real_cli() {
     let first = app.chat_wait("Hello", None).await;
     assert_eq!(first["status"], "completed", "{first}");
     let spare = wait_for("a warm spare", || async {
-        let v: serde_json::Value = app
-            .get_as(&app.admin_token, "/api/sessions/active")
-            .await
-            .json()
-            .await
-            .unwrap();
-        v["spares"][0]["pid"].as_u64()
+        app.spares().await.first()?["pid"].as_u64()
     })
     .await as u32;
     // Time for the spare to finish starting, as it would between two sessions.
@@ -324,17 +318,10 @@ async fn a_new_session_runs_on_a_warm_spare_of_the_real_cli() {
 
     // The replacement spare is stopped with tether and leaves no conversation behind.
     let replacement = wait_for("a replacement spare", || async {
-        let v: serde_json::Value = app
-            .get_as(&app.admin_token, "/api/sessions/active")
-            .await
-            .json()
-            .await
-            .unwrap();
-        v["spares"][0]["pid"]
-            .as_u64()
-            .filter(|p| *p as u32 != spare)
+        let pid = app.spares().await.first()?["pid"].as_u64()? as u32;
+        (pid != spare).then_some(pid)
     })
-    .await as u32;
+    .await;
     let projects = dir.path().join("home/.claude/projects");
     drop(app.stop().await);
     wait_gone(replacement).await;

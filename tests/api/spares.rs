@@ -13,19 +13,11 @@ use crate::{
     sessions::{read_sse, turn_ended},
 };
 
-/// The spares the admin sees once `n` are up: (pid, claimed).
+/// The spares the admin sees, once there are `n`.
 async fn spares(app: &TestApp, n: usize) -> Vec<Value> {
     wait_for(&format!("{n} warm spare(s)"), || async {
-        let res = app
-            .client
-            .get(app.url("/api/sessions/active"))
-            .bearer_auth(&app.admin_token)
-            .send()
-            .await
-            .unwrap();
-        let v: Value = res.json().await.unwrap();
-        let list = v["spares"].as_array().unwrap().clone();
-        (list.len() == n && v["totals"]["spares"] == n).then_some(list)
+        let list = app.spares().await;
+        (list.len() == n).then_some(list)
     })
     .await
 }
@@ -52,6 +44,17 @@ async fn the_next_new_session_in_a_folder_runs_on_the_spare_and_it_is_replaced()
     let first = app.new_session("A1").await;
     let spare = pid(&spares(&app, 1).await[0]);
     assert_ne!(spare, app.pid_of(&first));
+    let active: Value = app
+        .get_as(&app.admin_token, "/api/sessions/active")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(active["totals"]["spares"], 1);
+    assert_eq!(
+        active["totals"]["processes"], 2,
+        "the spare counts as a process"
+    );
     let conversation = started_for(&app, spare).await;
 
     let started = app.invocations().len();
