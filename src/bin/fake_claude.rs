@@ -57,6 +57,9 @@
 //! real CLI, seen while an approval was pending, folds such a line into the running turn as a
 //! note to the model, with no `result` of its own.)
 //!
+//! Without `-p` it is the interactive CLI as a terminal shows it (see [`interactive`]): a
+//! `❯ ` prompt, each typed line answered and kept in the same transcript.
+//!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
 //! `FAKE_CLAUDE_START_DELAY_MS` (sleep before reading stdin, as the real CLI takes 0.3 to
@@ -156,6 +159,9 @@ fn main() {
     if let Some(ms) = env_u64("FAKE_CLAUDE_START_DELAY_MS") {
         thread::sleep(Duration::from_millis(ms));
     }
+    if !args.print {
+        process::exit(interactive(session));
+    }
     let rx = spawn_stdin_reader();
     let permissions = Permissions::from_args(&args);
     let code = Conversation::new(session, rx, permissions).run();
@@ -184,6 +190,8 @@ struct Args {
     permission_mode: String,
     /// `--dangerously-skip-permissions`: starts in `bypassPermissions` and lets a host choose it.
     skip_permissions: bool,
+    /// `-p` / `--print`: the stream protocol; without it, the interactive screen.
+    print: bool,
 }
 
 /// Flags of the real CLI that take a value; the value must be skipped, not read as a flag.
@@ -215,9 +223,14 @@ impl Args {
         let mut permission_prompt_tool = None;
         let mut permission_mode = None;
         let mut skip_permissions = false;
+        let mut print = false;
         while let Some(arg) = args.next() {
             if arg == "--dangerously-skip-permissions" {
                 skip_permissions = true;
+                continue;
+            }
+            if arg == "-p" || arg == "--print" {
+                print = true;
                 continue;
             }
             let (flag, inline_value) = match arg.split_once('=') {
@@ -251,6 +264,7 @@ impl Args {
             permission_prompt_tool,
             permission_mode,
             skip_permissions,
+            print,
         }
     }
 }
@@ -400,6 +414,50 @@ fn append_transcript(transcript: &Path, kind: &str, text: &str) {
         .and_then(|mut file| file.write_all(line.as_bytes()));
     if let Err(err) = written {
         fatal(&format!("Error: cannot write the transcript: {err}"), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive
+// ---------------------------------------------------------------------------------------------
+
+/// The interactive screen (no `-p`), as a person sees it in a terminal: a banner, a `❯ `
+/// prompt, each line typed (the terminal echoes it) answered with `● ` and the same reply
+/// the stream mode gives, both kept in the conversation's transcript, which a later
+/// `--resume` (chat) continues. `/exit` or the end of input ends it with code 0; Ctrl-C
+/// (SIGINT from the terminal) ends it as a signal does.
+fn interactive(mut session: Session) -> i32 {
+    let mut out = io::stdout();
+    let _ = write!(
+        out,
+        "fake-claude {VERSION} (interactive)\n{}\n",
+        session.cwd
+    );
+    let stdin = io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let _ = write!(out, "\u{276f} ");
+        let _ = out.flush();
+        let Some(Ok(line)) = lines.next() else {
+            return 0;
+        };
+        let text = line.trim().to_owned();
+        if text.is_empty() {
+            continue;
+        }
+        if text == "/exit" {
+            let _ = writeln!(
+                out,
+                "Resume this session with:\nclaude --resume {}",
+                session.id
+            );
+            return 0;
+        }
+        append_transcript(&session.transcript, "user", &text);
+        session.history.push(text.clone());
+        let reply = format!("echo: {text} | history: {}", session.history.join(" / "));
+        append_transcript(&session.transcript, "assistant", &reply);
+        let _ = writeln!(out, "\u{25cf} {reply}");
     }
 }
 

@@ -13,6 +13,7 @@ mod pushes;
 pub mod routes;
 pub mod server;
 mod sessions;
+mod terminals;
 mod tokens;
 mod views;
 
@@ -57,6 +58,7 @@ fn all_routes() -> routes::Routes {
         .merge(devices::router())
         .merge(pushes::router())
         .merge(tokens::router())
+        .merge(terminals::router())
 }
 
 /// The list of the server's routes, as its router is built from it.

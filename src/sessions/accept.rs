@@ -356,7 +356,10 @@ fn check_active(state: &str) -> Result<(), AcceptError> {
 
 /// An existing directory inside one of `projects.roots`, made canonical. The file-system
 /// calls run on a blocking thread.
-async fn resolve_project(projects: &ProjectSettings, raw: &str) -> Result<PathBuf, AcceptError> {
+pub(crate) async fn resolve_project(
+    projects: &ProjectSettings,
+    raw: &str,
+) -> Result<PathBuf, AcceptError> {
     let (projects, raw) = (projects.clone(), raw.to_string());
     tokio::task::spawn_blocking(move || resolve_project_blocking(&projects, &raw))
         .await

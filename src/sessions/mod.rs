@@ -6,6 +6,7 @@ mod accept;
 mod actor;
 mod approve;
 mod finish;
+mod hold;
 pub mod lifecycle;
 mod live;
 mod log;
@@ -44,8 +45,10 @@ use crate::{
     },
 };
 
+pub(crate) use accept::resolve_project;
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use approve::Gone;
+pub use hold::HoldRefused;
 pub use log::{LiveEvent, LiveRing, Subscription};
 pub use usage::Usage;
 
@@ -118,6 +121,9 @@ enum Control {
     Decide(approve::Decide),
     /// The session's permission mode changed: tell the live process.
     SetMode(String),
+    /// A terminal takes the conversation: stop the process if no turn runs, answering
+    /// true, else answer false (see `hold`).
+    Hold(tokio::sync::oneshot::Sender<bool>),
 }
 
 #[derive(Clone)]
@@ -154,6 +160,8 @@ struct Inner {
     stop: watch::Sender<bool>,
     /// The last reading of each live process group, by session (see `resources`).
     usage: Mutex<HashMap<String, Usage>>,
+    /// Conversations a terminal holds: session id → terminal id (see `hold`).
+    holds: Mutex<HashMap<String, String>>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -173,6 +181,7 @@ impl Sessions {
                 generations: AtomicU64::new(0),
                 stop: watch::Sender::new(false),
                 usage: Mutex::new(HashMap::new()),
+                holds: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod messages;
 pub mod pushes;
 pub mod sessions;
+pub mod terminals;
 pub mod tokens;
 
 use std::{

@@ -16,4 +16,5 @@ mod resilience;
 mod security;
 mod sessions;
 mod stand_in_api;
+mod terminals;
 mod tls;
