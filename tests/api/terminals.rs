@@ -143,6 +143,25 @@ impl Screen {
         }
     }
 
+    /// Reads until `needle` is on the screen as a `cols`×`rows` terminal shows the output
+    /// (programs that draw with cursor moves print no spaces between words); returns the
+    /// screen's text.
+    pub async fn expect_on_screen(&mut self, needle: &str, cols: u16, rows: u16) -> String {
+        loop {
+            let size = |n: u16| std::num::NonZeroU16::new(n).expect("a terminal side");
+            let mut parser = vt100::Parser::new(size(rows), size(cols), 0);
+            parser.process(&self.bytes);
+            let contents = parser.screen().contents();
+            if contents.contains(needle) {
+                return contents;
+            }
+            assert!(
+                self.read().await,
+                "closed before {needle:?} was on the screen:\n{contents}"
+            );
+        }
+    }
+
     /// Reads until the terminal says it ended; returns that frame.
     pub async fn expect_end(&mut self) -> Value {
         loop {
