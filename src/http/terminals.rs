@@ -30,7 +30,7 @@ use super::{
 use crate::{
     auth::Caller,
     store::terminals::{self as rows, TerminalRow},
-    terminals::{Live, Refused, Snapshot, Start, Viewer, Why},
+    terminals::{ring::Ring, Live, Refused, Snapshot, Start, Viewer, Why},
     AppState,
 };
 
@@ -339,7 +339,7 @@ async fn output(
             let (tail, tail_offset) = rows::tail(state.store.pool(), &id)
                 .await?
                 .unwrap_or_default();
-            from_tail(tail, tail_offset.max(0) as u64, offset)
+            Ring::from_tail(tail_offset.max(0) as u64, tail).since(offset)
         }
     };
     let t = rows::get(state.store.pool(), &t.id).await?.unwrap_or(t);
@@ -351,25 +351,6 @@ async fn output(
         "state": t.state,
         "data": base64::engine::general_purpose::STANDARD.encode(&slice.bytes),
     })))
-}
-
-/// What follows `offset` in a saved tail that starts at `tail_offset`.
-fn from_tail(tail: Vec<u8>, tail_offset: u64, offset: u64) -> crate::terminals::ring::Slice {
-    let end = tail_offset + tail.len() as u64;
-    if offset >= tail_offset && offset <= end {
-        let skip = (offset - tail_offset) as usize;
-        crate::terminals::ring::Slice {
-            offset,
-            bytes: tail[skip..].to_vec(),
-            reset: false,
-        }
-    } else {
-        crate::terminals::ring::Slice {
-            offset: tail_offset,
-            reset: offset != end,
-            bytes: tail,
-        }
-    }
 }
 
 /// A control frame from a viewer.
@@ -459,7 +440,7 @@ async fn serve_viewer(
             () = until_ended(&mut ended) => {
                 let rest = live.read_since(offset);
                 let _ = send_output(&mut socket, rest.bytes, &mut offset).await;
-                let end = live.ended().unwrap_or_else(|| unreachable_end());
+                let end = live.ended().unwrap_or_else(unknown_end);
                 let text = json!({
                     "type": "ended", "state": end.state, "exitCode": end.exit_code,
                     "reason": end.reason, "offset": offset,
@@ -497,8 +478,8 @@ async fn until_ended(ended: &mut tokio::sync::watch::Receiver<Option<crate::term
     let _ = ended.wait_for(Option::is_some).await;
 }
 
-/// The end of a terminal whose end was announced (always set by then).
-fn unreachable_end() -> crate::terminals::Ended {
+/// What a viewer is told if the end it was woken for cannot be read (it always can).
+fn unknown_end() -> crate::terminals::Ended {
     crate::terminals::Ended {
         state: rows::STATE_KILLED,
         exit_code: None,

@@ -290,9 +290,9 @@ impl Terminals {
                 ));
             }
         }
-        Ok(terminals::get(deps.store.pool(), &id)
+        terminals::get(deps.store.pool(), &id)
             .await?
-            .ok_or(AcceptError::Db(sqlx::Error::RowNotFound))?)
+            .ok_or(AcceptError::Db(sqlx::Error::RowNotFound))
     }
 
     /// The chat session a `claude` terminal continues: the caller's, and active.

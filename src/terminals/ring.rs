@@ -31,6 +31,15 @@ impl Ring {
         }
     }
 
+    /// The saved tail of an ended terminal (its first byte at `offset`), to read as a ring.
+    pub fn from_tail(offset: u64, tail: Vec<u8>) -> Self {
+        Self {
+            capacity: tail.len().max(1),
+            end: offset + tail.len() as u64,
+            bytes: tail.into(),
+        }
+    }
+
     /// Appends output, dropping the oldest bytes beyond the capacity.
     pub fn push(&mut self, data: &[u8]) {
         self.end += data.len() as u64;
@@ -109,5 +118,8 @@ mod tests {
         assert!(!r.since(6).reset);
         assert_eq!(r.tail(4), (2, b"cdef".to_vec()));
         assert_eq!(r.tail(100), (0, b"abcdef".to_vec()));
+        let saved = Ring::from_tail(2, b"cdef".to_vec());
+        assert_eq!(saved.since(4).bytes, b"ef");
+        assert!(saved.since(0).reset);
     }
 }
