@@ -28,6 +28,7 @@ use crate::{
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
     store::{tokens, Store},
+    terminals::{self, Terminals},
     tls::Tls,
 };
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub sessions: Sessions,
+    /// Programs in pseudo-terminals, attached over WebSockets.
+    pub terminals: Terminals,
     pub auth: Auth,
     /// The push outbox: its worker's step (`tick`) and the gateway's status.
     pub push: PushService,
@@ -172,7 +175,7 @@ impl Application {
         let push_wake = Arc::new(Notify::new());
         let sessions = Sessions::new(Deps {
             store: store.clone(),
-            agent,
+            agent: agent.clone(),
             agent_settings: settings.agent.clone(),
             session_settings: settings.sessions.clone(),
             projects: settings.projects.clone(),
@@ -184,15 +187,29 @@ impl Application {
             store.clone(),
             gateway,
             WorkerConfig::from_settings(&settings.push),
-            push_wake,
+            push_wake.clone(),
         );
+        let terminals = Terminals::new(terminals::Deps {
+            store: store.clone(),
+            settings: settings.terminals.clone(),
+            session_settings: settings.sessions.clone(),
+            agent,
+            agent_settings: settings.agent.clone(),
+            projects: settings.projects.clone(),
+            sessions: sessions.clone(),
+            retention: settings.events.retention,
+            push_wake: push_wake.clone(),
+        });
         push.recover().await.context("recovering the push outbox")?;
+        // Terminals first: a PTY child left running may hold a session's conversation.
+        terminals.recover().await.context("recovering terminals")?;
         sessions.recover().await.context("recovering sessions")?;
         let state = AppState {
             pairing: Arc::new(Lockout::new(settings.auth.pairing_attempts_per_minute)),
             settings: Arc::new(settings),
             store,
             sessions,
+            terminals,
             auth,
             push,
             metrics: prometheus(),
@@ -226,7 +243,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves; then stops taking messages, gives running turns
-    /// `server.shutdown_grace`, and stops and reaps every child before returning.
+    /// `server.shutdown_grace`, ends every terminal, and stops and reaps every child before
+    /// returning.
     /// HTTP drains meanwhile: event streams end at once, requests that arrive answer 503
     /// `shutting_down`, and connections still open after the grace (plus
     /// [`http::server::DRAIN_MARGIN`]) are closed whatever their clients do.
@@ -250,6 +268,7 @@ impl Application {
         let lifecycle = tokio::spawn(crate::sessions::lifecycle::run(
             state.sessions.clone(),
             KeepAwake::new(state.settings.sessions.keep_awake),
+            vec![Arc::new(state.terminals.clone())],
         ));
         let resource_watch = tokio::spawn(crate::sessions::resources::run(state.sessions.clone()));
         let spare_keeper = tokio::spawn(crate::sessions::spares::run(state.sessions.clone()));
@@ -259,11 +278,12 @@ impl Application {
         // At the signal the HTTP drain begins (streams end, new requests get 503) and the
         // sessions stop: waiting chats get their answers and the server can finish.
         let sessions = state.sessions.clone();
+        let terminals = state.terminals.clone();
         let stopping = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down");
             drain_trigger.start();
-            sessions.shutdown(grace).await;
+            tokio::join!(terminals.shutdown(), sessions.shutdown(grace));
             let _ = sessions_stopped.send(());
         });
         let store = state.store.clone();

@@ -27,6 +27,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub approvals: ApprovalSettings,
     pub openai: OpenAiSettings,
+    pub terminals: TerminalSettings,
 }
 
 /// The OpenAI-compatible endpoint (`/v1`).
@@ -35,6 +36,37 @@ pub struct OpenAiSettings {
     /// The project folder of a conversation started without `project_path`; empty: such a
     /// request is refused (400). Must lie inside `projects.roots`, as any project.
     pub default_project: String,
+}
+
+/// Terminals: programs in a pseudo-terminal that a person watches and types into. Their
+/// end and its warning follow `sessions.lifetime` and `sessions.warn_before`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TerminalSettings {
+    /// Live terminals on the server (429 `too_many_terminals`).
+    pub max: usize,
+    /// Live terminals of one owner (429 `too_many_terminals`).
+    pub max_per_owner: usize,
+    /// Output kept in memory per terminal; a viewer further behind gets the whole buffer.
+    pub buffer_bytes: ByteSize,
+    /// The end of the output kept in SQLite when a terminal ends (its last screen).
+    pub saved_tail_bytes: ByteSize,
+    /// A terminal with no viewer attached and no output for this long is ended.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Push "terminal waiting" when output went quiet this long after activity while no
+    /// viewer is attached; None ("off"): never.
+    #[serde(deserialize_with = "optional_duration")]
+    pub quiet_push_after: Option<Duration>,
+    /// Longest input in one request or WebSocket frame (413 / the frame is refused).
+    pub max_input_bytes: ByteSize,
+    /// Viewers attached to one terminal at once (429 `too_many_viewers`).
+    pub max_viewers: usize,
+    /// The program of `shell` terminals; empty: the user's login shell ($SHELL, else the
+    /// password database's), run as a login shell.
+    pub shell: String,
+    /// Between SIGHUP, SIGTERM and SIGKILL to a terminal's processes when it is ended.
+    #[serde(deserialize_with = "duration")]
+    pub stop_grace: Duration,
 }
 
 /// Tools the agent asks to use, and questions it asks, answered from the phone.

@@ -14,6 +14,7 @@ pub mod push;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod terminals;
 pub mod tls;
 
 pub use app::{AppState, Application};

@@ -6,7 +6,9 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{Agent, Decision, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnResult};
+use super::{
+    Agent, Decision, Interactive, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnResult,
+};
 use crate::config::AgentSettings;
 
 /// tether's own settings come from variables with this prefix (matched in any case, as the
@@ -15,12 +17,14 @@ const SETTINGS_ENV_PREFIX: &str = "TETHER__";
 
 /// The names in `vars` that are tether's settings variables.
 fn settings_vars(vars: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    vars.filter(|name| {
-        name.as_encoded_bytes()
-            .get(..SETTINGS_ENV_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(SETTINGS_ENV_PREFIX.as_bytes()))
-    })
-    .collect()
+    vars.filter(|name| is_settings_var(name)).collect()
+}
+
+/// Whether `name` is one of tether's settings variables, which no child may inherit.
+pub fn is_settings_var(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes()
+        .get(..SETTINGS_ENV_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SETTINGS_ENV_PREFIX.as_bytes()))
 }
 
 /// The flags that make Claude Code a long-lived, line-speaking process. With
@@ -84,6 +88,29 @@ impl Agent for Claude {
             cmd.env_remove(name);
         }
         cmd
+    }
+
+    fn interactive(&self, launch: Option<&Launch>) -> Interactive {
+        let mut args = Vec::new();
+        if let Some(launch) = launch {
+            // The same conversation file the stream process writes: chat resumes it after.
+            let start = if launch.resume {
+                "--resume"
+            } else {
+                "--session-id"
+            };
+            args.extend([start.to_string(), launch.conversation_id.clone()]);
+            args.extend([
+                "--permission-mode".to_string(),
+                launch.permission_mode.clone(),
+            ]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        Interactive {
+            program: self.program.clone(),
+            args,
+            env: self.env.clone().into_iter().collect(),
+        }
     }
 
     fn user_line(&self, text: &str) -> String {

@@ -31,6 +31,9 @@ pub trait Agent: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The command that starts a long-lived process for a conversation.
     fn command(&self, launch: &Launch) -> tokio::process::Command;
+    /// The interactive program a person uses in a terminal (no stream flags), continuing
+    /// `launch`'s conversation when given; run in a pseudo-terminal by `terminals`.
+    fn interactive(&self, launch: Option<&Launch>) -> Interactive;
     /// The stdin line (without newline) that sends one user message.
     fn user_line(&self, text: &str) -> String;
     /// The stdin line that interrupts the running turn, if the tool has one.
@@ -50,6 +53,14 @@ pub trait Agent: Send + Sync + 'static {
     /// conversation, or started anew when it already exists. The caller then starts it the
     /// other way, once.
     fn wrong_start(&self, launch: &Launch, output: &str) -> bool;
+}
+
+/// An interactive program: what to run, with which arguments and extra environment.
+#[derive(Debug, Clone)]
+pub struct Interactive {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// A stdout line, read.

@@ -61,6 +61,9 @@
 //! real CLI, seen while an approval was pending, folds such a line into the running turn as a
 //! note to the model, with no `result` of its own.)
 //!
+//! Without `-p` it is the interactive CLI as a terminal shows it (see [`interactive`]): a
+//! `❯ ` prompt, each typed line answered and kept in the same transcript.
+//!
 //! Environment: `FAKE_CLAUDE_LOG` (append one JSON line per invocation with pid, argv and cwd),
 //! `FAKE_CLAUDE_DELTA_MS` (the pause between two text deltas, default 10 ms; 0 streams at once),
 //! `FAKE_CLAUDE_NOT_LOGGED_IN=1` (every turn fails as not logged in),
@@ -167,6 +170,9 @@ fn main() {
     if let Some(ms) = env_u64("FAKE_CLAUDE_START_DELAY_MS") {
         thread::sleep(Duration::from_millis(ms));
     }
+    if !args.print {
+        process::exit(interactive(session));
+    }
     let rx = spawn_stdin_reader();
     let permissions = Permissions::from_args(&args);
     let stream = args
@@ -200,6 +206,8 @@ struct Args {
     skip_permissions: bool,
     /// `--include-partial-messages`: stream each model message as `stream_event` lines first.
     partial_messages: bool,
+    /// `-p` / `--print`: the stream protocol; without it, the interactive screen.
+    print: bool,
 }
 
 /// Flags of the real CLI that take a value; the value must be skipped, not read as a flag.
@@ -232,6 +240,7 @@ impl Args {
         let mut permission_mode = None;
         let mut skip_permissions = false;
         let mut partial_messages = false;
+        let mut print = false;
         while let Some(arg) = args.next() {
             if arg == "--dangerously-skip-permissions" {
                 skip_permissions = true;
@@ -239,6 +248,10 @@ impl Args {
             }
             if arg == "--include-partial-messages" {
                 partial_messages = true;
+                continue;
+            }
+            if arg == "-p" || arg == "--print" {
+                print = true;
                 continue;
             }
             let (flag, inline_value) = match arg.split_once('=') {
@@ -273,6 +286,7 @@ impl Args {
             permission_mode,
             skip_permissions,
             partial_messages,
+            print,
         }
     }
 }
@@ -422,6 +436,50 @@ fn append_transcript(transcript: &Path, kind: &str, text: &str) {
         .and_then(|mut file| file.write_all(line.as_bytes()));
     if let Err(err) = written {
         fatal(&format!("Error: cannot write the transcript: {err}"), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive
+// ---------------------------------------------------------------------------------------------
+
+/// The interactive screen (no `-p`), as a person sees it in a terminal: a banner, a `❯ `
+/// prompt, each line typed (the terminal echoes it) answered with `● ` and the same reply
+/// the stream mode gives, both kept in the conversation's transcript, which a later
+/// `--resume` (chat) continues. `/exit` or the end of input ends it with code 0; Ctrl-C
+/// (SIGINT from the terminal) ends it as a signal does.
+fn interactive(mut session: Session) -> i32 {
+    let mut out = io::stdout();
+    let _ = write!(
+        out,
+        "fake-claude {VERSION} (interactive)\n{}\n",
+        session.cwd
+    );
+    let stdin = io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        let _ = write!(out, "\u{276f} ");
+        let _ = out.flush();
+        let Some(Ok(line)) = lines.next() else {
+            return 0;
+        };
+        let text = line.trim().to_owned();
+        if text.is_empty() {
+            continue;
+        }
+        if text == "/exit" {
+            let _ = writeln!(
+                out,
+                "Resume this session with:\nclaude --resume {}",
+                session.id
+            );
+            return 0;
+        }
+        append_transcript(&session.transcript, "user", &text);
+        session.history.push(text.clone());
+        let reply = format!("echo: {text} | history: {}", session.history.join(" / "));
+        append_transcript(&session.transcript, "assistant", &reply);
+        let _ = writeln!(out, "\u{25cf} {reply}");
     }
 }
 

@@ -1,9 +1,13 @@
 //! The extractors that turn a request's bearer token into its caller: [`Caller`] (any valid
-//! token), `Option<Caller>` (no token is fine, a bad one is not) and [`Admin`].
+//! token), `Option<Caller>` (no token is fine, a bad one is not), [`Admin`], and
+//! [`WsCaller`] (a WebSocket's, whose token may come as a subprotocol).
 
 use axum::{
     extract::{FromRequestParts, OptionalFromRequestParts},
-    http::{header::AUTHORIZATION, request::Parts},
+    http::{
+        header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL},
+        request::Parts,
+    },
 };
 use jsonwebtoken::errors::ErrorKind;
 
@@ -29,21 +33,58 @@ impl FromRequestParts<AppState> for Caller {
         let token = header.strip_prefix("Bearer ").ok_or_else(|| {
             ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
         })?;
-        let claims = state
-            .auth
-            .verify(token.trim())
-            .map_err(|e| match e.kind() {
-                ErrorKind::InvalidSubject => {
-                    ApiError::unauthorized("a user token may not speak for the admin's owner name")
-                }
-                _ => ApiError::unauthorized("the token is invalid or expired"),
+        caller_of(state, token.trim())
+    }
+}
+
+/// The caller a token speaks for, or 401.
+fn caller_of(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let claims = state.auth.verify(token).map_err(|e| match e.kind() {
+        ErrorKind::InvalidSubject => {
+            ApiError::unauthorized("a user token may not speak for the admin's owner name")
+        }
+        _ => ApiError::unauthorized("the token is invalid or expired"),
+    })?;
+    state.note_token_use(&claims.jti);
+    Ok(Caller {
+        owner: claims.sub,
+        role: claims.role,
+        token_id: Some(claims.jti),
+    })
+}
+
+/// The subprotocol a WebSocket client offers with `bearer.<token>` (browsers cannot set
+/// headers on a WebSocket), and the one the server answers with (never the token).
+pub const WS_PROTOCOL: &str = "tether";
+const WS_BEARER: &str = "bearer.";
+
+/// The caller of a WebSocket upgrade: from `Authorization: Bearer`, or, for browsers, from
+/// `Sec-WebSocket-Protocol: tether, bearer.<token>`. Never from the URL, which logs keep.
+pub struct WsCaller(pub Caller);
+
+impl FromRequestParts<AppState> for WsCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(AUTHORIZATION) {
+            return <Caller as FromRequestParts<AppState>>::from_request_parts(parts, state)
+                .await
+                .map(WsCaller);
+        }
+        let token = parts
+            .headers
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix(WS_BEARER))
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "send `Authorization: Bearer <token>`, or the subprotocols \
+                     `tether, bearer.<token>` (Sec-WebSocket-Protocol)",
+                )
             })?;
-        state.note_token_use(&claims.jti);
-        Ok(Caller {
-            owner: claims.sub,
-            role: claims.role,
-            token_id: Some(claims.jti),
-        })
+        caller_of(state, token).map(WsCaller)
     }
 }
 

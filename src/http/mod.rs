@@ -14,6 +14,7 @@ mod pushes;
 pub mod routes;
 pub mod server;
 mod sessions;
+mod terminals;
 mod tokens;
 mod views;
 
@@ -59,6 +60,7 @@ fn all_routes() -> routes::Routes {
         .merge(pushes::router())
         .merge(tokens::router())
         .merge(openai::router())
+        .merge(terminals::router())
 }
 
 /// The list of the server's routes, as its router is built from it.

@@ -41,7 +41,10 @@ struct PushView {
     id: i64,
     device_id: Option<i64>,
     owner: String,
-    session_id: String,
+    /// The session it is about; null for a terminal's push.
+    session_id: Option<String>,
+    /// The terminal it is about; null for a session's push.
+    terminal_id: Option<String>,
     message_id: Option<i64>,
     kind: String,
     status: PushStatus,
@@ -71,6 +74,7 @@ impl From<PushRow> for PushView {
             device_id: p.device_id,
             owner: p.owner,
             session_id: p.session_id,
+            terminal_id: p.terminal_id,
             message_id: p.message_id,
             kind: p.kind,
             sent_to_apple: p.status != PushStatus::Logged && p.last_status_code.is_some(),

@@ -48,6 +48,9 @@ const FDS_PER_DB_CONNECTION: usize = 3;
 /// Descriptors one agent process holds in tether (its stdin, stdout and stderr pipes, and one
 /// spare for a spawn in progress).
 const FDS_PER_PROCESS: usize = 4;
+/// Descriptors one terminal holds: its PTY's master side, the reader's and writer's copies
+/// of it, and one spare for a spawn in progress.
+const FDS_PER_TERMINAL: usize = 4;
 /// The cap never goes below this, whatever the open-file limit says.
 const MIN_CONNECTIONS: usize = 16;
 /// Pause after accept() failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) and
@@ -123,7 +126,8 @@ impl Server {
     pub fn new(listener: TcpListener, settings: &Settings, tls: Option<TlsAcceptor>) -> Self {
         let reserve = RESERVED_FDS
             + FDS_PER_DB_CONNECTION * settings.database.max_connections as usize
-            + FDS_PER_PROCESS * settings.sessions.max_processes;
+            + FDS_PER_PROCESS * settings.sessions.max_processes
+            + FDS_PER_TERMINAL * settings.terminals.max;
         let cap = connection_cap(settings.server.max_connections, reserve);
         Self {
             listener,

@@ -95,7 +95,11 @@ pub(super) async fn visible(
 
 fn view(state: &AppState, s: SessionRow) -> SessionView {
     let process = state.sessions.process_info(&s.id);
-    SessionView::new(s, process)
+    let terminal = state.sessions.holder(&s.id);
+    SessionView {
+        terminal_id: terminal,
+        ..SessionView::new(s, process)
+    }
 }
 
 async fn list(
@@ -166,9 +170,10 @@ async fn list_messages(
     )
     .await?;
     let process = state.sessions.process_info(&id).state;
+    let held = state.sessions.holder(&id).is_some();
     let views: Vec<MessageView> = rows
         .into_iter()
-        .map(|m| MessageView::with_process(m, process))
+        .map(|m| MessageView::with_process(m, process).held(held))
         .collect();
     Ok(Json(json!({ "messages": views })))
 }

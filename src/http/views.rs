@@ -44,6 +44,9 @@ pub struct SessionView {
     pub total_cost_usd: f64,
     /// The conversation id the CLI reported last (equal to `id` unless the CLI changed it).
     pub agent_session_id: Option<String>,
+    /// The terminal that holds its conversation now; its messages wait until it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminal_id: Option<String>,
 }
 
 impl SessionView {
@@ -66,6 +69,7 @@ impl SessionView {
             message_count: s.message_count,
             total_cost_usd: s.total_cost_usd,
             agent_session_id: s.agent_session_id,
+            terminal_id: None,
         }
     }
 }
@@ -201,7 +205,8 @@ pub struct MessageView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// Why a queued message has not started: `process_slot` (every process slot is busy;
-    /// it starts when one frees) or `turn` (its turn in the session's queue).
+    /// it starts when one frees), `terminal` (a terminal holds the conversation; it starts
+    /// when that ends) or `turn` (its turn in the session's queue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<&'static str>,
 }
@@ -216,6 +221,17 @@ impl MessageView {
             _ => "turn",
         });
         view
+    }
+}
+
+impl MessageView {
+    /// Says `terminal` as what a queued message waits for, when a terminal holds its
+    /// session's conversation.
+    pub fn held(mut self, held: bool) -> Self {
+        if held && self.waiting_for.is_some() {
+            self.waiting_for = Some("terminal");
+        }
+        self
     }
 }
 

@@ -44,6 +44,13 @@ pub enum PushKind {
     ApprovalRequested,
     /// The agent waits for the owner to answer a question.
     QuestionAsked,
+    /// A terminal's output went quiet after activity while nobody watched it
+    /// (`terminals.quiet_push_after`): it may wait for its person.
+    TerminalWaiting,
+    /// A terminal ends soon (`sessions.warn_before` ahead): attaching or typing extends it.
+    TerminalExpiring,
+    /// A terminal reached its end: its program was stopped.
+    TerminalExpired,
 }
 
 impl PushKind {
@@ -58,6 +65,9 @@ impl PushKind {
             Self::SessionExpired => "session_expired",
             Self::ApprovalRequested => "approval_requested",
             Self::QuestionAsked => "question_asked",
+            Self::TerminalWaiting => "terminal_waiting",
+            Self::TerminalExpiring => "terminal_expiring",
+            Self::TerminalExpired => "terminal_expired",
         }
     }
 
@@ -71,6 +81,9 @@ impl PushKind {
             Self::SessionExpired,
             Self::ApprovalRequested,
             Self::QuestionAsked,
+            Self::TerminalWaiting,
+            Self::TerminalExpiring,
+            Self::TerminalExpired,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -92,12 +105,14 @@ impl PushKind {
         matches!(self, Self::ApprovalRequested | Self::QuestionAsked).then_some("time-sensitive")
     }
 
-    /// The `apns-collapse-id` of a push of this kind: a later warning about a session
-    /// replaces the earlier one on the phone; other pushes collapse only with their own
-    /// resends (after a crash mid-send).
-    pub fn collapse_id(self, push_id: i64, session_id: &str) -> String {
+    /// The `apns-collapse-id` of a push of this kind: a later warning about a session (or
+    /// terminal: `subject` is its id) replaces the earlier one on the phone, as does a later
+    /// "waiting" of a terminal; other pushes collapse only with their own resends (after a
+    /// crash mid-send).
+    pub fn collapse_id(self, push_id: i64, subject: &str) -> String {
         match self {
-            Self::SessionExpiring => format!("expiring-{session_id}"),
+            Self::SessionExpiring | Self::TerminalExpiring => format!("expiring-{subject}"),
+            Self::TerminalWaiting => format!("waiting-{subject}"),
             _ => format!("tether-{push_id}"),
         }
     }
@@ -113,6 +128,9 @@ impl PushKind {
             Self::SessionExpired => Some("Session expired"),
             Self::ApprovalRequested => Some("Approval needed"),
             Self::QuestionAsked => Some("Question"),
+            Self::TerminalWaiting => Some("Terminal waiting"),
+            Self::TerminalExpiring => Some("Terminal ends soon"),
+            Self::TerminalExpired => Some("Terminal ended"),
         }
     }
 
@@ -127,15 +145,22 @@ impl PushKind {
             Self::SessionExpired => "This session has ended; start a new one to continue.",
             Self::ApprovalRequested => "Claude wants to use a tool.",
             Self::QuestionAsked => "Claude has a question.",
+            Self::TerminalWaiting => "The terminal has gone quiet; it may be waiting for you.",
+            Self::TerminalExpiring => "This terminal ends soon; open it to keep it.",
+            Self::TerminalExpired => "This terminal has ended; its last screen stays readable.",
         }
     }
 }
 
-/// Whose phones hear about a session, and the title they show: the session's title, else
-/// its project folder's name. A session's actor keeps one, so a turn's end needs no lookup.
+/// Whose phones hear about a session (or a terminal), and the title they show: the
+/// session's title, else its project folder's name. A session's actor keeps one, so a
+/// turn's end needs no lookup.
 #[derive(Debug, Clone)]
 pub struct Audience {
-    pub session_id: String,
+    /// The session the push is about; None for a terminal's push.
+    pub session_id: Option<String>,
+    /// The terminal the push is about; None for a session's push.
+    pub terminal_id: Option<String>,
     pub owner: String,
     pub title: String,
 }
@@ -148,18 +173,32 @@ impl Audience {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .map(str::to_string)
-            .or_else(|| {
-                std::path::Path::new(&session.project_path)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "tether".to_string());
+            .unwrap_or_else(|| folder_title(&session.project_path));
         Self {
-            session_id: session.id.clone(),
+            session_id: Some(session.id.clone()),
+            terminal_id: None,
             owner: session.owner.clone(),
             title,
         }
     }
+
+    /// A terminal's owner, with its folder's name as the title.
+    pub fn of_terminal(terminal_id: &str, owner: &str, project_path: &str) -> Self {
+        Self {
+            session_id: None,
+            terminal_id: Some(terminal_id.to_string()),
+            owner: owner.to_string(),
+            title: folder_title(project_path),
+        }
+    }
+}
+
+/// A project folder's name, as a push's title.
+fn folder_title(project_path: &str) -> String {
+    std::path::Path::new(project_path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tether".to_string())
 }
 
 /// Something the session's owner should hear about.
@@ -213,7 +252,8 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
         &mut *tx,
         &pushes::NewPush {
             owner: &audience.owner,
-            session_id: &audience.session_id,
+            session_id: audience.session_id.as_deref(),
+            terminal_id: audience.terminal_id.as_deref(),
             message_id: event.message_id,
             kind: event.kind.as_str(),
             title: &audience.title,
@@ -226,7 +266,8 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
     )
     .await?;
     tracing::debug!(
-        session_id = %audience.session_id,
+        session_id = audience.session_id.as_deref(),
+        terminal_id = audience.terminal_id.as_deref(),
         kind = event.kind.as_str(),
         message_id = event.message_id,
         devices = added,

@@ -75,7 +75,10 @@ pub struct Content<'a> {
     pub title: &'a str,
     pub subtitle: Option<&'a str>,
     pub body: &'a str,
-    pub session_id: &'a str,
+    /// The session it is about (the `sessionId` custom key); None for a terminal's push.
+    pub session_id: Option<&'a str>,
+    /// The terminal it is about (the `terminalId` custom key).
+    pub terminal_id: Option<&'a str>,
     pub message_id: Option<i64>,
     /// `aps.category`: the actions the app offers on the notification.
     pub category: Option<&'a str>,
@@ -95,7 +98,8 @@ pub struct Headers<'a> {
     pub expiration: Option<u64>,
 }
 
-/// Builds the notification for one device. Custom keys beside `aps`: `sessionId`,
+/// Builds the notification for one device. Custom keys beside `aps`: `sessionId` (or
+/// `terminalId`),
 /// `messageId` (when there is one; the app fetches the full text by it), `approvalId`
 /// (when it asks for one) and `kind`.
 pub fn notification<'a>(
@@ -122,7 +126,12 @@ pub fn notification<'a>(
         ..Default::default()
     };
     let mut payload = builder.build(device_token, options);
-    payload.add_custom_data("sessionId", &content.session_id)?;
+    if let Some(id) = content.session_id {
+        payload.add_custom_data("sessionId", &id)?;
+    }
+    if let Some(id) = content.terminal_id {
+        payload.add_custom_data("terminalId", &id)?;
+    }
     if let Some(id) = content.message_id {
         payload.add_custom_data("messageId", &id)?;
     }
@@ -141,7 +150,10 @@ pub fn notification<'a>(
         device_token,
         aps: Aps {
             base: aps,
-            thread_id: content.session_id,
+            thread_id: content
+                .session_id
+                .or(content.terminal_id)
+                .unwrap_or_default(),
             interruption_level: content.interruption_level,
         },
         data,
@@ -334,7 +346,8 @@ mod tests {
             title: "demo",
             subtitle: kind.subtitle(),
             body,
-            session_id: SESSION,
+            session_id: Some(SESSION),
+            terminal_id: None,
             message_id,
             category: kind.category(),
             interruption_level: kind.interruption_level(),

@@ -31,7 +31,7 @@ use crate::{
     store::{
         self, devices,
         pushes::{self, AfterAttempt, DuePush, NewAttempt, PushStatus},
-        sessions, Store,
+        sessions, terminals, Store,
     },
 };
 
@@ -371,14 +371,16 @@ impl PushService {
             );
         }
         let kind = PushKind::parse(&p.kind);
-        if kind == Some(PushKind::SessionExpiring) {
+        let warning = matches!(
+            kind,
+            Some(PushKind::SessionExpiring | PushKind::TerminalExpiring)
+        );
+        if warning {
             match self.still_warned(p).await {
                 Ok(true) => {}
                 Ok(false) => {
                     return Attempted {
-                        cancel: Some(
-                            "the session was kept alive or ended before its warning went out",
-                        ),
+                        cancel: Some("it was kept alive or ended before its warning went out"),
                         ..Attempted::default()
                     }
                 }
@@ -390,7 +392,8 @@ impl PushService {
             title: &p.title,
             subtitle: p.subtitle.as_deref(),
             body: &p.text,
-            session_id: &p.session_id,
+            session_id: p.session_id.as_deref(),
+            terminal_id: p.terminal_id.as_deref(),
             message_id: p.message_id,
             category: kind.and_then(PushKind::category),
             interruption_level: kind.and_then(PushKind::interruption_level),
@@ -411,8 +414,9 @@ impl PushService {
             body: &fitted.body,
             ..whole
         };
+        let subject = p.session_id.as_deref().or(p.terminal_id.as_deref());
         let collapse_id = match kind {
-            Some(kind) => kind.collapse_id(p.id, &p.session_id),
+            Some(kind) => kind.collapse_id(p.id, subject.unwrap_or_default()),
             None => format!("tether-{}", p.id),
         };
         let headers = Headers {
@@ -466,10 +470,20 @@ impl PushService {
         }
     }
 
-    /// Whether the warning of this push still stands: its session is active, with the same
-    /// end, and was not kept alive since (which clears the warning).
+    /// Whether the warning of this push still stands: its session (or terminal) is active,
+    /// with the same end, and was not kept alive since (which clears the warning).
     async fn still_warned(&self, p: &pushes::PushRow) -> sqlx::Result<bool> {
-        let session = sessions::get(self.inner.store.pool(), &p.session_id).await?;
+        let pool = self.inner.store.pool();
+        if let Some(id) = &p.terminal_id {
+            let terminal = terminals::get(pool, id).await?;
+            return Ok(terminal.is_some_and(|t| {
+                t.is_live() && t.warned_at.is_some() && Some(t.expires_at) == p.expires_at
+            }));
+        }
+        let Some(id) = &p.session_id else {
+            return Ok(false);
+        };
+        let session = sessions::get(pool, id).await?;
         Ok(session.is_some_and(|s| {
             s.is_active() && s.warned_at.is_some() && Some(s.expires_at) == p.expires_at
         }))

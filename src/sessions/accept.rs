@@ -383,7 +383,7 @@ fn check_active(state: &str) -> Result<(), AcceptError> {
 
 /// An existing directory inside one of `projects.roots`, made canonical. The file-system
 /// calls run on a blocking thread.
-pub(super) async fn resolve_project(
+pub(crate) async fn resolve_project(
     projects: &ProjectSettings,
     raw: &str,
 ) -> Result<PathBuf, AcceptError> {

@@ -110,6 +110,9 @@ impl Actor {
         let mut retry = DB_RETRY;
         while self.exit.is_none() {
             let seen = self.wakes.load(Ordering::SeqCst);
+            if look && self.sessions.is_held(&self.id) {
+                look = false; // a terminal has the conversation; its release wakes us
+            }
             if look {
                 match messages::next_queued(self.pool(), &self.id).await {
                     Ok(Some(msg)) => {
@@ -201,6 +204,10 @@ impl Actor {
                 let _ = d.reply.send(Err(Gone)); // no turn: nothing waits for an answer
             }
             Some(Control::SetMode(mode)) => self.send_permission_mode(&mode),
+            Some(Control::Hold(reply)) => {
+                self.stop_process("a terminal holds the conversation").await;
+                let _ = reply.send(true);
+            }
             Some(Control::Shutdown(deadline)) => self.exit = Some(Exit::Shutdown(deadline)),
             Some(Control::End) | None => self.exit = Some(Exit::Ended),
         }

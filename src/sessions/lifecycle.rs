@@ -4,8 +4,11 @@
 //! one step at a given time (tests drive it with their own clock); [`run`] calls it with
 //! the wall clock whenever the next deadline comes, at most [`MAX_SLEEP`] apart. Deadlines
 //! that fell due while tether was down are handled by the first step after start.
+//! Other parts with deadlines of their own (terminals) ride the same clock as [`Timed`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
 
 use serde::Serialize;
 
@@ -91,19 +94,41 @@ impl Sessions {
     }
 }
 
+/// Another part with deadlines (terminals), stepped by the same scheduler: its step at a
+/// given time, and when it next has something to do (None: nothing, which also means it
+/// needs the machine awake no longer).
+pub trait Timed: Send + Sync + 'static {
+    fn step(&self, now: i64) -> BoxFuture<'_, anyhow::Result<()>>;
+    fn next_deadline(&self) -> BoxFuture<'_, anyhow::Result<Option<i64>>>;
+}
+
 /// Runs the scheduler until tether stops, keeping the machine awake (`awake`) while any
-/// session is active.
-pub async fn run(sessions: Sessions, awake: KeepAwake) {
+/// session is active (or any of `others` has a deadline), and stepping `others` with it.
+pub async fn run(sessions: Sessions, awake: KeepAwake, others: Vec<Arc<dyn Timed>>) {
     let mut stop = sessions.stopping();
     let warn_before = sessions.deps().session_settings.warn_before.as_millis() as i64;
     loop {
         let now = store::now_ms();
+        let mut others_next = None;
+        for other in &others {
+            if let Err(e) = other.step(now).await {
+                tracing::error!(error = %e, "lifecycle step failed; trying again");
+            }
+            if let Ok(Some(at)) = other.next_deadline().await {
+                others_next = Some(others_next.map_or(at, |n: i64| n.min(at)));
+            }
+        }
         let sleep = match sessions.lifecycle_tick(now).await {
             Ok(report) => {
                 if report != LifecycleReport::default() {
                     tracing::debug!(?report, "lifecycle step");
                 }
-                let next = sessions::next_deadline(sessions.deps().store.pool(), warn_before).await;
+                let next = sessions::next_deadline(sessions.deps().store.pool(), warn_before)
+                    .await
+                    .map(|next| match (next, others_next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    });
                 // No deadline: no active session, nothing to stay awake for.
                 awake.set(!matches!(next, Ok(None))).await;
                 match next {

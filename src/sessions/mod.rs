@@ -7,6 +7,7 @@ mod actor;
 mod approve;
 mod finish;
 mod follow;
+mod hold;
 pub mod lifecycle;
 mod live;
 mod log;
@@ -46,9 +47,11 @@ use crate::{
     },
 };
 
+pub(crate) use accept::resolve_project;
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use approve::Gone;
 pub use follow::{TurnWatch, Watched};
+pub use hold::HoldRefused;
 pub use log::{LiveEvent, LiveRing, Subscription, TEXT_DELTA};
 pub use usage::Usage;
 
@@ -121,6 +124,9 @@ enum Control {
     Decide(approve::Decide),
     /// The session's permission mode changed: tell the live process.
     SetMode(String),
+    /// A terminal takes the conversation: stop the process if no turn runs, answering
+    /// true, else answer false (see `hold`).
+    Hold(tokio::sync::oneshot::Sender<bool>),
 }
 
 #[derive(Clone)]
@@ -159,6 +165,8 @@ struct Inner {
     usage: Mutex<HashMap<String, Usage>>,
     /// Processes started ahead for new sessions (see `spares`).
     spares: Mutex<spares::Pool>,
+    /// Conversations a terminal holds: session id → terminal id (see `hold`).
+    holds: Mutex<HashMap<String, String>>,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -179,6 +187,7 @@ impl Sessions {
                 stop: watch::Sender::new(false),
                 usage: Mutex::new(HashMap::new()),
                 spares: Mutex::new(spares::Pool::default()),
+                holds: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -205,6 +205,9 @@ impl Actor {
                         }
                     }
                     Some(Control::Stop(_)) => {} // busy: it stays
+                    Some(Control::Hold(reply)) => {
+                        let _ = reply.send(false); // the agent has the conversation
+                    }
                     Some(Control::Decide(d)) => {
                         self.answer(d).await;
                         last_life = Instant::now();

@@ -8,6 +8,7 @@ pub mod messages;
 pub mod pushes;
 pub mod sessions;
 pub mod spares;
+pub mod terminals;
 pub mod tokens;
 
 use std::{

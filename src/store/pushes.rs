@@ -40,7 +40,10 @@ pub struct PushRow {
     pub id: i64,
     pub device_id: Option<i64>,
     pub owner: String,
-    pub session_id: String,
+    /// The session it is about; None for a terminal's push.
+    pub session_id: Option<String>,
+    /// The terminal it is about; None for a session's push.
+    pub terminal_id: Option<String>,
     pub message_id: Option<i64>,
     pub kind: String,
     pub title: String,
@@ -87,7 +90,8 @@ pub struct AttemptRow {
 
 pub struct NewPush<'a> {
     pub owner: &'a str,
-    pub session_id: &'a str,
+    pub session_id: Option<&'a str>,
+    pub terminal_id: Option<&'a str>,
     pub message_id: Option<i64>,
     pub kind: &'a str,
     pub title: &'a str,
@@ -106,8 +110,8 @@ pub async fn insert_for_owner_devices(
 ) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "INSERT INTO pushes (device_id, owner, session_id, message_id, kind, title, subtitle, \
-         text, expires_at, approval_id, next_attempt_at, created_at, updated_at) \
-         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8, ?8 FROM devices d \
+         text, expires_at, approval_id, next_attempt_at, created_at, updated_at, terminal_id) \
+         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8, ?8, ?11 FROM devices d \
          WHERE d.owner = ?1 AND d.disabled_at IS NULL ORDER BY d.id \
          ON CONFLICT DO NOTHING",
     )
@@ -121,6 +125,7 @@ pub async fn insert_for_owner_devices(
     .bind(p.now)
     .bind(p.expires_at)
     .bind(p.approval_id)
+    .bind(p.terminal_id)
     .execute(ex)
     .await?;
     Ok(done.rows_affected())

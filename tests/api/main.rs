@@ -20,4 +20,5 @@ mod security;
 mod sessions;
 mod spares;
 mod stand_in_api;
+mod terminals;
 mod tls;

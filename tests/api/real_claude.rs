@@ -1,8 +1,8 @@
 //! The real Claude Code CLI behind tether, against a stand-in Messages API served by the
 //! test: two turns, a restart of tether, a third turn whose API request carries all three
-//! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, and
-//! the official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live
-//! text). Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
+//! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, the
+//! official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live text),
+//! and the interactive CLI in a terminal on a chat's conversation. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
 //! without it the test says so and skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
@@ -367,5 +367,84 @@ async fn the_official_openai_sdk_talks_to_the_real_cli() {
             "Tell me a short story about a tether"
         ],
         "each completion sent only its own message; the CLI held the rest"
+    );
+}
+
+/// What the interactive CLI reads to skip its first-run screens, in `CLAUDE_CONFIG_DIR`
+/// (else `$HOME`) as `.claude.json`: onboarding done (else it shows a welcome and checks its
+/// connection to api.anthropic.com, then exits), the API key approved (else it asks whether
+/// to use `ANTHROPIC_API_KEY`; it stores the key's last 20 characters) and the project folder
+/// trusted (else it asks "Is this a project you trust?"). Found with CLI 2.1.329.
+fn skip_first_run_screens(home: &std::path::Path, project: &std::path::Path, api_key: &str) {
+    let tail: String = api_key
+        .chars()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let config = json!({
+        "hasCompletedOnboarding": true,
+        "customApiKeyResponses": {"approved": [tail], "rejected": []},
+        "projects": {project.to_string_lossy(): {"hasTrustDialogAccepted": true}},
+    });
+    std::fs::write(home.join(".claude.json"), config.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn the_real_interactive_cli_answers_in_a_terminal_and_chat_goes_on_after() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir.clone()).await;
+    skip_first_run_screens(&dir.path().join("home"), &app.project, "test-key");
+
+    // A chat turn first: the terminal continues its conversation.
+    api.set_reply("Noted: BANANA.");
+    let first = app.chat_wait("Remember the word BANANA", None).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+
+    let t = crate::terminals::open(
+        &app,
+        json!({"program": "claude", "sessionId": id, "cols": 120, "rows": 40}),
+    )
+    .await;
+    let terminal = t["id"].as_str().unwrap().to_string();
+    let mut screen = crate::terminals::connect(&app.base, &terminal, "", &app.token)
+        .await
+        .unwrap();
+    // Its prompt, below the conversation it resumed.
+    screen.expect("\u{276f}").await;
+    api.set_reply("PINEAPPLE from the stand-in");
+    // Typed as a person types: the text, then Enter on its own (else it is taken as a paste).
+    screen.type_text("What was the word?").await;
+    screen.expect("word?").await;
+    screen.type_text("\r").await;
+    let shown = screen
+        .expect_on_screen("PINEAPPLE from the stand-in", 120, 40)
+        .await;
+    assert!(shown.contains("What was the word?"), "{shown}");
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        vec!["Remember the word BANANA", "What was the word?"],
+        "the terminal continued the chat's conversation"
+    );
+    screen.type_text("/exit").await;
+    screen.expect("/exit").await;
+    screen.type_text("\r").await;
+    let end = screen.expect_end().await;
+    assert_eq!(end["state"], "exited", "{end}");
+
+    // Chat goes on with --resume, with the terminal's turn in the conversation.
+    api.set_reply("Back in chat.");
+    let after = app.chat_wait("And now?", Some(&id)).await;
+    assert_eq!(after["status"], "completed", "{after}");
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(
+        user_texts(&last),
+        vec!["Remember the word BANANA", "What was the word?", "And now?"]
     );
 }

@@ -584,8 +584,9 @@ async fn every_route_refuses_who_may_not_call_it() {
         .await
         .unwrap()
         .0;
+    let terminal = crate::terminals::open_shell(&app).await;
     let routes = tether::http::route_table();
-    assert!(routes.len() >= 23, "{} routes", routes.len());
+    assert!(routes.len() >= 31, "{} routes", routes.len());
     for route in routes {
         let path = route
             .path
@@ -593,7 +594,8 @@ async fn every_route_refuses_who_may_not_call_it() {
             .replace("/api/sessions/{id}", &format!("/api/sessions/{sid}"))
             .replace("/api/approvals/{id}", &format!("/api/approvals/{approval}"))
             .replace("/api/pushes/{id}", &format!("/api/pushes/{push}"))
-            .replace("/api/tokens/{id}", &format!("/api/tokens/{mine}"));
+            .replace("/api/tokens/{id}", &format!("/api/tokens/{mine}"))
+            .replace("/api/terminals/{id}", &format!("/api/terminals/{terminal}"));
         assert!(!path.contains('{'), "no id for {}", route.path);
         let body = match route.path {
             "/api/chat" => json!({"message": "hi", "sessionId": sid}),
@@ -601,6 +603,11 @@ async fn every_route_refuses_who_may_not_call_it() {
             "/api/sessions/{id}/permission-mode" => json!({"mode": "plan"}),
             "/api/devices" => json!({"token": DEVICE, "environment": "production"}),
             "/api/pair" => json!({"code": code}),
+            "/api/terminals" => {
+                json!({"program": "shell", "projectPath": app.project, "cols": 80, "rows": 24})
+            }
+            "/api/terminals/{id}/input" => json!({"text": "exit\r"}),
+            "/api/terminals/{id}/resize" => json!({"cols": 20, "rows": 10}),
             _ => json!({}),
         };
         let call = |token: Option<&str>| {
@@ -659,4 +666,9 @@ async fn every_route_refuses_who_may_not_call_it() {
     let devices = app.get_json("/api/devices").await;
     assert_eq!(devices["devices"][0]["environment"], "sandbox");
     assert_eq!(devices["devices"][0]["active"], true);
+    let t = app.get_json(&format!("/api/terminals/{terminal}")).await;
+    assert_eq!(
+        (t["state"].as_str(), t["cols"].as_i64()),
+        (Some("running"), Some(80))
+    );
 }

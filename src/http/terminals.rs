@@ -1,0 +1,532 @@
+//! Terminals: start one, list and show them, type into one, resize it, read its output
+//! (for clients without a WebSocket), end it, and attach to it over a WebSocket (output as
+//! binary frames; input as binary frames, control as JSON text frames).
+
+use std::time::Duration;
+
+use axum::{
+    extract::{
+        ws::{
+            rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade,
+        },
+        Path, State,
+    },
+    http::{Method, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json,
+};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{
+    extract::{WsCaller, WS_PROTOCOL},
+    routes::{Access, Routes},
+    views::{time, Page},
+    ApiError, ApiJson, ApiQuery,
+};
+use crate::{
+    auth::Caller,
+    store::terminals::{self as rows, TerminalRow},
+    terminals::{ring::Ring, Live, Refused, Snapshot, Start, Viewer, Why},
+    AppState,
+};
+
+/// The WebSocket's route.
+pub(super) const WS_ROUTE: &str = "/api/terminals/{id}/ws";
+/// Most output bytes in one binary frame.
+const FRAME_BYTES: usize = 64 * 1024;
+
+pub fn router() -> Routes {
+    Routes::default()
+        .add(Method::POST, "/api/terminals", Access::User, post(start))
+        .add(Method::GET, "/api/terminals", Access::User, get(list))
+        .add(Method::GET, "/api/terminals/{id}", Access::User, get(show))
+        .add(
+            Method::DELETE,
+            "/api/terminals/{id}",
+            Access::User,
+            delete(end),
+        )
+        .add(
+            Method::POST,
+            "/api/terminals/{id}/input",
+            Access::User,
+            post(input),
+        )
+        .add(
+            Method::POST,
+            "/api/terminals/{id}/resize",
+            Access::User,
+            post(resize),
+        )
+        .add(
+            Method::GET,
+            "/api/terminals/{id}/output",
+            Access::User,
+            get(output),
+        )
+        .add(Method::GET, WS_ROUTE, Access::User, get(attach))
+}
+
+/// A terminal as the API shows it; for a live one, its in-memory state is the freshest.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TerminalView {
+    id: String,
+    owner: String,
+    program: String,
+    project_path: String,
+    /// The chat session whose conversation it holds.
+    session_id: Option<String>,
+    /// `starting`, `running`, `exited` or `killed`.
+    state: String,
+    exit_code: Option<i64>,
+    end_reason: Option<String>,
+    cols: i64,
+    rows: i64,
+    pid: Option<i64>,
+    /// Viewers attached now.
+    viewers: usize,
+    /// The running byte offset: bytes of output so far.
+    output_bytes: i64,
+    created_at: DateTime<Utc>,
+    last_input_at: Option<DateTime<Utc>>,
+    last_output_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    /// When it ends unless someone types in it or attaches first.
+    expires_at: DateTime<Utc>,
+    warned_at: Option<DateTime<Utc>>,
+}
+
+impl TerminalView {
+    fn new(t: TerminalRow, live: Option<Snapshot>) -> Self {
+        let mut view = Self {
+            id: t.id,
+            owner: t.owner,
+            program: t.program,
+            project_path: t.project_path,
+            session_id: t.session_id,
+            state: t.state,
+            exit_code: t.exit_code,
+            end_reason: t.end_reason,
+            cols: t.cols,
+            rows: t.rows,
+            pid: t.pid,
+            viewers: 0,
+            output_bytes: t.output_bytes,
+            created_at: time(t.created_at),
+            last_input_at: t.last_input_at.map(time),
+            last_output_at: t.last_output_at.map(time),
+            ended_at: t.ended_at.map(time),
+            expires_at: time(t.expires_at),
+            warned_at: t.warned_at.map(time),
+        };
+        if let Some(s) = live {
+            view.cols = s.cols.into();
+            view.rows = s.rows.into();
+            view.viewers = s.viewers;
+            view.output_bytes = s.output_bytes as i64;
+            view.last_input_at = s.last_input_at.map(time);
+            view.last_output_at = s.last_output_at.map(time);
+            view.expires_at = time(s.expires_at);
+        }
+        view
+    }
+}
+
+fn view(state: &AppState, t: TerminalRow) -> TerminalView {
+    let live = t
+        .is_live()
+        .then(|| state.terminals.live(&t.id))
+        .flatten()
+        .map(|l| l.snapshot());
+    TerminalView::new(t, live)
+}
+
+/// The terminal if it exists and the caller may see it (else 404, to reveal nothing).
+async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<TerminalRow, ApiError> {
+    rows::get(state.store.pool(), id)
+        .await?
+        .filter(|t| caller.can_see(&t.owner))
+        .ok_or_else(|| ApiError::not_found("terminal_not_found", format!("no terminal {id}")))
+}
+
+/// The live terminal, or 409 once it has ended.
+fn running(state: &AppState, id: &str) -> Result<std::sync::Arc<Live>, ApiError> {
+    state
+        .terminals
+        .live(id)
+        .filter(|l| l.ended().is_none())
+        .ok_or_else(ended)
+}
+
+fn ended() -> ApiError {
+    ApiError::conflict(
+        "terminal_ended",
+        "this terminal has ended; its last output stays readable at /api/terminals/{id}/output",
+    )
+}
+
+fn refused(r: Refused, max_viewers: usize) -> ApiError {
+    match r {
+        Refused::Ended => ended(),
+        Refused::TooManyViewers => ApiError::too_many(
+            "too_many_viewers",
+            format!("{max_viewers} viewers are attached to this terminal (terminals.max_viewers)"),
+            Duration::from_secs(5),
+        ),
+        Refused::Resize => ApiError::invalid("invalid_size", "the terminal refused that size"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StartRequest {
+    program: String,
+    project_path: Option<String>,
+    session_id: Option<String>,
+    cols: u16,
+    rows: u16,
+}
+
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<StartRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if req.program == "claude" {
+        state.agent_ready().await?;
+    }
+    let row = state
+        .terminals
+        .start(Start {
+            owner: &caller.owner,
+            sees_all: caller.is_admin(),
+            program: &req.program,
+            project_path: req.project_path.as_deref(),
+            session_id: req.session_id.as_deref(),
+            cols: req.cols,
+            rows: req.rows,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&state, row))))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(page): ApiQuery<Page>,
+) -> Result<impl IntoResponse, ApiError> {
+    let rows = rows::list(state.store.pool(), caller.scope(), page.limit()?).await?;
+    let views: Vec<_> = rows.into_iter().map(|t| view(&state, t)).collect();
+    Ok(Json(json!({ "terminals": views })))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = visible(&state, &caller, &id).await?;
+    Ok(Json(view(&state, t)))
+}
+
+/// Ends the terminal (SIGHUP, SIGTERM, SIGKILL; reaped) and answers it ended. An ended
+/// terminal is answered as it is.
+async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    visible(&state, &caller, &id).await?;
+    state.terminals.end(&id, Why::Deleted).await;
+    let t = visible(&state, &caller, &id).await?;
+    Ok(Json(view(&state, t)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputRequest {
+    text: String,
+}
+
+async fn input(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<InputRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    visible(&state, &caller, &id).await?;
+    let max = state.settings.terminals.max_input_bytes.0 as usize;
+    if req.text.len() > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_large",
+            format!(
+                "input is {} bytes; the limit (terminals.max_input_bytes) is {max}",
+                req.text.len()
+            ),
+        ));
+    }
+    let live = running(&state, &id)?;
+    let written = req.text.len();
+    live.write(
+        req.text.into_bytes(),
+        state.terminals.lifetime_of_activity(),
+    )
+    .await
+    .map_err(|r| refused(r, 0))?;
+    Ok(Json(json!({ "written": written })))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Size {
+    cols: u16,
+    rows: u16,
+}
+
+impl Size {
+    fn check(self) -> Result<Self, ApiError> {
+        let max = crate::terminals::MAX_SIDE;
+        if (1..=max).contains(&self.cols) && (1..=max).contains(&self.rows) {
+            Ok(self)
+        } else {
+            Err(ApiError::invalid(
+                "invalid_size",
+                format!("cols and rows must be 1 to {max}"),
+            ))
+        }
+    }
+}
+
+async fn resize(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(size): ApiJson<Size>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = visible(&state, &caller, &id).await?;
+    let size = size.check()?;
+    let live = running(&state, &id)?;
+    live.resize(size.cols, size.rows)
+        .map_err(|r| refused(r, 0))?;
+    Ok(Json(view(&state, t)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffsetQuery {
+    offset: Option<u64>,
+}
+
+/// The output after `offset`: from the live buffer, or from the tail saved at the end.
+async fn output(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<OffsetQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = visible(&state, &caller, &id).await?;
+    let offset = q.offset.unwrap_or(0);
+    let slice = match state.terminals.live(&id) {
+        Some(live) => live.read_since(offset),
+        None => {
+            // Ended: re-read, as the end may have been stored since the row was read.
+            let (tail, tail_offset) = rows::tail(state.store.pool(), &id)
+                .await?
+                .unwrap_or_default();
+            Ring::from_tail(tail_offset.max(0) as u64, tail).since(offset)
+        }
+    };
+    let t = rows::get(state.store.pool(), &t.id).await?.unwrap_or(t);
+    let next = slice.offset + slice.bytes.len() as u64;
+    Ok(Json(json!({
+        "offset": slice.offset,
+        "nextOffset": next,
+        "reset": slice.reset,
+        "state": t.state,
+        "data": base64::engine::general_purpose::STANDARD.encode(&slice.bytes),
+    })))
+}
+
+/// A control frame from a viewer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    resize: Option<Size>,
+    signal: Option<String>,
+}
+
+/// Attaches a viewer over a WebSocket; `?offset=N` sends only what it missed after N.
+async fn attach(
+    State(state): State<AppState>,
+    WsCaller(caller): WsCaller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<OffsetQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    visible(&state, &caller, &id).await?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("this route is a WebSocket: {}", e.body_text()),
+        )
+    })?;
+    let live = running(&state, &id)?;
+    let settings = &state.settings.terminals;
+    let viewer = live
+        .attach(settings.max_viewers, state.terminals.lifetime_of_activity())
+        .map_err(|r| refused(r, settings.max_viewers))?;
+    let max_input = settings.max_input_bytes.0 as usize;
+    tracing::info!(terminal_id = %id, owner = %caller.owner, "viewer attached");
+    Ok(upgrade
+        .protocols([WS_PROTOCOL])
+        .max_message_size(max_input)
+        .max_frame_size(max_input)
+        .on_upgrade(move |socket| serve_viewer(socket, state, live, viewer, q.offset.unwrap_or(0))))
+}
+
+/// One viewer: output out as binary frames from its offset on, input and control in, until
+/// it leaves or the terminal ends (a last `ended` text frame, then a close).
+async fn serve_viewer(
+    mut socket: WebSocket,
+    state: AppState,
+    live: std::sync::Arc<Live>,
+    viewer: Viewer,
+    offset: u64,
+) {
+    let mut written = live.written();
+    let mut ended = live.ended_watch();
+    let first = live.read_since(offset);
+    let mut offset = first.offset;
+    let hello = json!({"type": "attached", "offset": first.offset, "reset": first.reset});
+    if socket
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if send_output(&mut socket, first.bytes, &mut offset)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = written.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let slice = live.read_since(offset);
+                if slice.reset {
+                    // It fell behind by more than the buffer: say where the bytes start now.
+                    let reset = json!({"type": "reset", "offset": slice.offset});
+                    if socket.send(Message::Text(reset.to_string().into())).await.is_err() {
+                        return;
+                    }
+                    offset = slice.offset;
+                }
+                if send_output(&mut socket, slice.bytes, &mut offset).await.is_err() {
+                    return;
+                }
+            }
+            () = until_ended(&mut ended) => {
+                let rest = live.read_since(offset);
+                let _ = send_output(&mut socket, rest.bytes, &mut offset).await;
+                let end = live.ended().unwrap_or_else(unknown_end);
+                let text = json!({
+                    "type": "ended", "state": end.state, "exitCode": end.exit_code,
+                    "reason": end.reason, "offset": offset,
+                });
+                let _ = socket.send(Message::Text(text.to_string().into())).await;
+                let _ = socket
+                    .send(Message::Close(Some(CloseFrame { code: 1000, reason: "ended".into() })))
+                    .await;
+                break;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    if live.write(bytes.to_vec(), state.terminals.lifetime_of_activity()).await.is_err() {
+                        continue; // ended: the `ended` frame comes next
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Err(e) = control(&state, &live, text.as_str()).await {
+                        let error = json!({"type": "error", "error": {"code": e.code, "message": e.message}});
+                        if socket.send(Message::Text(error.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {} // pings are answered by the socket itself
+            },
+        }
+    }
+    drop(viewer);
+}
+
+/// Resolves once the terminal has ended.
+async fn until_ended(ended: &mut tokio::sync::watch::Receiver<Option<crate::terminals::Ended>>) {
+    let _ = ended.wait_for(Option::is_some).await;
+}
+
+/// What a viewer is told if the end it was woken for cannot be read (it always can).
+fn unknown_end() -> crate::terminals::Ended {
+    crate::terminals::Ended {
+        state: rows::STATE_KILLED,
+        exit_code: None,
+        reason: "ended".into(),
+    }
+}
+
+/// Sends output in frames of at most [`FRAME_BYTES`], moving `offset` past them.
+async fn send_output(
+    socket: &mut WebSocket,
+    bytes: Vec<u8>,
+    offset: &mut u64,
+) -> Result<(), axum::Error> {
+    for chunk in bytes.chunks(FRAME_BYTES) {
+        socket.send(Message::Binary(chunk.to_vec().into())).await?;
+        *offset += chunk.len() as u64;
+    }
+    Ok(())
+}
+
+/// A viewer's control frame: a resize, Ctrl-C (`interrupt`), or ending the terminal.
+async fn control(
+    state: &AppState,
+    live: &std::sync::Arc<Live>,
+    text: &str,
+) -> Result<(), ApiError> {
+    let control: Control = serde_json::from_str(text).map_err(|e| {
+        ApiError::invalid("invalid_control", format!("a control frame is {{\"resize\":{{\"cols\",\"rows\"}}}} or {{\"signal\":\"interrupt\"|\"terminate\"}}: {e}"))
+    })?;
+    if let Some(size) = control.resize {
+        let size = size.check()?;
+        live.resize(size.cols, size.rows)
+            .map_err(|r| refused(r, 0))?;
+    }
+    match control.signal.as_deref() {
+        None => {}
+        Some("interrupt") => live
+            .write(vec![0x03], state.terminals.lifetime_of_activity())
+            .await
+            .map_err(|r| refused(r, 0))?,
+        Some("terminate") => live.request_end(Why::Terminated),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "invalid_control",
+                format!("unknown signal {other:?}: \"interrupt\" or \"terminate\""),
+            ))
+        }
+    }
+    Ok(())
+}
