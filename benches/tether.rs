@@ -558,7 +558,9 @@ fn draw(path: &Path, agent: &str, bars: &[(&str, &Samples)]) {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE).unwrap();
-    let top = bars.iter().map(|(_, s)| s.p99()).fold(1.0, f64::max) * 1.15;
+    // A log scale: the designs differ by orders of magnitude.
+    let top = bars.iter().map(|(_, s)| s.p99()).fold(1.0, f64::max) * 3.0;
+    let bottom = bars.iter().map(|(_, s)| s.p50()).fold(top, f64::min) / 3.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!("Turn time per design ({agent})"),
@@ -567,12 +569,13 @@ fn draw(path: &Path, agent: &str, bars: &[(&str, &Samples)]) {
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(64)
-        .build_cartesian_2d((0..bars.len()).into_segmented(), 0.0..top)
+        .build_cartesian_2d((0..bars.len()).into_segmented(), (bottom..top).log_scale())
         .unwrap();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .y_desc("ms per turn (bar: p50, line: p99)")
+        .y_desc("ms per turn, log scale (bar: p50, line: p99)")
+        .y_label_formatter(&|v| format!("{v}"))
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(i) => bars.get(*i).map_or("", |b| b.0).to_string(),
             _ => String::new(),
@@ -589,7 +592,7 @@ fn draw(path: &Path, agent: &str, bars: &[(&str, &Samples)]) {
         chart
             .draw_series(std::iter::once(Rectangle::new(
                 [
-                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i), bottom),
                     (SegmentValue::Exact(i + 1), s.p50()),
                 ],
                 style,
@@ -606,8 +609,8 @@ fn draw(path: &Path, agent: &str, bars: &[(&str, &Samples)]) {
             .unwrap();
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("{:.1} ms", s.p50()),
-                (SegmentValue::CenterOf(i), s.p99() + top * 0.03),
+                format!("{:.2} ms", s.p50()),
+                (SegmentValue::CenterOf(i), s.p99() * 1.4),
                 ("sans-serif", 14),
             )))
             .unwrap();
