@@ -12,10 +12,25 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{de::DeserializeOwned, Serialize};
+use utoipa::ToSchema;
 
 use crate::sessions::{AcceptError, Refusal};
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "session_not_found", "message": "no session 0b6c…"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` to act on, and a `message` for a person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case; each route's responses list the codes it may send.
+    pub code: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -72,7 +87,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(after) = self.retry_after {
             response

@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod health;
 pub mod limits;
+pub mod openapi;
 mod pushes;
 pub mod routes;
 pub mod server;
@@ -30,7 +31,7 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ApiJson, ApiQuery};
+pub use error::{ApiError, ApiJson, ApiQuery, ErrorBody, ErrorDetail};
 
 use crate::AppState;
 
@@ -51,6 +52,7 @@ pub struct Edge {
 /// Every area's routes.
 fn all_routes() -> routes::Routes {
     health::router()
+        .merge(openapi::router())
         .merge(chat::router())
         .merge(approvals::router())
         .merge(sessions::router())
