@@ -86,6 +86,7 @@ done
 admin="$("$repo/target/debug/tether" token --admin)"
 log "tether at $base (log: the end of this output on failure)"
 
+export HYPOTHESIS_STORAGE_DIRECTORY="$VENV/hypothesis"
 seed="${SEED:-$RANDOM$RANDOM}"
 log "seed $seed"
 status=0

@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod lifecycle;
 mod listener;
+mod openapi;
 mod pairing;
 mod permission_protocol;
 mod push;
