@@ -2,7 +2,7 @@
 //! or answers to a question), and the session's permission mode.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -20,7 +20,7 @@ use super::{
     routes::{Access, Routes},
     sessions::visible,
     views::{ApprovalView, Page},
-    ApiError, ApiJson, ApiQuery, ErrorDetail,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail,
 };
 use crate::{
     agent::Decision,
@@ -95,7 +95,7 @@ pub(super) struct ApprovalList {
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
@@ -150,7 +150,7 @@ async fn visible_approval(
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let row = visible_approval(&state, &caller, &id).await?;
     Ok(Json(ApprovalView::from(row)))
@@ -228,7 +228,7 @@ pub(super) struct AlreadyDecided {
 pub(super) async fn decide(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Response, ApiError> {
     let row = visible_approval(&state, &caller, &id).await?;
@@ -402,7 +402,7 @@ pub(super) struct ModeAnswer {
 pub(super) async fn set_mode(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ModeRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !PERMISSION_MODES.contains(&req.mode.as_str()) {

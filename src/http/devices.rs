@@ -4,7 +4,7 @@
 //! `DELETE /api/devices/{token}` removes one, cancelling its unsent pushes.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, post},
@@ -20,7 +20,7 @@ use utoipa::{
 use super::{
     routes::{Access, Routes},
     views::time,
-    ApiError, ApiJson,
+    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::Caller,
@@ -313,7 +313,7 @@ pub(super) async fn list(
 pub(super) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token): Path<String>,
+    ApiPath(token): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::not_found("device_not_found", "no such device");
     let token = normalize_token(&token).ok_or_else(not_found)?;

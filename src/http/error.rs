@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use axum::{
     extract::{
-        rejection::{JsonRejection, QueryRejection},
-        FromRequest, FromRequestParts, Request,
+        rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
+        FromRequest, FromRequestParts, Path, Request,
     },
     http::{header::RETRY_AFTER, request::Parts, StatusCode},
     response::{IntoResponse, Response},
@@ -153,6 +153,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            _ => "unreadable_body",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
 /// `axum::Json`, with its rejections in the shape of [`ApiError`].
 pub struct ApiJson<T>(pub T);
 
@@ -189,6 +200,37 @@ where
 
 fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::invalid("invalid_query", rejection.body_text())
+}
+
+/// `axum::extract::Path`, with its rejections (400 `invalid_path`: a parameter that is not
+/// UTF-8 once percent-decoded) as [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_error(rejection)),
+        }
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    if rejection.status().is_server_error() {
+        // The route and its handler disagree: a bug, not the caller's doing.
+        return ApiError::internal(&rejection.body_text());
+    }
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        rejection.body_text(),
+    )
 }
 
 /// Answers routes that do not exist.

@@ -31,7 +31,7 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ApiJson, ApiQuery, ErrorBody, ErrorDetail};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorDetail};
 
 use crate::AppState;
 

@@ -12,8 +12,9 @@
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`) on all, and
-//! 400/413/415/422 wherever a JSON body is read.
+//! ones, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`) on all, 400
+//! `invalid_path` where the path has parameters (read them with `ApiPath`), and 400/413/415/422
+//! wherever a JSON body is read (with `ApiJson`).
 //!
 //! An error response is written as a status and a description that lists its codes, each as
 //! "`code`: when it is sent", separated by "; ". The document gives it the error body
@@ -235,7 +236,7 @@ const ANY_ROUTE: &[(&str, &str)] = &[
     ),
     (
         "503",
-        "`shutting_down`: the server is stopping; try again in a moment; \
+        "`shutting_down`: the server is stopping (try again in a moment); \
          `request_timeout`: the answer took longer than `server.request_timeout`",
     ),
 ];
@@ -253,6 +254,10 @@ const TOKEN_ROUTE: &[(&str, &str)] = &[
 const ADMIN_ROUTE: &[(&str, &str)] = &[(
     "403",
     "`forbidden`: a user's token; this route needs an admin token (`tether token --admin`)",
+)];
+const PATH_PARAMETERS: &[(&str, &str)] = &[(
+    "400",
+    "`invalid_path`: a path parameter is not UTF-8 once percent-decoded",
 )];
 const JSON_BODY: &[(&str, &str)] = &[
     ("400", "`malformed_json`: the body is not JSON"),
@@ -292,6 +297,9 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
             description.push_str("\n\n");
         }
         description.push_str("Needs an admin token.");
+    }
+    if route.path.contains('{') {
+        common.extend(PATH_PARAMETERS);
     }
     if reads_json(op) {
         common.extend(JSON_BODY);

@@ -1,12 +1,7 @@
 //! The push ledger (admin): `GET /api/pushes` lists pushes newest first, filtered by
 //! device, session or status; `GET /api/pushes/{id}` shows one with every attempt.
 
-use axum::{
-    extract::{Path, State},
-    response::IntoResponse,
-    routing::get,
-    Json,
-};
+use axum::{extract::State, response::IntoResponse, routing::get, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,7 +15,7 @@ use super::{
     openapi::NumericId,
     routes::{Access, Routes},
     views::{time, Page},
-    ApiError, ApiQuery,
+    ApiError, ApiPath, ApiQuery,
 };
 use crate::{
     auth::Admin,
@@ -249,7 +244,7 @@ pub(super) struct PushDetail {
 pub(super) async fn show(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let not_found = || ApiError::not_found("push_not_found", format!("no push {id}"));
     let push_id: i64 = id.parse().map_err(|_| not_found())?;

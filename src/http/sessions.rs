@@ -3,9 +3,9 @@
 
 use std::{convert::Infallible, time::Duration};
 
-use axum::{body::Bytes, http::StatusCode};
+use axum::{body::Bytes, extract::rejection::BytesRejection, http::StatusCode};
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::HeaderMap,
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -27,7 +27,7 @@ use super::{
     openapi::SessionId,
     routes::{Access, Routes},
     views::{time, ActiveSessionView, MessageView, Page, SessionView},
-    ApiError, ApiQuery, Edge,
+    ApiError, ApiPath, ApiQuery, Edge,
 };
 use crate::{
     auth::{Admin, Caller},
@@ -207,7 +207,7 @@ pub(super) async fn active(
 pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, s)))
@@ -240,7 +240,7 @@ pub(super) struct MessageList {
 pub(super) async fn list_messages(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
@@ -284,7 +284,7 @@ pub(super) struct Interrupted {
 pub(super) async fn interrupt(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     if !state.sessions.interrupt(&id).await {
@@ -347,16 +347,19 @@ struct Recap {
         (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
         (status = 409, description = "`session_ended`: the session was ended"),
         (status = 410, description = "`session_expired`: the session expired"),
+        (status = 413, description = "`body_too_large`: the body is larger than `server.max_body_bytes`"),
         (status = 422, description = "`invalid_body`: the body is not `{\"recap\": bool}`"),
         (status = 429, description = "`queue_full`: `sessions.max_queued_per_session` messages already wait (recap)"),
+        (status = 503, description = "`agent_unavailable`: the agent command is missing (recap)"),
     ),
 )]
 pub(super) async fn keep_alive(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    ApiPath(id): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body?;
     // The body is optional: none (or `null`) means no recap. (JSON's white space only: a
     // form feed is no JSON.)
     let blank = body
@@ -439,7 +442,7 @@ pub(super) async fn keep_alive(
 pub(super) async fn end(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     state.sessions.end_session(&id, "deleted").await?;
@@ -506,7 +509,7 @@ pub(super) async fn stream_events(
     State(state): State<AppState>,
     Extension(edge): Extension<Edge>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {

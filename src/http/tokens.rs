@@ -3,7 +3,7 @@
 //! token needed).
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, post},
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::{
     routes::{Access, Routes},
     views::time,
-    ApiError, ApiJson,
+    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::{self, Admin, Caller},
@@ -121,7 +121,7 @@ pub(super) async fn list(
 pub(super) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pool = state.store.pool();
     tokens::get(pool, &id)

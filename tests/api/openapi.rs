@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tether::http::routes::Access;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{error_code, spawn_app, spawn_app_with};
 
 /// The HTTP methods a path item of the document may hold.
 const METHODS: [&str; 8] = [
@@ -128,5 +128,42 @@ async fn access_and_errors_follow_the_route_table() {
     assert_eq!(
         doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]["$ref"],
         "#/components/schemas/ErrorDetail"
+    );
+}
+
+/// What axum answers in plain text by itself comes in the error shape the document gives:
+/// a path parameter that is not UTF-8, and a body over the limit where it is read as bytes.
+#[tokio::test]
+async fn bad_paths_and_large_bodies_answer_in_the_error_shape() {
+    let app = spawn_app_with(|s| s.server.max_body_bytes = 1024).await;
+    for path in [
+        "/api/sessions/%FF",
+        "/api/approvals/%C3%28",
+        "/api/devices/%FF",
+    ] {
+        let res = match path {
+            "/api/devices/%FF" => app.delete(path).await,
+            _ => app.get(path).await,
+        };
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::BAD_REQUEST, "invalid_path".to_string()),
+            "{path}"
+        );
+    }
+    let res = app
+        .client
+        .post(app.url(&format!(
+            "/api/sessions/{}/keep-alive",
+            uuid::Uuid::new_v4()
+        )))
+        .bearer_auth(&app.token)
+        .body(vec![b' '; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".to_string())
     );
 }
