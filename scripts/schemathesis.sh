@@ -8,9 +8,9 @@
 # It installs schemathesis (pinned, from PyPI) into .tools/schemathesis (once), builds the
 # debug `tether` and `fake-claude`, starts tether on a free port with the fake CLI as its
 # agent, a temp data folder and home (the project folder `~/code/app` of the document's
-# examples exists there), the log push gateway and an admin token, runs
-# `schemathesis run` (configured by scripts/schemathesis.toml), counts the requests it sent,
-# and stops the server.
+# examples exists there), the log push gateway and an admin token, starts one turn that waits
+# on an approval, runs `schemathesis run` (configured by scripts/schemathesis.toml), counts
+# the requests it sent, and stops the server. Needs python3, curl and cargo.
 #
 # Environment:
 #   SCHEMATHESIS_VERSION  version to install (default: the one this was written against)
@@ -85,6 +85,13 @@ done
 [[ -n "$base" ]] || die "tether did not say where it listens"
 admin="$("$repo/target/debug/tether" token --admin)"
 log "tether at $base (log: the end of this output on failure)"
+
+# Something real to find besides what schemathesis makes itself: a session whose turn waits
+# on an approval (a Write the fake CLI asks about), so that the session and approval routes
+# meet ids that exist (schemathesis reads them from the listings).
+curl -fsS -o /dev/null -H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+  -d '{"projectPath": "~/code/app", "message": "[ask-write:notes.txt] take notes"}' \
+  "$base/api/chat"
 
 export HYPOTHESIS_STORAGE_DIRECTORY="$VENV/hypothesis"
 seed="${SEED:-$RANDOM$RANDOM}"

@@ -181,6 +181,18 @@ pub(super) async fn list(
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pool = state.store.pool();
+    // Every filter is checked before any is looked up: an unknown device answers an empty
+    // list, a bad status 422 whatever the device.
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(PushStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_status",
+                "status must be pending, sending, delivered, logged, failed or cancelled",
+            )
+        })?),
+    };
+    let limit = page.limit()?;
     let device_id = match q.device.as_deref() {
         None => None,
         Some(d) if is_device_id(d) => d.parse::<i64>().ok(),
@@ -194,15 +206,6 @@ pub(super) async fn list(
             }
         }
     };
-    let status = match q.status.as_deref() {
-        None => None,
-        Some(s) => Some(PushStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_status",
-                "status must be pending, sending, delivered, logged, failed or cancelled",
-            )
-        })?),
-    };
     let rows = pushes::list(
         pool,
         &pushes::Filter {
@@ -210,7 +213,7 @@ pub(super) async fn list(
             session_id: q.session.as_deref(),
             status,
             before: page.before,
-            limit: page.limit()?,
+            limit,
         },
     )
     .await?;

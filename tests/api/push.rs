@@ -298,6 +298,25 @@ async fn a_finished_turn_is_pushed_to_each_device_and_listed_in_the_ledger() {
             "device={bad}"
         );
     }
+    // A device nobody registered lists nothing, but the other filters are checked first.
+    let unknown = "ab".repeat(32);
+    assert!(ledger(&app, &format!("device={unknown}")).await.is_empty());
+    for (query, code) in [
+        ("status=sent", "invalid_status"),
+        ("limit=0", "invalid_limit"),
+    ] {
+        let res = app
+            .get_as(
+                &app.admin_token,
+                &format!("/api/pushes?device={unknown}&{query}"),
+            )
+            .await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, code.into()),
+            "{query}"
+        );
+    }
     assert_eq!(ledger(&app, &format!("session={session}")).await.len(), 2);
     assert!(ledger(&app, "session=nope").await.is_empty());
     assert!(ledger(&app, "status=failed").await.is_empty());
