@@ -181,7 +181,7 @@ pub fn document() -> Document {
 }
 
 /// The operation of `method` in a path item.
-pub fn operation_mut<'a>(item: &'a mut PathItem, method: &Method) -> Option<&'a mut Operation> {
+fn operation_mut<'a>(item: &'a mut PathItem, method: &Method) -> Option<&'a mut Operation> {
     let slot = match *method {
         Method::GET => &mut item.get,
         Method::POST => &mut item.post,
@@ -194,22 +194,6 @@ pub fn operation_mut<'a>(item: &'a mut PathItem, method: &Method) -> Option<&'a 
         _ => return None,
     };
     slot.as_mut()
-}
-
-/// Every operation of a path item, with its method.
-pub fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
-    [
-        (Method::GET, &item.get),
-        (Method::POST, &item.post),
-        (Method::PUT, &item.put),
-        (Method::DELETE, &item.delete),
-        (Method::PATCH, &item.patch),
-        (Method::HEAD, &item.head),
-        (Method::OPTIONS, &item.options),
-        (Method::TRACE, &item.trace),
-    ]
-    .into_iter()
-    .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
 }
 
 fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
@@ -342,7 +326,7 @@ fn reads_json(op: &Operation) -> bool {
 }
 
 /// The codes an error response's description lists ("`code`: when; `other`: when").
-pub fn error_codes(description: &str) -> Vec<(&str, &str)> {
+fn error_codes(description: &str) -> Vec<(&str, &str)> {
     description
         .split("; ")
         .filter_map(|part| {
@@ -386,16 +370,13 @@ fn error_bodies(op: &mut Operation) {
                 .insert("application/json".into(), RefOr::T(content));
             continue;
         }
-        match response.content.get_mut("application/json") {
-            Some(RefOr::T(content)) => {
-                // Its own body, or the edge's error body.
-                if let Some(own) = content.schema.take() {
-                    let either = OneOf::builder().item(own).item(error_ref()).build();
-                    content.schema = Some(RefOr::T(Schema::OneOf(either)));
-                }
-                content.examples.extend(examples);
+        if let Some(RefOr::T(content)) = response.content.get_mut("application/json") {
+            // Its own body, or the edge's error body.
+            if let Some(own) = content.schema.take() {
+                let either = OneOf::builder().item(own).item(error_ref()).build();
+                content.schema = Some(RefOr::T(Schema::OneOf(either)));
             }
-            _ => {}
+            content.examples.extend(examples);
         }
     }
 }
@@ -403,6 +384,22 @@ fn error_bodies(op: &mut Operation) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every operation of a path item, with its method.
+    fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
+        [
+            (Method::GET, &item.get),
+            (Method::POST, &item.post),
+            (Method::PUT, &item.put),
+            (Method::DELETE, &item.delete),
+            (Method::PATCH, &item.patch),
+            (Method::HEAD, &item.head),
+            (Method::OPTIONS, &item.options),
+            (Method::TRACE, &item.trace),
+        ]
+        .into_iter()
+        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
+    }
 
     #[test]
     fn error_codes_are_read_from_descriptions() {
