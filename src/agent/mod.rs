@@ -145,11 +145,14 @@ pub struct TurnResult {
 }
 
 /// Is the agent command usable? Shown on `/health`; chat answers 503 while it is not.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {
+    /// `agent.command`.
     pub command: String,
     pub found: bool,
+    /// Where the command was found.
+    #[schema(value_type = Option<String>)]
     pub path: Option<PathBuf>,
     pub version: Option<String>,
     pub error: Option<String>,

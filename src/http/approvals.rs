@@ -2,20 +2,25 @@
 //! or answers to a question), and the session's permission mode.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
     Json,
 };
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{
+    openapi::{Object, ObjectBuilder, Type},
+    IntoParams, ToSchema,
+};
 
 use super::{
+    openapi::{NumericId, SessionId},
     routes::{Access, Routes},
     sessions::visible,
     views::{ApprovalView, Page},
-    ApiError, ApiJson, ApiQuery,
+    ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail,
 };
 use crate::{
     agent::Decision,
@@ -55,16 +60,42 @@ pub fn router() -> Routes {
         )
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only approvals in this state.
+    #[param(value_type = Option<ApprovalStatus>)]
     status: Option<String>,
+    /// At most this many (default 100), newest first.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-async fn list(
+#[derive(Serialize, ToSchema)]
+pub(super) struct ApprovalList {
+    approvals: Vec<ApprovalView>,
+}
+
+/// A session's approvals
+///
+/// What the agent asked about in this session, newest first; `?status=pending` for what
+/// waits for an answer.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/{id}/approvals",
+    operation_id = "listApprovals",
+    tag = "approvals",
+    params(SessionId, ListQuery),
+    responses(
+        (status = 200, description = "The approvals", body = ApprovalList),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 422, description = "`invalid_status`: `status` is not an approval's state; `invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: `limit` is not a number"),
+    ),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
@@ -83,8 +114,8 @@ async fn list(
     }
     .limit()?;
     let rows = approvals::list(state.store.pool(), &id, status, limit).await?;
-    let views: Vec<ApprovalView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(json!({ "approvals": views })))
+    let approvals = rows.into_iter().map(Into::into).collect();
+    Ok(Json(ApprovalList { approvals }))
 }
 
 /// The approval if it exists and the caller may see its session (else 404).
@@ -104,32 +135,100 @@ async fn visible_approval(
     Ok(row)
 }
 
-async fn show(
+/// One approval
+#[utoipa::path(
+    get,
+    path = "/api/approvals/{id}",
+    operation_id = "getApproval",
+    tag = "approvals",
+    params(NumericId),
+    responses(
+        (status = 200, description = "The approval", body = ApprovalView),
+        (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
+    ),
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let row = visible_approval(&state, &caller, &id).await?;
     Ok(Json(ApprovalView::from(row)))
 }
 
-#[derive(Deserialize)]
+/// The answer to an approval: allow or deny a tool, or answer a question.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DecideRequest {
+#[schema(example = json!({"decision": "allow", "remember": "session"}))]
+pub(super) struct DecideRequest {
     /// `allow` or `deny`; may be left out when `answers` is given (a question).
+    #[schema(value_type = Option<Verdict>)]
     decision: Option<String>,
+    /// The tool's input to use instead of the one asked for (required when `inputCut`).
     updated_input: Option<Value>,
+    /// With `deny`: why, for the agent.
     message: Option<String>,
     /// A question's answers: question text → chosen label.
+    #[schema(value_type = Option<Object>, example = json!({"Which color?": "Blue"}))]
     answers: Option<Map<String, Value>>,
     /// `session`: keep the agent's own suggestion (e.g. accept edits) for the session.
+    #[schema(value_type = Option<Remember>)]
     remember: Option<String>,
 }
 
-async fn decide(
+/// What is decided.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // the document's only
+enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// How long an allowed suggestion holds.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // the document's only
+enum Remember {
+    Session,
+}
+
+/// 409: the approval was decided before, and how.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AlreadyDecided {
+    error: ErrorDetail,
+    approval: ApprovalView,
+}
+
+/// Answer an approval
+///
+/// The decision is stored first, then written to the agent, and announced as
+/// `tether.approval_decided` on the session's events. A tool is answered with `decision`
+/// (`allow`, perhaps with `remember: "session"` and `updatedInput`; `deny`, perhaps with a
+/// `message`); a question with `answers` (question → chosen label) or `deny`.
+#[utoipa::path(
+    post,
+    path = "/api/approvals/{id}",
+    operation_id = "decideApproval",
+    tag = "approvals",
+    params(NumericId),
+    request_body = DecideRequest,
+    responses(
+        (status = 200, description = "Decided: the approval as it is now", body = ApprovalView),
+        (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
+        (status = 409, description = "Someone decided it first (`already_decided`): their decision", body = AlreadyDecided),
+        (status = 410, description = "`approval_expired`: it can no longer be answered (expired or cancelled: its turn or process is gone)"),
+        (status = 422, description = "`invalid_decision`: `decision` is not `allow` or `deny`; \
+            `answers_required`: a question needs `answers` (or `deny`); \
+            `invalid_remember`: `remember` is not `session`; \
+            `input_required`: the tool's input was too large to keep; send `updatedInput`; \
+            `invalid_input`: the question's input is not an object"),
+    ),
+)]
+pub(super) async fn decide(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Response, ApiError> {
     let row = visible_approval(&state, &caller, &id).await?;
@@ -160,13 +259,16 @@ fn already(row: ApprovalRow) -> Result<Response, ApiError> {
             format!("this request can no longer be answered: {why}"),
         ));
     }
-    let body = json!({
-        "error": {
-            "code": "already_decided",
-            "message": format!("this request was already decided: {}", json!(status).as_str().unwrap_or("")),
+    let body = AlreadyDecided {
+        error: ErrorDetail {
+            code: "already_decided",
+            message: format!(
+                "this request was already decided: {}",
+                serde_json::json!(status).as_str().unwrap_or("")
+            ),
         },
-        "approval": ApprovalView::from(row),
-    });
+        approval: ApprovalView::from(row),
+    };
     Ok((StatusCode::CONFLICT, Json(body)).into_response())
 }
 
@@ -253,18 +355,54 @@ fn decision_of(
     Ok((decision, keep_mode))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ModeRequest {
+pub(super) struct ModeRequest {
+    /// One of the CLI's permission modes.
+    #[schema(schema_with = permission_modes)]
     mode: String,
 }
 
-/// Sets how the session's agent asks before using tools: stored with the session (every
-/// later start uses it) and sent to its live process.
-async fn set_mode(
+/// The modes [`PERMISSION_MODES`] lists, as a schema.
+fn permission_modes() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(PERMISSION_MODES))
+        .examples(["acceptEdits"])
+        .build()
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ModeAnswer {
+    session_id: String,
+    permission_mode: String,
+    /// Whether a live process was told at once (otherwise its next start uses it).
+    applied_to_live_process: bool,
+}
+
+/// Set a session's permission mode
+///
+/// How the session's agent asks before using tools: stored with the session (every later
+/// start uses it) and sent to its live process.
+#[utoipa::path(
+    post,
+    path = "/api/sessions/{id}/permission-mode",
+    operation_id = "setPermissionMode",
+    tag = "approvals",
+    params(SessionId),
+    request_body = ModeRequest,
+    responses(
+        (status = 200, description = "Set", body = ModeAnswer),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 409, description = "`session_ended`: the session has ended"),
+        (status = 422, description = "`invalid_permission_mode`: `mode` is not one of the CLI's modes"),
+    ),
+)]
+pub(super) async fn set_mode(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ModeRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !PERMISSION_MODES.contains(&req.mode.as_str()) {
@@ -282,9 +420,9 @@ async fn set_mode(
     }
     sessions::set_permission_mode(state.store.pool(), &id, &req.mode).await?;
     let applied = state.sessions.apply_permission_mode(&id, &req.mode).await;
-    Ok(Json(json!({
-        "sessionId": id,
-        "permissionMode": req.mode,
-        "appliedToLiveProcess": applied,
-    })))
+    Ok(Json(ModeAnswer {
+        session_id: id,
+        permission_mode: req.mode,
+        applied_to_live_process: applied,
+    }))
 }

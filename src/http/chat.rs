@@ -8,9 +8,9 @@ use axum::{
     routing::post,
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
 use super::{
     routes::{Access, Routes},
@@ -32,18 +32,84 @@ pub fn router() -> Routes {
     Routes::default().add(Method::POST, ROUTE, Access::User, post(chat))
 }
 
-#[derive(Deserialize)]
+/// A message for a session: an existing one (`sessionId`) or a new one in `projectPath`.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ChatRequest {
+#[schema(example = json!({"message": "What does this project do?", "projectPath": "~/code/app"}))]
+pub(super) struct ChatRequest {
+    /// The text for the agent: not only white space, at most `sessions.max_message_bytes`.
+    #[schema(min_length = 1)]
     message: String,
+    /// The session to continue; without it, `projectPath` starts a new one.
+    #[schema(format = "uuid", example = "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11")]
     session_id: Option<String>,
+    /// For a new session: an existing folder inside `projects.roots` (`~` is the home folder).
+    #[schema(example = "~/code/app")]
     project_path: Option<String>,
+    /// The client's id for this message (1 to 128 bytes): sending it again answers with the
+    /// first message instead of a second one.
+    #[schema(min_length = 1, max_length = 128)]
     client_message_id: Option<String>,
+    /// Answer once the turn ends (at most `server.wait_timeout`) instead of at once.
     #[serde(default)]
     wait: bool,
 }
 
-async fn chat(
+/// Where an accepted message is: 202 while its turn waits or runs, its end once it ended.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11", "messageId": 12, "status": "queued"}))]
+pub(super) struct ChatAnswer {
+    session_id: String,
+    message_id: i64,
+    status: Status,
+    /// Why the turn failed, was interrupted or cancelled (once it ended so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The agent's reply (once the turn completed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<MessageView>,
+}
+
+/// Send a message
+///
+/// Validates the message, stores it `queued` (nothing is accepted that is not written first)
+/// and answers 202 with its ids; the session's agent takes its messages one at a time, in
+/// order. With `wait: true` the answer comes once the turn ended (200, with the reply), or
+/// after `server.wait_timeout` as it is then (202). A repeated `clientMessageId` answers with
+/// the first message.
+#[utoipa::path(
+    post,
+    path = ROUTE,
+    operation_id = "chat",
+    tag = "chat",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "`wait: true`: the turn ended", body = ChatAnswer,
+            example = json!({"sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11", "messageId": 12, "status": "completed",
+                "reply": {"id": 13, "sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11", "role": "assistant", "status": "completed",
+                    "text": "It is a web app for…", "clientMessageId": null, "replyTo": 12, "error": null, "costUsd": 0.012,
+                    "durationMs": 2300, "usage": null, "createdAt": "2025-05-01T10:00:02Z", "startedAt": null, "finishedAt": null}})),
+        (status = 202, description = "Accepted: the turn waits or runs (or, for a repeated `clientMessageId`, how it ended)", body = ChatAnswer),
+        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`"),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 409, description = "`session_ended`: the session was ended; start a new one"),
+        (status = 410, description = "`session_expired`: the session expired; its history stays readable"),
+        (status = 413, description = "`message_too_large`: longer than `sessions.max_message_bytes`"),
+        (status = 422, description = "`empty_message`: the message is empty; \
+            `project_path_required`: neither `sessionId` nor `projectPath`; \
+            `invalid_session_id`: `sessionId` is not a UUID; \
+            `invalid_project_path`: `projectPath` is not absolute; \
+            `project_not_found`: `projectPath` does not exist; \
+            `project_not_a_directory`: `projectPath` is a file; \
+            `invalid_client_message_id`: `clientMessageId` is empty or longer than 128 bytes"),
+        (status = 429, description = "`queue_full`: `sessions.max_queued_per_session` messages already wait; \
+            `too_many_sessions`: `sessions.max_active_per_owner` sessions are active; \
+            `too_many_new_sessions`: `limits.new_sessions_per_minute` were started in the last minute"),
+        (status = 503, description = "`agent_unavailable`: the agent command is missing (the message says what to do)"),
+    ),
+)]
+pub(super) async fn chat(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<ChatRequest>,
@@ -85,8 +151,13 @@ async fn chat(
             message_id,
             ..
         } => {
-            let body =
-                json!({"sessionId": session_id, "messageId": message_id, "status": Status::Queued});
+            let body = ChatAnswer {
+                session_id,
+                message_id,
+                status: Status::Queued,
+                error: None,
+                reply: None,
+            };
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
     }
@@ -135,18 +206,17 @@ fn respond_with(
     reply: Option<messages::MessageRow>,
     waited: bool,
 ) -> Response {
-    let mut body = json!({
-        "sessionId": msg.session_id,
-        "messageId": msg.id,
-        "status": msg.status,
-    });
-    if !msg.status.is_terminal() {
+    let ended = msg.status.is_terminal();
+    let body = ChatAnswer {
+        session_id: msg.session_id,
+        message_id: msg.id,
+        status: msg.status,
+        error: msg.error.filter(|_| ended),
+        reply: reply.filter(|_| ended).map(MessageView::from),
+    };
+    if !ended {
         return (StatusCode::ACCEPTED, Json(body)).into_response();
     }
-    if let Some(e) = &msg.error {
-        body["error"] = e.as_str().into();
-    }
-    body["reply"] = serde_json::to_value(reply.map(MessageView::from)).unwrap_or_default();
     let status = if waited {
         StatusCode::OK
     } else {

@@ -4,7 +4,7 @@
 //! `DELETE /api/devices/{token}` removes one, cancelling its unsent pushes.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, post},
@@ -12,12 +12,15 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{
+    openapi::{Object, ObjectBuilder, Type},
+    IntoParams, ToSchema,
+};
 
 use super::{
     routes::{Access, Routes},
     views::time,
-    ApiError, ApiJson,
+    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::Caller,
@@ -34,6 +37,27 @@ use axum::http::Method;
 /// APNs tokens are 32 bytes today; Apple may make them longer, so up to 100 bytes is taken.
 const MIN_TOKEN_HEX: usize = 64;
 const MAX_TOKEN_HEX: usize = 200;
+/// [`normalize_token`]'s rule as a pattern, for the API's document.
+const TOKEN_PATTERN: &str = "^([0-9A-Fa-f]{2}){32,100}$";
+
+/// A device token as the API's document describes it.
+pub(super) fn token_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(TOKEN_PATTERN))
+        .examples(["a0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9f"])
+        .build()
+}
+
+/// A device token in a path.
+#[derive(IntoParams)]
+#[into_params(names("token"), parameter_in = Path)]
+#[allow(dead_code)] // read by the document only
+pub(super) struct DeviceToken(
+    /// The APNs device token in hex.
+    #[param(schema_with = token_schema)]
+    String,
+);
 /// Longest topic (a bundle id, perhaps with a suffix such as `.voip`).
 const MAX_TOPIC_BYTES: usize = 255;
 /// Longest device name.
@@ -51,18 +75,28 @@ pub fn router() -> Routes {
         )
 }
 
-#[derive(Deserialize)]
+/// A phone's APNs registration.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct RegisterRequest {
+pub(super) struct RegisterRequest {
+    /// The APNs device token in hex (64 to 200 hex digits).
+    #[schema(schema_with = token_schema)]
     token: String,
+    /// `sandbox` (debug builds) or `production` (TestFlight, App Store).
+    #[schema(value_type = Environment)]
     environment: String,
+    /// The app's bundle id (letters, digits, `.`, `-`, `_`); default `push.apns.topic`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$", example = "com.example.tether")]
     topic: Option<String>,
+    /// A name for the phone (at most 100 characters).
+    #[schema(max_length = 100, example = "Ana's iPhone")]
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A phone that gets pushes.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct DeviceView {
+pub(super) struct DeviceView {
     id: i64,
     owner: String,
     token: String,
@@ -94,7 +128,7 @@ fn view(d: DeviceRow) -> DeviceView {
 }
 
 /// A token as stored: lowercase hex. `None` if it is not hex of an APNs token's length.
-fn normalize_token(token: &str) -> Option<String> {
+pub(super) fn normalize_token(token: &str) -> Option<String> {
     let ok = (MIN_TOKEN_HEX..=MAX_TOKEN_HEX).contains(&token.len())
         && token.len().is_multiple_of(2)
         && token.bytes().all(|b| b.is_ascii_hexdigit());
@@ -109,7 +143,28 @@ fn valid_topic(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
-async fn register(
+/// Register a phone
+///
+/// Registers (or registers again) the caller's APNs device token. A token another owner
+/// holds answers 409; only the admin can move it.
+#[utoipa::path(
+    post,
+    path = "/api/devices",
+    operation_id = "registerDevice",
+    tag = "devices",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered again (enabled, if it was disabled)", body = DeviceView),
+        (status = 201, description = "Registered", body = DeviceView),
+        (status = 409, description = "`device_token_taken`: another owner registered this token"),
+        (status = 422, description = "`invalid_device_token`: `token` is not 64 to 200 hex digits; \
+            `invalid_environment`: `environment` is not `sandbox` or `production`; \
+            `invalid_topic`: `topic` is not a bundle id; \
+            `invalid_name`: `name` is longer than 100 characters; \
+            `topic_required`: no `topic`, and the server has no `push.apns.topic`"),
+    ),
+)]
+pub(super) async fn register(
     State(state): State<AppState>,
     caller: Caller,
     ApiJson(req): ApiJson<RegisterRequest>,
@@ -138,13 +193,18 @@ async fn register(
             ));
         }
     }
-    let name = req.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
-    if name.is_some_and(|n| n.chars().count() > MAX_NAME_CHARS) {
+    // Counted as sent, as the document says.
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS)
+    {
         return Err(ApiError::invalid(
             "invalid_name",
             format!("name must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
+    let name = req.name.as_deref().map(str::trim).filter(|n| !n.is_empty());
     if req.topic.is_none()
         && state.push.config().default_topic.is_none()
         && state.push.gateway().needs_topic()
@@ -212,19 +272,48 @@ async fn register(
     Ok((status, Json(view(row))))
 }
 
-async fn list(
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeviceList {
+    devices: Vec<DeviceView>,
+}
+
+/// The caller's phones
+///
+/// An admin sees everyone's.
+#[utoipa::path(
+    get,
+    path = "/api/devices",
+    operation_id = "listDevices",
+    tag = "devices",
+    responses((status = 200, description = "The devices", body = DeviceList)),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     let rows = devices::list(state.store.pool(), caller.scope()).await?;
-    let devices: Vec<DeviceView> = rows.into_iter().map(view).collect();
-    Ok(Json(json!({ "devices": devices })))
+    let devices = rows.into_iter().map(view).collect();
+    Ok(Json(DeviceList { devices }))
 }
 
-async fn remove(
+/// Remove a phone
+///
+/// Its pushes not yet sent are cancelled.
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{token}",
+    operation_id = "removeDevice",
+    tag = "devices",
+    params(DeviceToken),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "`device_not_found`: no such device (or not the caller's)"),
+    ),
+)]
+pub(super) async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token): Path<String>,
+    ApiPath(token): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::not_found("device_not_found", "no such device");
     let token = normalize_token(&token).ok_or_else(not_found)?;

@@ -6,17 +6,32 @@ use std::time::Duration;
 
 use axum::{
     extract::{
-        rejection::{JsonRejection, QueryRejection},
-        FromRequest, FromRequestParts, Request,
+        rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection},
+        FromRequest, FromRequestParts, Path, Request,
     },
     http::{header::RETRY_AFTER, request::Parts, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{de::DeserializeOwned, Serialize};
+use utoipa::ToSchema;
 
 use crate::sessions::{AcceptError, Refusal};
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "session_not_found", "message": "no session 0b6c…"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable `code` to act on, and a `message` for a person.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case; each route's responses list the codes it may send.
+    pub code: &'static str,
+    pub message: String,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -81,10 +96,15 @@ pub struct Said {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
         let said = Said {
             code: self.code,
-            message: self.message,
+            message: self.message.clone(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
         };
         let mut response = (self.status, Json(body)).into_response();
         response.extensions_mut().insert(said);
@@ -147,6 +167,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            _ => "unreadable_body",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
 /// `axum::Json`, with its rejections in the shape of [`ApiError`].
 pub struct ApiJson<T>(pub T);
 
@@ -183,6 +214,37 @@ where
 
 fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::invalid("invalid_query", rejection.body_text())
+}
+
+/// `axum::extract::Path`, with its rejections (400 `invalid_path`: a parameter that is not
+/// UTF-8 once percent-decoded) as [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_error(rejection)),
+        }
+    }
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    if rejection.status().is_server_error() {
+        // The route and its handler disagree: a bug, not the caller's doing.
+        return ApiError::internal(&rejection.body_text());
+    }
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        rejection.body_text(),
+    )
 }
 
 /// Answers routes that do not exist.

@@ -10,6 +10,7 @@ mod extract;
 mod health;
 pub mod limits;
 pub mod openai;
+pub mod openapi;
 mod pushes;
 pub mod routes;
 pub mod server;
@@ -32,7 +33,7 @@ use axum::{
 };
 use tower_http::trace::TraceLayer;
 
-pub use error::{ApiError, ApiJson, ApiQuery};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, ErrorDetail};
 
 use crate::AppState;
 
@@ -53,6 +54,7 @@ pub struct Edge {
 /// Every area's routes.
 fn all_routes() -> routes::Routes {
     health::router()
+        .merge(openapi::router())
         .merge(chat::router())
         .merge(approvals::router())
         .merge(sessions::router())

@@ -1,20 +1,21 @@
 //! The push ledger (admin): `GET /api/pushes` lists pushes newest first, filtered by
 //! device, session or status; `GET /api/pushes/{id}` shows one with every attempt.
 
-use axum::{
-    extract::{Path, State},
-    response::IntoResponse,
-    routing::get,
-    Json,
-};
+use axum::{extract::State, response::IntoResponse, routing::get, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::{
+    openapi::{schema::Schema, ObjectBuilder, OneOfBuilder, Type},
+    IntoParams, ToSchema,
+};
 
 use super::{
+    devices::{normalize_token, token_schema},
+    openapi::NumericId,
     routes::{Access, Routes},
     views::{time, Page},
-    ApiError, ApiQuery,
+    ApiError, ApiPath, ApiQuery,
 };
 use crate::{
     auth::Admin,
@@ -26,8 +27,12 @@ use crate::{
 };
 use axum::http::Method;
 
-/// A `device` filter this long is a token, shorter ones are device ids.
-const MIN_TOKEN_LEN: usize = 64;
+/// A device id as the `device` filter takes it: 1 to 18 digits (an `i64` always).
+const DEVICE_ID_PATTERN: &str = "^[0-9]{1,18}$";
+
+fn is_device_id(d: &str) -> bool {
+    (1..=18).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+}
 
 pub fn router() -> Routes {
     Routes::default()
@@ -35,9 +40,10 @@ pub fn router() -> Routes {
         .add(Method::GET, "/api/pushes/{id}", Access::Admin, get(show))
 }
 
-#[derive(Serialize)]
+/// One notification to one device, and where it is.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PushView {
+pub(super) struct PushView {
     id: i64,
     device_id: Option<i64>,
     owner: String,
@@ -95,9 +101,10 @@ impl From<PushRow> for PushView {
     }
 }
 
-#[derive(Serialize)]
+/// One try to send a push, and the gateway's answer.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AttemptView {
+pub(super) struct AttemptView {
     status_code: Option<i64>,
     reason: Option<String>,
     apns_id: Option<String>,
@@ -122,36 +129,64 @@ impl From<AttemptRow> for AttemptView {
 }
 
 /// The ledger's filters.
-#[derive(Deserialize)]
-struct Filters {
-    /// A device id or token.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct Filters {
+    /// A device's id, or its APNs token.
+    #[param(schema_with = device_filter)]
     device: Option<String>,
+    /// A session's id.
     session: Option<String>,
+    /// Only pushes in this state.
+    #[param(value_type = Option<PushStatus>)]
     status: Option<String>,
 }
 
-/// `?device=ID|TOKEN&session=ID&status=pending|sending|delivered|logged|failed|cancelled
-/// &before=PUSH_ID&limit=N`
-async fn list(
+/// The `device` filter's schema: an id ([`DEVICE_ID_PATTERN`]) or a device token.
+fn device_filter() -> Schema {
+    let id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(DEVICE_ID_PATTERN))
+        .examples(["3"])
+        .build();
+    Schema::OneOf(OneOfBuilder::new().item(id).item(token_schema()).build())
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct PushList {
+    pushes: Vec<PushView>,
+}
+
+/// The push ledger (admin)
+///
+/// Pushes newest first, filtered by device, session or status.
+#[utoipa::path(
+    get,
+    path = "/api/pushes",
+    operation_id = "listPushes",
+    tag = "pushes",
+    params(
+        Filters,
+        ("before" = Option<i64>, Query, description = "Only pushes older than this push id"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The pushes", body = PushList),
+        (status = 422, description = "`invalid_device`: `device` is neither an id nor a token; \
+            `invalid_status`: `status` is not a push's state; \
+            `invalid_limit`: `limit` is not 1 to 1000; \
+            `invalid_query`: `before` or `limit` is not a number"),
+    ),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     _admin: Admin,
     ApiQuery(q): ApiQuery<Filters>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pool = state.store.pool();
-    let device_id = match q.device.as_deref() {
-        None => None,
-        Some(d) if d.len() >= MIN_TOKEN_LEN => {
-            let token = d.to_ascii_lowercase();
-            match devices::get_by_token(pool, &token).await? {
-                Some(device) => Some(device.id),
-                None => return Ok(Json(json!({ "pushes": [] }))),
-            }
-        }
-        Some(d) => Some(d.parse::<i64>().map_err(|_| {
-            ApiError::invalid("invalid_device", "device must be a device id or token")
-        })?),
-    };
+    // Every filter is checked before any is looked up: an unknown device answers an empty
+    // list, a bad status 422 whatever the device.
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(PushStatus::parse(s).ok_or_else(|| {
@@ -161,6 +196,20 @@ async fn list(
             )
         })?),
     };
+    let limit = page.limit()?;
+    let device_id = match q.device.as_deref() {
+        None => None,
+        Some(d) if is_device_id(d) => d.parse::<i64>().ok(),
+        Some(d) => {
+            let token = normalize_token(d).ok_or_else(|| {
+                ApiError::invalid("invalid_device", "device must be a device id or token")
+            })?;
+            match devices::get_by_token(pool, &token).await? {
+                Some(device) => Some(device.id),
+                None => return Ok(Json(PushList { pushes: Vec::new() })),
+            }
+        }
+    };
     let rows = pushes::list(
         pool,
         &pushes::Filter {
@@ -168,29 +217,53 @@ async fn list(
             session_id: q.session.as_deref(),
             status,
             before: page.before,
-            limit: page.limit()?,
+            limit,
         },
     )
     .await?;
-    let pushes: Vec<PushView> = rows.into_iter().map(PushView::from).collect();
-    Ok(Json(json!({ "pushes": pushes })))
+    let pushes = rows.into_iter().map(PushView::from).collect();
+    Ok(Json(PushList { pushes }))
 }
 
-async fn show(
+/// A push with every attempt to send it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PushDetail {
+    #[serde(flatten)]
+    push: PushView,
+    attempt_log: Vec<AttemptView>,
+}
+
+/// One push (admin)
+///
+/// With every attempt to send it.
+#[utoipa::path(
+    get,
+    path = "/api/pushes/{id}",
+    operation_id = "getPush",
+    tag = "pushes",
+    params(NumericId),
+    responses(
+        (status = 200, description = "The push", body = PushDetail),
+        (status = 404, description = "`push_not_found`: no such push"),
+    ),
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let not_found = || ApiError::not_found("push_not_found", format!("no push {id}"));
     let push_id: i64 = id.parse().map_err(|_| not_found())?;
     let pool = state.store.pool();
     let row = pushes::get(pool, push_id).await?.ok_or_else(not_found)?;
-    let attempts: Vec<AttemptView> = pushes::attempts(pool, push_id)
+    let attempt_log = pushes::attempts(pool, push_id)
         .await?
         .into_iter()
         .map(AttemptView::from)
         .collect();
-    let mut body = serde_json::to_value(PushView::from(row)).unwrap_or_default();
-    body["attemptLog"] = serde_json::to_value(attempts).unwrap_or_default();
-    Ok(Json(body))
+    Ok(Json(PushDetail {
+        push: PushView::from(row),
+        attempt_log,
+    }))
 }

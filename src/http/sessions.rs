@@ -3,9 +3,9 @@
 
 use std::{convert::Infallible, time::Duration};
 
-use axum::{body::Bytes, http::StatusCode};
+use axum::{body::Bytes, extract::rejection::BytesRejection, http::StatusCode};
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::HeaderMap,
     response::{
         sse::{Event, KeepAlive, Sse},
@@ -14,20 +14,25 @@ use axum::{
     routing::{delete, get, post},
     Extension, Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use utoipa::{
+    openapi::{Object, ObjectBuilder, Type},
+    ToSchema,
+};
 
 use super::{
+    openapi::SessionId,
     routes::{Access, Routes},
     views::{time, ActiveSessionView, MessageView, Page, SessionView},
-    ApiError, ApiQuery, Edge,
+    ApiError, ApiPath, ApiQuery, Edge,
 };
 use crate::{
     auth::{Admin, Caller},
-    sessions::{Accepted, LiveEvent, Message, Subscription, Target},
-    store::{self, events, messages, sessions, sessions::SessionRow},
+    sessions::{spares::SpareInfo, Accepted, LiveEvent, Message, Subscription, Target},
+    store::{self, events, messages, messages::Status, sessions, sessions::SessionRow},
     AppState,
 };
 use axum::http::Method;
@@ -102,18 +107,70 @@ fn view(state: &AppState, s: SessionRow) -> SessionView {
     }
 }
 
-async fn list(
+#[derive(Serialize, ToSchema)]
+pub(super) struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
+/// The caller's sessions
+///
+/// Newest activity first; an admin sees everyone's.
+#[utoipa::path(
+    get,
+    path = "/api/sessions",
+    operation_id = "listSessions",
+    tag = "sessions",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")),
+    responses(
+        (status = 200, description = "The sessions", body = SessionList),
+        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
+    ),
+)]
+pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let rows = sessions::list(state.store.pool(), caller.scope(), page.limit()?).await?;
-    let views: Vec<_> = rows.into_iter().map(|s| view(&state, s)).collect();
-    Ok(Json(json!({ "sessions": views })))
+    let sessions = rows.into_iter().map(|s| view(&state, s)).collect();
+    Ok(Json(SessionList { sessions }))
 }
 
-/// The admin's view: every active session with what it costs the machine, and the totals.
-async fn active(
+#[derive(Serialize, ToSchema)]
+pub(super) struct ActiveSessions {
+    sessions: Vec<ActiveSessionView>,
+    /// Warm spares: CLIs started ahead for new sessions (`sessions.warm_spares`).
+    spares: Vec<SpareInfo>,
+    totals: ActiveTotals,
+}
+
+/// What every active session costs the machine, against the limits.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ActiveTotals {
+    active_sessions: usize,
+    /// Of the processes, the warm spares.
+    spares: usize,
+    /// Live CLI processes, against `sessions.max_processes`.
+    processes: usize,
+    max_processes: usize,
+    /// Resident memory of every process group, against `sessions.max_total_memory`.
+    memory_bytes: u64,
+    max_memory_bytes: u64,
+}
+
+/// Every active session (admin)
+///
+/// With what each costs the machine (process, memory, CPU, queue) and the totals against
+/// the limits: what `tether sessions` shows.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/active",
+    operation_id = "activeSessions",
+    tag = "sessions",
+    responses((status = 200, description = "Every active session", body = ActiveSessions)),
+)]
+pub(super) async fn active(
     State(state): State<AppState>,
     _admin: Admin,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -132,33 +189,70 @@ async fn active(
         .collect();
     let spares = state.sessions.spare_list();
     memory_total += spares.iter().filter_map(|s| s.memory_bytes).sum::<u64>();
-    Ok(Json(json!({
-        "sessions": views,
-        "spares": spares,
-        "totals": {
-            "activeSessions": views.len(),
-            "spares": spares.len(),
-            "processes": state.sessions.live_processes(),
-            "maxProcesses": settings.max_processes,
-            "memoryBytes": memory_total,
-            "maxMemoryBytes": settings.max_total_memory.0,
-        },
-    })))
+    let totals = ActiveTotals {
+        active_sessions: views.len(),
+        spares: spares.len(),
+        processes: state.sessions.live_processes(),
+        max_processes: settings.max_processes,
+        memory_bytes: memory_total,
+        max_memory_bytes: settings.max_total_memory.0,
+    };
+    Ok(Json(ActiveSessions {
+        sessions: views,
+        spares,
+        totals,
+    }))
 }
 
-async fn show(
+/// One session
+#[utoipa::path(
+    get,
+    path = "/api/sessions/{id}",
+    operation_id = "getSession",
+    tag = "sessions",
+    params(SessionId),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+    ),
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, s)))
 }
 
-async fn list_messages(
+#[derive(Serialize, ToSchema)]
+pub(super) struct MessageList {
+    messages: Vec<MessageView>,
+}
+
+/// A session's messages
+///
+/// Oldest first, after the message id `after`: the user's and the agent's replies.
+#[utoipa::path(
+    get,
+    path = "/api/sessions/{id}/messages",
+    operation_id = "listMessages",
+    tag = "sessions",
+    params(
+        SessionId,
+        ("after" = Option<i64>, Query, description = "Only messages with a larger id (default 0)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The messages", body = MessageList),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
+    ),
+)]
+pub(super) async fn list_messages(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
@@ -171,17 +265,39 @@ async fn list_messages(
     .await?;
     let process = state.sessions.process_info(&id).state;
     let held = state.sessions.holder(&id).is_some();
-    let views: Vec<MessageView> = rows
+    let messages = rows
         .into_iter()
         .map(|m| MessageView::with_process(m, process).held(held))
         .collect();
-    Ok(Json(json!({ "messages": views })))
+    Ok(Json(MessageList { messages }))
 }
 
-async fn interrupt(
+#[derive(Serialize, ToSchema)]
+pub(super) struct Interrupted {
+    /// Always true: a turn was running and was told to stop.
+    interrupted: bool,
+}
+
+/// Interrupt the running turn
+///
+/// The turn ends `interrupted` (its process is killed if it does not stop within
+/// `agent.interrupt_grace`); queued messages go on.
+#[utoipa::path(
+    post,
+    path = "/api/sessions/{id}/interrupt",
+    operation_id = "interrupt",
+    tag = "sessions",
+    params(SessionId),
+    responses(
+        (status = 200, description = "The running turn was told to stop", body = Interrupted),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 409, description = "`no_running_turn`: nothing is running in this session"),
+    ),
+)]
+pub(super) async fn interrupt(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     if !state.sessions.interrupt(&id).await {
@@ -190,40 +306,95 @@ async fn interrupt(
             "nothing is running in this session",
         ));
     }
-    Ok(Json(json!({ "interrupted": true })))
+    Ok(Json(Interrupted { interrupted: true }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KeepAliveRequest {
+pub(super) struct KeepAliveRequest {
     /// Also ask the agent for a short recap of the conversation (a turn; answered with its
     /// text once it ends).
     #[serde(default)]
     recap: bool,
 }
 
-/// Moves the session's end to now + `sessions.lifetime` (clearing a warning) and answers
-/// the new `expiresAt`; with `recap: true` it also runs a turn asking for a recap, through
-/// the same accept path as a chat message, and answers its text. 410 once expired.
-async fn keep_alive(
+/// The session's new end, and the recap when one was asked for.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct KeepAliveAnswer {
+    session_id: String,
+    expires_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recap: Option<Recap>,
+}
+
+/// The recap turn: its message and, once it ended, the reply's text.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Recap {
+    message_id: i64,
+    status: Status,
+    error: Option<String>,
+    reply_id: Option<i64>,
+    text: Option<String>,
+}
+
+/// Keep a session alive
+///
+/// Moves the session's end to now + `sessions.lifetime` (clearing an "expires soon"
+/// warning) and answers the new `expiresAt`. With `{"recap": true}` it also runs a turn
+/// asking the agent for a short recap, through the same accept path as a chat message, and
+/// answers its text once it ends (202 if it has not ended within `server.wait_timeout`). The
+/// body is optional.
+#[utoipa::path(
+    post,
+    path = KEEP_ALIVE_ROUTE,
+    operation_id = "keepAlive",
+    tag = "sessions",
+    params(SessionId),
+    request_body(content = Option<KeepAliveRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Kept alive (and the recap, when asked for)", body = KeepAliveAnswer,
+            example = json!({"sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11", "expiresAt": "2025-05-02T10:00:00Z"})),
+        (status = 202, description = "Kept alive; the recap's turn has not ended yet (its reply comes in the session's messages)", body = KeepAliveAnswer),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 409, description = "`session_ended`: the session was ended"),
+        (status = 410, description = "`session_expired`: the session expired"),
+        (status = 413, description = "`body_too_large`: the body is larger than `server.max_body_bytes`"),
+        (status = 422, description = "`invalid_body`: the body is not `{\"recap\": bool}`"),
+        (status = 429, description = "`queue_full`: `sessions.max_queued_per_session` messages already wait (recap)"),
+        (status = 503, description = "`agent_unavailable`: the agent command is missing (recap)"),
+    ),
+)]
+pub(super) async fn keep_alive(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
-    body: Bytes,
+    ApiPath(id): ApiPath<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // The body is optional: none means no recap.
-    let req: KeepAliveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+    let body = body?;
+    // The body is optional: none (or `null`) means no recap. (JSON's white space only: a
+    // form feed is no JSON.)
+    let blank = body
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    let req: KeepAliveRequest = if blank {
         KeepAliveRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<KeepAliveRequest>>(&body)
             .map_err(|e| ApiError::invalid("invalid_body", format!("invalid body: {e}")))?
+            .unwrap_or_default()
     };
     let expires_at = state
         .sessions
         .keep_alive(&id, &caller.owner, caller.is_admin())
         .await?;
-    let mut body = json!({ "sessionId": id, "expiresAt": time(expires_at) });
     if !req.recap {
+        let body = KeepAliveAnswer {
+            session_id: id,
+            expires_at: time(expires_at),
+            recap: None,
+        };
         return Ok(Json(body).into_response());
     }
     state.agent_ready().await?;
@@ -247,29 +418,45 @@ async fn keep_alive(
     else {
         unreachable!("a recap has no clientMessageId to repeat, and asked to be watched");
     };
-    body["expiresAt"] = json!(time(expires_at));
     let (msg, reply) = watch.end().await?;
-    body["recap"] = json!({
-        "messageId": msg.id,
-        "status": msg.status,
-        "error": msg.error,
-        "replyId": reply.as_ref().map(|r| r.id),
-        "text": reply.map(|r| r.text),
-    });
     let status = if msg.status.is_terminal() {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED // the wait timed out; the reply comes in the session's messages
     };
+    let body = KeepAliveAnswer {
+        session_id: id,
+        expires_at: time(expires_at),
+        recap: Some(Recap {
+            message_id: msg.id,
+            status: msg.status,
+            error: msg.error,
+            reply_id: reply.as_ref().map(|r| r.id),
+            text: reply.map(|r| r.text),
+        }),
+    };
     Ok((status, Json(body)).into_response())
 }
 
-/// Ends the session: no new messages, the running turn is interrupted, queued ones are
-/// cancelled, the process is stopped. History stays readable.
-async fn end(
+/// End a session
+///
+/// No new messages, the running turn is interrupted, queued ones are cancelled, the process
+/// is stopped. Its history stays readable. Ending an ended session changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/sessions/{id}",
+    operation_id = "endSession",
+    tag = "sessions",
+    params(SessionId),
+    responses(
+        (status = 200, description = "The session, as it is now", body = SessionView),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+    ),
+)]
+pub(super) async fn end(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     state.sessions.end_session(&id, "deleted").await?;
@@ -277,16 +464,69 @@ async fn end(
     Ok(Json(view(&state, s)))
 }
 
-/// Server-Sent Events of the session's log. Each event's id is its sequence number; a
-/// client that reconnects with `Last-Event-ID: N` first gets every event after N. Between
-/// them, live only, `tether.text_delta` events (no id) carry the agent's text as it is
-/// written; the stored lines that follow hold the same text whole. An owner
-/// may hold `limits.streams_per_owner` at once; every stream ends when shutdown begins.
-async fn stream_events(
+/// One event of a session's stream, as its `id:`, `event:` and `data:` lines. (In OpenAPI
+/// 3.1 the schema of `text/event-stream` describes each event.)
+#[derive(ToSchema)]
+#[allow(dead_code)] // read by the document only
+pub(super) struct SessionEvent {
+    /// The event's sequence number in the session's log (resume after it with
+    /// `Last-Event-ID`).
+    #[schema(pattern = "^[0-9]+$", example = "3")]
+    id: String,
+    /// Its type: the agent's (`system`, `assistant`, `user`, `result`, …) or tether's own
+    /// (`tether.turn_started`, …): letters, digits and `_ . : -`, at most 64.
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$", example = "assistant")]
+    event: String,
+    /// The event: one JSON object.
+    #[schema(schema_with = json_object_text)]
+    data: String,
+}
+
+/// A string that holds one JSON object.
+fn json_object_text() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/json")
+        .content_schema(Some(Object::with_type(Type::Object)))
+        .examples([r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hi"}]}}"#])
+        .build()
+}
+
+/// A session's events (SSE)
+///
+/// Server-Sent Events of the session's log: the agent's lines (`system`, `assistant`,
+/// `user`, `result`, …) and tether's own (`tether.turn_started`, `tether.turn_completed`,
+/// `tether.approval_requested`, …). Each event's `id` is its sequence number and its `data`
+/// one JSON object; a client that reconnects with `Last-Event-ID: N` (or `?after=N`) first
+/// gets every event after N. The stream stays open while the session is active (a comment
+/// every 15 s keeps it alive) and ends after the backlog of an ended one, or when the server
+/// shuts down. Between stored events, live only, `tether.text_delta` events (no `id`; `data`
+/// `{"type", "text", "apiMessageId", "index"}`) carry the agent's text as it is written; the stored lines that
+/// follow hold the same text whole. An owner may hold `limits.streams_per_owner` streams at
+/// once.
+#[utoipa::path(
+    get,
+    path = EVENTS_ROUTE,
+    operation_id = "sessionEvents",
+    tag = "sessions",
+    params(
+        SessionId,
+        ("after" = Option<i64>, Query, description = "Only events after this sequence number (default 0)"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "As `after`, sent by an EventSource that reconnects; wins over `after`"),
+    ),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = SessionEvent,
+            example = "id: 1\nevent: tether.turn_started\ndata: {\"messageId\":12}\n\nid: 2\nevent: system\ndata: {\"type\":\"system\",\"subtype\":\"init\"}\n\n"),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
+        (status = 422, description = "`invalid_last_event_id`: `Last-Event-ID` is not a number; `invalid_query`: `after` is not a number"),
+        (status = 429, description = "`too_many_streams`: `limits.streams_per_owner` streams are open already"),
+    ),
+)]
+pub(super) async fn stream_events(
     State(state): State<AppState>,
     Extension(edge): Extension<Edge>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<Response, ApiError> {

@@ -3,19 +3,20 @@
 //! token needed).
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::IntoResponse,
     routing::{delete, get, post},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{
     routes::{Access, Routes},
     views::time,
-    ApiError, ApiJson,
+    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::{self, Admin, Caller},
@@ -43,32 +44,84 @@ pub fn router() -> Routes {
 /// The pairing route: the one besides health open without a token.
 pub(super) const PAIR_ROUTE: &str = "/api/pair";
 
-fn view(t: TokenRow) -> serde_json::Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "owner": t.owner,
-        "role": t.role,
-        "paired": t.paired,
-        "createdAt": time(t.created_at),
-        "expiresAt": time(t.expires_at),
-        "lastUsedAt": t.last_used_at.map(time),
-        "revokedAt": t.revoked_at.map(time),
-    })
+/// An API token as recorded (never the token itself).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct TokenView {
+    /// The token's `jti`.
+    id: String,
+    name: Option<String>,
+    owner: String,
+    /// `user` or `admin`.
+    #[schema(example = "user")]
+    role: String,
+    /// Made by pairing a phone.
+    paired: bool,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
 }
 
-async fn list(State(state): State<AppState>, _admin: Admin) -> Result<impl IntoResponse, ApiError> {
+impl From<TokenRow> for TokenView {
+    fn from(t: TokenRow) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            owner: t.owner,
+            role: t.role,
+            paired: t.paired,
+            created_at: time(t.created_at),
+            expires_at: time(t.expires_at),
+            last_used_at: t.last_used_at.map(time),
+            revoked_at: t.revoked_at.map(time),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct TokenList {
+    tokens: Vec<TokenView>,
+}
+
+/// Every API token (admin)
+///
+/// Id, owner, role, name, creation, last use, revocation.
+#[utoipa::path(
+    get,
+    path = "/api/tokens",
+    operation_id = "listTokens",
+    tag = "pairing",
+    responses((status = 200, description = "The tokens", body = TokenList)),
+)]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<impl IntoResponse, ApiError> {
     let rows = tokens::list(state.store.pool(), None).await?;
-    let views: Vec<_> = rows.into_iter().map(view).collect();
-    Ok(Json(json!({ "tokens": views })))
+    let tokens = rows.into_iter().map(TokenView::from).collect();
+    Ok(Json(TokenList { tokens }))
 }
 
-/// Revokes a token: it answers 401 from its next request, and the devices registered with
-/// it get no more pushes.
-async fn revoke(
+/// Revoke a token
+///
+/// The admin may revoke any token, a user its own. The token answers 401 from its next
+/// request, and the devices registered with it get no more pushes.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{id}",
+    operation_id = "revokeToken",
+    tag = "pairing",
+    params(("id" = String, Path, description = "The token's id (`tokenId`, its `jti`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "`token_not_found`: no such token (or not the caller's)"),
+    ),
+)]
+pub(super) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pool = state.store.pool();
     tokens::get(pool, &id)
@@ -81,14 +134,48 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+/// A pairing code from `tether pair`, and the phone's name.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PairRequest {
+#[schema(example = json!({"code": "K7MQ-2XRT-9P", "deviceName": "Ana's iPhone"}))]
+pub(super) struct PairRequest {
+    /// The one-time code (dashes and case do not matter).
     code: String,
+    /// At most 100 characters.
     device_name: Option<String>,
 }
 
-async fn pair(
+/// The phone's own token, shown once.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Paired {
+    /// `Authorization: Bearer <token>` from now on; it does not expire (revoke it instead).
+    token: String,
+    /// Its id, for revoking it (`DELETE /api/tokens/{id}`).
+    token_id: String,
+    /// The owner it speaks for.
+    owner: String,
+}
+
+/// Pair a phone
+///
+/// No token needed: the phone trades a one-time code from `tether pair` (valid for
+/// `auth.pairing_ttl`, once) for a token of its own.
+#[utoipa::path(
+    post,
+    path = PAIR_ROUTE,
+    operation_id = "pair",
+    tag = "pairing",
+    request_body = PairRequest,
+    responses(
+        (status = 200, description = "Paired", body = Paired),
+        (status = 401, description = "`unauthorized`: the code is wrong, used or expired"),
+        (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters"),
+        (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute"),
+        (status = 500, description = "`internal_error`: the server failed (its log says why)"),
+    ),
+)]
+pub(super) async fn pair(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<PairRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -117,9 +204,9 @@ async fn pair(
             RedeemError::Db(e) => e.into(),
             RedeemError::Other(e) => e.into(),
         })?;
-    Ok(Json(json!({
-        "token": issued.token,
-        "tokenId": issued.claims.jti,
-        "owner": issued.claims.sub,
-    })))
+    Ok(Json(Paired {
+        token: issued.token,
+        token_id: issued.claims.jti,
+        owner: issued.claims.sub,
+    }))
 }

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::ApiError;
 use crate::{
@@ -20,14 +21,23 @@ pub fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-#[derive(Serialize)]
+/// A session: one conversation with one agent in one project folder.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionView {
+    /// A UUID, also the agent's conversation id.
+    #[schema(example = "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11")]
     pub id: String,
     pub owner: String,
+    /// The agent serving it (`claude`).
+    #[schema(example = "claude")]
     pub agent: String,
+    #[schema(example = "/Users/ana/code/app")]
     pub project_path: String,
+    /// The project folder's name, unless set otherwise.
     pub title: Option<String>,
+    /// `active`, `ended` (by its owner) or `expired`.
+    #[schema(example = "active")]
     pub state: String,
     pub process: ProcessInfo,
     pub created_at: DateTime<Utc>,
@@ -75,14 +85,16 @@ impl SessionView {
 }
 
 /// A tool the agent asked to use, or a question it asked, and what became of it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalView {
     pub id: i64,
     pub session_id: String,
     pub message_id: i64,
     /// `tool` (Allow / Deny) or `question` (answer with one of the options).
+    #[schema(example = "tool")]
     pub kind: String,
+    #[schema(example = "Write")]
     pub tool_name: String,
     /// The tool's input (for a question: its `questions`), as the agent sent it; when
     /// `inputCut`, only its size (answer with `updatedInput`).
@@ -125,16 +137,14 @@ impl From<ApprovalRow> for ApprovalView {
 }
 
 /// One line of the admin's view of active sessions.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActiveSessionView {
     pub id: String,
     pub owner: String,
     pub title: Option<String>,
     pub project_path: String,
-    /// `running` (a turn), `waiting` (for a process slot), `idle` (a process waits for the
-    /// next message) or `hibernated` (no process; the next message resumes it).
-    pub state: &'static str,
+    pub state: ActiveState,
     pub pid: Option<u32>,
     /// Resident memory of the process and the tools it started, at the last reading.
     pub memory_bytes: Option<u64>,
@@ -159,10 +169,10 @@ impl ActiveSessionView {
         now: i64,
     ) -> Self {
         let state = match process.state {
-            ProcessState::Busy | ProcessState::Starting => "running",
-            ProcessState::Waiting => "waiting",
-            ProcessState::Idle => "idle",
-            ProcessState::None => "hibernated",
+            ProcessState::Busy | ProcessState::Starting => ActiveState::Running,
+            ProcessState::Waiting => ActiveState::Waiting,
+            ProcessState::Idle => ActiveState::Idle,
+            ProcessState::None => ActiveState::Hibernated,
         };
         let secs = |ms: i64| ms.max(0) / 1000;
         Self {
@@ -187,11 +197,28 @@ impl ActiveSessionView {
     }
 }
 
-#[derive(Serialize)]
+/// Where an active session's process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ActiveState {
+    /// A turn runs.
+    Running,
+    /// A message waits for a process slot.
+    Waiting,
+    /// A process waits for the next message.
+    Idle,
+    /// No process; the next message resumes it.
+    Hibernated,
+}
+
+/// A message of a session: the user's (a turn's request) or the agent's reply.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     pub id: i64,
     pub session_id: String,
+    /// `user` or `assistant`.
+    #[schema(example = "user")]
     pub role: String,
     pub status: Status,
     pub text: String,
@@ -200,6 +227,7 @@ pub struct MessageView {
     pub error: Option<String>,
     pub cost_usd: Option<f64>,
     pub duration_ms: Option<i64>,
+    /// The agent's token counts for the turn, as its CLI reported them.
     pub usage: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -208,7 +236,19 @@ pub struct MessageView {
     /// it starts when one frees), `terminal` (a terminal holds the conversation; it starts
     /// when that ends) or `turn` (its turn in the session's queue).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub waiting_for: Option<&'static str>,
+    pub waiting_for: Option<WaitingFor>,
+}
+
+/// Why a queued message has not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// Every process slot is busy; it starts when one frees.
+    ProcessSlot,
+    /// A terminal holds the session's conversation; it starts when that ends.
+    Terminal,
+    /// Its turn in the session's queue.
+    Turn,
 }
 
 impl MessageView {
@@ -217,8 +257,8 @@ impl MessageView {
         let queued = m.status == Status::Queued;
         let mut view = Self::from(m);
         view.waiting_for = queued.then_some(match process {
-            ProcessState::Waiting => "process_slot",
-            _ => "turn",
+            ProcessState::Waiting => WaitingFor::ProcessSlot,
+            _ => WaitingFor::Turn,
         });
         view
     }
@@ -229,7 +269,7 @@ impl MessageView {
     /// session's conversation.
     pub fn held(mut self, held: bool) -> Self {
         if held && self.waiting_for.is_some() {
-            self.waiting_for = Some("terminal");
+            self.waiting_for = Some(WaitingFor::Terminal);
         }
         self
     }

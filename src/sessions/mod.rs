@@ -70,7 +70,7 @@ pub struct Deps {
 }
 
 /// Where a session's process is, as shown by the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
     /// No process: it starts (with `--resume` when needed) on the next message.
@@ -89,7 +89,7 @@ impl ProcessState {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
     pub state: ProcessState,

@@ -75,7 +75,7 @@ pub struct SpareReport {
 }
 
 /// A spare as the admin sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpareInfo {
     pub pid: u32,

@@ -6,7 +6,9 @@ use sqlx::{FromRow, SqliteExecutor};
 
 /// Which APNs host a token belongs to: debug builds get sandbox tokens, TestFlight and App
 /// Store builds production ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(rename_all = "lowercase")]
 pub enum Environment {

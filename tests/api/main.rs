@@ -10,6 +10,7 @@ mod listener;
 mod live_text;
 mod load;
 mod openai;
+mod openapi;
 mod pairing;
 mod permission_protocol;
 mod push;

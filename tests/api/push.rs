@@ -287,6 +287,36 @@ async fn a_finished_turn_is_pushed_to_each_device_and_listed_in_the_ledger() {
     assert_eq!(t1_rows[0]["payload"], to_t1.payload());
     let by_id = ledger(&app, &format!("device={}", t1_rows[0]["deviceId"])).await;
     assert_eq!(by_id, t1_rows);
+    // Neither an id (digits) nor a token (hex of a token's length): 422, as the document says.
+    for bad in ["", "-1", "abc", &"z".repeat(64), &"a".repeat(65)] {
+        let res = app
+            .get_as(&app.admin_token, &format!("/api/pushes?device={bad}"))
+            .await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_device".into()),
+            "device={bad}"
+        );
+    }
+    // A device nobody registered lists nothing, but the other filters are checked first.
+    let unknown = "ab".repeat(32);
+    assert!(ledger(&app, &format!("device={unknown}")).await.is_empty());
+    for (query, code) in [
+        ("status=sent", "invalid_status"),
+        ("limit=0", "invalid_limit"),
+    ] {
+        let res = app
+            .get_as(
+                &app.admin_token,
+                &format!("/api/pushes?device={unknown}&{query}"),
+            )
+            .await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, code.into()),
+            "{query}"
+        );
+    }
     assert_eq!(ledger(&app, &format!("session={session}")).await.len(), 2);
     assert!(ledger(&app, "session=nope").await.is_empty());
     assert!(ledger(&app, "status=failed").await.is_empty());
