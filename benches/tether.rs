@@ -437,7 +437,7 @@ async fn outbox(agent: &Agent, dir: &Path, pushes: usize, replies: usize) -> (f6
     )
     .await;
     let id = first["sessionId"].as_str().unwrap().to_string();
-    while gateway.sent().is_empty() {
+    while gateway.sent_count() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -447,7 +447,7 @@ async fn outbox(agent: &Agent, dir: &Path, pushes: usize, replies: usize) -> (f6
         .unwrap()
         .unwrap();
     let audience = Audience::of(&session);
-    let already = gateway.sent().len();
+    let already = gateway.sent_count();
     let start = Instant::now();
     for batch in (0..pushes).collect::<Vec<_>>().chunks(500) {
         let mut tx = state.store.begin_write().await.unwrap();
@@ -459,7 +459,7 @@ async fn outbox(agent: &Agent, dir: &Path, pushes: usize, replies: usize) -> (f6
         tx.commit().await.unwrap();
         state.push.wake();
     }
-    while gateway.sent().len() < already + pushes {
+    while gateway.sent_count() < already + pushes {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rate = pushes as f64 / start.elapsed().as_secs_f64();

@@ -21,10 +21,11 @@ use axum::{
     routing::{get, post},
     Extension, Json,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
 
 use super::{
     error::Said,
@@ -42,7 +43,7 @@ use crate::{
 /// The completions route, also named by the request timeout (it waits for the reply).
 pub(super) const COMPLETIONS_ROUTE: &str = "/v1/chat/completions";
 /// The prefix of every route answered in OpenAI's shapes.
-const PREFIX: &str = "/v1/";
+pub(super) const PREFIX: &str = "/v1/";
 /// The response header (and body field) naming the tether session of the conversation.
 pub const CONVERSATION_HEADER: &str = "x-conversation-id";
 /// Read by the official OpenAI SDKs: false keeps them from sending a message again that
@@ -92,7 +93,35 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// `GET /v1/models`: the agents tether runs, as models.
+/// OpenAI's error shape, as `/v1` answers every error.
+#[derive(Serialize, ToSchema)]
+pub(super) struct OpenAiErrorBody {
+    error: OpenAiErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OpenAiErrorDetail {
+    message: String,
+    /// `invalid_request_error`, `authentication_error`, `not_found_error`, …
+    r#type: String,
+    /// The request field it is about, if any.
+    param: Option<String>,
+    /// tether's code for it (as on the rest of the API).
+    code: String,
+}
+
+/// The models (OpenAI-compatible)
+///
+/// The agents tether runs, as models (`claude`).
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "openaiModels",
+    tag = "openai",
+    responses(
+        (status = 200, description = "`{\"object\": \"list\", \"data\": [{\"id\": \"claude\", \"object\": \"model\", …}]}`", body = Object),
+    ),
+)]
 async fn models(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     Json(json!({
         "object": "list",
@@ -104,8 +133,32 @@ fn model(name: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "tether"})
 }
 
-/// `POST /v1/chat/completions`: the last user message goes to the conversation's session;
-/// the answer is its reply (or, with `stream`, the reply as it is written).
+/// A chat completion (OpenAI-compatible)
+///
+/// OpenAI's chat completion request, with two extensions: `conversation_id` (a tether
+/// session to continue) and `project_path` (where a new conversation runs; default
+/// `openai.default_project`). Only the last message, a user's, is sent: the conversation
+/// lives in the session. The answer carries `conversation_id` (also as the
+/// `x-conversation-id` header) and `usage`; with `stream: true` it is OpenAI's chunk stream
+/// from the live text, ending with `data: [DONE]`. Errors are in OpenAI's shape.
+#[utoipa::path(
+    post,
+    path = COMPLETIONS_ROUTE,
+    operation_id = "openaiChatCompletions",
+    tag = "openai",
+    request_body(content = Object, description = "`{\"model\": \"claude\", \"messages\": [{\"role\": \"user\", \"content\": \"…\"}], \"stream\"?, \"stream_options\"?, \"conversation_id\"?, \"project_path\"?}`"),
+    responses(
+        (status = 200, description = "The completion (`chat.completion`), or with `stream` its chunks as server-sent events", content(
+            (Object = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "`invalid_messages`: no user message last; `unsupported_content`: a part that is not text; `project_path_required`: a new conversation without a folder; `invalid_body`: a field is missing or of the wrong type"),
+        (status = 404, description = "`model_not_found`: not one of the agents; `session_not_found`: no such conversation"),
+        (status = 409, description = "`turn_interrupted`: the turn was interrupted; `turn_cancelled`: the message was cancelled; `session_ended`: the conversation has ended"),
+        (status = 502, description = "`turn_failed`: the agent's turn failed"),
+        (status = 504, description = "`reply_pending`: no reply within `server.wait_timeout` (the turn goes on; its reply lands in the session's history)"),
+    ),
+)]
 async fn completions(
     State(state): State<AppState>,
     Extension(edge): Extension<Edge>,
@@ -478,7 +531,7 @@ fn error_body(status: StatusCode, code: &str, message: &str) -> Value {
 }
 
 /// OpenAI's error `type`, from the status.
-fn error_type(status: StatusCode) -> &'static str {
+pub(super) fn error_type(status: StatusCode) -> &'static str {
     match status {
         StatusCode::UNAUTHORIZED => "authentication_error",
         StatusCode::FORBIDDEN => "permission_error",
@@ -491,7 +544,7 @@ fn error_type(status: StatusCode) -> &'static str {
 }
 
 /// The request field an error is about, when it is about one.
-fn param(code: &str) -> Option<&'static str> {
+pub(super) fn param(code: &str) -> Option<&'static str> {
     Some(match code {
         "model_not_found" => "model",
         "invalid_messages" | "unsupported_content" | "empty_message" | "message_too_large" => {

@@ -44,9 +44,9 @@ use utoipa::{
 use super::{
     approvals, chat, devices,
     error::ErrorBody,
-    health, pushes,
+    health, openai, pushes,
     routes::{Access, RouteInfo, Routes},
-    sessions, tokens,
+    sessions, terminals, tokens,
 };
 
 /// The document's own route.
@@ -98,8 +98,18 @@ pub fn router() -> Routes {
         devices::remove,
         pushes::list,
         pushes::show,
+        terminals::start,
+        terminals::list,
+        terminals::show,
+        terminals::end,
+        terminals::input,
+        terminals::resize,
+        terminals::output,
+        terminals::attach,
+        openai::completions,
+        openai::models,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, openai::OpenAiErrorBody)),
     tags(
         (name = "health", description = "Whether the server is up, and its metrics"),
         (name = "pairing", description = "A phone trades a one-time code for a token; tokens and their revocation"),
@@ -108,6 +118,8 @@ pub fn router() -> Routes {
         (name = "approvals", description = "Tools and questions the agent asks a person about"),
         (name = "devices", description = "The phones that get pushes"),
         (name = "pushes", description = "The push ledger (admin)"),
+        (name = "terminals", description = "The interactive CLI or a shell in a PTY, attached over WebSocket"),
+        (name = "openai", description = "OpenAI-compatible chat completions on a session (errors in OpenAI's shape)"),
         (name = "contract", description = "This document"),
     ),
 )]
@@ -172,9 +184,10 @@ pub fn document() -> Document {
         };
         apply_edge(op, &route);
     }
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let v1 = path.starts_with(openai::PREFIX);
         for op in operations_mut(item) {
-            error_bodies(op);
+            error_bodies(op, v1);
         }
     }
     doc
@@ -288,7 +301,14 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
     if reads_json(op) {
         common.extend(JSON_BODY);
     }
+    // `/v1` answers what tether calls 422 as 400, as OpenAI does.
+    let v1 = route.path.starts_with(openai::PREFIX);
     for (status, codes) in common {
+        let status = if v1 && *status == "422" {
+            "400"
+        } else {
+            *status
+        };
         let response = op
             .responses
             .responses
@@ -300,7 +320,7 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
             } else {
                 response.description = format!("{}; {codes}", response.description);
             }
-            if *status == "429" {
+            if status == "429" {
                 response.headers.insert(
                     "Retry-After".into(),
                     RefOr::T(
@@ -341,11 +361,12 @@ fn error_codes(description: &str) -> Vec<(&str, &str)> {
         .collect()
 }
 
-/// Gives each error response (4xx, 5xx) the error body and an example per code it lists.
-/// A response that has a body of its own (such as `/health`'s 503) may also be the error
-/// body, when it lists codes.
-fn error_bodies(op: &mut Operation) {
-    let error_ref = || RefOr::Ref(Ref::from_schema_name("ErrorBody"));
+/// Gives each error response (4xx, 5xx) the error body and an example per code it lists
+/// (OpenAI's shape on `/v1`). A response that has a body of its own (such as `/health`'s
+/// 503) may also be the error body, when it lists codes.
+fn error_bodies(op: &mut Operation, v1: bool) {
+    let name = if v1 { "OpenAiErrorBody" } else { "ErrorBody" };
+    let error_ref = || RefOr::Ref(Ref::from_schema_name(name));
     for (status, response) in op.responses.responses.iter_mut() {
         let (RefOr::T(response), true) = (response, status.starts_with(['4', '5'])) else {
             continue;
@@ -353,9 +374,15 @@ fn error_bodies(op: &mut Operation) {
         let examples: Vec<(String, RefOr<Example>)> = error_codes(&response.description)
             .into_iter()
             .map(|(code, when)| {
-                let example = Example::builder()
-                    .value(Some(json!({"error": {"code": code, "message": when}})))
-                    .build();
+                let value = if v1 {
+                    let status = status.parse().unwrap_or(400);
+                    let status = axum::http::StatusCode::from_u16(status).unwrap_or_default();
+                    json!({"error": {"message": when, "type": openai::error_type(status),
+                        "param": openai::param(code), "code": code}})
+                } else {
+                    json!({"error": {"code": code, "message": when}})
+                };
+                let example = Example::builder().value(Some(value)).build();
                 (code.to_string(), RefOr::T(example))
             })
             .collect();
@@ -426,8 +453,9 @@ mod tests {
                     "{what}: no tag"
                 );
                 let responses = &op.responses.responses;
+                // A WebSocket's success is 101 Switching Protocols.
                 assert!(
-                    responses.keys().any(|s| s.starts_with('2')),
+                    responses.keys().any(|s| s.starts_with('2') || s == "101"),
                     "{what}: no success response"
                 );
                 for (status, response) in responses {

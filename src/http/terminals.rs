@@ -9,7 +9,7 @@ use axum::{
         ws::{
             rejection::WebSocketUpgradeRejection, CloseFrame, Message, WebSocket, WebSocketUpgrade,
         },
-        Path, State,
+        State,
     },
     http::{Method, StatusCode},
     response::{IntoResponse, Response},
@@ -20,12 +20,13 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     extract::{WsCaller, WS_PROTOCOL},
     routes::{Access, Routes},
     views::{time, Page},
-    ApiError, ApiJson, ApiQuery,
+    ApiError, ApiJson, ApiPath, ApiQuery,
 };
 use crate::{
     auth::Caller,
@@ -72,9 +73,9 @@ pub fn router() -> Routes {
 }
 
 /// A terminal as the API shows it; for a live one, its in-memory state is the freshest.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TerminalView {
+pub(super) struct TerminalView {
     id: String,
     owner: String,
     program: String,
@@ -182,16 +183,49 @@ fn refused(r: Refused, max_viewers: usize) -> ApiError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StartRequest {
+pub(super) struct StartRequest {
+    /// `claude` (the interactive CLI) or `shell` (the user's login shell).
+    #[schema(example = "shell")]
     program: String,
+    /// The folder it runs in (inside `projects.roots`); with `sessionId`, the session's.
     project_path: Option<String>,
+    /// `claude` only: resume this chat session's conversation (its chat waits meanwhile).
     session_id: Option<String>,
+    #[schema(minimum = 1, example = 80)]
     cols: u16,
+    #[schema(minimum = 1, example = 24)]
     rows: u16,
 }
 
+/// A terminal's id in a path.
+#[derive(IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)] // read by the document only
+pub(super) struct TerminalId(String);
+
+/// Start a terminal
+///
+/// Starts the interactive CLI (`claude`, resuming a chat session's conversation with
+/// `sessionId`) or the user's login shell (`shell`) in a PTY in the project folder.
+#[utoipa::path(
+    post,
+    path = "/api/terminals",
+    operation_id = "startTerminal",
+    tag = "terminals",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "The terminal, starting or running", body = TerminalView),
+        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`"),
+        (status = 404, description = "`session_not_found`: no such session (or not the caller's); `project_not_found`: `projectPath` does not exist"),
+        (status = 409, description = "`conversation_in_terminal`: another terminal holds this session's conversation; `turn_running`: the session's turn is running; `session_ended`: the session has ended"),
+        (status = 410, description = "`session_expired`: the session expired"),
+        (status = 422, description = "`invalid_program`: `program` is not `claude` or `shell` (or a shell with `sessionId`); `invalid_size`: `cols` or `rows` out of range; `invalid_project_path`: no folder given, or not an absolute path; `project_not_a_directory`: `projectPath` is a file"),
+        (status = 429, description = "`too_many_terminals`: `terminals.max` or `terminals.max_per_owner` are live"),
+        (status = 503, description = "`terminal_start_failed`: the program could not start; `agent_unavailable`: the agent command is not usable; `shutting_down`: the server is stopping"),
+    ),
+)]
 async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -215,31 +249,75 @@ async fn start(
     Ok((StatusCode::CREATED, Json(view(&state, row))))
 }
 
+#[derive(Serialize, ToSchema)]
+pub(super) struct TerminalList {
+    terminals: Vec<TerminalView>,
+}
+
+/// List terminals
+///
+/// The caller's terminals, newest first (an admin sees all).
+#[utoipa::path(
+    get,
+    path = "/api/terminals",
+    operation_id = "listTerminals",
+    tag = "terminals",
+    params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")),
+    responses(
+        (status = 200, description = "The terminals", body = TerminalList),
+        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
     ApiQuery(page): ApiQuery<Page>,
 ) -> Result<impl IntoResponse, ApiError> {
     let rows = rows::list(state.store.pool(), caller.scope(), page.limit()?).await?;
-    let views: Vec<_> = rows.into_iter().map(|t| view(&state, t)).collect();
-    Ok(Json(json!({ "terminals": views })))
+    let terminals = rows.into_iter().map(|t| view(&state, t)).collect();
+    Ok(Json(TerminalList { terminals }))
 }
 
+/// A terminal
+#[utoipa::path(
+    get,
+    path = "/api/terminals/{id}",
+    operation_id = "getTerminal",
+    tag = "terminals",
+    params(TerminalId),
+    responses(
+        (status = 200, description = "The terminal", body = TerminalView),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+    ),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, t)))
 }
 
+/// End a terminal
+///
 /// Ends the terminal (SIGHUP, SIGTERM, SIGKILL; reaped) and answers it ended. An ended
 /// terminal is answered as it is.
+#[utoipa::path(
+    delete,
+    path = "/api/terminals/{id}",
+    operation_id = "endTerminal",
+    tag = "terminals",
+    params(TerminalId),
+    responses(
+        (status = 200, description = "The terminal, ended", body = TerminalView),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+    ),
+)]
 async fn end(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     state.terminals.end(&id, Why::Deleted).await;
@@ -247,16 +325,39 @@ async fn end(
     Ok(Json(view(&state, t)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct InputRequest {
+pub(super) struct InputRequest {
+    /// What to type (`\r` is Enter).
+    #[schema(example = "ls\r")]
     text: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub(super) struct Written {
+    /// Bytes written to the terminal.
+    written: usize,
+}
+
+/// Type into a terminal
+#[utoipa::path(
+    post,
+    path = "/api/terminals/{id}/input",
+    operation_id = "terminalInput",
+    tag = "terminals",
+    params(TerminalId),
+    request_body = InputRequest,
+    responses(
+        (status = 200, description = "Written", body = Written),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+        (status = 409, description = "`terminal_ended`: the terminal has ended"),
+        (status = 413, description = "`input_too_large`: more than `terminals.max_input_bytes`"),
+    ),
+)]
 async fn input(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<InputRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
@@ -279,13 +380,15 @@ async fn input(
     )
     .await
     .map_err(|r| refused(r, 0))?;
-    Ok(Json(json!({ "written": written })))
+    Ok(Json(Written { written }))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Size {
+pub(super) struct Size {
+    #[schema(minimum = 1, example = 120)]
     cols: u16,
+    #[schema(minimum = 1, example = 40)]
     rows: u16,
 }
 
@@ -303,10 +406,25 @@ impl Size {
     }
 }
 
+/// Resize a terminal
+#[utoipa::path(
+    post,
+    path = "/api/terminals/{id}/resize",
+    operation_id = "resizeTerminal",
+    tag = "terminals",
+    params(TerminalId),
+    request_body = Size,
+    responses(
+        (status = 200, description = "The terminal, resized", body = TerminalView),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+        (status = 409, description = "`terminal_ended`: the terminal has ended"),
+        (status = 422, description = "`invalid_size`: `cols` or `rows` out of range"),
+    ),
+)]
 async fn resize(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(size): ApiJson<Size>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = visible(&state, &caller, &id).await?;
@@ -317,17 +435,49 @@ async fn resize(
     Ok(Json(view(&state, t)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct OffsetQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct OffsetQuery {
+    /// The byte offset the client has: only what came after it (default 0).
     offset: Option<u64>,
 }
 
-/// The output after `offset`: from the live buffer, or from the tail saved at the end.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct OutputSlice {
+    /// Where `data` starts in the terminal's output.
+    offset: u64,
+    /// Where the next read starts.
+    next_offset: u64,
+    /// The bytes asked for were gone: `data` starts later than asked.
+    reset: bool,
+    /// The terminal's state.
+    state: String,
+    /// The bytes, base64.
+    data: String,
+}
+
+/// A terminal's output
+///
+/// The output after `offset`, for clients without a WebSocket: from the live buffer, or
+/// from the tail saved when the terminal ended.
+#[utoipa::path(
+    get,
+    path = "/api/terminals/{id}/output",
+    operation_id = "terminalOutput",
+    tag = "terminals",
+    params(TerminalId, OffsetQuery),
+    responses(
+        (status = 200, description = "The output after `offset`", body = OutputSlice),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+        (status = 422, description = "`invalid_query`: `offset` is not a number"),
+    ),
+)]
 async fn output(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<OffsetQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = visible(&state, &caller, &id).await?;
@@ -344,13 +494,13 @@ async fn output(
     };
     let t = rows::get(state.store.pool(), &t.id).await?.unwrap_or(t);
     let next = slice.offset + slice.bytes.len() as u64;
-    Ok(Json(json!({
-        "offset": slice.offset,
-        "nextOffset": next,
-        "reset": slice.reset,
-        "state": t.state,
-        "data": base64::engine::general_purpose::STANDARD.encode(&slice.bytes),
-    })))
+    Ok(Json(OutputSlice {
+        offset: slice.offset,
+        next_offset: next,
+        reset: slice.reset,
+        state: t.state,
+        data: base64::engine::general_purpose::STANDARD.encode(&slice.bytes),
+    }))
 }
 
 /// A control frame from a viewer.
@@ -361,11 +511,30 @@ struct Control {
     signal: Option<String>,
 }
 
-/// Attaches a viewer over a WebSocket; `?offset=N` sends only what it missed after N.
+/// Attach to a terminal (WebSocket)
+///
+/// A WebSocket: output comes as binary frames; input goes as binary frames and control as
+/// JSON text frames (`{"resize":{"cols","rows"}}`, `{"signal":"interrupt"}`,
+/// `{"signal":"terminate"}`). `?offset=N` sends only what came after N. The token may come
+/// as `Sec-WebSocket-Protocol: tether, bearer.<token>` (browsers cannot set headers).
+#[utoipa::path(
+    get,
+    path = "/api/terminals/{id}/ws",
+    operation_id = "attachTerminal",
+    tag = "terminals",
+    params(TerminalId, OffsetQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 400, description = "`websocket_required`: not a WebSocket upgrade request"),
+        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
+        (status = 409, description = "`terminal_ended`: the terminal has ended"),
+        (status = 429, description = "`too_many_viewers`: `terminals.max_viewers` are attached"),
+    ),
+)]
 async fn attach(
     State(state): State<AppState>,
     WsCaller(caller): WsCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<OffsetQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {

@@ -116,6 +116,11 @@ impl FakeGateway {
         self.sent.lock().expect("sent lock").clone()
     }
 
+    /// How many sends so far (without copying them).
+    pub fn sent_count(&self) -> usize {
+        self.sent.lock().expect("sent lock").len()
+    }
+
     pub fn sent_to(&self, token: &str) -> Vec<SentPush> {
         self.sent()
             .into_iter()
