@@ -271,10 +271,12 @@ struct StreamEvent {
     delta: Option<Delta>,
 }
 
+/// A delta: of a content block (with its `type`), or of the message (`message_delta`'s,
+/// with `stop_reason` and no `type`).
 #[derive(Deserialize)]
 struct Delta {
     #[serde(rename = "type")]
-    kind: String,
+    kind: Option<String>,
     text: Option<String>,
 }
 
@@ -289,7 +291,9 @@ fn text_delta(
     if parent_tool_use_id.is_some() {
         return None;
     }
-    let delta = event.delta.filter(|d| d.kind == "text_delta")?;
+    let delta = event
+        .delta
+        .filter(|d| d.kind.as_deref() == Some("text_delta"))?;
     Some(TextDelta {
         text: delta.text.filter(|t| !t.is_empty())?,
         api_message_id,
@@ -503,6 +507,7 @@ mod tests {
             r#"{"type":"stream_event","event":{"type":"message_start","message":{"id":"msg_1","content":[]}},"parent_tool_use_id":null}"#,
             r#"{"type":"stream_event","event":{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a"}}}"#,
             r#"{"type":"stream_event","event":{"type":"content_block_stop","index":0}}"#,
+            r#"{"type":"stream_event","event":{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":5}},"session_id":"s","parent_tool_use_id":null}"#,
             r#"{"type":"stream_event","event":{"type":"message_stop"}}"#,
             // A subagent's text is not the conversation's reply.
             r#"{"type":"stream_event","event":{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}},"parent_tool_use_id":"toolu_1"}"#,

@@ -381,9 +381,17 @@ pub(super) async fn keep_alive(
     let req: KeepAliveRequest = if blank {
         KeepAliveRequest::default()
     } else {
-        serde_json::from_slice::<Option<KeepAliveRequest>>(&body)
-            .map_err(|e| ApiError::invalid("invalid_body", format!("invalid body: {e}")))?
-            .unwrap_or_default()
+        let invalid = |e: String| ApiError::invalid("invalid_body", format!("invalid body: {e}"));
+        // An object or null: serde would also take a struct from an array.
+        match serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            serde_json::Value::Null => KeepAliveRequest::default(),
+            v @ serde_json::Value::Object(_) => {
+                serde_json::from_value(v).map_err(|e| invalid(e.to_string()))?
+            }
+            _ => return Err(invalid("expected a JSON object (or null)".into())),
+        }
     };
     let expires_at = state
         .sessions

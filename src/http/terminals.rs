@@ -193,9 +193,9 @@ pub(super) struct StartRequest {
     project_path: Option<String>,
     /// `claude` only: resume this chat session's conversation (its chat waits meanwhile).
     session_id: Option<String>,
-    #[schema(minimum = 1, example = 80)]
+    #[schema(minimum = 1, maximum = 1000, example = 80)]
     cols: u16,
-    #[schema(minimum = 1, example = 24)]
+    #[schema(minimum = 1, maximum = 1000, example = 24)]
     rows: u16,
 }
 
@@ -386,9 +386,9 @@ async fn input(
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Size {
-    #[schema(minimum = 1, example = 120)]
+    #[schema(minimum = 1, maximum = 1000, example = 120)]
     cols: u16,
-    #[schema(minimum = 1, example = 40)]
+    #[schema(minimum = 1, maximum = 1000, example = 40)]
     rows: u16,
 }
 

@@ -84,11 +84,14 @@ async fn a_message_and_a_keep_alive_each_move_the_end_a_lifetime_ahead() {
     let res = keep_alive(&app, &id, Value::Null).await;
     assert_eq!(res.status(), StatusCode::OK);
     let end = row(&app, &id).await.expires_at;
-    let res = keep_alive(&app, &id, json!({"recap": "yes please"})).await;
-    assert_eq!(
-        error_code(res).await,
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body".into())
-    );
+    for bad in [json!({"recap": "yes please"}), json!([]), json!([true])] {
+        let res = keep_alive(&app, &id, bad.clone()).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body".into()),
+            "{bad}"
+        );
+    }
     // A form feed is white space to ASCII, not to JSON: no body, but not an empty one.
     let res = app
         .client
