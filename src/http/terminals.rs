@@ -194,9 +194,24 @@ pub(super) struct StartRequest {
     /// `claude` only: resume this chat session's conversation (its chat waits meanwhile).
     session_id: Option<String>,
     #[schema(minimum = 1, maximum = 1000, example = 80)]
+    #[serde(deserialize_with = "whole_u16")]
     cols: u16,
     #[schema(minimum = 1, maximum = 1000, example = 24)]
+    #[serde(deserialize_with = "whole_u16")]
     rows: u16,
+}
+
+/// A side of a terminal: a whole number, which JSON may also write as `80.0`.
+fn whole_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let n = f64::deserialize(d)?;
+    if n.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number from 0 to {}",
+            u16::MAX
+        )))
+    }
 }
 
 /// A terminal's id in a path.
@@ -387,8 +402,10 @@ async fn input(
 #[serde(deny_unknown_fields)]
 pub(super) struct Size {
     #[schema(minimum = 1, maximum = 1000, example = 120)]
+    #[serde(deserialize_with = "whole_u16")]
     cols: u16,
     #[schema(minimum = 1, maximum = 1000, example = 40)]
+    #[serde(deserialize_with = "whole_u16")]
     rows: u16,
 }
 
