@@ -169,7 +169,10 @@ fn one_turn(stdin: &mut impl Write, stdout: &mut impl BufRead, text: &str) {
     loop {
         line.clear();
         assert!(stdout.read_line(&mut line).unwrap() > 0, "the agent ended");
-        if line.starts_with(r#"{"type":"result""#) {
+        // The real CLI does not put `type` first in its `result` line.
+        if line.contains(r#""type":"result""#)
+            && serde_json::from_str::<Value>(&line).is_ok_and(|v| v["type"] == "result")
+        {
             return;
         }
     }
