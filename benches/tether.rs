@@ -791,7 +791,7 @@ fn main() {
         ));
     }
     table.append(&mut rows);
-    let delays = Samples(delays.into_iter().collect::<Vec<_>>()).sorted();
+    let delays = Samples(delays).sorted();
     table.push(row(
         "push outbox: pushes/s to the scripted gateway",
         format!("{rate:.0}/s"),

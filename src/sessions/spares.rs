@@ -185,14 +185,10 @@ impl Sessions {
         let pid = process.pid;
         process.kill().await;
         drop(slot);
-        self.forget_spare(pid).await;
-        tracing::info!(pid, reason, "spare process stopped");
-    }
-
-    async fn forget_spare(&self, pid: u32) {
         if let Err(e) = spares::remove(self.deps().store.pool(), pid).await {
             tracing::error!(pid, error = %e, "could not forget a spare's record");
         }
+        tracing::info!(pid, reason, "spare process stopped");
     }
 
     /// Stops every spare (at shutdown, or when spares are off).
@@ -236,9 +232,8 @@ impl Sessions {
         for spare in dead {
             let tail = spare.process.stderr_tail();
             tracing::warn!(pid = spare.process.pid, stderr = %tail.trim(), "a spare process died");
-            let pid = spare.process.pid;
-            spare.process.kill().await;
-            self.forget_spare(pid).await;
+            // Reaped, with what is left of its group, its record and its slot.
+            self.stop_spare(spare, "it died").await;
         }
         for spare in stale {
             self.stop_spare(spare, "claimed but never taken").await;
