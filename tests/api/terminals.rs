@@ -353,7 +353,10 @@ async fn a_viewer_further_behind_than_the_buffer_gets_the_whole_buffer() {
     assert!(bytes.len() <= 4096);
     let upto = offset + bytes.len() as u64;
     assert_eq!(v["nextOffset"].as_u64(), Some(upto), "{v}");
-    assert!(before <= upto && upto <= after, "{before} <= {upto} <= {after}");
+    assert!(
+        before <= upto && upto <= after,
+        "{before} <= {upto} <= {after}"
+    );
 }
 
 /// Starts, in the shell, a job that ignores the hang-up (in a process group of its own);
