@@ -355,6 +355,20 @@ fn folder(dir: &Path, name: &str) -> String {
         .into_owned()
 }
 
+/// `turns` warm turns of one session through a server of its own.
+async fn warm_turns(agent: &Agent, dir: &Path, turns: usize) -> Samples {
+    let server = Server::start(agent, dir, 0);
+    let project = folder(dir, "bench");
+    let ids = new_sessions(&server, &project, 1).await;
+    let mut warm = Vec::new();
+    for i in 0..turns {
+        let body = json!({"message": format!("turn {i}"), "sessionId": ids[0], "wait": true});
+        warm.push(server.chat(body).await.0);
+    }
+    server.stop();
+    Samples::from(&warm)
+}
+
 /// New sessions in `project`, each with its first message answered; returns their ids.
 async fn new_sessions(server: &Server, project: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -655,6 +669,20 @@ fn main() {
     let pipes_cwd = PathBuf::from(folder(dir.path(), "pipes"));
     eprintln!("straight over the pipes…");
     let direct = Samples::from(&direct(&agent, &pipes_cwd, sizes.turns));
+    if value("--only").as_deref() == Some("warm") {
+        // The first figure alone, for working on tether's cost per turn.
+        let warm = rt.block_on(warm_turns(&agent, dir.path(), sizes.turns));
+        println!(
+            "warm turn p50 / p99: through tether {:.2} / {:.2} ms, over the pipes {:.2} / {:.2} ms, \
+             tether adds {:+.2} ms at p50",
+            warm.p50(),
+            warm.p99(),
+            direct.p50(),
+            direct.p99(),
+            warm.p50() - direct.p50()
+        );
+        return;
+    }
     eprintln!("a new process per message…");
     let per_message = Samples::from(&per_message(&agent, &pipes_cwd, sizes.per_message));
 

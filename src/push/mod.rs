@@ -239,32 +239,56 @@ impl<'a> PushEvent<'a> {
 /// (kind, session, message) again adds nothing. The row keeps the title and a plain-text
 /// form of the text; the worker cuts the preview and builds the payload when it sends.
 pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::Result<()> {
-    let audience = event.audience;
-    if !devices::owner_has_active(&mut *tx, &audience.owner).await? {
+    if !devices::owner_has_active(&mut *tx, &event.audience.owner).await? {
         return Ok(()); // nobody to tell: no text to prepare
     }
-    let mut text =
-        payload::cut_at_word(&payload::plain_text(event.text), payload::MAX_STORED_CHARS);
-    if text.is_empty() {
-        text = event.kind.fallback_text().to_string();
+    let text = stored_text(event);
+    let added = pushes::insert_for_owner_devices(&mut *tx, &new_push(event, &text)).await?;
+    queued(event, added);
+    Ok(())
+}
+
+/// [`enqueue`], inside a transaction on the store's writer thread. Returns how many
+/// pushes it added (none when the owner has no device).
+pub fn enqueue_sync(tx: &rusqlite::Connection, event: &PushEvent<'_>) -> rusqlite::Result<u64> {
+    if !devices::owner_has_active_sync(tx, &event.audience.owner)? {
+        return Ok(0);
     }
-    let added = pushes::insert_for_owner_devices(
-        &mut *tx,
-        &pushes::NewPush {
-            owner: &audience.owner,
-            session_id: audience.session_id.as_deref(),
-            terminal_id: audience.terminal_id.as_deref(),
-            message_id: event.message_id,
-            kind: event.kind.as_str(),
-            title: &audience.title,
-            subtitle: event.kind.subtitle(),
-            text: &text,
-            expires_at: event.expires_at,
-            approval_id: event.approval_id,
-            now: store::now_ms(),
-        },
-    )
-    .await?;
+    let text = stored_text(event);
+    let added = pushes::insert_for_owner_devices_sync(tx, &new_push(event, &text))?;
+    queued(event, added);
+    Ok(added)
+}
+
+/// The text a push row keeps: plain, cut at a word, never empty.
+fn stored_text(event: &PushEvent<'_>) -> String {
+    let text = payload::cut_at_word(&payload::plain_text(event.text), payload::MAX_STORED_CHARS);
+    if text.is_empty() {
+        event.kind.fallback_text().to_string()
+    } else {
+        text
+    }
+}
+
+fn new_push<'a>(event: &'a PushEvent<'_>, text: &'a str) -> pushes::NewPush<'a> {
+    let audience = event.audience;
+    pushes::NewPush {
+        owner: &audience.owner,
+        session_id: audience.session_id.as_deref(),
+        terminal_id: audience.terminal_id.as_deref(),
+        message_id: event.message_id,
+        kind: event.kind.as_str(),
+        title: &audience.title,
+        subtitle: event.kind.subtitle(),
+        text,
+        expires_at: event.expires_at,
+        approval_id: event.approval_id,
+        now: store::now_ms(),
+    }
+}
+
+fn queued(event: &PushEvent<'_>, added: u64) {
+    let audience = event.audience;
     tracing::debug!(
         session_id = audience.session_id.as_deref(),
         terminal_id = audience.terminal_id.as_deref(),
@@ -273,7 +297,6 @@ pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::
         devices = added,
         "push queued"
     );
-    Ok(())
 }
 
 /// The gateway the settings ask for: APNs when `push.apns.key_path` is set, else the log.

@@ -15,8 +15,9 @@ use uuid::Uuid;
 use super::{Sessions, TurnWatch};
 use crate::{
     config::{expand_home, ProjectSettings},
-    store::{self, messages, sessions, WriteTx},
+    store::{self, messages, sessions},
 };
+use rusqlite::Connection;
 
 /// Longest `clientMessageId` accepted.
 pub const MAX_CLIENT_MESSAGE_ID: usize = 128;
@@ -129,34 +130,39 @@ impl Sessions {
         };
         let now = store::now_ms();
         let expires_at = now + self.lifetime_ms();
-        let mut tx = self.deps().store.begin_write().await?;
-        let session_id = match (m.target, project) {
-            (Target::Session(id), _) => {
-                self.touch_existing(&mut tx, &m, id, now, expires_at)
-                    .await?
-            }
-            (Target::NewIn(_), Some(project)) => {
-                self.create(&mut tx, m.owner, &project, now, expires_at)
-                    .await?
-            }
-            (Target::NewIn(_), None) => unreachable!("a new session's folder is resolved"),
+        // A watch of an existing session listens before the message is committed: its
+        // actor may be running and take the message at once. A new session has no actor
+        // until it is woken (one started before its row is committed would find no session
+        // and stop), so its watch starts after the commit.
+        let existing = match m.target {
+            Target::Session(id) => Some(parse_session_id(id)?),
+            Target::NewIn(_) => None,
         };
-        let inserted = messages::insert_user(
-            &mut *tx,
-            &messages::NewUserMessage {
-                session_id: &session_id,
-                owner: m.owner,
-                text: m.text,
-                client_message_id: m.client_message_id,
-                now,
-            },
-        )
-        .await;
-        let message_id = match inserted {
-            Ok(id) => id,
-            Err(e) if store::is_unique_violation(&e) => {
+        let early = match (&existing, m.watch_until) {
+            (Some(id), Some(_)) => Some(self.subscribe(id)),
+            _ => None,
+        };
+        let new = NewMessage {
+            sessions: self.clone(),
+            owner: m.owner.to_string(),
+            sees_all: m.sees_all,
+            text: m.text.to_string(),
+            client_message_id: m.client_message_id.map(str::to_string),
+            existing,
+            project,
+            now,
+            expires_at,
+        };
+        let stored = self
+            .deps()
+            .store
+            .write_unless(move |tx| new.store(tx))
+            .await;
+        let (session_id, message_id) = match stored {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(refusal)) => return Err(refusal),
+            Err(e) if store::is_unique_violation(&e) && m.client_message_id.is_some() => {
                 // The same clientMessageId raced in: answer with the first one.
-                drop(tx);
                 let cmid = m.client_message_id.unwrap_or_default();
                 return match messages::find_by_client_id(pool, m.owner, cmid).await? {
                     Some(first) => Ok(Accepted::Repeat(Box::new(first))),
@@ -165,24 +171,14 @@ impl Sessions {
             }
             Err(e) => return Err(e.into()),
         };
-        // A watch listens before the actor can take the message: for an existing session,
-        // whose actor may be running and take it as soon as it is committed, before the
-        // commit; a new session has no actor until it is woken (one started before its row
-        // is committed would find no session and stop).
-        let watch_now = |until: Option<Instant>| {
-            until.map(|deadline| self.watch(&session_id, message_id, deadline))
-        };
-        let (before, after) = match m.target {
-            Target::Session(_) => (m.watch_until, None),
-            Target::NewIn(_) => (None, m.watch_until),
-        };
-        let early = watch_now(before);
-        tx.commit().await?;
         if matches!(m.target, Target::NewIn(_)) {
             self.folders_changed();
         }
         tracing::info!(%session_id, message_id, "message queued");
-        let watch = early.or_else(|| watch_now(after));
+        let watch = m.watch_until.map(|deadline| match early {
+            Some(events) => self.watch_from(events, message_id, deadline),
+            None => self.watch(&session_id, message_id, deadline),
+        });
         self.wake(&session_id);
         Ok(Accepted::Queued {
             session_id,
@@ -248,60 +244,87 @@ impl Sessions {
         }
         Ok(())
     }
+}
+
+/// A message to store, owned, for the writer thread.
+struct NewMessage {
+    sessions: Sessions,
+    owner: String,
+    sees_all: bool,
+    text: String,
+    client_message_id: Option<String>,
+    /// The session it goes to; None for a new one in `project`.
+    existing: Option<String>,
+    project: Option<PathBuf>,
+    now: i64,
+    expires_at: i64,
+}
+
+/// Ok(Err(_)) refuses (and rolls back); Err is the database's.
+type Checked<T> = rusqlite::Result<Result<T, AcceptError>>;
+
+impl NewMessage {
+    /// In one transaction: the session found and touched (or created), and the message
+    /// stored `queued`. Returns (session id, message id).
+    fn store(self, tx: &Connection) -> Checked<(String, i64)> {
+        let found = match (&self.existing, &self.project) {
+            (Some(id), _) => self.touch_existing(tx, id)?,
+            (None, Some(project)) => self.create(tx, project)?,
+            (None, None) => unreachable!("a new session's folder is resolved"),
+        };
+        let session_id = match found {
+            Ok(id) => id,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let message_id = messages::insert_user(
+            tx,
+            &messages::NewUserMessage {
+                session_id: &session_id,
+                owner: &self.owner,
+                text: &self.text,
+                client_message_id: self.client_message_id.as_deref(),
+                now: self.now,
+            },
+        )?;
+        Ok(Ok((session_id, message_id)))
+    }
 
     /// The existing session the message goes to, touched (active now, its end moved):
     /// refused when it is not the caller's, not active, or its queue is full.
-    async fn touch_existing(
-        &self,
-        tx: &mut WriteTx,
-        m: &Message<'_>,
-        id: &str,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<String, AcceptError> {
-        let session = Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| {
-            refused(
-                Refusal::Invalid,
-                "invalid_session_id",
-                "sessionId must be a UUID",
-            )
-        })?;
-        let (_, state, queued) = sessions::touch_for_accept(&mut **tx, &session, now, expires_at)
-            .await?
-            .filter(|(owner, _, _)| m.sees_all || owner == m.owner)
-            .ok_or_else(|| not_found(&session))?;
-        check_active(&state)?;
-        let limit = self.deps().session_settings.max_queued_per_session;
+    fn touch_existing(&self, tx: &Connection, id: &str) -> Checked<String> {
+        let touched = sessions::touch_for_accept(tx, id, self.now, self.expires_at)?
+            .filter(|(owner, _, _)| self.sees_all || *owner == self.owner);
+        let Some((_, state, queued)) = touched else {
+            return Ok(Err(not_found(id)));
+        };
+        if let Err(refusal) = check_active(&state) {
+            return Ok(Err(refusal));
+        }
+        let limit = self.sessions.deps().session_settings.max_queued_per_session;
         if queued >= i64::from(limit) {
-            return Err(refused(
+            return Ok(Err(refused(
                 Refusal::TooMany(Duration::from_secs(5)),
                 "queue_full",
                 format!(
                     "{queued} messages are already waiting in this session \
                      (sessions.max_queued_per_session = {limit}); wait for a reply"
                 ),
-            ));
+            )));
         }
-        Ok(session)
+        Ok(Ok(id.to_string()))
     }
 
-    /// A new session of `owner` in `project`, within the owner's caps (read in the write
-    /// transaction that creates it, so two requests cannot both take the last one).
-    async fn create(
-        &self,
-        tx: &mut WriteTx,
-        owner: &str,
-        project: &Path,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<String, AcceptError> {
-        let deps = self.deps();
+    /// A new session of the owner in `project`, within the owner's caps (read in the
+    /// write transaction that creates it, so two requests cannot both take the last one).
+    fn create(&self, tx: &Connection, project: &Path) -> Checked<String> {
+        let deps = self.sessions.deps();
+        let (owner, now) = (self.owner.as_str(), self.now);
         let window = NEW_SESSION_WINDOW.as_millis() as i64;
-        let load = sessions::owner_load(&mut **tx, owner, now - window).await?;
+        let load = sessions::owner_load(tx, owner, now - window)?;
         let active_limit = i64::from(deps.session_settings.max_active_per_owner);
         if load.active >= active_limit {
             tracing::info!(owner, code = "too_many_sessions", "per-owner limit reached");
-            return Err(refused(
+            return Ok(Err(refused(
                 Refusal::TooMany(ACTIVE_SESSIONS_RETRY_AFTER),
                 "too_many_sessions",
                 format!(
@@ -309,7 +332,7 @@ impl Sessions {
                      end one (DELETE /api/sessions/{{id}}) or continue one with sessionId",
                     load.active
                 ),
-            ));
+            )));
         }
         let rate = i64::from(deps.limits.new_sessions_per_minute);
         if load.created_since >= rate {
@@ -321,7 +344,7 @@ impl Sessions {
                 code = "too_many_new_sessions",
                 "per-owner limit reached"
             );
-            return Err(refused(
+            return Ok(Err(refused(
                 Refusal::TooMany(Duration::from_millis(wait)),
                 "too_many_new_sessions",
                 format!(
@@ -329,10 +352,11 @@ impl Sessions {
                      = {rate}); try again later or continue one with sessionId",
                     load.created_since
                 ),
-            ));
+            )));
         }
         // A warm spare waiting in this folder gives the session its id, and so its process.
         let id = self
+            .sessions
             .claim_spare(project)
             .unwrap_or_else(|| Uuid::new_v4().to_string());
         let project = project.to_string_lossy();
@@ -340,7 +364,7 @@ impl Sessions {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         sessions::insert(
-            &mut **tx,
+            tx,
             &sessions::NewSession {
                 id: &id,
                 owner,
@@ -348,12 +372,22 @@ impl Sessions {
                 project_path: &project,
                 title: title.as_deref(),
                 now,
-                expires_at,
+                expires_at: self.expires_at,
             },
-        )
-        .await?;
-        Ok(id)
+        )?;
+        Ok(Ok(id))
     }
+}
+
+/// A session id as sent, checked to be a UUID (in its canonical form).
+fn parse_session_id(id: &str) -> Result<String, AcceptError> {
+    Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| {
+        refused(
+            Refusal::Invalid,
+            "invalid_session_id",
+            "sessionId must be a UUID",
+        )
+    })
 }
 
 fn not_found(id: &str) -> AcceptError {

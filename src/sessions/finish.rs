@@ -7,15 +7,21 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{actor::Actor, ProcessState};
+use rusqlite::Connection;
+
+use super::{
+    actor::Actor,
+    log::{Ended, Numbering},
+    ProcessState,
+};
 use crate::{
     agent::TurnResult,
     faults,
-    push::{self, PushEvent, PushKind},
+    push::{self, Audience, PushEvent, PushKind},
     store::{
         self, approvals,
         approvals::{ApprovalStatus, Scope},
-        events::EventRow,
+        events::{self, EventRow},
         messages,
         messages::Status,
         sessions,
@@ -254,12 +260,11 @@ impl Actor {
                 usage: None,
                 now: store::now_ms(),
             };
-            let failed: sqlx::Result<()> = async {
-                let mut tx = self.store().begin_write().await?;
-                messages::finish(&mut *tx, msg.id, &outcome).await?;
-                tx.commit().await
-            }
-            .await;
+            let id = msg.id;
+            let failed = self
+                .store()
+                .write(move |tx| messages::finish(tx, id, &outcome).map(drop))
+                .await;
             match failed {
                 Ok(()) => return,
                 Err(e) => {
@@ -285,38 +290,115 @@ impl Actor {
         if faults::hit(faults::TURN_END_WRITE, &msg.text) {
             return Err(sqlx::Error::PoolTimedOut);
         }
-        let outcome = &end.outcome;
-        let mut rows = Vec::with_capacity(2);
-        let mut tx = self.store().begin_write().await?;
-        if !messages::finish(&mut *tx, msg.id, outcome).await? {
-            // Already ended (by a shutdown sweep or an end of the session): once only.
-            rows.extend(end.line.clone());
-            self.log.write_with(&mut tx, &rows).await?;
-            tx.commit().await?;
-            self.log.stored(rows);
-            return Ok(());
+        let o = &end.outcome;
+        let write = EndWrite {
+            session_id: self.id.clone(),
+            message_id: msg.id,
+            owner: msg.owner.clone(),
+            status: o.status,
+            error: o.error.map(str::to_string),
+            cost_usd: o.cost_usd,
+            duration_ms: o.duration_ms,
+            usage: o.usage.map(str::to_string),
+            now: o.now,
+            reply: end.reply.map(|r| r.text.clone()),
+            conversation_id: end.conversation_id.map(str::to_string),
+            line: end.line.clone(),
+            close_approvals: !self.approvals.is_empty(),
+            push: end.push.zip(self.audience.clone()),
+            held: self.log.held(),
+            numbering: self.log.numbering(),
+        };
+        let stored = self.store().write(move |tx| write.store(tx)).await?;
+        end.line = None;
+        self.log
+            .stored_numbered(stored.numbering, stored.rows, stored.message);
+        if let Some(kind) = stored.kind {
+            metrics::counter!("tether_turns_total", "status" => kind).increment(1);
+            if stored.pushes > 0 {
+                self.sessions.deps().push_wake.notify_one();
+            }
         }
-        let reply_id = match end.reply {
-            Some(r) => Some(
-                messages::insert_reply(
-                    &mut *tx,
-                    &messages::Reply {
-                        session_id: &self.id,
-                        owner: &msg.owner,
-                        reply_to: msg.id,
-                        text: &r.text,
-                        cost_usd: outcome.cost_usd.unwrap_or(0.0),
-                        duration_ms: outcome.duration_ms,
-                        usage: outcome.usage,
-                        now: outcome.now,
-                    },
-                )
-                .await?,
-            ),
+        Ok(())
+    }
+}
+
+/// A turn's end, owned, for the store's writer thread.
+struct EndWrite {
+    session_id: String,
+    message_id: i64,
+    owner: String,
+    status: Status,
+    error: Option<String>,
+    cost_usd: Option<f64>,
+    duration_ms: Option<i64>,
+    usage: Option<String>,
+    now: i64,
+    /// The reply's text, for a completed turn.
+    reply: Option<String>,
+    conversation_id: Option<String>,
+    line: Option<EventRow>,
+    /// The turn's permission requests still waiting end with it.
+    close_approvals: bool,
+    push: Option<(PushKind, Audience)>,
+    /// Events held since the last transaction, stored first.
+    held: Vec<EventRow>,
+    numbering: Numbering,
+}
+
+/// What [`EndWrite::store`] committed.
+struct EndStored {
+    /// The numbering after the events it added.
+    numbering: Numbering,
+    rows: Vec<EventRow>,
+    /// The kind of tether's end event; None when the message had already ended (once only).
+    kind: Option<&'static str>,
+    /// The message as it ended, and its reply.
+    message: Option<Ended>,
+    /// Pushes added about it.
+    pushes: u64,
+}
+
+impl EndWrite {
+    fn store(mut self, tx: &Connection) -> rusqlite::Result<EndStored> {
+        let outcome = messages::Outcome {
+            status: self.status,
+            error: self.error.as_deref(),
+            cost_usd: self.cost_usd,
+            duration_ms: self.duration_ms,
+            usage: self.usage.as_deref(),
+            now: self.now,
+        };
+        let mut rows = Vec::with_capacity(2);
+        if !messages::finish(tx, self.message_id, &outcome)? {
+            // Already ended (by a shutdown sweep or an end of the session): once only.
+            rows.extend(self.line);
+            events::append_all_sync(tx, self.held.iter().chain(&rows))?;
+            return Ok(EndStored {
+                numbering: self.numbering,
+                rows,
+                kind: None,
+                message: None,
+                pushes: 0,
+            });
+        }
+        let reply_id = match &self.reply {
+            Some(text) => Some(messages::insert_reply(
+                tx,
+                &messages::Reply {
+                    session_id: &self.session_id,
+                    owner: &self.owner,
+                    reply_to: self.message_id,
+                    text,
+                    cost_usd: outcome.cost_usd.unwrap_or(0.0),
+                    duration_ms: outcome.duration_ms,
+                    usage: outcome.usage,
+                    now: outcome.now,
+                },
+            )?),
             None => None,
         };
-        // Requests of the turn still waiting end with it.
-        if !self.approvals.is_empty() {
+        if self.close_approvals {
             let (status, reason) = match outcome.status {
                 Status::Failed => (
                     ApprovalStatus::Expired,
@@ -327,44 +409,42 @@ impl Actor {
                     "the turn ended before it was answered",
                 ),
             };
-            for id in
-                approvals::close_pending(&mut *tx, Scope::Turn(msg.id), status, reason, outcome.now)
-                    .await?
-            {
-                rows.push(self.log.stage_tether(
+            let turn = Scope::Turn(self.message_id);
+            for id in approvals::close_pending_sync(tx, turn, status, reason, outcome.now)? {
+                rows.push(self.numbering.stage_tether(
                     "approval_decided",
                     json!({"approvalId": id, "status": status, "decidedBy": "tether", "reason": reason}),
                 ));
             }
         }
-        if let Some(line) = &end.line {
+        if let Some(line) = &self.line {
             rows.push(match reply_id {
                 Some(id) => without_reply_text(line, id),
                 None => line.clone(),
             });
         }
         sessions::record_turn(
-            &mut *tx,
-            &self.id,
-            end.conversation_id,
+            tx,
+            &self.session_id,
+            self.conversation_id.as_deref(),
             outcome.cost_usd.unwrap_or(0.0),
             outcome.now,
-        )
-        .await?;
-        if let (Some(kind), Some(audience)) = (end.push, &self.audience) {
-            let text = match end.reply {
-                Some(r) => r.text.as_str(),
+        )?;
+        let mut pushes = 0;
+        if let Some((kind, audience)) = &self.push {
+            let text = match &self.reply {
+                Some(text) => text.as_str(),
                 None => outcome.error.unwrap_or_default(),
             };
-            let event = PushEvent::new(kind, audience, Some(reply_id.unwrap_or(msg.id)), text);
-            push::enqueue(&mut tx, &event).await?;
+            let about = Some(reply_id.unwrap_or(self.message_id));
+            pushes = push::enqueue_sync(tx, &PushEvent::new(*kind, audience, about, text))?;
         }
         let kind = if outcome.status == Status::Completed {
             "turn_completed"
         } else {
             "turn_failed"
         };
-        let mut data = json!({"messageId": msg.id, "status": outcome.status});
+        let mut data = json!({"messageId": self.message_id, "status": outcome.status});
         if let Some(cost) = outcome.cost_usd {
             data["costUsd"] = cost.into();
         }
@@ -374,16 +454,19 @@ impl Actor {
         if let Some(e) = outcome.error {
             data["error"] = e.into();
         }
-        rows.push(self.log.stage_tether(kind, data));
-        self.log.write_with(&mut tx, &rows).await?;
-        tx.commit().await?;
-        end.line = None;
-        self.log.stored(rows);
-        metrics::counter!("tether_turns_total", "status" => kind).increment(1);
-        if end.push.is_some() {
-            self.sessions.deps().push_wake.notify_one();
-        }
-        Ok(())
+        rows.push(self.numbering.stage_tether(kind, data));
+        events::append_all_sync(tx, self.held.iter().chain(&rows))?;
+        let message = match messages::with_reply_sync(tx, self.message_id)? {
+            (Some(msg), reply) => Some((msg, reply)),
+            (None, _) => None,
+        };
+        Ok(EndStored {
+            numbering: self.numbering,
+            rows,
+            kind: Some(kind),
+            message,
+            pushes,
+        })
     }
 }
 

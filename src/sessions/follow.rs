@@ -57,12 +57,22 @@ impl Sessions {
     /// all of its text, start watching before its session's actor is woken (see
     /// `Message::watch_until`).
     pub fn watch(&self, session_id: &str, message_id: i64, deadline: Instant) -> TurnWatch {
+        // Subscribing starts the session's actor if needed; it looks at its queue at once.
+        self.watch_from(self.subscribe(session_id), message_id, deadline)
+    }
+
+    /// [`Sessions::watch`] on events subscribed to earlier.
+    pub(super) fn watch_from(
+        &self,
+        events: Option<Subscription>,
+        message_id: i64,
+        deadline: Instant,
+    ) -> TurnWatch {
         TurnWatch {
             store: self.deps().store.clone(),
             message_id,
             deadline,
-            // Subscribing starts the session's actor if needed; it looks at its queue at once.
-            events: self.subscribe(session_id),
+            events,
             look: true,
             ours: false,
         }
@@ -99,6 +109,10 @@ impl TurnWatch {
                     });
                 }
                 Ok(Ok(ev)) => {
+                    // The end of this message's turn, as committed: no need to read it.
+                    if let Some(ended) = ev.ended.as_ref().filter(|e| e.0.id == self.message_id) {
+                        return Ok(Watched::Ended(Box::new(ended.as_ref().clone())));
+                    }
                     if let Some(text) = self.read(&ev) {
                         return Ok(Watched::Text(text));
                     }

@@ -13,7 +13,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::store::{self, events, events::EventRow, WriteTx};
+use crate::store::{self, events, events::EventRow, messages::MessageRow, WriteTx};
 
 /// How long a line may wait in memory before it is stored (and handed to listeners) in a
 /// long turn; a short turn stores its lines with its end.
@@ -30,7 +30,13 @@ pub struct LiveEvent {
     pub data: Arc<str>,
     /// Not in the stored log: sent live only, without an SSE id, and never replayed.
     pub transient: bool,
+    /// On the event that ends a turn: its message and reply as committed, so that whoever
+    /// waits for the turn need not read them back.
+    pub ended: Option<Arc<Ended>>,
 }
+
+/// A user message in its terminal state, and its reply when it completed.
+pub type Ended = (MessageRow, Option<MessageRow>);
 
 impl From<EventRow> for LiveEvent {
     fn from(e: EventRow) -> Self {
@@ -39,6 +45,7 @@ impl From<EventRow> for LiveEvent {
             kind: e.kind,
             data: e.data.into(),
             transient: false,
+            ended: None,
         }
     }
 }
@@ -107,6 +114,7 @@ impl LiveRing {
             kind: kind.to_string(),
             data: data.into(),
             transient: true,
+            ended: None,
         };
         ring.push(ev);
         self.settle(ring);
@@ -207,44 +215,15 @@ impl Subscription {
     }
 }
 
-/// The actor's side of the log: numbers events, holds those not yet stored, and hands
-/// stored ones to the live ring.
-pub(super) struct EventLog {
+/// Numbers a session's events: 1, 2, 3…
+#[derive(Debug, Clone)]
+pub(super) struct Numbering {
     session_id: String,
     next_seq: i64,
-    pending: Vec<EventRow>,
-    /// When the oldest pending event was staged.
-    pending_since: Option<Instant>,
-    live: Arc<LiveRing>,
 }
 
-impl EventLog {
-    pub(super) fn new(session_id: String, live: Arc<LiveRing>) -> Self {
-        Self {
-            session_id,
-            next_seq: 0,
-            pending: Vec::new(),
-            pending_since: None,
-            live,
-        }
-    }
-
-    /// Numbers the next event after `last_seq`, the log's last stored number.
-    pub(super) fn continue_after(&mut self, last_seq: i64) {
-        self.next_seq = last_seq;
-        self.live.continue_after(last_seq);
-    }
-
-    /// Hands text the agent just wrote to live listeners; it is never stored (the agent's
-    /// complete line, stored, holds it).
-    pub(super) fn publish_delta(&self, delta: &crate::agent::TextDelta) {
-        let mut data = serde_json::to_value(delta).unwrap_or_default();
-        data["type"] = TEXT_DELTA.into();
-        self.live.publish_transient(TEXT_DELTA, data.to_string());
-    }
-
-    /// The next event, numbered, not yet stored. A number whose row is never stored (a
-    /// failed transaction) leaves a gap that listeners step over.
+impl Numbering {
+    /// The next event, numbered.
     pub(super) fn stage(&mut self, kind: &str, data: String) -> EventRow {
         self.next_seq += 1;
         EventRow {
@@ -261,6 +240,96 @@ impl EventLog {
         let kind = format!("tether.{name}");
         data["type"] = kind.clone().into();
         self.stage(&kind, data.to_string())
+    }
+}
+
+/// The actor's side of the log: numbers events, holds those not yet stored, and hands
+/// stored ones to the live ring.
+pub(super) struct EventLog {
+    numbering: Numbering,
+    pending: Vec<EventRow>,
+    /// When the oldest pending event was staged.
+    pending_since: Option<Instant>,
+    live: Arc<LiveRing>,
+}
+
+impl EventLog {
+    pub(super) fn new(session_id: String, live: Arc<LiveRing>) -> Self {
+        Self {
+            numbering: Numbering {
+                session_id,
+                next_seq: 0,
+            },
+            pending: Vec::new(),
+            pending_since: None,
+            live,
+        }
+    }
+
+    /// Numbers the next event after `last_seq`, the log's last stored number.
+    pub(super) fn continue_after(&mut self, last_seq: i64) {
+        self.numbering.next_seq = last_seq;
+        self.live.continue_after(last_seq);
+    }
+
+    /// Hands text the agent just wrote to live listeners; it is never stored (the agent's
+    /// complete line, stored, holds it).
+    pub(super) fn publish_delta(&self, delta: &crate::agent::TextDelta) {
+        let mut data = serde_json::to_value(delta).unwrap_or_default();
+        data["type"] = TEXT_DELTA.into();
+        self.live.publish_transient(TEXT_DELTA, data.to_string());
+    }
+
+    /// The next event, numbered, not yet stored. A number whose row is never stored (a
+    /// failed transaction) leaves a gap that listeners step over.
+    pub(super) fn stage(&mut self, kind: &str, data: String) -> EventRow {
+        self.numbering.stage(kind, data)
+    }
+
+    /// One of tether's own events (`tether.<name>`), numbered.
+    pub(super) fn stage_tether(&mut self, name: &str, data: serde_json::Value) -> EventRow {
+        self.numbering.stage_tether(name, data)
+    }
+
+    /// The numbering as it stands, for a transaction on the writer thread that stages
+    /// events of its own; hand it back with [`Self::stored_numbered`] once committed.
+    pub(super) fn numbering(&self) -> Numbering {
+        self.numbering.clone()
+    }
+
+    /// The events held for the next transaction.
+    pub(super) fn held(&self) -> Vec<EventRow> {
+        self.pending.clone()
+    }
+
+    /// [`Self::stored`], after a transaction that numbered events with `numbering`;
+    /// `ended` goes with the last of `extra` (the event that ended a turn).
+    pub(super) fn stored_numbered(
+        &mut self,
+        numbering: Numbering,
+        extra: Vec<EventRow>,
+        ended: Option<Ended>,
+    ) {
+        debug_assert!(numbering.next_seq >= self.numbering.next_seq);
+        self.numbering = numbering;
+        self.publish_stored(extra, ended);
+    }
+
+    fn publish_stored(&mut self, extra: Vec<EventRow>, ended: Option<Ended>) {
+        let end_seq = extra.last().map(|r| r.seq);
+        self.pending_since = None;
+        let mut rows = std::mem::take(&mut self.pending);
+        rows.extend(extra);
+        rows.sort_by_key(|r| r.seq);
+        let mut ended = ended.map(Arc::new);
+        self.live.publish(rows.into_iter().map(|row| {
+            let at_end = Some(row.seq) == end_seq;
+            let mut ev = LiveEvent::from(row);
+            if at_end {
+                ev.ended = ended.take();
+            }
+            ev
+        }));
     }
 
     /// Holds an event until the next transaction (or flush).
@@ -292,11 +361,7 @@ impl EventLog {
     /// The held events were committed (with `extra`, written by the caller after them):
     /// hand them all to listeners.
     pub(super) fn stored(&mut self, extra: Vec<EventRow>) {
-        self.pending_since = None;
-        let mut rows = std::mem::take(&mut self.pending);
-        rows.extend(extra);
-        rows.sort_by_key(|r| r.seq);
-        self.live.publish(rows.into_iter().map(LiveEvent::from));
+        self.publish_stored(extra, None);
     }
 
     /// Stores the held events in a transaction of their own.
@@ -304,12 +369,10 @@ impl EventLog {
         if self.pending.is_empty() {
             return;
         }
-        let result: sqlx::Result<()> = async {
-            let mut tx = store.begin_write().await?;
-            self.write_with(&mut tx, &[]).await?;
-            tx.commit().await
-        }
-        .await;
+        let held = self.held();
+        let result = store
+            .write(move |tx| events::append_all_sync(tx, &held))
+            .await;
         match result {
             Ok(()) => self.stored(Vec::new()),
             Err(e) => {
@@ -341,6 +404,7 @@ mod tests {
             kind: "k".into(),
             data: "x".repeat(bytes).into(),
             transient: false,
+            ended: None,
         }
     }
 

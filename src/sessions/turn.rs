@@ -21,7 +21,7 @@ use super::{
 use crate::{
     agent::Launch,
     faults,
-    store::{messages, messages::Status, sessions, spares},
+    store::{events, messages, messages::Status, sessions, spares},
 };
 
 type SlotWait = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, ()>> + Send>>;
@@ -353,25 +353,36 @@ impl Actor {
     /// queued (cancelled meanwhile).
     async fn start_turn(&mut self, msg: &messages::MessageRow) -> sqlx::Result<bool> {
         let now = crate::store::now_ms();
-        let mut tx = self.store().begin_write().await?;
-        if !messages::mark_running(&mut *tx, msg.id, now).await? {
-            return Ok(false);
-        }
-        if let Some(live) = self.live.as_ref().filter(|l| !l.recorded) {
-            let p = (live.process.pid, live.process.start_time);
-            sessions::set_process(&mut *tx, &self.id, Some(p)).await?;
-            if live.was_spare {
-                spares::remove(&mut *tx, live.process.pid).await?;
-            }
-        }
-        let row = self
-            .log
-            .stage_tether("turn_started", json!({"messageId": msg.id}));
-        self.log
-            .write_with(&mut tx, std::slice::from_ref(&row))
+        let (id, session_id) = (msg.id, self.id.clone());
+        // The process, the first time it takes a turn (and the spare it was, if it was one).
+        let process = self
+            .live
+            .as_ref()
+            .filter(|l| !l.recorded)
+            .map(|l| (l.process.pid, l.process.start_time, l.was_spare));
+        let held = self.log.held();
+        let mut numbering = self.log.numbering();
+        let started = self
+            .store()
+            .write(move |tx| {
+                if !messages::mark_running(tx, id, now)? {
+                    return Ok(None);
+                }
+                if let Some((pid, start_time, was_spare)) = process {
+                    sessions::set_process_sync(tx, &session_id, Some((pid, start_time)))?;
+                    if was_spare {
+                        spares::remove_sync(tx, pid)?;
+                    }
+                }
+                let row = numbering.stage_tether("turn_started", json!({"messageId": id}));
+                events::append_all_sync(tx, held.iter().chain([&row]))?;
+                Ok(Some((numbering, row)))
+            })
             .await?;
-        tx.commit().await?;
-        self.log.stored(vec![row]);
+        let Some((numbering, row)) = started else {
+            return Ok(false);
+        };
+        self.log.stored_numbered(numbering, vec![row], None);
         if let Some(live) = self.live.as_mut() {
             live.recorded = true;
         }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use rusqlite::{params, Connection};
 use sqlx::{FromRow, SqliteExecutor};
 
 /// Longest event type kept; longer ones are cut.
@@ -55,6 +56,20 @@ pub async fn append_all(ex: &mut sqlx::SqliteConnection, rows: &[&EventRow]) -> 
                 .push_bind(e.created_at);
         });
         insert.build().execute(&mut *ex).await?;
+    }
+    Ok(())
+}
+
+/// [`append_all`], on the writer: one prepared statement, run once per event.
+pub fn append_all_sync<'a>(
+    db: &Connection,
+    rows: impl IntoIterator<Item = &'a EventRow>,
+) -> rusqlite::Result<()> {
+    let mut insert = db.prepare_cached(
+        "INSERT INTO events (session_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for e in rows {
+        insert.execute(params![e.session_id, e.seq, e.kind, e.data, e.created_at])?;
     }
     Ok(())
 }

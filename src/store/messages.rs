@@ -1,6 +1,7 @@
 //! Queries on `messages`: user messages (the turn queue, in id order) and the replies.
 //! A user message moves `queued` → `running` → one terminal state, and only forward.
 
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, SqliteExecutor};
 
@@ -21,6 +22,32 @@ pub enum Status {
 impl Status {
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
+    }
+
+    /// The status named `name`, as stored.
+    pub fn parse(name: &str) -> Option<Status> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Completed,
+            Status::Failed,
+            Status::Interrupted,
+            Status::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// The name stored in the `status` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+            Status::Cancelled => "cancelled",
+        }
     }
 }
 
@@ -53,20 +80,14 @@ pub struct NewUserMessage<'a> {
 
 /// Queues a user message. A repeated `client_message_id` of the same owner fails with a
 /// unique violation (see [`super::is_unique_violation`]).
-pub async fn insert_user(ex: impl SqliteExecutor<'_>, m: &NewUserMessage<'_>) -> sqlx::Result<i64> {
-    let id = sqlx::query(
+/// Stores a user message `queued` (on the writer, see `Store::write`).
+pub fn insert_user(db: &Connection, m: &NewUserMessage<'_>) -> rusqlite::Result<i64> {
+    db.prepare_cached(
         "INSERT INTO messages (session_id, owner, role, status, text, client_message_id, created_at) \
          VALUES (?, ?, 'user', 'queued', ?, ?, ?)",
-    )
-    .bind(m.session_id)
-    .bind(m.owner)
-    .bind(m.text)
-    .bind(m.client_message_id)
-    .bind(m.now)
-    .execute(ex)
-    .await?
-    .last_insert_rowid();
-    Ok(id)
+    )?
+    .execute(params![m.session_id, m.owner, m.text, m.client_message_id, m.now])?;
+    Ok(db.last_insert_rowid())
 }
 
 pub struct Reply<'a> {
@@ -80,27 +101,24 @@ pub struct Reply<'a> {
     pub now: i64,
 }
 
-/// Stores the agent's reply to a user message.
-pub async fn insert_reply(ex: impl SqliteExecutor<'_>, r: &Reply<'_>) -> sqlx::Result<i64> {
-    let id = sqlx::query(
+/// Stores the agent's reply to a user message (on the writer).
+pub fn insert_reply(db: &Connection, r: &Reply<'_>) -> rusqlite::Result<i64> {
+    db.prepare_cached(
         "INSERT INTO messages (session_id, owner, role, status, text, reply_to, cost_usd, \
          duration_ms, usage, created_at, started_at, finished_at) \
-         VALUES (?, ?, 'assistant', 'completed', ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.session_id)
-    .bind(r.owner)
-    .bind(r.text)
-    .bind(r.reply_to)
-    .bind(r.cost_usd)
-    .bind(r.duration_ms)
-    .bind(r.usage)
-    .bind(r.now)
-    .bind(r.now)
-    .bind(r.now)
-    .execute(ex)
-    .await?
-    .last_insert_rowid();
-    Ok(id)
+         VALUES (?1, ?2, 'assistant', 'completed', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
+    )?
+    .execute(params![
+        r.session_id,
+        r.owner,
+        r.text,
+        r.reply_to,
+        r.cost_usd,
+        r.duration_ms,
+        r.usage,
+        r.now
+    ])?;
+    Ok(db.last_insert_rowid())
 }
 
 pub async fn get(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<Option<MessageRow>> {
@@ -127,15 +145,54 @@ pub async fn with_reply(
     ex: impl SqliteExecutor<'_>,
     id: i64,
 ) -> sqlx::Result<(Option<MessageRow>, Option<MessageRow>)> {
-    let rows: Vec<MessageRow> = sqlx::query_as(
-        "SELECT * FROM messages WHERE id = ?1 OR (reply_to = ?1 AND role = 'assistant') ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(ex)
-    .await?;
+    let rows: Vec<MessageRow> = sqlx::query_as(WITH_REPLY).bind(id).fetch_all(ex).await?;
+    Ok(first_and_reply(rows, id))
+}
+
+const WITH_REPLY: &str =
+    "SELECT * FROM messages WHERE id = ?1 OR (reply_to = ?1 AND role = 'assistant') ORDER BY id";
+
+fn first_and_reply(rows: Vec<MessageRow>, id: i64) -> (Option<MessageRow>, Option<MessageRow>) {
     let mut rows = rows.into_iter();
     let first = rows.next().filter(|m| m.id == id);
-    Ok((first, rows.next()))
+    (first, rows.next())
+}
+
+/// [`with_reply`], on the writer (read back in the transaction that wrote them).
+pub fn with_reply_sync(
+    db: &Connection,
+    id: i64,
+) -> rusqlite::Result<(Option<MessageRow>, Option<MessageRow>)> {
+    let rows = db
+        .prepare_cached(WITH_REPLY)?
+        .query_map([id], |r| {
+            let status: String = r.get("status")?;
+            Ok(MessageRow {
+                id: r.get("id")?,
+                session_id: r.get("session_id")?,
+                owner: r.get("owner")?,
+                role: r.get("role")?,
+                status: Status::parse(&status).ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        0,
+                        format!("status {status}"),
+                        rusqlite::types::Type::Text,
+                    )
+                })?,
+                text: r.get("text")?,
+                client_message_id: r.get("client_message_id")?,
+                reply_to: r.get("reply_to")?,
+                error: r.get("error")?,
+                cost_usd: r.get("cost_usd")?,
+                duration_ms: r.get("duration_ms")?,
+                usage: r.get("usage")?,
+                created_at: r.get("created_at")?,
+                started_at: r.get("started_at")?,
+                finished_at: r.get("finished_at")?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(first_and_reply(rows, id))
 }
 
 /// The reply to a user message, if one was stored.
@@ -176,15 +233,14 @@ pub async fn sessions_with_queued(ex: impl SqliteExecutor<'_>) -> sqlx::Result<V
         .await
 }
 
-pub async fn mark_running(ex: impl SqliteExecutor<'_>, id: i64, now: i64) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "UPDATE messages SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
-    )
-    .bind(now)
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// Marks a queued message running (on the writer). False when it is no longer queued.
+pub fn mark_running(db: &Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
+    let changed = db
+        .prepare_cached(
+            "UPDATE messages SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+        )?
+        .execute(params![now, id])?;
+    Ok(changed == 1)
 }
 
 /// How a turn ended, for [`finish`].
@@ -197,24 +253,25 @@ pub struct Outcome<'a> {
     pub now: i64,
 }
 
-/// Moves a user message to a terminal state. Returns false (and changes nothing) if it
-/// already was in one: every message ends exactly once.
-pub async fn finish(ex: impl SqliteExecutor<'_>, id: i64, o: &Outcome<'_>) -> sqlx::Result<bool> {
+/// Moves a user message to a terminal state (on the writer). Returns false (and changes
+/// nothing) if it already was in one: every message ends exactly once.
+pub fn finish(db: &Connection, id: i64, o: &Outcome<'_>) -> rusqlite::Result<bool> {
     debug_assert!(o.status.is_terminal());
-    let done = sqlx::query(
-        "UPDATE messages SET status = ?, error = ?, cost_usd = ?, duration_ms = ?, usage = ?, \
-         finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
-    )
-    .bind(o.status)
-    .bind(o.error)
-    .bind(o.cost_usd)
-    .bind(o.duration_ms)
-    .bind(o.usage)
-    .bind(o.now)
-    .bind(id)
-    .execute(ex)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let changed = db
+        .prepare_cached(
+            "UPDATE messages SET status = ?, error = ?, cost_usd = ?, duration_ms = ?, usage = ?, \
+             finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
+        )?
+        .execute(params![
+            o.status.as_str(),
+            o.error,
+            o.cost_usd,
+            o.duration_ms,
+            o.usage,
+            o.now,
+            id
+        ])?;
+    Ok(changed == 1)
 }
 
 /// Ends every message left `running` (tether stopped mid-turn), returning them.

@@ -1,5 +1,7 @@
-//! The SQLite store: the pool (WAL), the embedded migrations, and one module of query
-//! functions per table. No SQL lives outside this folder.
+//! The SQLite store: the pool (WAL), the writer thread that runs a turn's transactions
+//! whole (`writer`), the embedded migrations, and one module of query functions per table.
+//! No SQL lives outside this folder. A query used both on the writer and through the pool
+//! keeps its SQL in one constant.
 
 pub mod approvals;
 pub mod devices;
@@ -10,6 +12,7 @@ pub mod sessions;
 pub mod spares;
 pub mod terminals;
 pub mod tokens;
+mod writer;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -39,7 +42,10 @@ pub struct Store {
     pool: SqlitePool,
     /// Writers queue here, in order, instead of in SQLite's busy handler, which polls with
     /// growing sleeps: with many sessions writing at once that cost more than the writes.
-    writer: Arc<Mutex<()>>,
+    /// Both ways of writing ([`Store::write`], [`Store::begin_write`]) take this turn.
+    turn: Arc<Mutex<()>>,
+    /// The connection of the turn's hot path (see `writer`).
+    writer: writer::Writer,
 }
 
 impl Store {
@@ -73,7 +79,8 @@ impl Store {
             .await?;
         Ok(Self {
             pool,
-            writer: Arc::new(Mutex::new(())),
+            turn: Arc::new(Mutex::new(())),
+            writer: writer::Writer::start(path, BUSY_TIMEOUT)?,
         })
     }
 
@@ -94,11 +101,38 @@ impl Store {
     /// that reads and then writes. A plain (deferred) transaction that read first fails with
     /// "database is locked" if another connection wrote meanwhile (its WAL snapshot is stale
     /// and SQLite cannot wait that out); this one waits its turn (`BUSY_TIMEOUT`) instead.
-    /// Writers take their turn in tether first (see `writer`), so SQLite rarely has to wait.
+    /// Writers take their turn in tether first (see `turn`), so SQLite rarely has to wait.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
-        let turn = self.writer.clone().lock_owned().await;
+        let turn = self.turn.clone().lock_owned().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Runs `f` as one write transaction (`BEGIN IMMEDIATE` … `COMMIT`, rolled back when it
+    /// fails) on the writer thread: the whole transaction is one hand-over, where each
+    /// statement through the pool is one. For the transactions of every turn (accept, start,
+    /// end); `f` must not wait on anything but the database.
+    pub async fn write<T, F>(&self, f: F) -> sqlx::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let done = self
+            .write_unless(move |tx| f(tx).map(Ok::<T, std::convert::Infallible>))
+            .await?;
+        Ok(done.unwrap_or_else(|never| match never {}))
+    }
+
+    /// [`Store::write`] for work that may refuse: `f` answering `Ok(Err(_))` rolls back
+    /// and hands the refusal back.
+    pub async fn write_unless<T, R, F>(&self, f: F) -> sqlx::Result<Result<T, R>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Result<T, R>> + Send + 'static,
+    {
+        let turn = self.turn.clone().lock_owned().await;
+        self.writer.run(turn, f).await
     }
 
     /// A trivial query, for health checks.
@@ -110,6 +144,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
