@@ -355,18 +355,15 @@ fn folder(dir: &Path, name: &str) -> String {
         .into_owned()
 }
 
-/// `turns` warm turns of one session through a server of its own.
-async fn warm_turns(agent: &Agent, dir: &Path, turns: usize) -> Samples {
-    let server = Server::start(agent, dir, 0);
-    let project = folder(dir, "bench");
-    let ids = new_sessions(&server, &project, 1).await;
-    let mut warm = Vec::new();
+/// `turns` warm turns of one new session in `project`, one after the other.
+async fn warm_turns(server: &Server, project: &str, turns: usize) -> Vec<Duration> {
+    let ids = new_sessions(server, project, 1).await;
+    let mut warm = Vec::with_capacity(turns);
     for i in 0..turns {
         let body = json!({"message": format!("turn {i}"), "sessionId": ids[0], "wait": true});
         warm.push(server.chat(body).await.0);
     }
-    server.stop();
-    Samples::from(&warm)
+    warm
 }
 
 /// New sessions in `project`, each with its first message answered; returns their ids.
@@ -671,7 +668,12 @@ fn main() {
     let direct = Samples::from(&direct(&agent, &pipes_cwd, sizes.turns));
     if value("--only").as_deref() == Some("warm") {
         // The first figure alone, for working on tether's cost per turn.
-        let warm = rt.block_on(warm_turns(&agent, dir.path(), sizes.turns));
+        let warm = rt.block_on(async {
+            let server = Server::start(&agent, dir.path(), 0);
+            let warm = warm_turns(&server, &folder(dir.path(), "bench"), sizes.turns).await;
+            server.stop();
+            Samples::from(&warm)
+        });
         println!(
             "warm turn p50 / p99: through tether {:.2} / {:.2} ms, over the pipes {:.2} / {:.2} ms, \
              tether adds {:+.2} ms at p50",
@@ -703,12 +705,7 @@ fn main() {
         eprintln!("warm turns and first messages on a spare…");
         let server = Server::start(&agent, dir.path(), 1);
         let project = folder(dir.path(), "bench");
-        let ids = new_sessions(&server, &project, 1).await;
-        let mut warm = Vec::new();
-        for i in 0..sizes.turns {
-            let body = json!({"message": format!("turn {i}"), "sessionId": ids[0], "wait": true});
-            warm.push(server.chat(body).await.0);
-        }
+        let warm = warm_turns(&server, &project, sizes.turns).await;
         let mut spare = Vec::new();
         for _ in 0..sizes.firsts {
             server.spare_ready(1).await;

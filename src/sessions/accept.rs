@@ -130,16 +130,16 @@ impl Sessions {
         };
         let now = store::now_ms();
         let expires_at = now + self.lifetime_ms();
-        // A watch of an existing session listens before the message is committed: its
-        // actor may be running and take the message at once. A new session has no actor
-        // until it is woken (one started before its row is committed would find no session
-        // and stop), so its watch starts after the commit.
         let existing = match m.target {
             Target::Session(id) => Some(parse_session_id(id)?),
             Target::NewIn(_) => None,
         };
+        // A watch listens to a running actor before the message is committed, as the actor
+        // may take it at once. Otherwise (no actor yet, or a new session) it starts after
+        // the commit, and before the actor is woken; no actor is started for a message
+        // that may yet be refused.
         let early = match (&existing, m.watch_until) {
-            (Some(id), Some(_)) => Some(self.subscribe(id)),
+            (Some(id), Some(_)) => self.subscribe_running(id),
             _ => None,
         };
         let new = NewMessage {
@@ -176,7 +176,7 @@ impl Sessions {
         }
         tracing::info!(%session_id, message_id, "message queued");
         let watch = m.watch_until.map(|deadline| match early {
-            Some(events) => self.watch_from(events, message_id, deadline),
+            Some(events) => self.watch_from_before(events, message_id, deadline),
             None => self.watch(&session_id, message_id, deadline),
         });
         self.wake(&session_id);

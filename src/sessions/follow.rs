@@ -57,14 +57,22 @@ impl Sessions {
     /// all of its text, start watching before its session's actor is woken (see
     /// `Message::watch_until`).
     pub fn watch(&self, session_id: &str, message_id: i64, deadline: Instant) -> TurnWatch {
-        // Subscribing starts the session's actor if needed; it looks at its queue at once.
-        self.watch_from(self.subscribe(session_id), message_id, deadline)
+        TurnWatch {
+            store: self.deps().store.clone(),
+            message_id,
+            deadline,
+            // Subscribing starts the session's actor if needed; it looks at its queue at once.
+            events: self.subscribe(session_id),
+            look: true,
+            ours: false,
+        }
     }
 
-    /// [`Sessions::watch`] on events subscribed to earlier.
-    pub(super) fn watch_from(
+    /// [`Sessions::watch`] on `events`, subscribed before the message was committed:
+    /// nothing of its turn can have happened before them, so it need not be read first.
+    pub(super) fn watch_from_before(
         &self,
-        events: Option<Subscription>,
+        events: Subscription,
         message_id: i64,
         deadline: Instant,
     ) -> TurnWatch {
@@ -72,8 +80,8 @@ impl Sessions {
             store: self.deps().store.clone(),
             message_id,
             deadline,
-            events,
-            look: true,
+            events: Some(events),
+            look: false,
             ours: false,
         }
     }

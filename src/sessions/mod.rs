@@ -282,6 +282,15 @@ impl Sessions {
         self.with_actor(session_id, |h| h.live.subscribe())
     }
 
+    /// A subscription to the session's events if its actor is running; none is started.
+    pub(super) fn subscribe_running(&self, session_id: &str) -> Option<Subscription> {
+        let actors = self.actors();
+        let actor = actors
+            .get(session_id)
+            .filter(|e| !e.handle.ctl.is_closed())?;
+        Some(actor.handle.live.subscribe())
+    }
+
     /// The state of a session's process.
     pub fn process_info(&self, session_id: &str) -> ProcessInfo {
         self.actors()

@@ -417,8 +417,11 @@ fn oldest_unclaimed(spares: &[Spare]) -> Option<usize> {
 }
 
 /// Keeps the spares until tether stops: a step at start and every second (a taken spare is
-/// replaced, a dead one found).
+/// replaced, a dead one found). With `sessions.warm_spares = 0` there is nothing to keep.
 pub async fn run(sessions: Sessions) {
+    if sessions.deps().session_settings.warm_spares == 0 {
+        return;
+    }
     let mut stop = sessions.stopping();
     loop {
         let report = sessions.spare_tick().await;

@@ -36,17 +36,14 @@ impl Writer {
         thread::Builder::new()
             .name("tether-db-writer".into())
             .spawn(move || {
-                let conn = match open(&path, busy_timeout) {
-                    Ok(c) => {
-                        let _ = opened_tx.send(Ok(()));
-                        c
-                    }
+                let mut conn = match open(&path, busy_timeout) {
+                    Ok(c) => c,
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
                         return;
                     }
                 };
-                let mut conn = conn;
+                let _ = opened_tx.send(Ok(()));
                 for msg in queue {
                     match msg {
                         Msg::Run(job) => job(&mut conn),
@@ -91,6 +88,7 @@ impl Writer {
             .map_err(|_| sqlx::Error::PoolClosed)?
             .map_err(into_sqlx)
     }
+
     /// Closes the connection once the transactions queued before have run.
     pub(super) async fn close(&self) {
         let (closed, done) = oneshot::channel();

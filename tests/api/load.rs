@@ -182,6 +182,22 @@ fn cli_pids(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// A turn waited for: it completed, and its message counts as accepted.
+async fn completed(
+    server: &Server,
+    token: &str,
+    accepted: &Mutex<HashSet<i64>>,
+    body: Value,
+) -> Value {
+    let v = server.post(token, body).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    accepted
+        .lock()
+        .unwrap()
+        .insert(v["messageId"].as_i64().unwrap());
+    v
+}
+
 /// Sends messages to `session` until `stop`, recording each accepted id. Some turns are
 /// slow so that kills land mid-turn; refusals (queue full, server gone) are waited out.
 async fn keep_sending(
@@ -248,17 +264,8 @@ async fn kill_run_ten_sigkills_under_load_lose_nothing_and_leave_no_orphan() {
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let mut sessions = Vec::new();
     for s in 0..SESSIONS {
-        let v = server
-            .post(
-                &token,
-                json!({"message": format!("start {s}"), "projectPath": project, "wait": true}),
-            )
-            .await;
-        assert_eq!(v["status"], "completed", "{v}");
-        accepted
-            .lock()
-            .unwrap()
-            .insert(v["messageId"].as_i64().unwrap());
+        let body = json!({"message": format!("start {s}"), "projectPath": project, "wait": true});
+        let v = completed(&server, &token, &accepted, body).await;
         sessions.push(v["sessionId"].as_str().unwrap().to_string());
     }
 
@@ -306,17 +313,8 @@ async fn kill_run_ten_sigkills_under_load_lose_nothing_and_leave_no_orphan() {
     .await;
     db.close().await;
     for s in &sessions {
-        let v = server
-            .post(
-                &token,
-                json!({"message": "last", "sessionId": s, "wait": true}),
-            )
-            .await;
-        assert_eq!(v["status"], "completed", "{v}");
-        accepted
-            .lock()
-            .unwrap()
-            .insert(v["messageId"].as_i64().unwrap());
+        let body = json!({"message": "last", "sessionId": s, "wait": true});
+        completed(&server, &token, &accepted, body).await;
     }
     server.sigkill();
     let accepted = accepted.lock().unwrap().clone();
