@@ -53,9 +53,6 @@ pub struct AppState {
     agent_name: &'static str,
     /// When each token's last use was written (at most once a minute each).
     token_uses: Arc<Mutex<HashMap<String, Instant>>>,
-    /// This server's hold on its data folder: released when the application and every
-    /// clone of its state are gone (the server has stopped).
-    _data_lock: Arc<DataDirLock>,
 }
 
 impl AppState {
@@ -121,6 +118,9 @@ pub struct Application {
     /// The handshake of every connection with `server.tls`; None for plain HTTP.
     tls: Option<tokio_rustls::TlsAcceptor>,
     state: AppState,
+    /// This server's hold on its data folder: released once it has stopped and closed the
+    /// database (or when it is dropped without running), whoever still holds its state.
+    data_lock: DataDirLock,
 }
 
 impl Application {
@@ -217,12 +217,12 @@ impl Application {
             agent: Arc::new(tokio::sync::RwLock::new(status)),
             agent_name,
             token_uses: Arc::default(),
-            _data_lock: Arc::new(data_lock),
         };
         Ok(Self {
             listener,
             tls: tls.map(|t| t.acceptor),
             state,
+            data_lock,
         })
     }
 
@@ -256,6 +256,7 @@ impl Application {
             listener,
             tls,
             state,
+            data_lock,
         } = self;
         let shutdown = shutdown.shared();
         // The push worker stops at the same signal; what it has not sent waits for the next start.
@@ -300,6 +301,7 @@ impl Application {
         resource_watch.await?;
         spare_keeper.await?;
         store.close().await;
+        drop(data_lock);
         tracing::info!("stopped");
         Ok(())
     }

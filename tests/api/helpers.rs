@@ -100,25 +100,9 @@ impl TestApp {
         let project = dir.path().join("projects/demo");
         std::fs::create_dir_all(&project).unwrap();
         let project = std::fs::canonicalize(project).unwrap();
-        // In process, the data folder's lock goes with the last clone of the stopped app's
-        // state, which a connection task being torn down may hold a moment after its `run`
-        // returned (a process that exits lets go at once): a start right after a stop waits
-        // for it, a few seconds at most.
-        let until = std::time::Instant::now() + Duration::from_secs(5);
-        let app = loop {
-            let app = match gateway.clone() {
-                Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
-                None => Application::build(settings.clone()).await,
-            };
-            match app {
-                Err(e)
-                    if e.to_string().contains("already running on the data folder")
-                        && std::time::Instant::now() < until =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                app => break app,
-            }
+        let app = match gateway {
+            Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
+            None => Application::build(settings.clone()).await,
         };
         Self::serve(app.expect("app builds"), settings, dir, project)
     }
