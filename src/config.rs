@@ -95,7 +95,10 @@ impl TerminalPrograms {
     /// Refuses a program tether cannot run, naming it and the key.
     pub fn check(&self) -> anyhow::Result<()> {
         for (role, list) in [("user", &self.user), ("admin", &self.admin)] {
-            if let Some(bad) = list.iter().find(|p| !TERMINAL_PROGRAMS.contains(&p.as_str())) {
+            if let Some(bad) = list
+                .iter()
+                .find(|p| !TERMINAL_PROGRAMS.contains(&p.as_str()))
+            {
                 anyhow::bail!(
                     "terminals.programs.{role} holds {bad:?}; a terminal runs {}",
                     TERMINAL_PROGRAMS.join(" or ")
@@ -239,7 +242,8 @@ pub struct AgentSettings {
 impl AgentSettings {
     /// Whether a caller (an admin or not) may choose `mode` for a session.
     pub fn may_choose(&self, admin: bool, mode: &str) -> bool {
-        PERMISSION_MODES.contains(&mode) && (admin || self.permission_modes.iter().any(|m| m == mode))
+        PERMISSION_MODES.contains(&mode)
+            && (admin || self.permission_modes.iter().any(|m| m == mode))
     }
 
     /// Refuses, at start, a mode the CLI does not know in `permission_mode` or
@@ -258,7 +262,10 @@ impl AgentSettings {
             .iter()
             .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
         {
-            anyhow::bail!("agent.permission_modes holds {bad:?}; the CLI knows {}", known());
+            anyhow::bail!(
+                "agent.permission_modes holds {bad:?}; the CLI knows {}",
+                known()
+            );
         }
         Ok(())
     }

@@ -43,7 +43,11 @@ pub(super) async fn served(settings: &Settings, store: &Store) -> anyhow::Result
         Ok(addr) => addr,
         Err(why) => {
             let fingerprint = tls::configured_fingerprint(settings)?;
-            let scheme = if fingerprint.is_some() { "https" } else { "http" };
+            let scheme = if fingerprint.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             eprintln!(
                 "{why:#}\nThe link is built from this command's settings (server.bind, \
                  server.tls), not asked of a running server: check them against the server's."
@@ -119,14 +123,8 @@ async fn reported_fingerprint(
             false,
         )
         .await?;
-    let asked = super::sessions::call(
-        addr,
-        Method::GET,
-        "/health",
-        &issued.token,
-        Some(presented),
-    )
-    .await;
+    let asked =
+        super::sessions::call(addr, Method::GET, "/health", &issued.token, Some(presented)).await;
     crate::auth::revoke_recorded(store, &issued.claims.jti, store::now_ms()).await?;
     let (status, body) = asked?;
     if status != StatusCode::OK && status != StatusCode::SERVICE_UNAVAILABLE {

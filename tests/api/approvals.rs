@@ -434,7 +434,12 @@ async fn hibernate(app: &TestApp, id: &str) {
         .await
         .unwrap();
     wait_for("hibernation", || async {
-        app.state.sessions.process_info(id).pid.is_none().then_some(())
+        app.state
+            .sessions
+            .process_info(id)
+            .pid
+            .is_none()
+            .then_some(())
     })
     .await;
 }
@@ -559,7 +564,12 @@ async fn a_user_chooses_only_the_modes_agent_permission_modes_lists_an_admin_any
         error_code(app.post(&path, json!({"mode": "acceptEdits"})).await).await,
         (StatusCode::FORBIDDEN, "permission_mode_not_allowed".into())
     );
-    let res = decide(&app, &a, json!({"decision": "allow", "remember": "session"})).await;
+    let res = decide(
+        &app,
+        &a,
+        json!({"decision": "allow", "remember": "session"}),
+    )
+    .await;
     assert_eq!(
         error_code(res).await,
         (StatusCode::FORBIDDEN, "permission_mode_not_allowed".into())
@@ -568,7 +578,10 @@ async fn a_user_chooses_only_the_modes_agent_permission_modes_lists_an_admin_any
     let res = decide(&app, &a, json!({"decision": "allow"})).await;
     assert_eq!(res.status(), StatusCode::OK);
     let (m, text) = reply(&app, &id, msg).await;
-    assert_eq!((m["status"].as_str(), text.as_str()), (Some("completed"), "wrote r.txt"));
+    assert_eq!(
+        (m["status"].as_str(), text.as_str()),
+        (Some("completed"), "wrote r.txt")
+    );
     let session = app.get_json(&format!("/api/sessions/{id}")).await;
     assert_eq!(session["permissionMode"], Value::Null);
 }
@@ -597,7 +610,10 @@ async fn a_mode_the_cli_does_not_know_in_the_settings_stops_the_start() {
             .expect("refused")
             .to_string();
         assert!(err.contains(named), "{err}");
-        assert!(err.contains("bypassPermissions"), "lists the known modes: {err}");
+        assert!(
+            err.contains("bypassPermissions"),
+            "lists the known modes: {err}"
+        );
     }
 }
 

@@ -134,10 +134,18 @@ async fn tether_pair_asks_the_running_server_how_it_serves() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("tether listening on ").unwrap().to_string();
+    let base = line
+        .trim()
+        .strip_prefix("tether listening on ")
+        .unwrap()
+        .to_string();
     line.clear();
     stdout.read_line(&mut line).unwrap();
-    let fingerprint = line.trim().strip_prefix("tls fingerprint sha256 ").unwrap().to_string();
+    let fingerprint = line
+        .trim()
+        .strip_prefix("tls fingerprint sha256 ")
+        .unwrap()
+        .to_string();
     let server = Server {
         child,
         base,
@@ -152,7 +160,10 @@ async fn tether_pair_asks_the_running_server_how_it_serves() {
     assert_eq!(shown["url"], server.base, "{shown}");
     assert_eq!(shown["fingerprint"], fingerprint, "{shown}");
     let link = shown["link"].as_str().unwrap();
-    assert!(link.starts_with("tether://pair?url=https%3A%2F%2F"), "{link}");
+    assert!(
+        link.starts_with("tether://pair?url=https%3A%2F%2F"),
+        "{link}"
+    );
     assert!(link.contains("&fp="), "{link}");
     assert!(stderr.is_empty(), "{stderr}");
     // The code pairs with that server, over the pinned certificate.
@@ -185,7 +196,11 @@ async fn tether_pair_over_plain_http_and_with_no_server_from_its_own_settings() 
     let settings = test_settings(dir.path());
     let server = Server::start(&settings, dir.path());
     let out = pair(&server.config, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["url"], server.base, "{shown}");
     assert_eq!(shown["fingerprint"], Value::Null, "{shown}");
@@ -199,6 +214,12 @@ async fn tether_pair_over_plain_http_and_with_no_server_from_its_own_settings() 
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["url"], "http://127.0.0.1:8787", "{shown}");
     assert_eq!(shown["fingerprint"], Value::Null, "{shown}");
-    assert!(stderr.contains("no tether is running on the data folder"), "{stderr}");
-    assert!(stderr.contains("built from this command's settings"), "{stderr}");
+    assert!(
+        stderr.contains("no tether is running on the data folder"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("built from this command's settings"),
+        "{stderr}"
+    );
 }

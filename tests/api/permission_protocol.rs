@@ -61,7 +61,12 @@ async fn bypass_scenario(model: Model) {
                "request": {"subtype": "set_permission_mode", "mode": "bypassPermissions"}})
     };
 
-    let mut cli = Cli::start_with(&model, &project, dir.path(), &["--permission-mode", "default"]);
+    let mut cli = Cli::start_with(
+        &model,
+        &project,
+        dir.path(),
+        &["--permission-mode", "default"],
+    );
     cli.send(bypass("bypass-1")).await;
     let refused = cli.until_control_response("bypass-1").await;
     assert_eq!(
@@ -82,7 +87,11 @@ async fn bypass_scenario(model: Model) {
 
     for launched in [
         &["--permission-mode", "bypassPermissions"][..],
-        &["--allow-dangerously-skip-permissions", "--permission-mode", "default"][..],
+        &[
+            "--allow-dangerously-skip-permissions",
+            "--permission-mode",
+            "default",
+        ][..],
     ] {
         let mut cli = Cli::start_with(&model, &project, dir.path(), launched);
         cli.send(bypass("bypass-2")).await;

@@ -573,7 +573,10 @@ async fn each_role_opens_only_the_programs_terminals_programs_lists() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "terminal_program_not_allowed");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("terminals.programs.user: claude"), "{message}");
+    assert!(
+        message.contains("terminals.programs.user: claude"),
+        "{message}"
+    );
     // Nothing was started.
     let list = app.get_json("/api/terminals").await;
     assert_eq!(list["terminals"], json!([]), "{list}");
