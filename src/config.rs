@@ -513,6 +513,13 @@ mod tests {
         assert_eq!(s.database.path, PathBuf::from("data/tether.db"));
         assert_eq!(s.sessions.lifetime, Duration::from_secs(24 * 3600));
         assert_eq!(s.sessions.warn_before, Duration::from_secs(4 * 3600));
+        assert_eq!(s.agent.permission_modes, ["default", "acceptEdits", "plan"]);
+        assert!(!s.agent.may_choose(false, "bypassPermissions"));
+        assert!(s.agent.may_choose(true, "bypassPermissions"));
+        assert!(!s.agent.may_choose(true, "yolo"));
+        s.agent.check_modes().unwrap();
+        assert_eq!(s.terminals.programs.of(false), ["claude", "shell"]);
+        s.terminals.programs.check().unwrap();
     }
 
     #[test]

@@ -445,6 +445,43 @@ mod tests {
     }
 
     #[test]
+    fn a_control_response_is_an_answer_its_error_a_refusal() {
+        let c = claude();
+        let answer = |line: &str| match c.parse_line(line) {
+            Parsed::Event {
+                signal: Signal::ControlAnswer { request_id, error },
+                ..
+            } => Some((request_id, error)),
+            _ => None,
+        };
+        let ok = r#"{"type":"control_response","response":{"subtype":"success","request_id":"m1","response":{"mode":"plan"}}}"#;
+        assert_eq!(answer(ok), Some(("m1".into(), None)));
+        let refused = r#"{"type":"control_response","response":{"subtype":"error","request_id":"m2","error":"Cannot set permission mode to bypassPermissions because the session was not launched with --dangerously-skip-permissions","error_code":"bypass_not_launched"}}"#;
+        let (id, error) = answer(refused).unwrap();
+        assert_eq!(id, "m2");
+        assert!(error.unwrap().starts_with("Cannot set permission mode"));
+        let silent =
+            r#"{"type":"control_response","response":{"subtype":"error","request_id":"m3"}}"#;
+        assert!(answer(silent).unwrap().1.is_some());
+        // No id to match, or a `response` of another shape: read as nothing, not as invalid.
+        for odd in [
+            r#"{"type":"control_response","response":{"subtype":"success"}}"#,
+            r#"{"type":"control_response","response":"odd"}"#,
+        ] {
+            assert!(
+                matches!(
+                    c.parse_line(odd),
+                    Parsed::Event {
+                        signal: Signal::None,
+                        ..
+                    }
+                ),
+                "{odd}"
+            );
+        }
+    }
+
+    #[test]
     fn settings_variables_are_recognised_in_any_case() {
         let names = [
             "TETHER__AUTH__SECRET",
