@@ -585,7 +585,12 @@ mod tests {
             jail.set_env("TETHER__SESSIONS__MAX_TOTAL_MEMORY", "1.5GiB");
             jail.set_env("TETHER__AGENT__TURN_TIMEOUT", "45");
             jail.set_env("TETHER__SERVER__TLS", "{cert=\"/c.pem\",key=\"/k.pem\"}");
+            jail.set_env("TETHER__TERMINALS__PROGRAMS__USER", "[\"claude\"]");
+            jail.set_env("TETHER__AGENT__PERMISSION_MODES", "[\"plan\"]");
             let s = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!(s.terminals.programs.user, ["claude"]);
+            assert_eq!(s.terminals.programs.admin, ["claude", "shell"]);
+            assert_eq!(s.agent.permission_modes, ["plan"]);
             assert_eq!(
                 s.server.tls,
                 TlsMode::Files {
