@@ -145,7 +145,6 @@ async fn visible_approval(
     params(NumericId),
     responses(
         (status = 200, description = "The approval", body = ApprovalView),
-        (status = 403, description = "`permission_mode_not_allowed`: `remember` would switch the session to a mode a user token may not choose (`agent.permission_modes`)"),
         (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
     ),
 )]
@@ -217,6 +216,7 @@ pub(super) struct AlreadyDecided {
     request_body = DecideRequest,
     responses(
         (status = 200, description = "Decided: the approval as it is now", body = ApprovalView),
+        (status = 403, description = "`permission_mode_not_allowed`: `remember` would switch the session to a mode a user token may not choose (`agent.permission_modes`)"),
         (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
         (status = 409, description = "Someone decided it first (`already_decided`): their decision", body = AlreadyDecided),
         (status = 410, description = "`approval_expired`: it can no longer be answered (expired or cancelled: its turn or process is gone)"),
