@@ -359,6 +359,8 @@ impl Actor {
         tracing::info!(%mode, "changing the permission mode of the live process");
         // Not waited for: a process that no longer reads drops the request with itself.
         drop(live.process.write_line(&line));
+        // Requests whose sender stopped waiting (agent.control_timeout) are not kept.
+        live.mode_requests.retain(|r| !r.reply.is_closed());
         live.mode_requests.push(ModeRequest {
             request_id,
             mode,
