@@ -139,6 +139,8 @@ impl Application {
     ) -> anyhow::Result<Self> {
         check_bind(&settings)?;
         crate::auth::check_configured_secret(&settings)?;
+        settings.agent.check_modes()?;
+        settings.terminals.programs.check()?;
         // The lock before anything that writes: a second server on the same folder must
         // leave the first one's processes, turns and pushes alone.
         let data_dir = settings.data_dir();

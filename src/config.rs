@@ -67,6 +67,46 @@ pub struct TerminalSettings {
     /// Between SIGHUP, SIGTERM and SIGKILL to a terminal's processes when it is ended.
     #[serde(deserialize_with = "duration")]
     pub stop_grace: Duration,
+    /// Which programs each role may open (403 `terminal_program_not_allowed`).
+    pub programs: TerminalPrograms,
+}
+
+/// `terminals.programs`: the programs (`claude`, `shell`) a role may open in a terminal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalPrograms {
+    pub user: Vec<String>,
+    pub admin: Vec<String>,
+}
+
+/// The programs a terminal runs.
+pub const TERMINAL_PROGRAMS: [&str; 2] = ["claude", "shell"];
+
+impl TerminalPrograms {
+    /// The list of the role (`admin` or not).
+    pub fn of(&self, admin: bool) -> &[String] {
+        if admin {
+            &self.admin
+        } else {
+            &self.user
+        }
+    }
+
+    /// Refuses a program tether cannot run, naming it and the key.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (role, list) in [("user", &self.user), ("admin", &self.admin)] {
+            if let Some(bad) = list
+                .iter()
+                .find(|p| !TERMINAL_PROGRAMS.contains(&p.as_str()))
+            {
+                anyhow::bail!(
+                    "terminals.programs.{role} holds {bad:?}; a terminal runs {}",
+                    TERMINAL_PROGRAMS.join(" or ")
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Tools the agent asks to use, and questions it asks, answered from the phone.
@@ -182,6 +222,8 @@ pub struct AgentSettings {
     pub command: String,
     /// `--permission-mode` of a session that has not chosen one.
     pub permission_mode: String,
+    /// The modes a user token may choose (an admin may choose any of [`PERMISSION_MODES`]).
+    pub permission_modes: Vec<String>,
     pub args: Vec<String>,
     pub env: std::collections::BTreeMap<String, String>,
     #[serde(deserialize_with = "duration")]
@@ -191,7 +233,42 @@ pub struct AgentSettings {
     pub stop_grace: Duration,
     #[serde(deserialize_with = "duration")]
     pub interrupt_grace: Duration,
+    /// How long a live process may take to answer a control request (a mode change).
+    #[serde(deserialize_with = "duration")]
+    pub control_timeout: Duration,
     pub stderr_tail_lines: usize,
+}
+
+impl AgentSettings {
+    /// Whether a caller (an admin or not) may choose `mode` for a session.
+    pub fn may_choose(&self, admin: bool, mode: &str) -> bool {
+        PERMISSION_MODES.contains(&mode)
+            && (admin || self.permission_modes.iter().any(|m| m == mode))
+    }
+
+    /// Refuses, at start, a mode the CLI does not know in `permission_mode` or
+    /// `permission_modes`, naming it and the modes it knows.
+    pub fn check_modes(&self) -> anyhow::Result<()> {
+        let known = || PERMISSION_MODES.join(", ");
+        if !PERMISSION_MODES.contains(&self.permission_mode.as_str()) {
+            anyhow::bail!(
+                "agent.permission_mode is {:?}; the CLI knows {}",
+                self.permission_mode,
+                known()
+            );
+        }
+        if let Some(bad) = self
+            .permission_modes
+            .iter()
+            .find(|m| !PERMISSION_MODES.contains(&m.as_str()))
+        {
+            anyhow::bail!(
+                "agent.permission_modes holds {bad:?}; the CLI knows {}",
+                known()
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -436,6 +513,13 @@ mod tests {
         assert_eq!(s.database.path, PathBuf::from("data/tether.db"));
         assert_eq!(s.sessions.lifetime, Duration::from_secs(24 * 3600));
         assert_eq!(s.sessions.warn_before, Duration::from_secs(4 * 3600));
+        assert_eq!(s.agent.permission_modes, ["default", "acceptEdits", "plan"]);
+        assert!(!s.agent.may_choose(false, "bypassPermissions"));
+        assert!(s.agent.may_choose(true, "bypassPermissions"));
+        assert!(!s.agent.may_choose(true, "yolo"));
+        s.agent.check_modes().unwrap();
+        assert_eq!(s.terminals.programs.of(false), ["claude", "shell"]);
+        s.terminals.programs.check().unwrap();
     }
 
     #[test]
@@ -501,7 +585,12 @@ mod tests {
             jail.set_env("TETHER__SESSIONS__MAX_TOTAL_MEMORY", "1.5GiB");
             jail.set_env("TETHER__AGENT__TURN_TIMEOUT", "45");
             jail.set_env("TETHER__SERVER__TLS", "{cert=\"/c.pem\",key=\"/k.pem\"}");
+            jail.set_env("TETHER__TERMINALS__PROGRAMS__USER", "[\"claude\"]");
+            jail.set_env("TETHER__AGENT__PERMISSION_MODES", "[\"plan\"]");
             let s = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!(s.terminals.programs.user, ["claude"]);
+            assert_eq!(s.terminals.programs.admin, ["claude", "shell"]);
+            assert_eq!(s.agent.permission_modes, ["plan"]);
             assert_eq!(
                 s.server.tls,
                 TlsMode::Files {

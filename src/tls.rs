@@ -110,6 +110,36 @@ fn pinned_client_config(fingerprint: &str) -> ClientConfig {
     config
 }
 
+/// The fingerprint of the certificate the server at `addr` presents, whatever it is: a
+/// handshake only, nothing is sent. For a command that found its own server through the data
+/// folder's lock and must learn which certificate that server serves.
+pub async fn presented_fingerprint(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let provider = Arc::new(provider::default_provider());
+    let verifier = Arc::new(AnyCertificate {
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(addr.ip().into(), stream)
+        .await
+        .with_context(|| format!("TLS with {addr}"))?;
+    let (_, connection) = tls.get_ref();
+    let leaf = connection
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .context("the server presented no certificate")?;
+    Ok(fingerprint(leaf))
+}
+
 /// The certificate and key in `dir`, made there first if there is no certificate yet.
 fn self_signed(
     dir: &Path,
@@ -276,6 +306,48 @@ impl ServerCertVerifier for Pinned {
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Takes whatever certificate the server presents (its handshake signature is still
+/// checked), so that [`presented_fingerprint`] can read it.
+#[derive(Debug)]
+struct AnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -202,6 +202,7 @@ impl Agent for Claude {
                     suggestions: r.permission_suggestions,
                 }))
             }
+            ("control_response", _, _) => control_answer(head.response.as_ref()),
             _ => Signal::None,
         };
         Parsed::Event { kind, signal }
@@ -255,11 +256,35 @@ struct Head {
     usage: Option<Value>,
     request_id: Option<String>,
     request: Option<ControlRequest>,
+    /// A `control_response`'s answer, read loosely (see [`control_answer`]).
+    response: Option<Value>,
     /// A `stream_event`'s event of the Messages API stream.
     event: Option<StreamEvent>,
     /// Set on the lines of a subagent (a Task tool); null for the conversation's own.
     parent_tool_use_id: Option<String>,
     api_message_id: Option<String>,
+}
+
+/// A `control_response` to one of tether's requests: `subtype` `success`, or `error` with
+/// the CLI's `error` text. One without a `request_id` answers nothing tether can match.
+fn control_answer(response: Option<&Value>) -> Signal {
+    let Some(response) = response else {
+        return Signal::None;
+    };
+    let Some(request_id) = response["request_id"].as_str() else {
+        return Signal::None;
+    };
+    let error = (response["subtype"] != "success").then(|| {
+        response["error"]
+            .as_str()
+            .filter(|e| !e.is_empty())
+            .unwrap_or("the agent refused the request without saying why")
+            .to_string()
+    });
+    Signal::ControlAnswer {
+        request_id: request_id.to_string(),
+        error,
+    }
 }
 
 /// The Messages API event a `stream_event` line carries; only text deltas are read.
@@ -417,6 +442,43 @@ mod tests {
             v["response"]["response"],
             serde_json::json!({"behavior": "deny", "message": "no"})
         );
+    }
+
+    #[test]
+    fn a_control_response_is_an_answer_its_error_a_refusal() {
+        let c = claude();
+        let answer = |line: &str| match c.parse_line(line) {
+            Parsed::Event {
+                signal: Signal::ControlAnswer { request_id, error },
+                ..
+            } => Some((request_id, error)),
+            _ => None,
+        };
+        let ok = r#"{"type":"control_response","response":{"subtype":"success","request_id":"m1","response":{"mode":"plan"}}}"#;
+        assert_eq!(answer(ok), Some(("m1".into(), None)));
+        let refused = r#"{"type":"control_response","response":{"subtype":"error","request_id":"m2","error":"Cannot set permission mode to bypassPermissions because the session was not launched with --dangerously-skip-permissions","error_code":"bypass_not_launched"}}"#;
+        let (id, error) = answer(refused).unwrap();
+        assert_eq!(id, "m2");
+        assert!(error.unwrap().starts_with("Cannot set permission mode"));
+        let silent =
+            r#"{"type":"control_response","response":{"subtype":"error","request_id":"m3"}}"#;
+        assert!(answer(silent).unwrap().1.is_some());
+        // No id to match, or a `response` of another shape: read as nothing, not as invalid.
+        for odd in [
+            r#"{"type":"control_response","response":{"subtype":"success"}}"#,
+            r#"{"type":"control_response","response":"odd"}"#,
+        ] {
+            assert!(
+                matches!(
+                    c.parse_line(odd),
+                    Parsed::Event {
+                        signal: Signal::None,
+                        ..
+                    }
+                ),
+                "{odd}"
+            );
+        }
     }
 
     #[test]

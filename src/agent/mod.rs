@@ -96,6 +96,12 @@ pub enum Signal {
     TurnDone(Box<TurnResult>),
     /// The agent asks before using a tool (or asks the user a question) and waits.
     Permission(Box<PermissionRequest>),
+    /// The agent answered a control request tether sent (e.g. a mode change): `error` is
+    /// its refusal, None when it did what was asked.
+    ControlAnswer {
+        request_id: String,
+        error: Option<String>,
+    },
 }
 
 /// A tool the agent wants to use, or a question it asks the user, waiting for an answer.

@@ -112,7 +112,8 @@ const START_MODES: &[&str] = &[
     "plan",
 ];
 /// What a host's `set_permission_mode` may choose (`bypassPermissions` only in a process
-/// started with `--dangerously-skip-permissions`).
+/// started in that mode, or with `--dangerously-skip-permissions` or
+/// `--allow-dangerously-skip-permissions`; else the error `bypass_not_launched`).
 const MODES: &[&str] = &[
     "acceptEdits",
     "auto",
@@ -204,6 +205,8 @@ struct Args {
     permission_mode: String,
     /// `--dangerously-skip-permissions`: starts in `bypassPermissions` and lets a host choose it.
     skip_permissions: bool,
+    /// `--allow-dangerously-skip-permissions`: lets a host choose `bypassPermissions` later.
+    allow_skip_permissions: bool,
     /// `--include-partial-messages`: stream each model message as `stream_event` lines first.
     partial_messages: bool,
     /// `-p` / `--print`: the stream protocol; without it, the interactive screen.
@@ -239,11 +242,16 @@ impl Args {
         let mut permission_prompt_tool = None;
         let mut permission_mode = None;
         let mut skip_permissions = false;
+        let mut allow_skip_permissions = false;
         let mut partial_messages = false;
         let mut print = false;
         while let Some(arg) = args.next() {
             if arg == "--dangerously-skip-permissions" {
                 skip_permissions = true;
+                continue;
+            }
+            if arg == "--allow-dangerously-skip-permissions" {
+                allow_skip_permissions = true;
                 continue;
             }
             if arg == "--include-partial-messages" {
@@ -285,6 +293,7 @@ impl Args {
             permission_prompt_tool,
             permission_mode,
             skip_permissions,
+            allow_skip_permissions,
             partial_messages,
             print,
         }
@@ -713,7 +722,10 @@ impl Permissions {
         Self {
             ask_host: args.permission_prompt_tool.as_deref() == Some("stdio"),
             mode: args.permission_mode.clone(),
-            can_bypass: args.skip_permissions,
+            // As the real CLI: launched in the mode, or with either flag.
+            can_bypass: args.skip_permissions
+                || args.allow_skip_permissions
+                || args.permission_mode == "bypassPermissions",
         }
     }
 }
@@ -1027,8 +1039,12 @@ impl Conversation {
         self.switch_mode(mode);
     }
 
-    /// Takes `mode` from now on, and says so with a `system/status` line as the real CLI does.
+    /// Takes `mode` from now on, and says so with a `system/status` line as the real CLI does
+    /// (only when the mode changes).
     fn switch_mode(&mut self, mode: &str) {
+        if self.permissions.mode == mode {
+            return;
+        }
         self.permissions.mode = mode.to_owned();
         emit(&json!({
             "type": "system",

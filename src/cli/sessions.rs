@@ -83,8 +83,9 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `method path` on one HTTP/1.1 connection to `addr`, over TLS trusting only the
-/// certificate with `fingerprint` if one is given: the status and the whole body.
+/// `method path` on one HTTP/1.1 connection to `addr` with `token` (none if empty), over TLS
+/// trusting only the certificate with `fingerprint` if one is given: the status and the
+/// whole body.
 pub(super) async fn call(
     addr: SocketAddr,
     method: hyper::Method,
@@ -123,12 +124,14 @@ where
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new())?;
+        .header(header::HOST, addr.to_string());
+    if !token.is_empty() {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     let response = sender
         .send_request(request)
         .await

@@ -109,21 +109,11 @@ pub async fn pair(
         !crate::auth::is_reserved_owner(owner),
         "the owner name {owner:?} is reserved for the admin"
     );
-    let data_dir = settings.data_dir();
-    let fingerprint = crate::tls::configured_fingerprint(settings)?;
-    let url = match url {
-        Some(url) => url,
-        None => {
-            let addr = datadir::running_server(&data_dir)?;
-            let scheme = if fingerprint.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{addr}")
-        }
-    };
     let store = store(settings).await?;
+    // The running server says how it serves (its settings may not be this command's).
+    let served = super::pair::served(settings, &store).await?;
+    let fingerprint = served.fingerprint;
+    let url = url.unwrap_or(served.url);
     let (code, expires_at) =
         pairing::create(&store, owner, name, settings.auth.pairing_ttl).await?;
     let link = pairing::link(&url, &code, fingerprint.as_deref());

@@ -26,6 +26,7 @@ use crate::{
     agent::Decision,
     auth::Caller,
     config::PERMISSION_MODES,
+    sessions::ModeApplied,
     store::{
         approvals::{self, ApprovalRow, ApprovalStatus},
         sessions,
@@ -215,6 +216,7 @@ pub(super) struct AlreadyDecided {
     request_body = DecideRequest,
     responses(
         (status = 200, description = "Decided: the approval as it is now", body = ApprovalView),
+        (status = 403, description = "`permission_mode_not_allowed`: `remember` would switch the session to a mode a user token may not choose (`agent.permission_modes`)"),
         (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
         (status = 409, description = "Someone decided it first (`already_decided`): their decision", body = AlreadyDecided),
         (status = 410, description = "`approval_expired`: it can no longer be answered (expired or cancelled: its turn or process is gone)"),
@@ -236,6 +238,9 @@ pub(super) async fn decide(
         return already(row);
     }
     let (decision, keep_mode) = decision_of(&row, req)?;
+    if let Some(mode) = &keep_mode {
+        may_choose(&state, &caller, mode)?;
+    }
     let (after, taken) = state
         .sessions
         .decide(&row, decision, &caller.owner, keep_mode)
@@ -374,17 +379,56 @@ fn permission_modes() -> Object {
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11",
+    "permissionMode": "bypassPermissions", "appliedToLiveProcess": false,
+    "liveProcessError": "Cannot set permission mode to bypassPermissions because the session was not launched with --dangerously-skip-permissions",
+    "takesEffect": "nextStart"}))]
 pub(super) struct ModeAnswer {
     session_id: String,
+    /// The mode stored with the session: every later start of its CLI uses it.
     permission_mode: String,
-    /// Whether a live process was told at once (otherwise its next start uses it).
+    /// Whether the session's live process answered that it took the mode.
     applied_to_live_process: bool,
+    /// Why the live process did not take it: the CLI's own error (e.g. it refuses
+    /// `bypassPermissions` when it was not started with it), or that it ended or did not
+    /// answer within `agent.control_timeout`. Null when it took it or there is no process.
+    live_process_error: Option<String>,
+    /// `now` when the live process took it; `nextStart` when it holds from the CLI's next
+    /// start (no live process, or the process refused it and goes on in its old mode).
+    takes_effect: TakesEffect,
+}
+
+/// When a stored permission mode holds.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) enum TakesEffect {
+    Now,
+    NextStart,
+}
+
+/// Refuses a mode the caller may not choose (`agent.permission_modes`; an admin may choose
+/// any mode the CLI knows).
+fn may_choose(state: &AppState, caller: &Caller, mode: &str) -> Result<(), ApiError> {
+    let agent = &state.settings.agent;
+    if agent.may_choose(caller.is_admin(), mode) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "permission_mode_not_allowed",
+        format!(
+            "a user token may not choose the permission mode {mode} here (agent.permission_modes: {})",
+            agent.permission_modes.join(", ")
+        ),
+    ))
 }
 
 /// Set a session's permission mode
 ///
 /// How the session's agent asks before using tools: stored with the session (every later
-/// start uses it) and sent to its live process.
+/// start uses it) and sent to its live process, whose answer says whether it holds now
+/// (`appliedToLiveProcess`, `takesEffect`) or only from the next start (`liveProcessError`
+/// says why). A user may choose the modes `agent.permission_modes` lists; an admin any.
 #[utoipa::path(
     post,
     path = "/api/sessions/{id}/permission-mode",
@@ -394,6 +438,7 @@ pub(super) struct ModeAnswer {
     request_body = ModeRequest,
     responses(
         (status = 200, description = "Set", body = ModeAnswer),
+        (status = 403, description = "`permission_mode_not_allowed`: a user token may not choose this mode (`agent.permission_modes`)"),
         (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
         (status = 409, description = "`session_ended`: the session has ended"),
         (status = 422, description = "`invalid_permission_mode`: `mode` is not one of the CLI's modes"),
@@ -412,6 +457,7 @@ pub(super) async fn set_mode(
         ));
     }
     let session = visible(&state, &caller, &id).await?;
+    may_choose(&state, &caller, &req.mode)?;
     if !session.is_active() {
         return Err(ApiError::conflict(
             "session_ended",
@@ -419,10 +465,20 @@ pub(super) async fn set_mode(
         ));
     }
     sessions::set_permission_mode(state.store.pool(), &id, &req.mode).await?;
-    let applied = state.sessions.apply_permission_mode(&id, &req.mode).await;
+    let (applied, error) = match state.sessions.apply_permission_mode(&id, &req.mode).await {
+        ModeApplied::Applied => (true, None),
+        ModeApplied::NoProcess => (false, None),
+        ModeApplied::NotApplied(error) => (false, Some(error)),
+    };
     Ok(Json(ModeAnswer {
         session_id: id,
         permission_mode: req.mode,
         applied_to_live_process: applied,
+        live_process_error: error,
+        takes_effect: if applied {
+            TakesEffect::Now
+        } else {
+            TakesEffect::NextStart
+        },
     }))
 }

@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     auth::Caller,
+    config::TERMINAL_PROGRAMS,
     store::terminals::{self as rows, TerminalRow},
     terminals::{ring::Ring, Live, Refused, Snapshot, Start, Viewer, Why},
     AppState,
@@ -232,7 +233,7 @@ pub(super) struct TerminalId(String);
     request_body = StartRequest,
     responses(
         (status = 201, description = "The terminal, starting or running", body = TerminalView),
-        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`"),
+        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`; `terminal_program_not_allowed`: the caller's role may not open this program (`terminals.programs`)"),
         (status = 404, description = "`session_not_found`: no such session (or not the caller's); `project_not_found`: `projectPath` does not exist"),
         (status = 409, description = "`conversation_in_terminal`: another terminal holds this session's conversation; `turn_running`: the session's turn is running; `session_ended`: the session has ended"),
         (status = 410, description = "`session_expired`: the session expired"),
@@ -246,6 +247,7 @@ async fn start(
     caller: Caller,
     ApiJson(req): ApiJson<StartRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    may_open(&state, &caller, &req.program)?;
     if req.program == "claude" {
         state.agent_ready().await?;
     }
@@ -262,6 +264,28 @@ async fn start(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(view(&state, row))))
+}
+
+/// Refuses a program the caller's role may not open (`terminals.programs`); a program
+/// tether does not know is left to [`crate::terminals::Terminals::start`] (422).
+fn may_open(state: &AppState, caller: &Caller, program: &str) -> Result<(), ApiError> {
+    let allowed = state.settings.terminals.programs.of(caller.is_admin());
+    if !TERMINAL_PROGRAMS.contains(&program) || allowed.iter().any(|p| p == program) {
+        return Ok(());
+    }
+    let role = if caller.is_admin() { "admin" } else { "user" };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "terminal_program_not_allowed",
+        format!(
+            "{role} tokens may not open {program} terminals here (terminals.programs.{role}: {})",
+            if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            }
+        ),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -203,7 +203,7 @@ impl Actor {
             Some(Control::Decide(d)) => {
                 let _ = d.reply.send(Err(Gone)); // no turn: nothing waits for an answer
             }
-            Some(Control::SetMode(mode)) => self.send_permission_mode(&mode),
+            Some(Control::SetMode(mode, reply)) => self.send_permission_mode(mode, reply),
             Some(Control::Hold(reply)) => {
                 self.stop_process("a terminal holds the conversation").await;
                 let _ = reply.send(true);

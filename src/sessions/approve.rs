@@ -43,6 +43,25 @@ pub struct Decide {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gone;
 
+/// What the session's live process did with a new permission mode (stored either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModeApplied {
+    /// The process answered that it took the mode: it holds from now on.
+    Applied,
+    /// The session has no live process: its next start uses the mode.
+    NoProcess,
+    /// The process refused it (the CLI's error), ended first, or did not answer in time:
+    /// it goes on in its old mode, and its next start uses the new one.
+    NotApplied(String),
+}
+
+/// A mode change sent to a live process, waiting for its `control_response`.
+pub(super) struct ModeRequest {
+    pub(super) request_id: String,
+    pub(super) mode: String,
+    pub(super) reply: oneshot::Sender<ModeApplied>,
+}
+
 impl Sessions {
     /// Decides a pending approval: handed to the actor whose turn holds it, which stores
     /// it and answers the agent. When no live turn holds it any more (its process or turn is
@@ -101,17 +120,33 @@ impl Sessions {
         answer.await.unwrap_or(Err(Gone))
     }
 
-    /// Tells a live process of the session its new permission mode (stored by the caller).
-    /// False when the session has no process now (the mode applies from its next start).
-    pub async fn apply_permission_mode(&self, session_id: &str, mode: &str) -> bool {
+    /// Tells a live process of the session its new permission mode (stored by the caller)
+    /// and waits, at most `agent.control_timeout`, for what the process answered.
+    pub async fn apply_permission_mode(&self, session_id: &str, mode: &str) -> ModeApplied {
         let live = self
             .actors()
             .get(session_id)
             .filter(|e| e.handle.process.borrow().state.is_live())
             .map(|e| e.handle.ctl.clone());
-        match live {
-            Some(ctl) => ctl.send(Control::SetMode(mode.to_string())).await.is_ok(),
-            None => false,
+        let Some(ctl) = live else {
+            return ModeApplied::NoProcess;
+        };
+        let (reply, answer) = oneshot::channel();
+        if ctl
+            .send(Control::SetMode(mode.to_string(), reply))
+            .await
+            .is_err()
+        {
+            return ModeApplied::NoProcess;
+        }
+        let limit = self.deps().agent_settings.control_timeout;
+        match tokio::time::timeout(limit, answer).await {
+            Ok(Ok(applied)) => applied,
+            Ok(Err(_)) => ModeApplied::NotApplied("the process ended before it answered".into()),
+            Err(_) => ModeApplied::NotApplied(format!(
+                "the process did not answer within {} (agent.control_timeout)",
+                super::lifecycle::human_duration(limit)
+            )),
         }
     }
 }
@@ -302,16 +337,60 @@ impl Actor {
         self.answer(decide).await;
     }
 
-    /// Tells a live process its new permission mode.
-    pub(super) fn send_permission_mode(&mut self, mode: &str) {
+    /// Tells a live process its new permission mode; `reply` gets what it answered (see
+    /// [`Actor::mode_answered`]), or at once that there is no process to tell.
+    pub(super) fn send_permission_mode(
+        &mut self,
+        mode: String,
+        reply: oneshot::Sender<ModeApplied>,
+    ) {
         let request_id = self.next_request_id("mode");
-        let agent = &self.sessions.deps().agent;
-        if let (Some(line), Some(live)) =
-            (agent.permission_mode_line(&request_id, mode), &self.live)
-        {
-            tracing::info!(mode, "changing the permission mode of the live process");
-            drop(live.process.write_line(&line));
-        }
+        let agent = self.sessions.deps().agent.clone();
+        let Some(live) = &mut self.live else {
+            let _ = reply.send(ModeApplied::NoProcess);
+            return;
+        };
+        let Some(line) = agent.permission_mode_line(&request_id, &mode) else {
+            let _ = reply.send(ModeApplied::NotApplied(
+                "this agent cannot change the mode of a running process".into(),
+            ));
+            return;
+        };
+        tracing::info!(%mode, "changing the permission mode of the live process");
+        // Not waited for: a process that no longer reads drops the request with itself.
+        drop(live.process.write_line(&line));
+        // Requests whose sender stopped waiting (agent.control_timeout) are not kept.
+        live.mode_requests.retain(|r| !r.reply.is_closed());
+        live.mode_requests.push(ModeRequest {
+            request_id,
+            mode,
+            reply,
+        });
+    }
+
+    /// The live process answered a control request: if it was a mode change, its sender
+    /// learns whether the process took the mode (`error`: the CLI's refusal).
+    pub(super) fn mode_answered(&mut self, request_id: &str, error: Option<String>) {
+        let Some(live) = &mut self.live else { return };
+        let Some(at) = live
+            .mode_requests
+            .iter()
+            .position(|r| r.request_id == request_id)
+        else {
+            return;
+        };
+        let request = live.mode_requests.remove(at);
+        let applied = match error {
+            None => {
+                live.launch.permission_mode = request.mode.clone();
+                ModeApplied::Applied
+            }
+            Some(error) => {
+                tracing::warn!(mode = %request.mode, %error, "the live process refused a permission mode");
+                ModeApplied::NotApplied(error)
+            }
+        };
+        let _ = request.reply.send(applied);
     }
 
     fn write_answer(&self, request_id: &str, decision: &Decision) {

@@ -5,7 +5,7 @@
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{actor::Actor, ProcessState};
+use super::{actor::Actor, approve::ModeRequest, ProcessState};
 use crate::{
     agent::{
         process::{AgentProcess, Line},
@@ -39,6 +39,9 @@ pub(super) struct Live {
     pub(super) recorded: bool,
     /// It was a warm spare: its spare record goes when the session records it.
     pub(super) was_spare: bool,
+    /// Mode changes it was sent and has not answered; dropped with it (their senders then
+    /// learn that it ended first).
+    pub(super) mode_requests: Vec<ModeRequest>,
 }
 
 impl Actor {
@@ -98,6 +101,7 @@ impl Actor {
             cost_so_far: 0.0,
             recorded: false,
             was_spare: false,
+            mode_requests: Vec::new(),
         });
         self.set_state(ProcessState::Starting);
         Ok(())
@@ -144,6 +148,7 @@ impl Actor {
             cost_so_far: 0.0,
             recorded: false,
             was_spare: true,
+            mode_requests: Vec::new(),
         });
         self.set_state(ProcessState::Starting);
         true
@@ -281,6 +286,11 @@ impl Actor {
                 match signal {
                     Signal::TurnDone(result) => Read::Done(*result, Some(row)),
                     Signal::Permission(request) => Read::Asks(*request, row),
+                    Signal::ControlAnswer { request_id, error } => {
+                        self.log.hold(row);
+                        self.mode_answered(&request_id, error);
+                        Read::Nothing
+                    }
                     Signal::None => {
                         self.log.hold(row);
                         Read::Nothing

@@ -49,7 +49,7 @@ use crate::{
 
 pub(crate) use accept::resolve_project;
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
-pub use approve::Gone;
+pub use approve::{Gone, ModeApplied};
 pub use follow::{TurnWatch, Watched};
 pub use hold::HoldRefused;
 pub use log::{LiveEvent, LiveRing, Subscription, TEXT_DELTA};
@@ -122,8 +122,8 @@ enum Control {
     End,
     /// The owner decided on a pending permission request.
     Decide(approve::Decide),
-    /// The session's permission mode changed: tell the live process.
-    SetMode(String),
+    /// The session's permission mode changed: tell the live process, answering what it did.
+    SetMode(String, tokio::sync::oneshot::Sender<approve::ModeApplied>),
     /// A terminal takes the conversation: stop the process if no turn runs, answering
     /// true, else answer false (see `hold`).
     Hold(tokio::sync::oneshot::Sender<bool>),

@@ -212,7 +212,7 @@ impl Actor {
                         self.answer(d).await;
                         last_life = Instant::now();
                     }
-                    Some(Control::SetMode(mode)) => self.send_permission_mode(&mode),
+                    Some(Control::SetMode(mode, reply)) => self.send_permission_mode(mode, reply),
                     Some(Control::Shutdown(at)) => {
                         self.exit = Some(Exit::Shutdown(at));
                         if matches!(phase, Phase::Slot(_)) {

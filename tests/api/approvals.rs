@@ -405,10 +405,216 @@ async fn the_permission_mode_is_set_on_the_live_process_and_kept() {
     let res = app.post(&path, json!({"mode": "acceptEdits"})).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(body["appliedToLiveProcess"], true);
+    assert_eq!(
+        body,
+        json!({"sessionId": id, "permissionMode": "acceptEdits", "appliedToLiveProcess": true,
+               "liveProcessError": null, "takesEffect": "now"})
+    );
     // The live process switched: it writes without asking.
     let b = app.chat_wait("[ask-write:b.txt]", Some(&id)).await;
     assert_eq!(b["reply"]["text"], "wrote b.txt");
+}
+
+/// POST as the admin.
+async fn post_admin(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(&app.admin_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Stops the session's idle process (hibernation) and waits until it is gone.
+async fn hibernate(app: &TestApp, id: &str) {
+    app.state
+        .sessions
+        .lifecycle_tick(tether::store::now_ms() + 3_600_000)
+        .await
+        .unwrap();
+    wait_for("hibernation", || async {
+        app.state
+            .sessions
+            .process_info(id)
+            .pid
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+/// The `--permission-mode` of the fake CLI's last start.
+fn last_start_mode(app: &TestApp) -> String {
+    let argv = crate::helpers::argv(&app.invocations().pop().unwrap());
+    let at = argv.iter().position(|a| a == "--permission-mode").unwrap();
+    argv[at + 1].clone()
+}
+
+#[tokio::test]
+async fn a_mode_the_live_cli_refuses_is_answered_with_its_error_and_holds_from_the_next_start() {
+    let app = spawn_app_with(|_| {}).await;
+    let first = app.chat_wait("hello", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let path = format!("/api/sessions/{id}/permission-mode");
+    // The CLI was not launched for bypassPermissions: it refuses, and says why.
+    let res = post_admin(&app, &path, json!({"mode": "bypassPermissions"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"sessionId": id, "permissionMode": "bypassPermissions",
+               "appliedToLiveProcess": false,
+               "liveProcessError": "Cannot set permission mode to bypassPermissions because the \
+                                    session was not launched with --dangerously-skip-permissions",
+               "takesEffect": "nextStart"})
+    );
+    let session = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(session["permissionMode"], "bypassPermissions");
+    // The live process goes on in its old mode: a write is still asked for.
+    let queued = app.chat("[ask-write:asked.txt]", Some(&id)).await;
+    let a = pending(&app, &id).await;
+    decide(&app, &a, json!({"decision": "deny", "message": "no"})).await;
+    let (m, _) = reply(&app, &id, queued["messageId"].as_i64().unwrap()).await;
+    assert_eq!(m["status"], "completed");
+    // Its next start is in the stored mode, which writes without asking.
+    hibernate(&app, &id).await;
+    let c = app.chat_wait("[ask-write:c.txt]", Some(&id)).await;
+    assert_eq!(c["reply"]["text"], "wrote c.txt");
+    assert_eq!(last_start_mode(&app), "bypassPermissions");
+    // With no live process there is nothing to tell and no error: the next start uses it.
+    hibernate(&app, &id).await;
+    let res = app.post(&path, json!({"mode": "plan"})).await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            &body["appliedToLiveProcess"],
+            &body["liveProcessError"],
+            &body["takesEffect"]
+        ),
+        (&json!(false), &Value::Null, &json!("nextStart")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_live_cli_that_does_not_answer_within_the_control_timeout_did_not_take_the_mode() {
+    let app = spawn_app_with(|s| s.agent.control_timeout = Duration::from_secs(1)).await;
+    let queued = app.chat("[hang]", None).await;
+    let id = queued["sessionId"].as_str().unwrap().to_string();
+    let msg = queued["messageId"].as_i64().unwrap();
+    wait_for("the hung turn", || async {
+        let running = app.message(&id, msg).await["status"] == "running";
+        (running && app.state.sessions.process_info(&id).pid.is_some()).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let res = app
+        .post(
+            &format!("/api/sessions/{id}/permission-mode"),
+            json!({"mode": "acceptEdits"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "{body}");
+    assert_eq!(body["appliedToLiveProcess"], false, "{body}");
+    assert_eq!(
+        body["liveProcessError"],
+        "the process did not answer within 1s (agent.control_timeout)"
+    );
+    assert_eq!(body["takesEffect"], "nextStart");
+    assert_eq!(
+        app.delete(&format!("/api/sessions/{id}")).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_user_chooses_only_the_modes_agent_permission_modes_lists_an_admin_any() {
+    let app = spawn_app_with(|_| {}).await;
+    let first = app.chat_wait("hello", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let path = format!("/api/sessions/{id}/permission-mode");
+    let res = app.post(&path, json!({"mode": "bypassPermissions"})).await;
+    let (status, body) = (res.status(), res.json::<Value>().await.unwrap());
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "permission_mode_not_allowed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("agent.permission_modes: default, acceptEdits, plan"),
+        "{message}"
+    );
+    // Nothing changed.
+    let session = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(session["permissionMode"], Value::Null);
+    for mode in ["default", "acceptEdits", "plan"] {
+        let res = app.post(&path, json!({"mode": mode})).await;
+        assert_eq!(res.status(), StatusCode::OK, "{mode}");
+    }
+    let res = post_admin(&app, &path, json!({"mode": "dontAsk"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // A narrower list: `remember` that would switch to a mode not in it is refused too, and
+    // the request still waits for an answer.
+    let app = spawn_app_with(|s| s.agent.permission_modes = vec!["plan".into()]).await;
+    let (id, msg, a) = ask(&app, "[ask-write:r.txt]", None).await;
+    let path = format!("/api/sessions/{id}/permission-mode");
+    assert_eq!(
+        error_code(app.post(&path, json!({"mode": "acceptEdits"})).await).await,
+        (StatusCode::FORBIDDEN, "permission_mode_not_allowed".into())
+    );
+    let res = decide(
+        &app,
+        &a,
+        json!({"decision": "allow", "remember": "session"}),
+    )
+    .await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::FORBIDDEN, "permission_mode_not_allowed".into())
+    );
+    assert_eq!(approval(&app, &a).await["status"], "pending");
+    let res = decide(&app, &a, json!({"decision": "allow"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (m, text) = reply(&app, &id, msg).await;
+    assert_eq!(
+        (m["status"].as_str(), text.as_str()),
+        (Some("completed"), "wrote r.txt")
+    );
+    let session = app.get_json(&format!("/api/sessions/{id}")).await;
+    assert_eq!(session["permissionMode"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_mode_the_cli_does_not_know_in_the_settings_stops_the_start() {
+    for (configure, named) in [
+        (
+            (|s: &mut tether::config::Settings| s.agent.permission_mode = "yolo".into())
+                as fn(&mut tether::config::Settings),
+            "agent.permission_mode is \"yolo\"",
+        ),
+        (
+            |s: &mut tether::config::Settings| {
+                s.agent.permission_modes = vec!["plan".into(), "sometimes".into()]
+            },
+            "agent.permission_modes holds \"sometimes\"",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = crate::helpers::test_settings(dir.path());
+        configure(&mut settings);
+        let err = tether::Application::build(settings)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(named), "{err}");
+        assert!(
+            err.contains("bypassPermissions"),
+            "lists the known modes: {err}"
+        );
+    }
 }
 
 #[tokio::test]

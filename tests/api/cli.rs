@@ -1,9 +1,11 @@
 //! The commands that talk to a running server: `tether sessions` finds it through the data
-//! folder of its config file, or says that none runs there.
+//! folder of its config file, or says that none runs there; `tether pair` asks it how it
+//! serves (scheme, certificate) for the phone's link, or falls back to its own settings.
 
 use std::{
+    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     sync::Arc,
 };
 
@@ -102,6 +104,122 @@ fn with_no_server_it_names_the_data_folder() {
             "no tether is running on the data folder {}; start it with `tether serve`",
             folder.display()
         )),
+        "{stderr}"
+    );
+}
+
+/// `tether pair --json --config FILE [env]`, as a user runs it beside the server.
+fn pair(config: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = crate::helpers::tether_command(config, &["pair", "--json"]);
+    cmd.env_remove("RUST_LOG").env_remove("RUST_LIB_BACKTRACE");
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.output().unwrap()
+}
+
+#[tokio::test]
+async fn tether_pair_asks_the_running_server_how_it_serves() {
+    // TLS set only in the server's environment: the config file (and so `tether pair`'s
+    // own settings) says nothing of it.
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let config = write_config(&settings, dir.path());
+    let mut child = crate::helpers::serve(&config)
+        .env("TETHER__SERVER__TLS", "self-signed")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("tether listening on ")
+        .unwrap()
+        .to_string();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let fingerprint = line
+        .trim()
+        .strip_prefix("tls fingerprint sha256 ")
+        .unwrap()
+        .to_string();
+    let server = Server {
+        child,
+        base,
+        config,
+    };
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+
+    let out = pair(&server.config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["url"], server.base, "{shown}");
+    assert_eq!(shown["fingerprint"], fingerprint, "{shown}");
+    let link = shown["link"].as_str().unwrap();
+    assert!(
+        link.starts_with("tether://pair?url=https%3A%2F%2F"),
+        "{link}"
+    );
+    assert!(link.contains("&fp="), "{link}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // The code pairs with that server, over the pinned certificate.
+    let paired = crate::helpers::pinned_client(&fingerprint)
+        .post(format!("{}/api/pair", server.base))
+        .json(&json!({"code": shown["code"], "deviceName": "phone"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paired.status(), reqwest::StatusCode::OK);
+    // The admin token it asked with was recorded and is revoked: it shows so, unusable.
+    let tokens = crate::helpers::tether_command(&server.config, &["tokens", "--json"])
+        .output()
+        .unwrap();
+    let tokens: Value = serde_json::from_slice(&tokens.stdout).unwrap();
+    let asked: Vec<&Value> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "tether pair")
+        .collect();
+    assert_eq!(asked.len(), 1, "{tokens}");
+    assert_eq!(asked[0]["role"], "admin", "{tokens}");
+    assert!(!asked[0]["revoked_at"].is_null(), "{tokens}");
+}
+
+#[tokio::test]
+async fn tether_pair_over_plain_http_and_with_no_server_from_its_own_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(dir.path());
+    let server = Server::start(&settings, dir.path());
+    let out = pair(&server.config, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["url"], server.base, "{shown}");
+    assert_eq!(shown["fingerprint"], Value::Null, "{shown}");
+    let config = server.config.clone();
+    drop(server);
+
+    // No server: the link comes from this command's settings, and it says so.
+    let out = pair(&config, &[("TETHER__SERVER__BIND", "127.0.0.1:8787")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["url"], "http://127.0.0.1:8787", "{shown}");
+    assert_eq!(shown["fingerprint"], Value::Null, "{shown}");
+    assert!(
+        stderr.contains("no tether is running on the data folder"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("built from this command's settings"),
         "{stderr}"
     );
 }

@@ -34,6 +34,78 @@ async fn the_real_cli_asks_for_approval_over_stdio() {
     .await;
 }
 
+#[tokio::test]
+async fn the_fake_cli_lets_a_host_choose_bypass_only_as_the_real_one_does() {
+    bypass_scenario(Model::Fake).await;
+}
+
+#[tokio::test]
+async fn the_real_cli_lets_a_host_choose_bypass_only_when_launched_for_it() {
+    let Some(cli) = real_cli() else { return };
+    bypass_scenario(Model::Real {
+        cli,
+        api: StandInApi::start().await,
+    })
+    .await;
+}
+
+/// `set_permission_mode bypassPermissions` is refused (`bypass_not_launched`, the mode stays)
+/// by a CLI launched in another mode, and taken by one launched in that mode or allowed to
+/// skip permissions. Control requests need no model: no turn is run.
+async fn bypass_scenario(model: Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let bypass = |id: &str| {
+        json!({"type": "control_request", "request_id": id,
+               "request": {"subtype": "set_permission_mode", "mode": "bypassPermissions"}})
+    };
+
+    let mut cli = Cli::start_with(
+        &model,
+        &project,
+        dir.path(),
+        &["--permission-mode", "default"],
+    );
+    cli.send(bypass("bypass-1")).await;
+    let refused = cli.until_control_response("bypass-1").await;
+    assert_eq!(
+        refused,
+        json!({"type": "control_response", "response": {"subtype": "error", "request_id": "bypass-1",
+            "error": "Cannot set permission mode to bypassPermissions because the session was not \
+                      launched with --dangerously-skip-permissions",
+            "error_code": "bypass_not_launched"}})
+    );
+    // Still in its mode: a change to plan is a change (a status line follows its answer).
+    cli.send(json!({"type": "control_request", "request_id": "plan-1", "request": {"subtype": "set_permission_mode", "mode": "plan"}}))
+        .await;
+    let answer = cli.until_control_response("plan-1").await;
+    assert_eq!(answer["response"]["subtype"], "success", "{answer}");
+    let status = cli.until("the mode change", is_status).await;
+    assert_eq!(status["permissionMode"], "plan");
+    cli.close().await;
+
+    for launched in [
+        &["--permission-mode", "bypassPermissions"][..],
+        &[
+            "--allow-dangerously-skip-permissions",
+            "--permission-mode",
+            "default",
+        ][..],
+    ] {
+        let mut cli = Cli::start_with(&model, &project, dir.path(), launched);
+        cli.send(bypass("bypass-2")).await;
+        let answer = cli.until_control_response("bypass-2").await;
+        assert_eq!(
+            answer,
+            json!({"type": "control_response", "response": {"subtype": "success",
+                "request_id": "bypass-2", "response": {"mode": "bypassPermissions"}}}),
+            "launched with {launched:?}"
+        );
+        cli.close().await;
+    }
+}
+
 async fn run_scenario(model: Model) {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("project");
@@ -278,6 +350,11 @@ struct Cli {
 
 impl Cli {
     fn start(model: &Model, project: &Path, dir: &Path) -> Cli {
+        Self::start_with(model, project, dir, &["--permission-mode", "default"])
+    }
+
+    /// Started with `--permission-prompt-tool stdio` and `mode_args`.
+    fn start_with(model: &Model, project: &Path, dir: &Path, mode_args: &[&str]) -> Cli {
         let home = dir.join("home");
         std::fs::create_dir_all(&home).unwrap();
         let program = match model {
@@ -289,12 +366,8 @@ impl Cli {
             .args(["-p", "--input-format", "stream-json", "--output-format"])
             .args(["stream-json", "--verbose", "--session-id"])
             .arg(uuid::Uuid::new_v4().to_string())
-            .args([
-                "--permission-prompt-tool",
-                "stdio",
-                "--permission-mode",
-                "default",
-            ])
+            .args(["--permission-prompt-tool", "stdio"])
+            .args(mode_args)
             .current_dir(project)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -309,7 +382,9 @@ impl Cli {
                 .env("ANTHROPIC_API_KEY", "test-key")
                 .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
                 .env("DISABLE_AUTOUPDATER", "1")
-                .env("DISABLE_TELEMETRY", "1");
+                .env("DISABLE_TELEMETRY", "1")
+                // Run as root (in a container), the CLI refuses to bypass permissions otherwise.
+                .env("IS_SANDBOX", "1");
             api.set_reply("Done.");
         }
         let mut child = command.spawn().expect("start the CLI");

@@ -2,7 +2,8 @@
 //! test: two turns, a restart of tether, a third turn whose API request carries all three
 //! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, the
 //! official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live text),
-//! and the interactive CLI in a terminal on a chat's conversation. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
+//! the interactive CLI in a terminal on a chat's conversation, and the permission-mode
+//! answer reporting what the live CLI did. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
 //! without it the test says so and skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
@@ -446,5 +447,50 @@ async fn the_real_interactive_cli_answers_in_a_terminal_and_chat_goes_on_after()
     assert_eq!(
         user_texts(&last),
         vec!["Remember the word BANANA", "What was the word?", "And now?"]
+    );
+}
+
+#[tokio::test]
+async fn the_permission_mode_answer_is_what_the_real_cli_did() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = start_tether(&cli, &api, dir).await;
+    api.set_reply("Hello.");
+    let first = app.chat_wait("Hi", None).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let path = format!("/api/sessions/{id}/permission-mode");
+    // Not launched for it: the live CLI refuses bypassPermissions, and the answer says so.
+    let refused: serde_json::Value = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"mode": "bypassPermissions"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(refused["appliedToLiveProcess"], false, "{refused}");
+    assert_eq!(refused["takesEffect"], "nextStart", "{refused}");
+    assert!(
+        refused["liveProcessError"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cannot set permission mode to bypassPermissions"),
+        "{refused}"
+    );
+    let taken: serde_json::Value = app
+        .post(&path, json!({"mode": "plan"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&taken["appliedToLiveProcess"], &taken["takesEffect"]),
+        (&json!(true), &json!("now")),
+        "{taken}"
     );
 }

@@ -565,6 +565,65 @@ async fn a_chat_session_waits_while_its_conversation_is_in_a_terminal_and_goes_o
 }
 
 #[tokio::test]
+async fn each_role_opens_only_the_programs_terminals_programs_lists() {
+    let app = spawn_app_with(|s| s.terminals.programs.user = vec!["claude".into()]).await;
+    let shell = json!({"program": "shell", "projectPath": app.project, "cols": 80, "rows": 24});
+    let res = app.post("/api/terminals", shell.clone()).await;
+    let (status, body) = (res.status(), res.json::<Value>().await.unwrap());
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "terminal_program_not_allowed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("terminals.programs.user: claude"),
+        "{message}"
+    );
+    // Nothing was started.
+    let list = app.get_json("/api/terminals").await;
+    assert_eq!(list["terminals"], json!([]), "{list}");
+    // What the list holds opens; a program tether does not know is still 422.
+    let claude = open(
+        &app,
+        json!({"program": "claude", "projectPath": app.project, "cols": 80, "rows": 24}),
+    )
+    .await;
+    assert_eq!(claude["program"], "claude");
+    let res = app
+        .post(
+            "/api/terminals",
+            json!({"program": "vim", "projectPath": app.project, "cols": 80, "rows": 24}),
+        )
+        .await;
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_program".into())
+    );
+    // The admin's list is its own.
+    let res = app
+        .client
+        .post(app.url("/api/terminals"))
+        .bearer_auth(&app.admin_token)
+        .json(&shell)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    // A program tether cannot run in the list stops the start, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.terminals.programs.admin = vec!["shell".into(), "bash".into()];
+    let err = tether::Application::build(settings)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("terminals.programs.admin holds \"bash\""),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn the_limits_answer_at_their_edges() {
     let app = spawn_app_with(|s| {
         s.terminals.max_per_owner = 1;
