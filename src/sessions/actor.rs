@@ -194,7 +194,7 @@ impl Actor {
     }
 
     /// A control while no turn runs.
-    async fn idle_control(&mut self, ctl: Option<Control>) {
+    pub(super) async fn idle_control(&mut self, ctl: Option<Control>) {
         match ctl {
             Some(Control::Interrupt(reply)) => {
                 let _ = reply.send(false);

@@ -116,7 +116,11 @@ impl Actor {
                             Some(l) => Ok(l),
                             None => self.launch().await,
                         };
-                        if let Err(reason) = launch.and_then(|l| self.start_process(l, slot)) {
+                        let process = match launch {
+                            Ok(l) => self.start_process(l, slot).await,
+                            Err(reason) => Err(reason),
+                        };
+                        if let Err(reason) = process {
                             self.fail(&msg, Status::Failed, &reason, started).await;
                             return;
                         }

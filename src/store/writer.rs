@@ -143,6 +143,15 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {}
 
 impl DatabaseError for WriteError {
+    /// The extended result code, as sqlx's own SQLite errors give it (see
+    /// `store::storage_fault`).
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.0 {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code.to_string().into()),
+            _ => None,
+        }
+    }
+
     fn message(&self) -> &str {
         match &self.0 {
             rusqlite::Error::SqliteFailure(_, Some(m)) => m,
