@@ -386,8 +386,16 @@ async fn a_folder_swapped_for_a_symlink_outside_the_roots_is_refused_at_the_next
         "{m}"
     );
     assert_eq!(app.invocations().len(), starts, "no CLI was started");
+}
 
-    // A terminal on that session is refused as a folder outside the roots is at create.
+#[tokio::test]
+async fn a_terminal_in_a_folder_swapped_for_a_symlink_outside_the_roots_is_refused() {
+    let app = spawn_app_with(|_| {}).await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let app = app.restart().await;
+    swap_for_symlink_outside(&app.project, &app.dir.path().join("outside"));
+    // Refused as a folder outside the roots is at create.
     let res = app
         .post(
             "/api/terminals",
