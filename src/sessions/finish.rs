@@ -231,6 +231,7 @@ impl Actor {
                 break Some(true);
             };
             let storage = store::storage_fault(&e);
+            metrics::counter!("tether_turn_end_write_failures_total").increment(1);
             tracing::error!(error = %e, message_id = msg.id, attempt, ?storage, "could not store the turn's end");
             if storage.is_none() && attempt >= END_WRITE_ATTEMPTS {
                 break Some(false);

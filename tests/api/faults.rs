@@ -151,6 +151,53 @@ async fn a_full_disk_answers_503_and_health_is_degraded_until_space_returns() {
     drop(disk);
 }
 
+/// A counter of `/metrics` (0 before it was first counted).
+async fn counter(app: &TestApp, name: &str) -> u64 {
+    let text = app
+        .get_as(&app.admin_token, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_turn_that_ends_while_the_disk_is_full_keeps_its_reply_once_space_returns() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let Some(disk) = small_data_disk(dir.path()) else {
+        return;
+    };
+    let app = TestApp::start(test_settings(dir.path()), dir.clone()).await;
+    let id = app.new_session("one").await;
+    let sent = app.chat("MARK-kept [slow:1000]", Some(&id)).await;
+    let message_id = sent["messageId"].as_i64().unwrap();
+    app.wait_terminal_or_running(&id, message_id).await;
+    const FAILURES: &str = "tether_turn_end_write_failures_total";
+    let before = counter(&app, FAILURES).await;
+    let filler = disk.fill();
+    // The reply cannot be stored: tried again and again (more often than the few tries
+    // an error that is not the disk's gets), the message still running.
+    wait_for("the end to be tried again", || async {
+        (counter(&app, FAILURES).await >= before + 6).then_some(())
+    })
+    .await;
+    assert_eq!(app.message(&id, message_id).await["status"], "running");
+    std::fs::remove_file(filler).unwrap();
+    let m = app.wait_terminal(&id, message_id).await;
+    assert_eq!(m["status"], "completed", "{m}");
+    let messages = app.messages(&id).await;
+    let reply = messages.iter().find(|r| r["replyTo"] == message_id);
+    assert!(
+        reply.is_some_and(|r| r["text"].as_str().unwrap().contains("MARK-kept")),
+        "{messages:?}"
+    );
+    app.stop().await;
+    drop(disk);
+}
+
 /// The transcript the fake CLI keeps for a conversation (see `fake_claude`).
 fn transcript(dir: &Path, cwd: &Path, session_id: &str) -> PathBuf {
     let mangled: String = cwd
