@@ -117,6 +117,9 @@ async fn a_full_disk_answers_503_and_health_is_degraded_until_space_returns() {
     assert_storage_unavailable(res).await;
     let new = json!({"message": "a new session while full", "projectPath": app.project});
     assert_storage_unavailable(app.post("/api/chat", new).await).await;
+    // Any route that writes, not only chat.
+    let keep_alive = format!("/api/sessions/{id}/keep-alive");
+    assert_storage_unavailable(app.post(&keep_alive, json!({})).await).await;
     let health = app.health().await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["database"]["ok"], true, "{health}");
