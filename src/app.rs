@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::{self, claude::Claude, AgentStatus},
+    agent::{self, claude::Claude, AgentHealth, AgentStatus},
     auth::Auth,
     awake::KeepAwake,
     config::Settings,
@@ -49,40 +49,26 @@ pub struct AppState {
     /// The SHA-256 fingerprint of the certificate served (`server.tls`), which the app pins;
     /// None over plain HTTP.
     pub tls_fingerprint: Option<String>,
-    agent: Arc<tokio::sync::RwLock<AgentStatus>>,
+    agent: Arc<AgentHealth>,
     agent_name: &'static str,
     /// When each token's last use was written (at most once a minute each).
     token_uses: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl AppState {
-    /// The agent's status, looked up again while it is missing (it may have been installed).
+    /// The agent's status, looked up again while it is missing (it may have been installed)
+    /// or once its file is gone.
     pub async fn agent_status(&self) -> AgentStatus {
-        let current = self.agent.read().await.clone();
-        if current.found && current.error.is_none() {
-            return current;
-        }
-        let fresh = agent::probe(&self.settings.agent.command).await;
-        *self.agent.write().await = fresh.clone();
-        fresh
+        self.agent.status().await
     }
 
-    /// 503 with what to do when the agent command cannot be found. A found command is
-    /// taken as it is: chat never waits on a `--version` run (`/health` does that).
+    /// 503 with what to do when the agent command cannot be found. A command whose file is
+    /// still there is taken as it is: chat never waits on a `--version` run (`/health` does).
     pub async fn agent_ready(&self) -> Result<(), ApiError> {
-        if self.agent.read().await.found {
-            return Ok(());
-        }
-        let status = self.agent_status().await;
-        if status.found {
-            return Ok(());
-        }
-        Err(ApiError::unavailable(
-            "agent_unavailable",
-            status
-                .error
-                .unwrap_or_else(|| "the agent command is not available".into()),
-        ))
+        self.agent
+            .ready()
+            .await
+            .map_err(|why| ApiError::unavailable("agent_unavailable", why))
     }
 
     pub fn agent_name(&self) -> &'static str {
@@ -174,10 +160,12 @@ impl Application {
             .unwrap_or_else(|| settings.agent.command.clone().into());
         let agent = Arc::new(Claude::new(program, &settings.agent));
         let agent_name = crate::agent::Agent::name(agent.as_ref());
+        let agent_health = Arc::new(AgentHealth::new(&settings.agent.command, status));
         let push_wake = Arc::new(Notify::new());
         let sessions = Sessions::new(Deps {
             store: store.clone(),
             agent: agent.clone(),
+            agent_health: agent_health.clone(),
             agent_settings: settings.agent.clone(),
             session_settings: settings.sessions.clone(),
             projects: settings.projects.clone(),
@@ -216,7 +204,7 @@ impl Application {
             push,
             metrics: prometheus(),
             tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
-            agent: Arc::new(tokio::sync::RwLock::new(status)),
+            agent: agent_health,
             agent_name,
             token_uses: Arc::default(),
         };

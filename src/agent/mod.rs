@@ -164,6 +164,70 @@ pub struct AgentStatus {
     pub error: Option<String>,
 }
 
+/// Whether the agent command is usable now, shared by chat, `/health` and the starts of
+/// processes: a command found at start-up may be removed later (or installed later).
+#[derive(Debug)]
+pub struct AgentHealth {
+    /// `agent.command`.
+    command: String,
+    status: tokio::sync::RwLock<AgentStatus>,
+}
+
+impl AgentHealth {
+    /// Starts from a probe made at start-up.
+    pub fn new(command: &str, status: AgentStatus) -> Self {
+        Self {
+            command: command.to_string(),
+            status: tokio::sync::RwLock::new(status),
+        }
+    }
+
+    /// The status, probed again (`--version`) while the command is missing or failing, or
+    /// once the file it was found at is gone.
+    pub async fn status(&self) -> AgentStatus {
+        let current = self.status.read().await.clone();
+        if current.error.is_none() && still_there(&current) {
+            return current;
+        }
+        self.probe().await
+    }
+
+    /// Whether a message may go to the agent: the command was found and its file is still
+    /// there (a look at the file, no `--version` run, while it is), else why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        if still_there(&*self.status.read().await) {
+            return Ok(());
+        }
+        let status = self.probe().await;
+        if status.found {
+            return Ok(());
+        }
+        Err(status
+            .error
+            .unwrap_or_else(|| "the agent command is not available".into()))
+    }
+
+    /// Probes the command again and keeps what it found: after a start that failed, so
+    /// that chat and `/health` tell of a command that went missing.
+    pub async fn probe(&self) -> AgentStatus {
+        let fresh = probe(&self.command).await;
+        if !fresh.found {
+            tracing::warn!(command = %self.command, "the agent command is missing");
+        }
+        *self.status.write().await = fresh.clone();
+        fresh
+    }
+}
+
+/// Found, and its file is still where it was found, executable.
+fn still_there(status: &AgentStatus) -> bool {
+    status.found
+        && status
+            .path
+            .as_deref()
+            .is_some_and(|p| process::check_program(p.as_os_str()).is_ok())
+}
+
 /// How long `<command> --version` may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -6,7 +6,9 @@
 
 use std::{
     collections::VecDeque,
+    ffi::OsStr,
     io,
+    path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -55,13 +57,30 @@ pub struct AgentProcess {
     pub start_time: u64,
 }
 
+/// The file a program name runs, looked up as a shell does (on `PATH`, or the path as
+/// given) and executable. Checked before every start: a CLI removed since tether started
+/// fails its start with this plain reason.
+pub fn check_program(program: &OsStr) -> io::Result<PathBuf> {
+    which::which(program).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "`{}` is not found or not executable ({e})",
+                program.to_string_lossy()
+            ),
+        )
+    })
+}
+
 impl AgentProcess {
-    /// Starts `cmd` with piped stdio in a process group of its own.
+    /// Starts `cmd` with piped stdio in a process group of its own, once its program is
+    /// found (see [`check_program`]).
     pub fn spawn(
         mut cmd: tokio::process::Command,
         max_line_bytes: usize,
         stderr_lines: usize,
     ) -> io::Result<Self> {
+        check_program(cmd.as_std().get_program())?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

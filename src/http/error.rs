@@ -16,7 +16,14 @@ use axum::{
 use serde::{de::DeserializeOwned, Serialize};
 use utoipa::ToSchema;
 
-use crate::sessions::{AcceptError, Refusal};
+use crate::{
+    sessions::{AcceptError, Refusal},
+    store::{self, StorageFault},
+};
+
+/// `Retry-After` of `storage_unavailable`: a full disk or a read-only mount waits for a
+/// person, so clients are told not to come back sooner than this.
+pub const STORAGE_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// The body of every error answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -38,7 +45,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Sent as `Retry-After` (whole seconds, rounded up, at least 1) with a 429.
+    /// Sent as `Retry-After` (whole seconds, rounded up, at least 1) with a 429 or a 503.
     pub retry_after: Option<Duration>,
 }
 
@@ -75,6 +82,22 @@ impl ApiError {
     }
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+    /// The database cannot be written (disk full, read-only, I/O error): 503
+    /// `storage_unavailable` with `Retry-After`; nothing was changed.
+    pub fn storage(fault: StorageFault, detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, ?fault, "the database cannot be written");
+        Self {
+            retry_after: Some(STORAGE_RETRY_AFTER),
+            ..Self::unavailable(
+                "storage_unavailable",
+                format!(
+                    "tether cannot store anything now: {}; nothing was changed, try again once \
+                     the server's owner has freed it",
+                    fault.describe()
+                ),
+            )
+        }
     }
     fn internal(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -144,13 +167,23 @@ impl From<AcceptError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        Self::internal(&e)
+        match store::storage_fault(&e) {
+            Some(fault) => Self::storage(fault, &e),
+            None => Self::internal(&e),
+        }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        Self::internal(&e)
+        let fault = e
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .and_then(store::storage_fault);
+        match fault {
+            Some(fault) => Self::storage(fault, &e),
+            None => Self::internal(&e),
+        }
     }
 }
 

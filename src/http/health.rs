@@ -49,8 +49,9 @@ pub(super) struct Health {
     tls_fingerprint: Option<String>,
 }
 
-/// `ok`; `degraded` when the agent command or the push gateway is not usable; `down` when
-/// the database is not reachable (503).
+/// `ok`; `degraded` when the agent command or the push gateway is not usable, or the
+/// database can be read but not written (disk full, read-only, I/O error); `down` when the
+/// database is not reachable (503).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum HealthStatus {
@@ -61,7 +62,13 @@ enum HealthStatus {
 
 #[derive(Serialize, ToSchema)]
 struct DatabaseHealth {
+    /// Reachable (it answers a query).
     ok: bool,
+    /// Writes are stored: false once one failed for want of storage, until one succeeds
+    /// (writes answer 503 `storage_unavailable` meanwhile).
+    writable: bool,
+    /// Why it cannot be written, when `writable` is false.
+    error: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,9 +103,11 @@ pub(super) async fn health(
     caller: Option<Caller>,
 ) -> impl IntoResponse {
     let database = state.store.ping().await;
+    let storage = storage_fault(&state).await;
     let agent = state.agent_status().await;
     let push = state.push.status();
-    let status = match (&database, agent.found && agent.error.is_none() && push.ok) {
+    let usable = agent.found && agent.error.is_none() && push.ok && storage.is_none();
+    let status = match (&database, usable) {
         (Err(_), _) => HealthStatus::Down,
         (Ok(()), false) => HealthStatus::Degraded,
         (Ok(()), true) => HealthStatus::Ok,
@@ -131,6 +140,8 @@ pub(super) async fn health(
     body.version = Some(env!("CARGO_PKG_VERSION"));
     body.database = Some(DatabaseHealth {
         ok: database.is_ok(),
+        writable: storage.is_none(),
+        error: storage.map(|f| f.describe().to_string()),
     });
     body.agent = Some(agent);
     body.push = Some(PushHealth {
@@ -146,6 +157,17 @@ pub(super) async fn health(
         body.tls_fingerprint = state.tls_fingerprint.clone();
     }
     (code, Json(body))
+}
+
+/// Why the database cannot be written, if the last write failed so: a write that must
+/// reach the disk is tried first, so that space freed since clears it without waiting for
+/// the next write of a turn.
+async fn storage_fault(state: &AppState) -> Option<crate::store::StorageFault> {
+    state.store.storage_fault()?;
+    if let Err(e) = state.store.probe_write().await {
+        tracing::debug!(error = %e, "the database still cannot be written");
+    }
+    state.store.storage_fault()
 }
 
 /// Prometheus metrics

@@ -12,7 +12,8 @@
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`) on all, 400
+//! ones (and 503 `storage_unavailable` on the former), 429 `too_many_requests` and 503
+//! (`shutting_down`, `request_timeout`) on all, 400
 //! `invalid_path` where the path has parameters (read them with `ApiPath`), and 400/413/415/422
 //! wherever a JSON body is read (with `ApiJson`).
 //!
@@ -247,6 +248,11 @@ const TOKEN_ROUTE: &[(&str, &str)] = &[
         "500",
         "`internal_error`: the server failed (its log says why)",
     ),
+    (
+        "503",
+        "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O \
+         error); nothing was changed; try again after `Retry-After`",
+    ),
 ];
 const ADMIN_ROUTE: &[(&str, &str)] = &[(
     "403",
@@ -320,13 +326,20 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
             } else {
                 response.description = format!("{}; {codes}", response.description);
             }
-            if status == "429" {
+            let retry_after = match status {
+                "429" => Some("Seconds to wait before trying again"),
+                "503" if codes.contains("`storage_unavailable`") => {
+                    Some("Seconds to wait before trying again (with `storage_unavailable`)")
+                }
+                _ => None,
+            };
+            if let Some(description) = retry_after {
                 response.headers.insert(
                     "Retry-After".into(),
                     RefOr::T(
                         Header::builder()
                             .schema(Some(Object::with_type(Type::Integer)))
-                            .description(Some("Seconds to wait before trying again"))
+                            .description(Some(description))
                             .build(),
                     ),
                 );

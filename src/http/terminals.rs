@@ -233,7 +233,7 @@ pub(super) struct TerminalId(String);
     request_body = StartRequest,
     responses(
         (status = 201, description = "The terminal, starting or running", body = TerminalView),
-        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`; `terminal_program_not_allowed`: the caller's role may not open this program (`terminals.programs`)"),
+        (status = 403, description = "`forbidden`: `projectPath`, or the session's folder, is outside `projects.roots` (checked again right before the start: a folder swapped for a symlink to elsewhere is refused); `terminal_program_not_allowed`: the caller's role may not open this program (`terminals.programs`)"),
         (status = 404, description = "`session_not_found`: no such session (or not the caller's); `project_not_found`: `projectPath` does not exist"),
         (status = 409, description = "`conversation_in_terminal`: another terminal holds this session's conversation; `turn_running`: the session's turn is running; `session_ended`: the session has ended"),
         (status = 410, description = "`session_expired`: the session expired"),

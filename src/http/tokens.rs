@@ -173,6 +173,7 @@ pub(super) struct Paired {
         (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters"),
         (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute"),
         (status = 500, description = "`internal_error`: the server failed (its log says why)"),
+        (status = 503, description = "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O error); nothing was changed"),
     ),
 )]
 pub(super) async fn pair(

@@ -485,3 +485,55 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
     }
     Ok(canonical)
 }
+
+/// A session's or terminal's folder, checked again right before a process starts in it:
+/// made canonical, still a directory, still inside `projects.roots` (a folder swapped for a
+/// symlink to elsewhere since the session was created is refused). The process runs in the
+/// canonical path returned, so the check and the start agree. Blocking, but brief (a few
+/// file-system calls).
+pub(crate) fn checked_folder(
+    projects: &ProjectSettings,
+    path: &Path,
+) -> Result<PathBuf, AcceptError> {
+    let shown = path.display();
+    let canonical = std::fs::canonicalize(path).map_err(|_| {
+        refused(
+            Refusal::Invalid,
+            "project_not_found",
+            format!("the project folder {shown} no longer exists"),
+        )
+    })?;
+    if !projects
+        .canonical_roots()
+        .iter()
+        .any(|root| canonical.starts_with(root))
+    {
+        tracing::warn!(folder = %shown, resolved = %canonical.display(), "a project folder now leads outside projects.roots; not started");
+        return Err(refused(
+            Refusal::Forbidden,
+            "forbidden",
+            format!(
+                "the project folder {shown} now leads outside the folders tether may use \
+                 (projects.roots); nothing was started in it"
+            ),
+        ));
+    }
+    if !canonical.is_dir() {
+        return Err(refused(
+            Refusal::Invalid,
+            "project_not_a_directory",
+            format!("the project folder {shown} is not a directory"),
+        ));
+    }
+    Ok(canonical)
+}
+
+impl AcceptError {
+    /// What a person is told of it.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Refused { message, .. } => message.clone(),
+            Self::Db(e) => format!("database error: {e}"),
+        }
+    }
+}

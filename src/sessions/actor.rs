@@ -30,7 +30,7 @@ use crate::{
 
 /// First wait before trying a failed database read again; it doubles up to `DB_RETRY_MAX`.
 pub(super) const DB_RETRY: Duration = Duration::from_millis(200);
-const DB_RETRY_MAX: Duration = Duration::from_secs(5);
+pub(super) const DB_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long an actor with no process, no work and no listener stays before it retires.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -58,6 +58,9 @@ pub(super) struct Actor {
     pub(super) audience: Option<Audience>,
     /// Permission requests of the running turn waiting for the owner, oldest first.
     pub(super) approvals: Vec<Pending>,
+    /// The wait before a message that could not be marked running is tried again; it
+    /// doubles while the database cannot be written.
+    pub(super) start_retry: Duration,
 }
 
 impl Actor {
@@ -82,6 +85,7 @@ impl Actor {
             requests_sent: 0,
             audience: None,
             approvals: Vec::new(),
+            start_retry: DB_RETRY,
         }
     }
 
@@ -194,7 +198,7 @@ impl Actor {
     }
 
     /// A control while no turn runs.
-    async fn idle_control(&mut self, ctl: Option<Control>) {
+    pub(super) async fn idle_control(&mut self, ctl: Option<Control>) {
         match ctl {
             Some(Control::Interrupt(reply)) => {
                 let _ = reply.send(false);

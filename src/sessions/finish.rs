@@ -1,6 +1,6 @@
 //! The end of a turn: its terminal state, reply, totals, pushes and events, stored in one
-//! transaction, tried again a bounded number of times, and failed with the reason if it
-//! still cannot be stored.
+//! transaction; tried again while the disk is full or read-only (until tether stops), else a
+//! bounded number of times, and failed with the reason if it still cannot be stored.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use rusqlite::Connection;
 
 use super::{
-    actor::Actor,
+    actor::{Actor, Exit},
     log::{Ended, Numbering},
     ProcessState,
 };
@@ -32,6 +32,8 @@ use crate::{
 const END_WRITE_ATTEMPTS: u32 = 4;
 /// First wait between attempts; it doubles.
 const END_WRITE_RETRY: Duration = Duration::from_millis(100);
+/// Longest wait between two attempts while the database cannot be written.
+const END_WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Why a turn was cut off without a `result`.
 #[derive(Debug, Clone, Copy)]
@@ -215,29 +217,37 @@ impl Actor {
         self.end_turn(msg, end).await;
     }
 
-    /// Stores the end of a turn (tried again a few times), then hands its events to live
-    /// listeners. If it cannot be stored, the message still ends: `failed`, with why.
+    /// Stores the end of a turn, then hands its events to live listeners. A database that
+    /// cannot be written (a full disk) is waited for, the end tried again until it is stored
+    /// (reply and all) or tether stops: then the message stays `running` and the next start
+    /// ends it `interrupted`. Any other error fails the message, with why, after a few tries.
     async fn end_turn(&mut self, msg: &messages::MessageRow, mut end: TurnEnd<'_>) {
         let status = end.outcome.status;
         let mut wait = END_WRITE_RETRY;
-        let mut stored = false;
-        for attempt in 1..=END_WRITE_ATTEMPTS {
-            match self.store_end(msg, &mut end).await {
-                Ok(()) => {
-                    stored = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, message_id = msg.id, attempt, "could not store the turn's end");
-                    if attempt < END_WRITE_ATTEMPTS {
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
-                }
+        let mut attempt = 0;
+        let stored = loop {
+            attempt += 1;
+            let Err(e) = self.store_end(msg, &mut end).await else {
+                break Some(true);
+            };
+            let storage = store::storage_fault(&e);
+            metrics::counter!("tether_turn_end_write_failures_total").increment(1);
+            tracing::error!(error = %e, message_id = msg.id, attempt, ?storage, "could not store the turn's end");
+            if storage.is_none() && attempt >= END_WRITE_ATTEMPTS {
+                break Some(false);
             }
-        }
-        if !stored {
-            self.fail_unstored(msg).await;
+            if !self.wait_to_retry(wait).await {
+                break None;
+            }
+            wait = (wait * 2).min(END_WRITE_RETRY_MAX);
+        };
+        match stored {
+            Some(true) => {}
+            Some(false) => self.fail_unstored(msg).await,
+            None => tracing::warn!(
+                message_id = msg.id,
+                "gave up storing the turn's end: tether stops; the next start ends it"
+            ),
         }
         self.approvals.clear();
         if self.live.is_some() {
@@ -247,7 +257,7 @@ impl Actor {
     }
 
     /// The last resort when a turn's end cannot be stored: the message alone is failed
-    /// (no reply, no events), tried until it is or tether stops.
+    /// (no reply, no events), tried until it is, the session ends or tether stops.
     async fn fail_unstored(&mut self, msg: &messages::MessageRow) {
         let reason = "tether could not store the end of this turn; send the message again";
         let mut wait = END_WRITE_RETRY;
@@ -269,12 +279,35 @@ impl Actor {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(error = %e, message_id = msg.id, "could not fail the message");
-                    if self.exit.is_some() {
+                    if !self.wait_to_retry(wait).await {
                         return; // the next start ends it `interrupted`
                     }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
+                    wait = (wait * 2).min(END_WRITE_RETRY_MAX);
                 }
+            }
+        }
+    }
+
+    /// Waits `d` before a write of the turn's end is tried again, hearing controls meanwhile
+    /// (a shutdown, an end of the session). False when it must not be tried again: the
+    /// session was ended, or tether stops and the shutdown's grace is over.
+    async fn wait_to_retry(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            let give_up_at = match self.exit {
+                None => None,
+                Some(Exit::Ended) => return false,
+                Some(Exit::Shutdown(at)) => Some(at),
+            };
+            if give_up_at.is_some_and(|at| at <= Instant::now()) {
+                return false;
+            }
+            let wake = give_up_at.map_or(until, |at| at.min(until));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => if wake == until {
+                    return true;
+                },
+                ctl = self.ctl.recv() => self.idle_control(ctl).await,
             }
         }
     }

@@ -5,7 +5,7 @@
 use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{actor::Actor, approve::ModeRequest, ProcessState};
+use super::{accept::checked_folder, actor::Actor, approve::ModeRequest, ProcessState};
 use crate::{
     agent::{
         process::{AgentProcess, Line},
@@ -74,18 +74,30 @@ impl Actor {
         Ok(launch)
     }
 
-    /// Starts the process with `slot`. Its `process_started` event is held for the
-    /// turn's next transaction.
-    pub(super) fn start_process(
+    /// Starts the process with `slot`, in its project folder as checked right now (see
+    /// [`checked_folder`]). Its `process_started` event is held for the turn's next
+    /// transaction. A command that cannot start is probed again, so that chat and `/health`
+    /// tell of it.
+    pub(super) async fn start_process(
         &mut self,
-        launch: Launch,
+        mut launch: Launch,
         slot: OwnedSemaphorePermit,
     ) -> Result<(), String> {
         let deps = self.sessions.deps();
+        launch.cwd = checked_folder(&deps.projects, &launch.cwd).map_err(|e| e.message())?;
         let cmd = deps.agent.command(&launch);
         let settings = &deps.agent_settings;
-        let process = AgentProcess::spawn(cmd, settings.max_line_bytes, settings.stderr_tail_lines)
-            .map_err(|e| format!("could not start the agent `{}`: {e}", settings.command))?;
+        let spawned = AgentProcess::spawn(cmd, settings.max_line_bytes, settings.stderr_tail_lines);
+        let process = match spawned {
+            Ok(p) => p,
+            Err(e) => {
+                deps.agent_health.probe().await;
+                return Err(format!(
+                    "could not start the agent `{}`: {e}",
+                    settings.command
+                ));
+            }
+        };
         let pid = process.pid;
         metrics::counter!("tether_processes_started_total").increment(1);
         tracing::info!(pid, resume = launch.resume, "agent process started");

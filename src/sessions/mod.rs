@@ -37,7 +37,7 @@ use tokio::{
 };
 
 use crate::{
-    agent::{process, Agent},
+    agent::{process, Agent, AgentHealth},
     config::{AgentSettings, ApprovalSettings, LimitSettings, ProjectSettings, SessionSettings},
     push::{self, Audience, PushEvent, PushKind},
     store::{
@@ -47,7 +47,7 @@ use crate::{
     },
 };
 
-pub(crate) use accept::resolve_project;
+pub(crate) use accept::{checked_folder, resolve_project};
 pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
 pub use approve::{Gone, ModeApplied};
 pub use follow::{TurnWatch, Watched};
@@ -59,6 +59,8 @@ pub use usage::Usage;
 pub struct Deps {
     pub store: Store,
     pub agent: Arc<dyn Agent>,
+    /// Probed again when a process cannot start (its command may have gone).
+    pub agent_health: Arc<AgentHealth>,
     pub agent_settings: AgentSettings,
     pub session_settings: SessionSettings,
     /// Where new sessions may run.
@@ -171,6 +173,9 @@ struct Inner {
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
 const CONTROL_CHANNEL: usize = 8;
+/// How long after the shutdown's grace an actor may take to stop its process before it is
+/// aborted (as long as the HTTP drain's margin).
+const ACTOR_STOP_MARGIN: Duration = Duration::from_secs(2);
 /// The reason given to the owner for a turn cut off by a stop of tether.
 const STOPPED_MID_TURN: &str = "tether stopped during this turn; send the message again to retry";
 
@@ -408,8 +413,16 @@ impl Sessions {
         for e in &entries {
             let _ = e.handle.ctl.send(Control::Shutdown(deadline)).await;
         }
-        for e in entries {
-            let _ = e.join.await;
+        // An actor has until the grace is over (and its turn cut off) plus a margin: one
+        // still running then (a child that does not stop) is aborted, its processes killed
+        // as it drops, so that a stop always ends.
+        let limit = deadline + ACTOR_STOP_MARGIN;
+        for mut e in entries {
+            if tokio::time::timeout_at(limit, &mut e.join).await.is_err() {
+                tracing::warn!("a session actor did not stop in time; aborted");
+                e.join.abort();
+                let _ = e.join.await;
+            }
         }
         self.stop_all_spares("tether is shutting down").await;
         match self.interrupt_running(STOPPED_MID_TURN).await {

@@ -363,6 +363,9 @@ impl Sessions {
     /// Starts one spare in `folder` with `slot`, and records it.
     async fn start_spare(&self, folder: PathBuf, slot: OwnedSemaphorePermit) -> anyhow::Result<()> {
         let deps = self.deps();
+        // Checked again right before the start, as every process's folder is.
+        let folder = super::checked_folder(&deps.projects, &folder)
+            .map_err(|e| anyhow::anyhow!(e.message()))?;
         let launch = Launch {
             conversation_id: uuid::Uuid::new_v4().to_string(),
             cwd: folder,

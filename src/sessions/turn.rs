@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use super::{
-    actor::{live_line, Actor, Exit, DB_RETRY},
+    actor::{live_line, Actor, Exit, DB_RETRY, DB_RETRY_MAX},
     finish::Cut,
     live::Read,
     slots, Control, ProcessState,
@@ -116,7 +116,11 @@ impl Actor {
                             Some(l) => Ok(l),
                             None => self.launch().await,
                         };
-                        if let Err(reason) = launch.and_then(|l| self.start_process(l, slot)) {
+                        let process = match launch {
+                            Ok(l) => self.start_process(l, slot).await,
+                            Err(reason) => Err(reason),
+                        };
+                        if let Err(reason) = process {
                             self.fail(&msg, Status::Failed, &reason, started).await;
                             return;
                         }
@@ -268,7 +272,10 @@ impl Actor {
     async fn hand_over(&mut self, msg: &messages::MessageRow, running: &mut bool) -> Option<Phase> {
         if !*running {
             match self.start_turn(msg).await {
-                Ok(true) => *running = true,
+                Ok(true) => {
+                    *running = true;
+                    self.start_retry = DB_RETRY;
+                }
                 Ok(false) => {
                     // Cancelled meanwhile (the session was ended).
                     self.kill_process().await;
@@ -278,7 +285,8 @@ impl Actor {
                 Err(e) => {
                     // Not handed over: the message stays queued for another look.
                     tracing::error!(error = %e, "could not mark the message running");
-                    self.pause(DB_RETRY).await;
+                    self.pause(self.start_retry).await;
+                    self.start_retry = (self.start_retry * 2).min(DB_RETRY_MAX);
                     return None;
                 }
             }

@@ -18,7 +18,7 @@ use std::{
     ops::{Deref, DerefMut},
     path::Path,
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, Mutex as StdMutex},
     time::Duration,
 };
 
@@ -46,6 +46,45 @@ pub struct Store {
     turn: Arc<Mutex<()>>,
     /// The connection of the turn's hot path (see `writer`).
     writer: writer::Writer,
+    /// Why the last write failed for want of storage (disk full, read-only, I/O error),
+    /// until a write succeeds again: `/health` reports it.
+    fault: Arc<StdMutex<Option<StorageFault>>>,
+}
+
+/// A write that failed because the database cannot be written at all, whatever it was:
+/// the disk is full (`SQLITE_FULL`), the file or its folder is read-only
+/// (`SQLITE_READONLY*`), or the disk fails (`SQLITE_IOERR*`). It passes once the disk does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    Full,
+    ReadOnly,
+    Io,
+}
+
+impl StorageFault {
+    /// What a person is told.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Full => "the disk holding the database is full",
+            Self::ReadOnly => "the database is read-only",
+            Self::Io => "the disk holding the database fails (I/O error)",
+        }
+    }
+}
+
+/// The storage fault an error is, if it is one (see [`StorageFault`]).
+pub fn storage_fault(err: &sqlx::Error) -> Option<StorageFault> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    // The extended result code; its low byte is the primary one.
+    let code: i32 = db.code()?.parse().ok()?;
+    match code & 0xff {
+        rusqlite::ffi::SQLITE_FULL => Some(StorageFault::Full),
+        rusqlite::ffi::SQLITE_READONLY => Some(StorageFault::ReadOnly),
+        rusqlite::ffi::SQLITE_IOERR => Some(StorageFault::Io),
+        _ => None,
+    }
 }
 
 impl Store {
@@ -81,6 +120,7 @@ impl Store {
             pool,
             turn: Arc::new(Mutex::new(())),
             writer: writer::Writer::start(path, BUSY_TIMEOUT)?,
+            fault: Arc::default(),
         })
     }
 
@@ -104,8 +144,13 @@ impl Store {
     /// Writers take their turn in tether first (see `turn`), so SQLite rarely has to wait.
     pub async fn begin_write(&self) -> sqlx::Result<WriteTx> {
         let turn = self.turn.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { tx, _turn: turn })
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await;
+        let tx = self.noted(tx)?;
+        Ok(WriteTx {
+            tx,
+            store: self.clone(),
+            _turn: turn,
+        })
     }
 
     /// Runs `f` as one write transaction (`BEGIN IMMEDIATE` … `COMMIT`, rolled back when it
@@ -132,7 +177,46 @@ impl Store {
         F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<Result<T, R>> + Send + 'static,
     {
         let turn = self.turn.clone().lock_owned().await;
-        self.writer.run(turn, f).await
+        let done = self.writer.run(turn, f).await;
+        self.noted(done)
+    }
+
+    /// Why the database could not be written the last time a write was tried, while no
+    /// write has succeeded since (see [`StorageFault`]).
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write that must reach the disk (it rewrites the file's header with the value it
+    /// has), to tell whether storage is back when no other write came since it failed.
+    pub async fn probe_write(&self) -> sqlx::Result<()> {
+        self.write(|tx| {
+            let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            tx.pragma_update(None, "user_version", version)
+        })
+        .await
+    }
+
+    /// Keeps the storage fault up to date with a write's result: set by a storage fault,
+    /// cleared by a success, left as it is by any other error.
+    fn noted<T>(&self, result: sqlx::Result<T>) -> sqlx::Result<T> {
+        let now = match &result {
+            Ok(_) => None,
+            Err(e) => match storage_fault(e) {
+                Some(fault) => Some(fault),
+                None => return result,
+            },
+        };
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if *fault != now {
+            match now {
+                Some(f) => tracing::error!(fault = ?f, "the database cannot be written"),
+                None => tracing::info!("the database can be written again"),
+            }
+            *fault = now;
+        }
+        drop(fault);
+        result
     }
 
     /// A trivial query, for health checks.
@@ -153,12 +237,15 @@ impl Store {
 /// (rolled back). Dereferences to the connection, for the query functions.
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// Told how the commit went (see [`Store::storage_fault`]).
+    store: Store,
     _turn: OwnedMutexGuard<()>,
 }
 
 impl WriteTx {
     pub async fn commit(self) -> sqlx::Result<()> {
-        self.tx.commit().await
+        let committed = self.tx.commit().await;
+        self.store.noted(committed)
     }
 }
 

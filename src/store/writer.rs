@@ -143,6 +143,15 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {}
 
 impl DatabaseError for WriteError {
+    /// The extended result code, as sqlx's own SQLite errors give it (see
+    /// `store::storage_fault`).
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.0 {
+            rusqlite::Error::SqliteFailure(e, _) => Some(e.extended_code.to_string().into()),
+            _ => None,
+        }
+    }
+
     fn message(&self) -> &str {
         match &self.0 {
             rusqlite::Error::SqliteFailure(_, Some(m)) => m,
@@ -232,5 +241,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_or_read_only_database_is_a_storage_fault_through_either_driver() {
+        use crate::store::{storage_fault, StorageFault};
+        use sqlx::{sqlite::SqliteConnectOptions, Connection as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let store = crate::store::Store::open(&path, 1).await.unwrap();
+        sqlx::query("CREATE TABLE t (v BLOB)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let insert = "INSERT INTO t (v) VALUES (zeroblob(100000))";
+        let read_only = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = Connection::open_with_flags(&path, read_only).unwrap();
+        let e = into_sqlx(conn.execute(insert, []).unwrap_err());
+        assert_eq!(storage_fault(&e), Some(StorageFault::ReadOnly), "{e}");
+        let options = SqliteConnectOptions::new().filename(&path).read_only(true);
+        let mut pooled = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .unwrap();
+        let e = sqlx::query(insert).execute(&mut pooled).await.unwrap_err();
+        assert_eq!(storage_fault(&e), Some(StorageFault::ReadOnly), "{e}");
+        // No page more than it has: a full disk, as SQLite sees it.
+        let conn = Connection::open(&path).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let e = into_sqlx(conn.execute(insert, []).unwrap_err());
+        assert_eq!(storage_fault(&e), Some(StorageFault::Full), "{e}");
+        // Other errors are not.
+        let e = into_sqlx(
+            conn.execute("INSERT INTO nowhere VALUES (1)", [])
+                .unwrap_err(),
+        );
+        assert_eq!(storage_fault(&e), None);
     }
 }

@@ -32,7 +32,7 @@ pub use live::{Ended, Live, Refused, Snapshot, Viewer};
 use crate::{
     agent::{Agent, Launch},
     config::{AgentSettings, ProjectSettings, SessionSettings, TerminalSettings},
-    sessions::{resolve_project, AcceptError, HoldRefused, Refusal, Sessions},
+    sessions::{checked_folder, resolve_project, AcceptError, HoldRefused, Refusal, Sessions},
     store::{self, sessions as session_rows, terminals, terminals::TerminalRow, Store},
 };
 
@@ -277,6 +277,17 @@ impl Terminals {
         {
             Ok(()) => {}
             Err(e) => {
+                if let Some(FolderRefused(refusal)) = e.downcast_ref::<FolderRefused>() {
+                    let reason = refusal.message();
+                    self.not_started(&id, &reason).await;
+                    if let Some(session_id) = &session_id {
+                        deps.sessions.release(session_id, &id);
+                    }
+                    return Err(match e.downcast::<FolderRefused>() {
+                        Ok(FolderRefused(refusal)) => refusal,
+                        Err(_) => refused(Refusal::Forbidden, "forbidden", reason),
+                    });
+                }
                 let reason = format!("could not start: {e}");
                 tracing::warn!(terminal_id = %id, program, error = %e, "terminal could not start");
                 self.not_started(&id, &reason).await;
@@ -459,7 +470,11 @@ impl Terminals {
         );
         let (done_tx, output_done) = tokio::sync::oneshot::channel();
         let reader = live.clone();
+        let projects = self.deps().projects.clone();
         let spawned = tokio::task::spawn_blocking(move || {
+            // Checked again right before the start, and run in the path checked.
+            let mut program = program;
+            program.cwd = checked_folder(&projects, &program.cwd).map_err(FolderRefused)?;
             pty::spawn(&program, size.0, size.1, move |b| reader.output(b), done_tx)
         })
         .await??;
@@ -557,6 +572,18 @@ impl Terminals {
         }
     }
 }
+
+/// A terminal's folder refused right before its start (see `sessions::checked_folder`).
+#[derive(Debug)]
+struct FolderRefused(AcceptError);
+
+impl std::fmt::Display for FolderRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.message())
+    }
+}
+
+impl std::error::Error for FolderRefused {}
 
 fn in_terminal() -> AcceptError {
     refused(

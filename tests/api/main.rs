@@ -4,6 +4,7 @@
 mod approvals;
 mod chat;
 mod cli;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod listener;
