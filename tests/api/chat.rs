@@ -404,3 +404,37 @@ async fn wait_returns_202_when_the_turn_outlasts_the_wait() {
         .await;
     assert_eq!(done["status"], "completed");
 }
+
+#[tokio::test]
+async fn a_chat_body_with_an_unknown_field_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"message": "hi", "projectPath": app.project.to_str().unwrap(), "wiat": true}),
+        json!({"message": "hi", "projectPath": app.project.to_str().unwrap(), "session_id": "x"}),
+    ] {
+        let res = app.post("/api/chat", body.clone()).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body".to_string()),
+            "{body}"
+        );
+    }
+    assert_eq!(counts(&app).await, (0, 0));
+    // Every field a client sends is still taken.
+    let res = app
+        .post(
+            "/api/chat",
+            json!({"message": "hi", "projectPath": app.project.to_str().unwrap(),
+                "clientMessageId": "c-1", "wait": true}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let first: Value = res.json().await.unwrap();
+    let res = app
+        .post(
+            "/api/chat",
+            json!({"message": "again", "sessionId": first["sessionId"], "wait": true}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
