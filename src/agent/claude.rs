@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    Agent, Decision, Interactive, Launch, TurnRecord, Parsed, PermissionRequest, Signal, TextDelta, TurnResult,
+    Agent, Decision, Interactive, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnRecord,
+    TurnResult,
 };
 use crate::config::AgentSettings;
 

@@ -245,13 +245,23 @@ mod tests {
             ),
             serde_json::json!({"type": "user", "message": {"role": "user",
                 "content": [{"type": "tool_result", "tool_use_id": "t", "content": "x"}]}}),
-            assistant("m2", serde_json::json!([{"type": "text", "text": "done "}]), Some("end_turn")),
-            assistant("m2", serde_json::json!([{"type": "text", "text": "now"}]), Some("end_turn")),
+            assistant(
+                "m2",
+                serde_json::json!([{"type": "text", "text": "done "}]),
+                Some("end_turn"),
+            ),
+            assistant(
+                "m2",
+                serde_json::json!([{"type": "text", "text": "now"}]),
+                Some("end_turn"),
+            ),
             serde_json::json!({"type": "last-prompt", "lastPrompt": "hi"}),
         ]);
         assert_eq!(
             find_turn(f.path(), "hi", SENT_MS).unwrap(),
-            TurnRecord::Finished { reply: "done now".into() }
+            TurnRecord::Finished {
+                reply: "done now".into()
+            }
         );
     }
 
@@ -265,7 +275,10 @@ mod tests {
                 Some("tool_use"),
             ),
         ]);
-        assert_eq!(find_turn(f.path(), "hi", SENT_MS).unwrap(), TurnRecord::Received);
+        assert_eq!(
+            find_turn(f.path(), "hi", SENT_MS).unwrap(),
+            TurnRecord::Received
+        );
         assert_eq!(
             find_turn(f.path(), "other", SENT_MS).unwrap(),
             TurnRecord::NotReceived
@@ -276,6 +289,9 @@ mod tests {
             TurnRecord::NotReceived
         );
         let missing = f.path().with_extension("gone");
-        assert_eq!(find_turn(&missing, "hi", 0).unwrap(), TurnRecord::NotReceived);
+        assert_eq!(
+            find_turn(&missing, "hi", 0).unwrap(),
+            TurnRecord::NotReceived
+        );
     }
 }

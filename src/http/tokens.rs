@@ -193,7 +193,10 @@ pub(super) async fn pair(
     if let Some(c) = name.and_then(super::devices::unsafe_name_char) {
         return Err(ApiError::invalid(
             "invalid_device_name",
-            format!("deviceName must not hold control or text-direction characters (U+{:04X})", c as u32),
+            format!(
+                "deviceName must not hold control or text-direction characters (U+{:04X})",
+                c as u32
+            ),
         ));
     }
     let issued = pairing::redeem(&state.store, &state.auth, &state.pairing, &req.code, name)

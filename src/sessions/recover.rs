@@ -90,7 +90,10 @@ impl Sessions {
             );
             let end = LeftRunning {
                 msg: msg.clone(),
-                conversation_id: session.agent_session_id.clone().unwrap_or(session.id.clone()),
+                conversation_id: session
+                    .agent_session_id
+                    .clone()
+                    .unwrap_or(session.id.clone()),
                 audience: Audience::of(&session),
                 numbering: Numbering::after(
                     msg.session_id.clone(),
@@ -170,10 +173,8 @@ impl LeftRunning {
                 id,
             ),
         };
-        let pushes = push::enqueue_sync(
-            tx,
-            &PushEvent::new(kind, &self.audience, Some(about), text),
-        )?;
+        let pushes =
+            push::enqueue_sync(tx, &PushEvent::new(kind, &self.audience, Some(about), text))?;
         let mut data = json!({"messageId": id, "status": outcome.status, "recovered": true});
         match (reply_id, outcome.error) {
             (Some(reply_id), _) => data["replyId"] = reply_id.into(),

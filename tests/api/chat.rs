@@ -446,7 +446,10 @@ async fn each_message_says_whether_it_reached_the_agent() {
     let id = done["sessionId"].as_str().unwrap().to_string();
     let first = app.message(&id, done["messageId"].as_i64().unwrap()).await;
     assert_eq!(first["delivered"], true, "{first}");
-    assert_eq!(done["reply"]["delivered"], true, "a reply came from the agent");
+    assert_eq!(
+        done["reply"]["delivered"], true,
+        "a reply came from the agent"
+    );
 
     // A message behind a running turn has not reached the agent; the running one has.
     let busy = app.chat("busy [slow:60000]", Some(&id)).await;
@@ -458,7 +461,9 @@ async fn each_message_says_whether_it_reached_the_agent() {
     })
     .await;
     assert_eq!(running["delivered"], true);
-    let queued = app.message(&id, waiting["messageId"].as_i64().unwrap()).await;
+    let queued = app
+        .message(&id, waiting["messageId"].as_i64().unwrap())
+        .await;
     assert_eq!(queued["status"], "queued");
     assert_eq!(queued["delivered"], false, "{queued}");
     // Ending the session cancels the queued one, never delivered; the busy one was.
@@ -466,7 +471,9 @@ async fn each_message_says_whether_it_reached_the_agent() {
         app.delete(&format!("/api/sessions/{id}")).await.status(),
         StatusCode::OK
     );
-    let cancelled = app.message(&id, waiting["messageId"].as_i64().unwrap()).await;
+    let cancelled = app
+        .message(&id, waiting["messageId"].as_i64().unwrap())
+        .await;
     assert_eq!(cancelled["status"], "cancelled");
     assert_eq!(cancelled["delivered"], false);
     let cut = app.message(&id, busy_id).await;

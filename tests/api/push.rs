@@ -615,7 +615,10 @@ async fn device_names_with_control_or_direction_characters_are_refused() {
     assert!(devices(&app).await.is_empty(), "nothing was stored");
     // Names in any script, with emoji and joiners, are fine.
     let body = json!({"token": T1, "environment": "sandbox", "name": "Ana’s iPhone 日本 👩‍💻 عربي"});
-    assert_eq!(app.post("/api/devices", body).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.post("/api/devices", body).await.status(),
+        StatusCode::CREATED
+    );
 
     // The device name given when pairing follows the same rule.
     let code = tether::pairing::create(
@@ -636,8 +639,15 @@ async fn device_names_with_control_or_direction_characters_are_refused() {
     let res = pair("x\u{202E}y").await.unwrap();
     assert_eq!(
         error_code(res).await,
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_device_name".to_string())
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_device_name".to_string()
+        )
     );
     let res = pair("Ana's iPad").await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "the code was not used up by the refusal");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the code was not used up by the refusal"
+    );
 }

@@ -487,7 +487,10 @@ async fn a_sigkill_after_the_real_cli_wrote_its_reply_is_recovered_from_its_tran
     let token = Server::token(&settings);
     api.set_reply("Recovered: KIWI.");
     let sent = server
-        .post(&token, json!({"message": "Say KIWI", "projectPath": project}))
+        .post(
+            &token,
+            json!({"message": "Say KIWI", "projectPath": project}),
+        )
         .await;
     let id = sent["sessionId"].as_str().unwrap().to_string();
     let msg = sent["messageId"].as_i64().unwrap();

@@ -540,12 +540,18 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
         .unwrap();
     assert!(device.status().is_success());
     let first = server
-        .post(&token, json!({"message": "one", "projectPath": project, "wait": true}))
+        .post(
+            &token,
+            json!({"message": "one", "projectPath": project, "wait": true}),
+        )
         .await;
     assert_eq!(first["status"], "completed", "{first}");
     let id = first["sessionId"].as_str().unwrap().to_string();
     let stalled = server
-        .post(&token, json!({"message": "two [stall-result]", "sessionId": id}))
+        .post(
+            &token,
+            json!({"message": "two [stall-result]", "sessionId": id}),
+        )
         .await;
     let two = stalled["messageId"].as_i64().unwrap();
     let queued = server
@@ -592,13 +598,21 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["kind"].as_str().unwrap(), p["messageId"].as_i64().unwrap_or(0)))
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap(),
+                p["messageId"].as_i64().unwrap_or(0),
+            )
+        })
         .collect();
     assert!(
         kinds.contains(&("turn_completed", replied["id"].as_i64().unwrap())),
         "{kinds:?}"
     );
-    assert!(!kinds.iter().any(|(k, _)| *k == "turn_interrupted"), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|(k, _)| *k == "turn_interrupted"),
+        "{kinds:?}"
+    );
     let events = crate::sessions::read_sse(&app, &id, Some(0), |(_, _, data)| {
         data["messageId"] == two && data["recovered"] == true
     })

@@ -20,9 +20,7 @@ async fn message_count(app: &TestApp, id: &str) -> i64 {
 
 /// A session whose turn asked for (and got) an approval, so its messages are referred to.
 async fn session_with_an_approval(app: &TestApp) -> String {
-    let queued = app
-        .chat("[ask-write:kept.txt] please", None)
-        .await;
+    let queued = app.chat("[ask-write:kept.txt] please", None).await;
     let id = queued["sessionId"].as_str().unwrap().to_string();
     let approval: Value = wait_for("a pending approval", || async {
         let v = app
@@ -100,7 +98,11 @@ async fn messages_of_long_ended_sessions_are_pruned_and_active_ones_kept() {
     let pruned = step(expired_at + 91 * DAY_MS).await.unwrap();
     assert_eq!(pruned.messages, 2);
     assert_eq!(message_count(&app, &expired).await, 0);
-    assert_eq!(message_count(&app, &active).await, 2, "active sessions keep theirs");
+    assert_eq!(
+        message_count(&app, &active).await,
+        2,
+        "active sessions keep theirs"
+    );
 
     // The active session goes on as before.
     let next = app.chat_wait("and on", Some(&active)).await;
@@ -148,10 +150,11 @@ fn message_retention_reads_off_zero_and_durations() {
         let toml = format!(
             "retention = \"30days\"\nmessage_retention = {text}\nmax_per_session = 10\nprune_interval = \"1h\"\n"
         );
-        let settings: tether::config::EventSettings =
-            figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::string(&toml))
-                .extract()
-                .unwrap();
+        let settings: tether::config::EventSettings = figment::Figment::from(
+            <figment::providers::Toml as figment::providers::Format>::string(&toml),
+        )
+        .extract()
+        .unwrap();
         assert_eq!(settings.message_retention, want, "{text}");
     }
 }

@@ -371,13 +371,23 @@ async fn cursors_are_plain_non_negative_numbers() {
     let first = app.chat_wait("one", None).await;
     let id = first["sessionId"].as_str().unwrap();
     // `+` in a query is a space; `%2B` is the sign itself.
-    for query in ["after=-1", "after=%2B1", "after=+1", "after=1.0", "after=", "after=%201"] {
+    for query in [
+        "after=-1",
+        "after=%2B1",
+        "after=+1",
+        "after=1.0",
+        "after=",
+        "after=%201",
+    ] {
         let res = app
             .get(&format!("/api/sessions/{id}/messages?{query}"))
             .await;
         assert_eq!(
             crate::helpers::error_code(res).await,
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_query".to_string()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query".to_string()
+            ),
             "{query}"
         );
         let res = app.get(&format!("/api/sessions/{id}/events?{query}")).await;
@@ -393,7 +403,10 @@ async fn cursors_are_plain_non_negative_numbers() {
             .await;
         assert_eq!(
             crate::helpers::error_code(res).await,
-            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_query".to_string()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query".to_string()
+            ),
             "{query}"
         );
     }
@@ -425,10 +438,15 @@ async fn cursors_are_plain_non_negative_numbers() {
         .get_json(&format!("/api/sessions/{id}/messages?after={first_id}"))
         .await;
     assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
-    let res = app
-        .get_as(&app.admin_token, "/api/pushes?before=0")
-        .await;
+    let res = app.get_as(&app.admin_token, "/api/pushes?before=0").await;
     assert_eq!(res.status(), StatusCode::OK);
-    let events = read_sse(&app, id, Some(0), |(_, kind, _)| kind == "tether.turn_completed").await;
-    assert_eq!(events.first().map(|e| e.0), Some(1), "Last-Event-ID: 0 replays from the start");
+    let events = read_sse(&app, id, Some(0), |(_, kind, _)| {
+        kind == "tether.turn_completed"
+    })
+    .await;
+    assert_eq!(
+        events.first().map(|e| e.0),
+        Some(1),
+        "Last-Event-ID: 0 replays from the start"
+    );
 }
