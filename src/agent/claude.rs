@@ -59,9 +59,7 @@ impl Claude {
             env: settings.env.clone(),
         }
     }
-}
 
-impl Claude {
     /// The transcript of `launch`'s conversation, where the CLI keeps it: under
     /// `CLAUDE_CONFIG_DIR`, else `~/.claude`, as the CLI will see them (`agent.env` first,
     /// then tether's own environment). None without either.

@@ -397,7 +397,8 @@ fn open_session(args: &Args, cwd: &str) -> Result<Session, i32> {
     })
 }
 
-/// `<config>/projects/<cwd with every non-alphanumeric char replaced by '-'>/<id>.jsonl`.
+/// `<config>/projects/<cwd, each UTF-16 unit not an ASCII letter or digit as '-', long
+/// names cut and hashed>/<id>.jsonl`, the real CLI's rule (see `tether::agent::transcript`).
 fn transcript_path(cwd: &str, id: &str) -> PathBuf {
     let config = match std::env::var_os("FAKE_CLAUDE_CONFIG_DIR")
         .or_else(|| std::env::var_os("CLAUDE_CONFIG_DIR"))
@@ -405,14 +406,7 @@ fn transcript_path(cwd: &str, id: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".claude"),
     };
-    let project: String = cwd
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    config
-        .join("projects")
-        .join(project)
-        .join(format!("{id}.jsonl"))
+    tether::agent::transcript::path(&config, Path::new(cwd), id)
 }
 
 /// The user texts recorded in a transcript (the prompts, not tools' results); unreadable
