@@ -312,6 +312,10 @@ pub struct SessionSettings {
 pub struct EventSettings {
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    /// How long the messages of a session that ended (or expired) are kept after its end;
+    /// None ("off" or 0): for ever.
+    #[serde(deserialize_with = "optional_duration")]
+    pub message_retention: Option<Duration>,
     pub max_per_session: u64,
     #[serde(deserialize_with = "duration")]
     pub prune_interval: Duration,

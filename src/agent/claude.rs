@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    Agent, Decision, Interactive, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnResult,
+    Agent, Decision, Interactive, Launch, Parsed, PermissionRequest, Signal, TextDelta, TurnRecord,
+    TurnResult,
 };
 use crate::config::AgentSettings;
 
@@ -57,6 +58,27 @@ impl Claude {
             extra_args: settings.args.clone(),
             env: settings.env.clone(),
         }
+    }
+
+    /// The transcript of `launch`'s conversation, where the CLI keeps it: under
+    /// `CLAUDE_CONFIG_DIR`, else `~/.claude`, as the CLI will see them (`agent.env` first,
+    /// then tether's own environment). None without either.
+    fn transcript(&self, launch: &Launch) -> Option<PathBuf> {
+        let var = |name: &str| {
+            self.env
+                .get(name)
+                .map(Into::into)
+                .or_else(|| std::env::var_os(name))
+        };
+        let config = match var("CLAUDE_CONFIG_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(var("HOME")?).join(".claude"),
+        };
+        Some(super::transcript::path(
+            &config,
+            &launch.cwd,
+            &launch.conversation_id,
+        ))
     }
 }
 
@@ -209,28 +231,18 @@ impl Agent for Claude {
     }
 
     fn has_conversation(&self, launch: &Launch) -> Option<bool> {
-        // As the CLI will see it: `agent.env` first, then tether's own environment.
-        let var = |name: &str| {
-            self.env
-                .get(name)
-                .map(Into::into)
-                .or_else(|| std::env::var_os(name))
-        };
-        let config = match var("CLAUDE_CONFIG_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(var("HOME")?).join(".claude"),
-        };
-        let project: String = launch
-            .cwd
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let transcript = config
-            .join("projects")
-            .join(project)
-            .join(format!("{}.jsonl", launch.conversation_id));
-        Some(transcript.is_file())
+        Some(self.transcript(launch)?.is_file())
+    }
+
+    fn read_turn(&self, launch: &Launch, text: &str, sent_at_ms: i64) -> Option<TurnRecord> {
+        let transcript = self.transcript(launch)?;
+        match super::transcript::find_turn(&transcript, text, sent_at_ms) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %transcript.display(), "could not read the CLI's transcript");
+                None
+            }
+        }
     }
 
     fn wrong_start(&self, launch: &Launch, output: &str) -> bool {

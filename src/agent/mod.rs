@@ -5,11 +5,14 @@
 
 pub mod claude;
 pub mod process;
+pub mod transcript;
 
 use std::{path::PathBuf, time::Duration};
 
 use serde::Serialize;
 use serde_json::Value;
+
+pub use transcript::TurnRecord;
 
 /// What a process is started for.
 #[derive(Debug, Clone)]
@@ -48,6 +51,12 @@ pub trait Agent: Send + Sync + 'static {
     /// exists), or None when it cannot tell. It touches the file system: call it off the
     /// async threads.
     fn has_conversation(&self, launch: &Launch) -> Option<bool>;
+    /// What the CLI's own record of `launch`'s conversation says of the user message `text`
+    /// sent at `sent_at_ms` (for Claude: its transcript), or None when it cannot tell. It
+    /// touches the file system: call it off the async threads.
+    fn read_turn(&self, _launch: &Launch, _text: &str, _sent_at_ms: i64) -> Option<TurnRecord> {
+        None
+    }
     /// Whether what a process printed before it ended (its error result or stderr) says it
     /// was started the wrong way for its conversation: resumed when the CLI has no such
     /// conversation, or started anew when it already exists. The caller then starts it the

@@ -6,7 +6,9 @@
 //! it (a `system/status` "requesting", then `stream_event` lines: `message_start`,
 //! `content_block_start`, the text in `text_delta`s a few words at a time, paced, the block's
 //! whole `assistant` line, `content_block_stop`, `message_delta`, `message_stop`),
-//! transcripts under `<config>/projects/<mangled cwd>/<id>.jsonl`, `--session-id` refusing an
+//! transcripts under `<config>/projects/<mangled cwd>/<id>.jsonl` (lines shaped as the real
+//! CLI's: the user line as the message is read, each block of a model message as it comes,
+//! tools' results), `--session-id` refusing an
 //! existing transcript, `--resume` refusing a missing one, interrupts through
 //! `control_request`, and tool approvals: with `--permission-prompt-tool stdio` a tool that
 //! needs approval is asked for with a `can_use_tool` control request and waits, with no time
@@ -36,6 +38,7 @@
 //! | `[badtype]`    | print an event whose type holds a newline and a space first             |
 //! | `[api-retry:N]`| print N `system/api_retry` lines 400 ms apart (as the CLI does while the API fails), then reply |
 //! | `[alloc:MB]`   | hold MB MiB resident until exit; the reply starts `allocated MB MiB`    |
+//! | `[stall-result]` | write the reply (stdout and transcript), then block before the `result` line |
 //! | `[ask-write:FILE]` | a `tool_use` of Write for `<cwd>/FILE`; approval as below; the reply is `wrote FILE` or `denied: MESSAGE` |
 //! | `[ask-question]`   | a `tool_use` of AskUserQuestion (`Which color?`, Red or Blue), asked whatever the mode; the reply is `answered: Which color?=LABEL` or `denied: MESSAGE` |
 //!
@@ -348,6 +351,8 @@ struct Session {
     transcript: PathBuf,
     /// Every user text of the conversation so far, oldest first.
     history: Vec<String>,
+    /// The `uuid` of the last line written to the transcript (the next one's `parentUuid`).
+    last_uuid: Option<String>,
 }
 
 /// Checks the start flags against the transcript on disk, as the real CLI does.
@@ -397,10 +402,12 @@ fn open_session(args: &Args, cwd: &str) -> Result<Session, i32> {
         cwd: cwd.to_owned(),
         transcript,
         history,
+        last_uuid: None,
     })
 }
 
-/// `<config>/projects/<cwd with every non-alphanumeric char replaced by '-'>/<id>.jsonl`.
+/// `<config>/projects/<cwd, each UTF-16 unit not an ASCII letter or digit as '-', long
+/// names cut and hashed>/<id>.jsonl`, the real CLI's rule (see `tether::agent::transcript`).
 fn transcript_path(cwd: &str, id: &str) -> PathBuf {
     let config = match std::env::var_os("FAKE_CLAUDE_CONFIG_DIR")
         .or_else(|| std::env::var_os("CLAUDE_CONFIG_DIR"))
@@ -408,17 +415,11 @@ fn transcript_path(cwd: &str, id: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".claude"),
     };
-    let project: String = cwd
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    config
-        .join("projects")
-        .join(project)
-        .join(format!("{id}.jsonl"))
+    tether::agent::transcript::path(&config, Path::new(cwd), id)
 }
 
-/// The user texts recorded in a transcript; unreadable lines are skipped.
+/// The user texts recorded in a transcript (the prompts, not tools' results); unreadable
+/// lines are skipped.
 fn read_history(transcript: &Path) -> Vec<String> {
     let Ok(content) = fs::read_to_string(transcript) else {
         return Vec::new();
@@ -427,24 +428,67 @@ fn read_history(transcript: &Path) -> Vec<String> {
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|entry| entry["type"] == "user")
-        .filter_map(|entry| entry["text"].as_str().map(str::to_owned))
+        .filter(|entry| matches!(entry["promptSource"].as_str(), Some("sdk" | "typed")))
+        .map(|entry| match &entry["message"]["content"] {
+            Value::String(text) => text.clone(),
+            content => user_text(content),
+        })
         .collect()
 }
 
-fn append_transcript(transcript: &Path, kind: &str, text: &str) {
-    let line = json!({"type": kind, "text": text}).to_string() + "\n";
-    let written = transcript
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|()| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(transcript)
+impl Session {
+    /// Appends a user line as the real CLI (2.1.329) writes it: a prompt read from stdin
+    /// (`content` a list of blocks, `promptSource` `sdk`), one typed in the terminal (a plain
+    /// string, `typed`), or a tool's result (no `promptSource`).
+    fn record_user(&mut self, content: Value, source: Option<&str>) {
+        let mut line = self.transcript_line("user", json!({"role": "user", "content": content}));
+        if let Some(source) = source {
+            line["promptSource"] = json!(source);
+            line["promptId"] = json!(Uuid::new_v4().to_string());
+        }
+        self.append(&line);
+    }
+
+    /// Appends one content block of model message `id`, with the message's stop reason, as
+    /// the real CLI writes each block of a message it received.
+    fn record_assistant(&mut self, id: &str, block: &Value, stop_reason: &str) {
+        let message = json!({
+            "id": id, "type": "message", "role": "assistant", "model": MODEL,
+            "content": [block], "stop_reason": stop_reason, "stop_sequence": null,
+            "usage": usage(10, 5),
+        });
+        let line = self.transcript_line("assistant", message);
+        self.append(&line);
+    }
+
+    fn transcript_line(&mut self, kind: &str, message: Value) -> Value {
+        let uuid = Uuid::new_v4().to_string();
+        let parent = self.last_uuid.replace(uuid.clone());
+        json!({
+            "parentUuid": parent, "isSidechain": false, "type": kind, "message": message,
+            "uuid": uuid,
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "userType": "external", "entrypoint": "sdk-cli", "cwd": self.cwd,
+            "sessionId": self.id, "version": VERSION,
         })
-        .and_then(|mut file| file.write_all(line.as_bytes()));
-    if let Err(err) = written {
-        fatal(&format!("Error: cannot write the transcript: {err}"), 1);
+    }
+
+    fn append(&self, line: &Value) {
+        let line = line.to_string() + "\n";
+        let written = self
+            .transcript
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.transcript)
+            })
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(err) = written {
+            fatal(&format!("Error: cannot write the transcript: {err}"), 1);
+        }
     }
 }
 
@@ -484,10 +528,11 @@ fn interactive(mut session: Session) -> i32 {
             );
             return 0;
         }
-        append_transcript(&session.transcript, "user", &text);
+        session.record_user(json!(text), Some("typed"));
         session.history.push(text.clone());
         let reply = format!("echo: {text} | history: {}", session.history.join(" / "));
-        append_transcript(&session.transcript, "assistant", &reply);
+        let block = json!({"type": "text", "text": reply});
+        session.record_assistant(&format!("msg_typed_{}", Uuid::new_v4()), &block, "end_turn");
         let _ = writeln!(out, "\u{25cf} {reply}");
     }
 }
@@ -605,6 +650,8 @@ struct Directives {
     bad_type: bool,
     api_retries: Option<u64>,
     alloc_mib: Option<usize>,
+    /// `[stall-result]`: after the reply (stdout and transcript), block before the `result`.
+    stall_result: bool,
     /// `[ask-write:FILE]` and `[ask-question]`, in the message's order.
     asks: Vec<Ask>,
 }
@@ -652,6 +699,7 @@ impl Directives {
             "spawn-tool" => self.spawn_tool = true,
             "badtype" => self.bad_type = true,
             "alloc" => self.alloc_mib = number(arg),
+            "stall-result" => self.stall_result = true,
             "ask-write" => {
                 if let Some(file) = arg.filter(|file| !file.is_empty()) {
                     self.asks.push(Ask::Write(file.to_owned()));
@@ -863,7 +911,8 @@ impl Conversation {
         }
         self.turns += 1;
         self.denials.clear();
-        append_transcript(&self.session.transcript, "user", text);
+        self.session
+            .record_user(json!([{"type": "text", "text": text}]), Some("sdk"));
         self.session.history.push(text.to_owned());
 
         emit(&self.init_line());
@@ -983,7 +1032,9 @@ impl Conversation {
         if let Waited::Interrupted = self.say(json!([{"type": "text", "text": shown}])) {
             return None;
         }
-        append_transcript(&self.session.transcript, "assistant", &result);
+        if directives.stall_result {
+            hang_forever(); // the reply is in the transcript; its `result` never comes
+        }
         Some(self.result_line("success", false, &result, started))
     }
 
@@ -1275,13 +1326,14 @@ impl Conversation {
         id
     }
 
-    fn emit_tool_result(&self, tool_use_id: &str, content: &str, is_error: bool) {
+    fn emit_tool_result(&mut self, tool_use_id: &str, content: &str, is_error: bool) {
         let mut block =
             json!({"type": "tool_result", "content": content, "tool_use_id": tool_use_id});
         if is_error {
             block["is_error"] = json!(true);
         }
-        emit(&self.user_line(json!([block])));
+        emit(&self.user_line(json!([block.clone()])));
+        self.session.record_user(json!([block]), None);
     }
 
     fn user_line(&self, content: Value) -> Value {
@@ -1327,9 +1379,15 @@ impl Conversation {
         self.messages += 1;
         let id = format!("msg_{}", self.messages);
         let blocks = content.as_array().cloned().unwrap_or_default();
+        let stop_reason = if blocks.iter().any(|b| b["type"] == "tool_use") {
+            "tool_use"
+        } else {
+            "end_turn"
+        };
         let Some(gap) = self.stream else {
             for block in blocks {
-                emit(&self.assistant_line(&id, json!([block])));
+                emit(&self.assistant_line(&id, json!([block.clone()])));
+                self.session.record_assistant(&id, &block, stop_reason);
             }
             return Waited::Elapsed;
         };
@@ -1344,15 +1402,11 @@ impl Conversation {
                 "stop_reason": null, "stop_sequence": null, "usage": usage(10, 1),
             }}),
         );
-        let mut stop_reason = "end_turn";
         for (index, block) in blocks.into_iter().enumerate() {
             let mut empty = block.clone();
             match block["type"].as_str() {
                 Some("text") => empty["text"] = json!(""),
-                Some("tool_use") => {
-                    empty["input"] = json!({});
-                    stop_reason = "tool_use";
-                }
+                Some("tool_use") => empty["input"] = json!({}),
                 _ => {}
             }
             self.stream_event(
@@ -1380,7 +1434,8 @@ impl Conversation {
                     json!({"type": "content_block_delta", "index": index, "delta": delta}),
                 );
             }
-            emit(&self.assistant_line(&id, json!([block])));
+            emit(&self.assistant_line(&id, json!([block.clone()])));
+            self.session.record_assistant(&id, &block, stop_reason);
             self.stream_event(&id, json!({"type": "content_block_stop", "index": index}));
         }
         self.stream_event(

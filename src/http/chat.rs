@@ -34,7 +34,7 @@ pub fn router() -> Routes {
 
 /// A message for a session: an existing one (`sessionId`) or a new one in `projectPath`.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"message": "What does this project do?", "projectPath": "~/code/app"}))]
 pub(super) struct ChatRequest {
     /// The text for the agent: not only white space, at most `sessions.max_message_bytes`.

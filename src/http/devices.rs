@@ -63,6 +63,18 @@ const MAX_TOPIC_BYTES: usize = 255;
 /// Longest device name.
 const MAX_NAME_CHARS: usize = 100;
 
+/// The first character of a device name that a list or a log must not show: a control
+/// character (NUL, line breaks, escapes, C1) or one that reorders the text around it
+/// (bidirectional embeddings, overrides, isolates and marks), which could make a name
+/// read as something else.
+pub(super) fn unsafe_name_char(name: &str) -> Option<char> {
+    name.chars().find(|&c| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}')
+    })
+}
+
 pub fn router() -> Routes {
     Routes::default()
         .add(Method::GET, "/api/devices", Access::User, get(list))
@@ -160,7 +172,7 @@ fn valid_topic(topic: &str) -> bool {
         (status = 422, description = "`invalid_device_token`: `token` is not 64 to 200 hex digits; \
             `invalid_environment`: `environment` is not `sandbox` or `production`; \
             `invalid_topic`: `topic` is not a bundle id; \
-            `invalid_name`: `name` is longer than 100 characters; \
+            `invalid_name`: `name` is longer than 100 characters or holds control or text-direction characters; \
             `topic_required`: no `topic`, and the server has no `push.apns.topic`"),
     ),
 )]
@@ -202,6 +214,15 @@ pub(super) async fn register(
         return Err(ApiError::invalid(
             "invalid_name",
             format!("name must be at most {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if let Some(c) = req.name.as_deref().and_then(unsafe_name_char) {
+        return Err(ApiError::invalid(
+            "invalid_name",
+            format!(
+                "name must not hold control or text-direction characters (it holds U+{:04X})",
+                c as u32
+            ),
         ));
     }
     let name = req.name.as_deref().map(str::trim).filter(|n| !n.is_empty());

@@ -167,7 +167,7 @@ pub(super) struct PushList {
     tag = "pushes",
     params(
         Filters,
-        ("before" = Option<i64>, Query, description = "Only pushes older than this push id"),
+        ("before" = Option<i64>, Query, minimum = 0, description = "Only pushes older than this push id (digits only)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
     ),
     responses(
@@ -175,7 +175,7 @@ pub(super) struct PushList {
         (status = 422, description = "`invalid_device`: `device` is neither an id nor a token; \
             `invalid_status`: `status` is not a push's state; \
             `invalid_limit`: `limit` is not 1 to 1000; \
-            `invalid_query`: `before` or `limit` is not a number"),
+            `invalid_query`: `before` is not a non-negative whole number or `limit` not a number"),
     ),
 )]
 pub(super) async fn list(
@@ -216,7 +216,7 @@ pub(super) async fn list(
             device_id,
             session_id: q.session.as_deref(),
             status,
-            before: page.before,
+            before: page.before.map(|c| c.0),
             limit,
         },
     )

@@ -26,7 +26,7 @@ use utoipa::{
 use super::{
     openapi::SessionId,
     routes::{Access, Routes},
-    views::{time, ActiveSessionView, MessageView, Page, SessionView},
+    views::{self, time, ActiveSessionView, Cursor, MessageView, Page, SessionView},
     ApiError, ApiPath, ApiQuery, Edge,
 };
 use crate::{
@@ -240,13 +240,13 @@ pub(super) struct MessageList {
     tag = "sessions",
     params(
         SessionId,
-        ("after" = Option<i64>, Query, description = "Only messages with a larger id (default 0)"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only messages with a larger id (default 0; digits only)"),
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)"),
     ),
     responses(
         (status = 200, description = "The messages", body = MessageList),
         (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
+        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: `after` is not a non-negative whole number or `limit` not a number"),
     ),
 )]
 pub(super) async fn list_messages(
@@ -259,7 +259,7 @@ pub(super) async fn list_messages(
     let rows = messages::list_after(
         state.store.pool(),
         &id,
-        page.after.unwrap_or(0),
+        views::after(page.after),
         page.limit()?,
     )
     .await?;
@@ -519,14 +519,14 @@ fn json_object_text() -> Object {
     tag = "sessions",
     params(
         SessionId,
-        ("after" = Option<i64>, Query, description = "Only events after this sequence number (default 0)"),
-        ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "As `after`, sent by an EventSource that reconnects; wins over `after`"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "Only events after this sequence number (default 0; digits only)"),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "As `after`, sent by an EventSource that reconnects; wins over `after`"),
     ),
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = SessionEvent,
             example = "id: 1\nevent: tether.turn_started\ndata: {\"messageId\":12}\n\nid: 2\nevent: system\ndata: {\"type\":\"system\",\"subtype\":\"init\"}\n\n"),
         (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 422, description = "`invalid_last_event_id`: `Last-Event-ID` is not a number; `invalid_query`: `after` is not a number"),
+        (status = 422, description = "`invalid_last_event_id`: `Last-Event-ID` is not a non-negative whole number; `invalid_query`: `after` is not one"),
         (status = 429, description = "`too_many_streams`: `limits.streams_per_owner` streams are open already"),
     ),
 )]
@@ -543,11 +543,15 @@ pub(super) async fn stream_events(
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|s| Cursor::parse(s.trim()))
+            .map(|c| c.0)
             .ok_or_else(|| {
-                ApiError::invalid("invalid_last_event_id", "Last-Event-ID must be a number")
+                ApiError::invalid(
+                    "invalid_last_event_id",
+                    "Last-Event-ID must be a non-negative whole number (digits only)",
+                )
             })?,
-        None => page.after.unwrap_or(0),
+        None => views::after(page.after),
     };
     let limit = state.settings.limits.streams_per_owner;
     let Some(permit) = edge.streams.try_acquire(&caller.owner, limit) else {

@@ -170,7 +170,7 @@ pub(super) struct Paired {
     responses(
         (status = 200, description = "Paired", body = Paired),
         (status = 401, description = "`unauthorized`: the code is wrong, used or expired"),
-        (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters"),
+        (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters or holds control or text-direction characters"),
         (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute"),
         (status = 500, description = "`internal_error`: the server failed (its log says why)"),
         (status = 503, description = "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O error); nothing was changed"),
@@ -189,6 +189,15 @@ pub(super) async fn pair(
         return Err(ApiError::invalid(
             "invalid_device_name",
             format!("deviceName is at most {MAX_NAME} characters"),
+        ));
+    }
+    if let Some(c) = name.and_then(super::devices::unsafe_name_char) {
+        return Err(ApiError::invalid(
+            "invalid_device_name",
+            format!(
+                "deviceName must not hold control or text-direction characters (U+{:04X})",
+                c as u32
+            ),
         ));
     }
     let issued = pairing::redeem(&state.store, &state.auth, &state.pairing, &req.code, name)

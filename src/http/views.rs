@@ -232,6 +232,12 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Whether the agent got the message: for a user message, true once tether wrote it to
+    /// the agent's input (or, after a crash, the agent's own record showed it had it), so a
+    /// message that failed or was interrupted with `delivered: true` may have been acted on
+    /// (resending it may do the work twice); false while queued and when it never reached
+    /// the agent. Always true for a reply (it came from the agent).
+    pub delivered: bool,
     /// Why a queued message has not started: `process_slot` (every process slot is busy;
     /// it starts when one frees), `terminal` (a terminal holds the conversation; it starts
     /// when that ends) or `turn` (its turn in the session's queue).
@@ -277,6 +283,9 @@ impl MessageView {
 
 impl From<MessageRow> for MessageView {
     fn from(m: MessageRow) -> Self {
+        // A completed turn's message reached the agent even if its mark was not stored.
+        let delivered =
+            m.role == "assistant" || m.delivered_at.is_some() || m.status == Status::Completed;
         Self {
             id: m.id,
             session_id: m.session_id,
@@ -292,6 +301,7 @@ impl From<MessageRow> for MessageView {
             created_at: time(m.created_at),
             started_at: m.started_at.map(time),
             finished_at: m.finished_at.map(time),
+            delivered,
             waiting_for: None,
         }
     }
@@ -304,9 +314,40 @@ const MAX_PAGE: i64 = 1000;
 /// Paging of a listing: `?after=ID` (oldest first) or `?before=ID` (newest first), `limit`.
 #[derive(Debug, Default, Deserialize)]
 pub struct Page {
-    pub after: Option<i64>,
-    pub before: Option<i64>,
+    pub after: Option<Cursor>,
+    pub before: Option<Cursor>,
     pub limit: Option<i64>,
+}
+
+/// A position in a listing or a log (an id or a sequence number): digits only, so `-1`,
+/// `+1`, ` 1` or `1.0` are refused (422) rather than read as something else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(pub i64);
+
+impl Cursor {
+    /// The cursor `text` spells, or None when it is not a plain non-negative integer.
+    pub fn parse(text: &str) -> Option<Cursor> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        text.parse().ok().map(Cursor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        Cursor::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a non-negative whole number (digits only)"
+            ))
+        })
+    }
+}
+
+/// A cursor, or 0 (the start) when none was given.
+pub fn after(cursor: Option<Cursor>) -> i64 {
+    cursor.map_or(0, |c| c.0)
 }
 
 impl Page {

@@ -223,6 +223,15 @@ pub(super) struct Numbering {
 }
 
 impl Numbering {
+    /// Numbers a session's events after `last_seq`, its log's last stored number (for a
+    /// writer that is not its actor: none runs yet, as at a start).
+    pub(super) fn after(session_id: String, last_seq: i64) -> Self {
+        Self {
+            session_id,
+            next_seq: last_seq,
+        }
+    }
+
     /// The next event, numbered.
     pub(super) fn stage(&mut self, kind: &str, data: String) -> EventRow {
         self.next_seq += 1;

@@ -11,6 +11,7 @@ mod hold;
 pub mod lifecycle;
 mod live;
 mod log;
+mod recover;
 pub mod resources;
 pub mod retention;
 mod slots;
@@ -207,7 +208,8 @@ impl Sessions {
     }
 
     /// After a start: stops CLI processes an earlier run left behind, ends the turns it
-    /// left `running` as `interrupted` (telling their owners), and resumes queued work.
+    /// left `running` by what the agent's record says of them (see `recover`; telling their
+    /// owners), and resumes queued work.
     pub async fn recover(&self) -> anyhow::Result<()> {
         let pool = self.deps().store.pool();
         self.stop_orphan_spares().await?;
@@ -234,9 +236,9 @@ impl Sessions {
                 "pending approvals expired by the restart"
             );
         }
-        let interrupted = self.interrupt_running(STOPPED_MID_TURN).await?;
-        if interrupted > 0 {
-            tracing::warn!(count = interrupted, "turns interrupted by the last stop");
+        let left = self.settle_left_running().await?;
+        if left > 0 {
+            tracing::warn!(count = left, "turns left running by the last stop");
         }
         for id in messages::sessions_with_queued(pool).await? {
             self.wake(&id);

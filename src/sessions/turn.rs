@@ -133,6 +133,7 @@ impl Actor {
                     Step::Slot(Err(())) => return, // shutting down: the message stays queued
                     Step::Written(Ok(())) => {
                         self.set_state(ProcessState::Busy);
+                        self.mark_delivered(&msg).await;
                         last_life = Instant::now();
                         if faults::hit(faults::ACTOR_PANIC, &msg.text) {
                             panic!("injected fault: the actor panics mid-turn");
@@ -395,6 +396,21 @@ impl Actor {
             live.recorded = true;
         }
         Ok(true)
+    }
+
+    /// Records that the agent has the message (its line is on the CLI's stdin): one small
+    /// update, as no transaction of the turn falls at this point. A failure only loses the
+    /// mark: the turn goes on, its end says completed or not, and a start after a crash asks
+    /// the CLI's transcript.
+    async fn mark_delivered(&self, msg: &messages::MessageRow) {
+        let (id, now) = (msg.id, crate::store::now_ms());
+        let marked = self
+            .store()
+            .write(move |tx| messages::mark_delivered(tx, id, now))
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, message_id = id, "could not record that the agent has the message");
+        }
     }
 
     /// Writes the agent's interrupt request; false if it has none or stdin is gone.

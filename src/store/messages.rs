@@ -68,6 +68,8 @@ pub struct MessageRow {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// When the agent got the message (see `mark_delivered`); None: it never did.
+    pub delivered_at: Option<i64>,
 }
 
 pub struct NewUserMessage<'a> {
@@ -189,6 +191,7 @@ pub fn with_reply_sync(
                 created_at: r.get("created_at")?,
                 started_at: r.get("started_at")?,
                 finished_at: r.get("finished_at")?,
+                delivered_at: r.get("delivered_at")?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -243,6 +246,16 @@ pub fn mark_running(db: &Connection, id: i64, now: i64) -> rusqlite::Result<bool
     Ok(changed == 1)
 }
 
+/// Records that the message's line was written to the agent's stdin (on the writer); the
+/// first time counts.
+pub fn mark_delivered(db: &Connection, id: i64, now: i64) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "UPDATE messages SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
+    )?
+    .execute(params![now, id])?;
+    Ok(())
+}
+
 /// How a turn ended, for [`finish`].
 pub struct Outcome<'a> {
     pub status: Status,
@@ -272,6 +285,13 @@ pub fn finish(db: &Connection, id: i64, o: &Outcome<'_>) -> rusqlite::Result<boo
             id
         ])?;
     Ok(changed == 1)
+}
+
+/// The messages left `running` (by a crash, read at the next start), oldest first.
+pub async fn list_running(ex: impl SqliteExecutor<'_>) -> sqlx::Result<Vec<MessageRow>> {
+    sqlx::query_as("SELECT * FROM messages WHERE status = 'running' ORDER BY id")
+        .fetch_all(ex)
+        .await
 }
 
 /// Ends every message left `running` (tether stopped mid-turn), returning them.
@@ -339,5 +359,42 @@ pub async fn list_after(
         .bind(after)
         .bind(limit)
         .fetch_all(ex)
+        .await
+}
+
+/// Deletes, at most `batch` at a time, the messages of sessions that ended before `cutoff`
+/// and the approvals asked in their turns (which refer to them). Newest first, so that a
+/// reply goes with (or before) the message it answers. Returns how many messages went.
+/// Run it in a write transaction: both statements then pick the same messages.
+pub async fn prune_ended(
+    ex: &mut sqlx::SqliteConnection,
+    cutoff: i64,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    sqlx::query(PRUNE_APPROVALS)
+        .bind(cutoff)
+        .bind(batch)
+        .execute(&mut *ex)
+        .await?;
+    let done = sqlx::query(PRUNE_MESSAGES)
+        .bind(cutoff)
+        .bind(batch)
+        .execute(&mut *ex)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+const PRUNE_APPROVALS: &str = "DELETE FROM approvals WHERE message_id IN (\
+     SELECT m.id FROM messages m JOIN sessions s ON s.id = m.session_id \
+     WHERE s.ended_at IS NOT NULL AND s.ended_at < ?1 ORDER BY m.id DESC LIMIT ?2)";
+const PRUNE_MESSAGES: &str = "DELETE FROM messages WHERE id IN (\
+     SELECT m.id FROM messages m JOIN sessions s ON s.id = m.session_id \
+     WHERE s.ended_at IS NOT NULL AND s.ended_at < ?1 ORDER BY m.id DESC LIMIT ?2)";
+
+/// How many messages a session has stored.
+pub async fn count(ex: impl SqliteExecutor<'_>, session_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE session_id = ?")
+        .bind(session_id)
+        .fetch_one(ex)
         .await
 }

@@ -404,3 +404,79 @@ async fn wait_returns_202_when_the_turn_outlasts_the_wait() {
         .await;
     assert_eq!(done["status"], "completed");
 }
+
+#[tokio::test]
+async fn a_chat_body_with_an_unknown_field_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"message": "hi", "projectPath": app.project.to_str().unwrap(), "wiat": true}),
+        json!({"message": "hi", "projectPath": app.project.to_str().unwrap(), "session_id": "x"}),
+    ] {
+        let res = app.post("/api/chat", body.clone()).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body".to_string()),
+            "{body}"
+        );
+    }
+    assert_eq!(counts(&app).await, (0, 0));
+    // Every field a client sends is still taken.
+    let res = app
+        .post(
+            "/api/chat",
+            json!({"message": "hi", "projectPath": app.project.to_str().unwrap(),
+                "clientMessageId": "c-1", "wait": true}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let first: Value = res.json().await.unwrap();
+    let res = app
+        .post(
+            "/api/chat",
+            json!({"message": "again", "sessionId": first["sessionId"], "wait": true}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_message_says_whether_it_reached_the_agent() {
+    let app = spawn_app().await;
+    let done = app.chat_wait("hello", None).await;
+    let id = done["sessionId"].as_str().unwrap().to_string();
+    let first = app.message(&id, done["messageId"].as_i64().unwrap()).await;
+    assert_eq!(first["delivered"], true, "{first}");
+    assert_eq!(
+        done["reply"]["delivered"], true,
+        "a reply came from the agent"
+    );
+
+    // A message behind a running turn has not reached the agent; the running one has.
+    let busy = app.chat("busy [slow:60000]", Some(&id)).await;
+    let waiting = app.chat("behind it", Some(&id)).await;
+    let busy_id = busy["messageId"].as_i64().unwrap();
+    let running = crate::helpers::wait_for("the busy turn with the agent", || async {
+        let m = app.message(&id, busy_id).await;
+        (m["status"] == "running" && m["delivered"] == true).then_some(m)
+    })
+    .await;
+    assert_eq!(running["delivered"], true);
+    let queued = app
+        .message(&id, waiting["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(queued["delivered"], false, "{queued}");
+    // Ending the session cancels the queued one, never delivered; the busy one was.
+    assert_eq!(
+        app.delete(&format!("/api/sessions/{id}")).await.status(),
+        StatusCode::OK
+    );
+    let cancelled = app
+        .message(&id, waiting["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["delivered"], false);
+    let cut = app.message(&id, busy_id).await;
+    assert_eq!(cut["status"], "interrupted", "{cut}");
+    assert_eq!(cut["delivered"], true, "{cut}");
+}

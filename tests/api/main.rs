@@ -18,6 +18,7 @@ mod push;
 mod real_claude;
 mod recovery;
 mod resilience;
+mod retention;
 mod security;
 mod sessions;
 mod spares;

@@ -588,3 +588,66 @@ async fn start_apns(dir: Arc<TempDir>, key: &Path) -> TestApp {
     settings.push.apns.topic = String::new();
     TestApp::start(settings, dir).await
 }
+
+#[tokio::test]
+async fn device_names_with_control_or_direction_characters_are_refused() {
+    let app = spawn_app().await;
+    for name in [
+        "Ana\u{0}s phone",
+        "line\nbreak",
+        "bell\u{7}",
+        "c1\u{85}",
+        "evil\u{202E}enohp",
+        "\u{202A}embedded",
+        "isolate\u{2066}x\u{2069}",
+        "mark\u{200F}",
+        "mark\u{200E}",
+        "arabic\u{061C}mark",
+    ] {
+        let body = json!({"token": T1, "environment": "sandbox", "name": name});
+        let res = app.post("/api/devices", body).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_name".to_string()),
+            "{name:?}"
+        );
+    }
+    assert!(devices(&app).await.is_empty(), "nothing was stored");
+    // Names in any script, with emoji and joiners, are fine.
+    let body = json!({"token": T1, "environment": "sandbox", "name": "Ana’s iPhone 日本 👩‍💻 عربي"});
+    assert_eq!(
+        app.post("/api/devices", body).await.status(),
+        StatusCode::CREATED
+    );
+
+    // The device name given when pairing follows the same rule.
+    let code = tether::pairing::create(
+        &app.state.store,
+        "me",
+        None,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .0;
+    let pair = |name: &'static str| {
+        app.client
+            .post(app.url("/api/pair"))
+            .json(&json!({"code": code, "deviceName": name}))
+            .send()
+    };
+    let res = pair("x\u{202E}y").await.unwrap();
+    assert_eq!(
+        error_code(res).await,
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_device_name".to_string()
+        )
+    );
+    let res = pair("Ana's iPad").await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "the code was not used up by the refusal"
+    );
+}

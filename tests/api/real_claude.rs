@@ -3,7 +3,7 @@
 //! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, the
 //! official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live text),
 //! the interactive CLI in a terminal on a chat's conversation, and the permission-mode
-//! answer reporting what the live CLI did. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
+//! answer reporting what the live CLI did, and a SIGKILL recovered from the transcript. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
 //! without it the test says so and skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{test_settings, wait_for, wait_gone, TestApp},
+    helpers::{test_settings, wait_for, wait_gone, Server, TestApp},
     stand_in_api::{color_question, tool_result_text, tool_results, user_texts, StandInApi},
 };
 
@@ -493,4 +493,91 @@ async fn the_permission_mode_answer_is_what_the_real_cli_did() {
         (&json!(true), &json!("now")),
         "{taken}"
     );
+}
+
+/// After a SIGKILL of tether while the real CLI had written its reply to its transcript but
+/// not yet printed its `result` (held there by a Stop hook that sleeps), the next start stores
+/// the turn completed with that reply, and the conversation goes on.
+#[tokio::test]
+async fn a_sigkill_after_the_real_cli_wrote_its_reply_is_recovered_from_its_transcript() {
+    let Some(cli) = real_cli() else { return };
+    let api = StandInApi::start().await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(dir.path());
+    settings.agent.command = cli;
+    let home = dir.path().join("home");
+    let config = home.join(".claude");
+    std::fs::create_dir_all(&config).unwrap();
+    settings.agent.env.clear();
+    for (k, v) in [
+        ("ANTHROPIC_BASE_URL", api.base_url()),
+        ("ANTHROPIC_API_KEY", "test-key".to_string()),
+        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1".to_string()),
+        ("DISABLE_AUTOUPDATER", "1".to_string()),
+        ("DISABLE_TELEMETRY", "1".to_string()),
+        ("HOME", home.to_string_lossy().into_owned()),
+    ] {
+        settings.agent.env.insert(k.to_string(), v);
+    }
+    // The turn's end waits in this hook, after the transcript has the reply.
+    let hook = config.join("settings.json");
+    std::fs::write(
+        &hook,
+        json!({"hooks": {"Stop": [{"hooks": [{"type": "command", "command": "sleep 300"}]}]}})
+            .to_string(),
+    )
+    .unwrap();
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    api.set_reply("Recovered: KIWI.");
+    let sent = server
+        .post(
+            &token,
+            json!({"message": "Say KIWI", "projectPath": project}),
+        )
+        .await;
+    let id = sent["sessionId"].as_str().unwrap().to_string();
+    let msg = sent["messageId"].as_i64().unwrap();
+    wait_for("the reply in the real CLI's transcript", || async {
+        let folder = std::fs::read_dir(config.join("projects"))
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.join(format!("{id}.jsonl")).is_file())?;
+        let transcript = std::fs::read_to_string(folder.join(format!("{id}.jsonl"))).ok()?;
+        transcript.contains("Recovered: KIWI.").then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let listed: serde_json::Value = client
+        .get(format!("{}/api/sessions/{id}/messages", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["messages"][0]["status"], "running", "{listed}");
+    server.sigkill();
+
+    std::fs::remove_file(&hook).unwrap();
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, msg).await;
+    assert_eq!(m["status"], "completed", "{m}");
+    assert_eq!(m["delivered"], true);
+    let reply = app
+        .messages(&id)
+        .await
+        .into_iter()
+        .find(|r| r["replyTo"] == msg)
+        .expect("the reply, from the transcript");
+    assert_eq!(reply["text"], "Recovered: KIWI.");
+    api.set_reply("Still here.");
+    let next = app.chat_wait("And now?", Some(&id)).await;
+    assert_eq!(next["status"], "completed", "{next}");
+    let last = api.main_requests().last().cloned().unwrap();
+    assert_eq!(user_texts(&last), vec!["Say KIWI", "And now?"]);
 }

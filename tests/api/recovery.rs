@@ -254,7 +254,12 @@ async fn sigkill_mid_turn_loses_nothing_and_the_conversation_continues() {
         .message(&id, running["messageId"].as_i64().unwrap())
         .await;
     assert_eq!(m["status"], "interrupted", "{m}");
-    assert!(m["error"].as_str().unwrap().contains("tether stopped"));
+    let reason = m["error"].as_str().unwrap();
+    assert!(
+        reason.contains("tether stopped") && reason.contains("the agent had received it"),
+        "the CLI's transcript shows it had the message: {reason}"
+    );
+    assert_eq!(m["delivered"], true);
     // The queued message was kept and is answered after the restart, with context.
     let done = app
         .wait_terminal(&id, queued["messageId"].as_i64().unwrap())
@@ -493,4 +498,180 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
     assert_eq!(m["status"], "completed", "it never reached the agent: {m}");
     let m = app.message(&a, busy["messageId"].as_i64().unwrap()).await;
     assert_eq!(m["status"], "interrupted", "{m}");
+}
+
+/// GET as `token` on a server started as a binary.
+async fn get_from(server: &Server, token: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The fake CLI's transcript of conversation `id` (under the test's `claude-config`).
+fn transcript_of(dir: &std::path::Path, id: &str) -> Option<String> {
+    let folder = std::fs::read_dir(dir.join("claude-config/projects"))
+        .ok()?
+        .next()?
+        .ok()?
+        .path();
+    std::fs::read_to_string(folder.join(format!("{id}.jsonl"))).ok()
+}
+
+#[tokio::test]
+async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcript() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let settings = test_settings(dir.path());
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    let device = reqwest::Client::new()
+        .post(format!("{}/api/devices", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"token": crate::push::T1, "environment": "sandbox", "topic": "com.example.tether"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(device.status().is_success());
+    let first = server
+        .post(
+            &token,
+            json!({"message": "one", "projectPath": project, "wait": true}),
+        )
+        .await;
+    assert_eq!(first["status"], "completed", "{first}");
+    let id = first["sessionId"].as_str().unwrap().to_string();
+    let stalled = server
+        .post(
+            &token,
+            json!({"message": "two [stall-result]", "sessionId": id}),
+        )
+        .await;
+    let two = stalled["messageId"].as_i64().unwrap();
+    let queued = server
+        .post(&token, json!({"message": "three", "sessionId": id}))
+        .await;
+    assert_eq!(queued["status"], "queued");
+    // The CLI wrote its reply to its transcript and stalls before its `result`: tether has
+    // not stored the turn's end, and the message says the agent has it.
+    let reply = "echo: two [stall-result] | history: one / two [stall-result]";
+    wait_for("the reply in the CLI's transcript", || async {
+        transcript_of(dir.path(), &id)?
+            .contains(&format!(r#""text":"{reply}""#))
+            .then_some(())
+    })
+    .await;
+    let m = get_from(&server, &token, &format!("/api/sessions/{id}/messages")).await;
+    let running = m["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == two)
+        .unwrap()
+        .clone();
+    assert_eq!(running["status"], "running", "{running}");
+    assert_eq!(running["delivered"], true, "{running}");
+    server.sigkill();
+
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, two).await;
+    assert_eq!(m["status"], "completed", "{m}");
+    assert_eq!(m["delivered"], true);
+    assert_eq!(m["error"], Value::Null);
+    let replied = app
+        .messages(&id)
+        .await
+        .into_iter()
+        .find(|r| r["replyTo"] == two)
+        .expect("the reply from the transcript");
+    assert_eq!(replied["text"], reply);
+    // The owner's phone is told as for any reply, and the log says how the turn ended.
+    let pushes = app.get_as(&app.admin_token, "/api/pushes").await;
+    let pushes: Value = pushes.json().await.unwrap();
+    let kinds: Vec<(&str, i64)> = pushes["pushes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap(),
+                p["messageId"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("turn_completed", replied["id"].as_i64().unwrap())),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|(k, _)| *k == "turn_interrupted"),
+        "{kinds:?}"
+    );
+    let events = crate::sessions::read_sse(&app, &id, Some(0), |(_, _, data)| {
+        data["messageId"] == two && data["recovered"] == true
+    })
+    .await;
+    let end = events.last().unwrap();
+    assert_eq!(end.1, "tether.turn_completed", "{end:?}");
+    assert_eq!(end.2["replyId"], replied["id"]);
+    // The queued message runs after it, with the whole conversation.
+    let done = app
+        .wait_terminal(&id, queued["messageId"].as_i64().unwrap())
+        .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let next = app
+        .messages(&id)
+        .await
+        .into_iter()
+        .find(|r| r["replyTo"] == queued["messageId"])
+        .unwrap();
+    assert_eq!(
+        next["text"],
+        "echo: three | history: one / two [stall-result] / three"
+    );
+}
+
+#[tokio::test]
+async fn a_sigkill_before_the_cli_read_the_message_says_it_never_received_it() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut settings = test_settings(dir.path());
+    // The CLI starts slowly: the message sits in its stdin, unread, when tether dies.
+    settings
+        .agent
+        .env
+        .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "60000".into());
+    let project = dir.path().join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    let server = Server::start(&settings, dir.path());
+    let token = Server::token(&settings);
+    let sent = server
+        .post(&token, json!({"message": "unread", "projectPath": project}))
+        .await;
+    let id = sent["sessionId"].as_str().unwrap().to_string();
+    let msg = sent["messageId"].as_i64().unwrap();
+    wait_for("the message written to the CLI's stdin", || async {
+        let m = get_from(&server, &token, &format!("/api/sessions/{id}/messages")).await;
+        (m["messages"][0]["delivered"] == true).then_some(())
+    })
+    .await;
+    server.sigkill();
+
+    settings.agent.env.remove("FAKE_CLAUDE_START_DELAY_MS");
+    let app = TestApp::start(settings, dir).await;
+    let m = app.message(&id, msg).await;
+    assert_eq!(m["status"], "interrupted", "{m}");
+    let reason = m["error"].as_str().unwrap();
+    assert!(
+        reason.contains("before the agent received this message"),
+        "{reason}"
+    );
+    assert_eq!(m["delivered"], true, "it was written to the CLI's stdin");
+    let again = app.chat_wait("unread", Some(&id)).await;
+    assert_eq!(again["status"], "completed", "{again}");
 }

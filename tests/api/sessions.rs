@@ -364,3 +364,89 @@ async fn bad_paging_answers_a_json_error() {
     let res = app.get_as(&app.admin_token, "/api/pushes?before=x").await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn cursors_are_plain_non_negative_numbers() {
+    let app = spawn_app().await;
+    let first = app.chat_wait("one", None).await;
+    let id = first["sessionId"].as_str().unwrap();
+    // `+` in a query is a space; `%2B` is the sign itself.
+    for query in [
+        "after=-1",
+        "after=%2B1",
+        "after=+1",
+        "after=1.0",
+        "after=",
+        "after=%201",
+    ] {
+        let res = app
+            .get(&format!("/api/sessions/{id}/messages?{query}"))
+            .await;
+        assert_eq!(
+            crate::helpers::error_code(res).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query".to_string()
+            ),
+            "{query}"
+        );
+        let res = app.get(&format!("/api/sessions/{id}/events?{query}")).await;
+        assert_eq!(
+            res.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "events?{query}"
+        );
+    }
+    for query in ["before=-1", "before=%2B1"] {
+        let res = app
+            .get_as(&app.admin_token, &format!("/api/pushes?{query}"))
+            .await;
+        assert_eq!(
+            crate::helpers::error_code(res).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query".to_string()
+            ),
+            "{query}"
+        );
+    }
+    for header in ["-1", "+1", "1e3", "0x1"] {
+        let res = app
+            .client
+            .get(app.url(&format!("/api/sessions/{id}/events")))
+            .bearer_auth(&app.token)
+            .header("Last-Event-ID", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::helpers::error_code(res).await,
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_last_event_id".to_string()
+            ),
+            "Last-Event-ID: {header}"
+        );
+    }
+    // The edges still work: 0, and a plain id.
+    let all = app
+        .get_json(&format!("/api/sessions/{id}/messages?after=0"))
+        .await;
+    assert_eq!(all["messages"].as_array().unwrap().len(), 2);
+    let first_id = first["messageId"].as_i64().unwrap();
+    let rest = app
+        .get_json(&format!("/api/sessions/{id}/messages?after={first_id}"))
+        .await;
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
+    let res = app.get_as(&app.admin_token, "/api/pushes?before=0").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let events = read_sse(&app, id, Some(0), |(_, kind, _)| {
+        kind == "tether.turn_completed"
+    })
+    .await;
+    assert_eq!(
+        events.first().map(|e| e.0),
+        Some(1),
+        "Last-Event-ID: 0 replays from the start"
+    );
+}
