@@ -85,6 +85,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))
+        .layer(middleware::from_fn(server::answer_body_timeouts))
         // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
         .layer(middleware::from_fn(openai::render_errors))
         .layer(Extension(edge))

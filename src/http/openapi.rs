@@ -13,8 +13,8 @@
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
 //! ones, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`) on all, 400
-//! `invalid_path` where the path has parameters (read them with `ApiPath`), and 400/413/415/422
-//! wherever a JSON body is read (with `ApiJson`).
+//! `invalid_path` where the path has parameters (read them with `ApiPath`), and
+//! 400/408/413/415/422 wherever a JSON body is read (with `ApiJson`).
 //!
 //! An error response is written as a status and a description that lists its codes, each as
 //! "`code`: when it is sent", separated by "; ". The document gives it the error body
@@ -258,6 +258,11 @@ const PATH_PARAMETERS: &[(&str, &str)] = &[(
 )];
 const JSON_BODY: &[(&str, &str)] = &[
     ("400", "`malformed_json`: the body is not JSON"),
+    (
+        "408",
+        "`body_timeout`: the body did not arrive within `server.body_read_timeout` \
+         (`server.body_read_timeout_anonymous` without a valid token)",
+    ),
     (
         "413",
         "`body_too_large`: the body is larger than `server.max_body_bytes`",
