@@ -12,7 +12,8 @@
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`) on all, 400
+//! ones, 400 `missing_host`, 421 `host_not_allowed`, 429 `too_many_requests` and 503
+//! (`shutting_down`, `request_timeout`) on all, 403 `origin_not_allowed` on WebSockets, 400
 //! `invalid_path` where the path has parameters (read them with `ApiPath`), and
 //! 400/408/413/415/422 wherever a JSON body is read (with `ApiJson`).
 //!
@@ -227,6 +228,15 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 /// The error answers of the edge (the guard, the extractors), by what a route is.
 const ANY_ROUTE: &[(&str, &str)] = &[
     (
+        "400",
+        "`missing_host`: an HTTP/1.1 request without a `Host` header, or with several",
+    ),
+    (
+        "421",
+        "`host_not_allowed`: `Host` names neither an IP address, `localhost`, this machine \
+         nor one of `server.allowed_hosts`",
+    ),
+    (
         "429",
         "`too_many_requests`: more than `server.requests_per_minute` requests from this token \
          (from this address, without one) in a minute",
@@ -251,6 +261,10 @@ const TOKEN_ROUTE: &[(&str, &str)] = &[
 const ADMIN_ROUTE: &[(&str, &str)] = &[(
     "403",
     "`forbidden`: a user's token; this route needs an admin token (`tether token --admin`)",
+)];
+const WEBSOCKET: &[(&str, &str)] = &[(
+    "403",
+    "`origin_not_allowed`: the upgrade's `Origin` names a host this server does not answer to",
 )];
 const PATH_PARAMETERS: &[(&str, &str)] = &[(
     "400",
@@ -305,6 +319,9 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
     }
     if reads_json(op) {
         common.extend(JSON_BODY);
+    }
+    if op.responses.responses.contains_key("101") {
+        common.extend(WEBSOCKET);
     }
     // `/v1` answers what tether calls 422 as 400, as OpenAI does.
     let v1 = route.path.starts_with(openai::PREFIX);

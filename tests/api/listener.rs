@@ -901,3 +901,149 @@ async fn a_second_sigterm_stops_a_shutdown_that_hangs() {
         started.elapsed()
     );
 }
+
+/// GET `path` (POST with a body when given) as `host` names it, with the user's token.
+async fn with_host(
+    app: &TestApp,
+    host: &str,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let req = match body {
+        Some(body) => app.client.post(app.url(path)).json(&body),
+        None => app.client.get(app.url(path)),
+    };
+    req.header(reqwest::header::HOST, host)
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_host_header_that_does_not_name_this_server_is_refused() {
+    let app =
+        spawn_app_with(|s| s.server.allowed_hosts = vec!["tether.example.ts.net".into()]).await;
+    let port = addr_of(&app.base).port();
+    let pair = || Some(json!({"code": "AAAA-BBBB-CC"}));
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
+    for host in [
+        "evil.example",
+        &format!("evil.example:{port}"),
+        "localhost.evil.example",
+    ] {
+        for (path, body) in [
+            ("/health", None),
+            ("/api/pair", pair()),
+            ("/api/sessions", None),
+        ] {
+            let res = with_host(&app, host, path, body).await;
+            assert_eq!(
+                error_code(res).await,
+                (StatusCode::MISDIRECTED_REQUEST, "host_not_allowed".into()),
+                "{host} {path}"
+            );
+        }
+    }
+    let (_, no_pairing) =
+        error_code(with_host(&app, "evil.example", "/api/pair", pair()).await).await;
+    assert_eq!(no_pairing, "host_not_allowed", "not a wrong code either");
+    // IP literals, localhost, this machine's name and server.allowed_hosts are.
+    let machine = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let label = machine.split('.').next().unwrap().to_string();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "127.0.0.1".to_string(),
+        format!("{machine}:{port}"),
+        format!("{label}.local:{port}"),
+        format!("TETHER.example.ts.net:{port}"),
+    ] {
+        let res = with_host(&app, &host, "/health", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+        let res = with_host(&app, &host, "/api/sessions", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+    }
+    // Without Host: HTTP/1.1 must send it; HTTP/1.0 need not (no browser omits it).
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("missing_host")),
+        "{body}"
+    );
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    // An absolute request target names its host too.
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET http://evil.example/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (421, Some("host_not_allowed")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_from_a_page_of_another_origin_is_refused() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let app = spawn_app_with(|_| {}).await;
+    let id = crate::terminals::open_shell(&app).await;
+    let port = addr_of(&app.base).port();
+    let attach = |origin: Option<String>| {
+        let url = format!("ws://127.0.0.1:{port}/api/terminals/{id}/ws");
+        let token = app.token.clone();
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            if let Some(origin) = origin {
+                req.headers_mut().insert("origin", origin.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(req).await
+        }
+    };
+    for origin in [
+        "https://evil.example",
+        "null",
+        &format!("http://evil.example:{port}"),
+    ] {
+        match attach(Some(origin.to_string())).await {
+            Err(Error::Http(res)) => {
+                assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin}");
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "origin_not_allowed", "{origin}");
+            }
+            other => panic!("{origin}: {:?}", other.map(|(_, res)| res.status())),
+        }
+    }
+    // A page of this server, and a native client (no Origin), may attach.
+    for origin in [
+        Some(format!("http://localhost:{port}")),
+        Some(format!("http://127.0.0.1:{port}")),
+        None,
+    ] {
+        let (ws, res) = attach(origin.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?}: {e}"));
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        drop(ws);
+    }
+}
