@@ -87,10 +87,15 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
     let (routes, _) = all_routes().into_parts();
     routes
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))
         .layer(middleware::from_fn(server::answer_body_timeouts))
         .layer(middleware::from_fn_with_state(allowed, hosts::check))
+        .layer(middleware::from_fn_with_state(
+            server::HeadLimits::new(&state.settings.server),
+            server::check_head,
+        ))
         // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
         .layer(middleware::from_fn(openai::render_errors))
         .layer(Extension(edge))

@@ -12,8 +12,9 @@
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones, 400 `missing_host`, 421 `host_not_allowed`, 429 `too_many_requests` and 503
-//! (`shutting_down`, `request_timeout`) on all, 403 `origin_not_allowed` on WebSockets, 400
+//! ones, 400 `missing_host`, 414 `uri_too_long`, 421 `host_not_allowed`, 431
+//! `headers_too_large`, 429 `too_many_requests` and 503 (`shutting_down`, `request_timeout`)
+//! on all, 403 `origin_not_allowed` on WebSockets, 400
 //! `invalid_path` where the path has parameters (read them with `ApiPath`), and
 //! 400/408/413/415/422 wherever a JSON body is read (with `ApiJson`).
 //!
@@ -235,6 +236,15 @@ const ANY_ROUTE: &[(&str, &str)] = &[
         "421",
         "`host_not_allowed`: `Host` names neither an IP address, `localhost`, this machine \
          nor one of `server.allowed_hosts`",
+    ),
+    (
+        "414",
+        "`uri_too_long`: the request target is longer than `server.max_uri_bytes`",
+    ),
+    (
+        "431",
+        "`headers_too_large`: more headers than `server.max_headers`, or more bytes of them \
+         than `server.max_header_bytes`",
     ),
     (
         "429",

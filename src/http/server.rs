@@ -76,6 +76,10 @@ const EVICT_MIN_AGE: Duration = Duration::from_millis(500);
 /// that a request over the configured count reaches tether's check, which answers 431 in
 /// JSON (hyper's own answer past its limit has no body).
 const HEADER_COUNT_MARGIN: usize = 2;
+/// Hyper's own longest request target: past it, hyper answers 414 with no body.
+const HYPER_MAX_URI_BYTES: usize = u16::MAX as usize - 1;
+/// Hyper's default read buffer (8 KiB + 100 × 4 KiB); [`HeadLimits`] may ask for more.
+const HYPER_MIN_BUFFER: usize = 8192 + 4096 * 100;
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -131,6 +135,8 @@ pub struct Server {
     /// `server.max_headers`, with room above it so that our own check answers in JSON
     /// (see `HEADER_COUNT_MARGIN`).
     max_headers: usize,
+    /// Hyper's read buffer, room for the largest head (see [`HeadLimits`]).
+    max_buf_size: usize,
     /// `server.shutdown_grace` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
     drain_limit: Duration,
     /// HTTPS: every connection shakes hands first (`server.tls`); None for plain HTTP.
@@ -158,6 +164,7 @@ impl Server {
                 .server
                 .max_headers
                 .saturating_mul(HEADER_COUNT_MARGIN),
+            max_buf_size: HeadLimits::hyper_buffer(&settings.server),
             drain_limit: settings.server.shutdown_grace + DRAIN_MARGIN,
             tls,
         }
@@ -199,6 +206,7 @@ impl Server {
                     let limits = ConnLimits {
                         header_read_timeout: self.header_read_timeout,
                         max_headers: self.max_headers,
+                        max_buf_size: self.max_buf_size,
                     };
                     let abort = tasks.spawn(serve_connection(
                         stream,
@@ -363,6 +371,7 @@ struct ConnLimits {
     header_read_timeout: Duration,
     /// Hyper's own count of headers, above `server.max_headers` (see `HEADER_COUNT_MARGIN`).
     max_headers: usize,
+    max_buf_size: usize,
 }
 
 /// HTTP/1 on a connection (plain, or after its TLS handshake), until it ends.
@@ -377,6 +386,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_buf_size)
         .keep_alive(!draining);
     let stream = Counted {
         inner: stream,
@@ -707,6 +717,78 @@ pub async fn answer_body_timeouts(req: AxumRequest, next: Next) -> AxumResponse 
     res.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     res
+}
+
+/// The request head's limits that tether checks itself (`server.max_uri_bytes`,
+/// `server.max_header_bytes`, `server.max_headers`), below hyper's own, so that the answer
+/// is the JSON error: hyper answers past its limits by itself, with no body.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    uri_bytes: usize,
+    header_bytes: usize,
+    headers: usize,
+}
+
+impl HeadLimits {
+    pub fn new(settings: &crate::config::ServerSettings) -> Self {
+        Self {
+            uri_bytes: settings.max_uri_bytes.min(HYPER_MAX_URI_BYTES),
+            header_bytes: settings.max_header_bytes,
+            headers: settings.max_headers,
+        }
+    }
+
+    /// Hyper's read buffer, which holds a whole request head: room for the largest head
+    /// tether accepts and more (the request line and each header's `: ` and CRLF), so that
+    /// a larger one reaches [`check_head`] rather than hyper's bodiless 431.
+    fn hyper_buffer(settings: &crate::config::ServerSettings) -> usize {
+        let head = settings
+            .max_uri_bytes
+            .saturating_add(settings.max_header_bytes);
+        head.saturating_mul(2).max(HYPER_MIN_BUFFER)
+    }
+}
+
+/// 414 `uri_too_long` and 431 `headers_too_large` past [`HeadLimits`]. A layer of the router.
+pub async fn check_head(
+    axum::extract::State(limits): axum::extract::State<HeadLimits>,
+    req: AxumRequest,
+    next: Next,
+) -> AxumResponse {
+    let uri = req.uri();
+    let uri_bytes = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_bytes > limits.uri_bytes {
+        return super::ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {uri_bytes} bytes; at most {} (server.max_uri_bytes)",
+                limits.uri_bytes
+            ),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > limits.headers || header_bytes > limits.header_bytes {
+        return super::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "{} headers of {header_bytes} bytes; at most {} headers (server.max_headers) \
+                 of {} bytes (server.max_header_bytes)",
+                headers.len(),
+                limits.headers,
+                limits.header_bytes
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// One request in flight on a connection, until dropped.

@@ -1047,3 +1047,85 @@ async fn a_websocket_from_a_page_of_another_origin_is_refused() {
         drop(ws);
     }
 }
+
+/// Sends `request` as it is on a new connection and reads the answer.
+async fn raw(app: &TestApp, request: &str) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(DEADLINE, read_answer(&mut stream))
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_answers_405_in_the_error_shape() {
+    let app = spawn_app_with(|_| {}).await;
+    let res = app.client.put(app.url("/health")).send().await.unwrap();
+    let allow = res.headers()["allow"].to_str().unwrap().to_string();
+    assert!(allow.contains("GET"), "{allow}");
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+    // On `/v1`, in OpenAI's shape with the same code.
+    let res = app
+        .client
+        .get(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_request_head_over_its_limits_answers_414_or_431_in_the_error_shape() {
+    let app = spawn_app_with(|s| {
+        s.server.max_uri_bytes = 256;
+        s.server.max_header_bytes = 1024;
+        s.server.max_headers = 10;
+    })
+    .await;
+    let get = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n")
+    };
+    // The request target: 256 bytes are taken, 257 are not.
+    let target = |len: usize| format!("/health?x={}", "a".repeat(len - "/health?x=".len()));
+    assert_eq!(raw(&app, &get(&target(256), "")).await.0, 200);
+    let (status, _, body) = raw(&app, &get(&target(257), "")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (414, Some("uri_too_long")),
+        "{body}"
+    );
+    // Header bytes (names and values): `host` and `127.0.0.1` are 13, `x-pad` 5.
+    let pad = |len: usize| format!("x-pad: {}\r\n", "b".repeat(len));
+    assert_eq!(raw(&app, &get("/health", &pad(1024 - 18))).await.0, 200);
+    let (status, _, body) = raw(&app, &get("/health", &pad(1024 - 17))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large")),
+        "{body}"
+    );
+    // A large header, far above the limit, is still answered in JSON.
+    let (status, _, body) = raw(&app, &get("/health", &pad(200_000))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large")),
+        "{body}"
+    );
+    // The count of headers: `host` and 9 more are taken, 10 more are not.
+    let many = |n: usize| (0..n).map(|i| format!("x-h{i}: v\r\n")).collect::<String>();
+    assert_eq!(raw(&app, &get("/health", &many(9))).await.0, 200);
+    for n in [10, 15] {
+        let (status, _, body) = raw(&app, &get("/health", &many(n))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (431, Some("headers_too_large")),
+            "{n}: {body}"
+        );
+    }
+}
