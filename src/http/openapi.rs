@@ -230,7 +230,8 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 const ANY_ROUTE: &[(&str, &str)] = &[
     (
         "400",
-        "`missing_host`: an HTTP/1.1 request without a `Host` header, or with several",
+        "`missing_host`: an HTTP/1.1 request without a `Host` header, or with several; \
+         `malformed_request`: the request line or a header is not valid HTTP/1.1",
     ),
     (
         "421",

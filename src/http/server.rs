@@ -6,7 +6,8 @@
 //! the header read timeout, and hyper then reads the decrypted stream. A request's body must
 //! arrive within its own time once the handler waits on it ([`ClientBody`]), and a
 //! connection whose handler waits on its client for the body may be closed to make room, as
-//! an idle one.
+//! an idle one. Hyper answers a request head it cannot read (400, 414, 431) by itself with no
+//! body; the connection's writer gives that answer the JSON error shape.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -391,6 +392,7 @@ where
     let stream = Counted {
         inner: stream,
         state: state.clone(),
+        replacing: None,
     };
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -884,10 +886,93 @@ fn open_file_limit(_wanted: usize) -> Option<usize> {
 }
 
 /// A connection's socket (or its TLS stream, whose bytes are the requests' once decrypted),
-/// noting when its client first sent something.
+/// noting when its client first sent something, and giving hyper's own answer to a request
+/// head it could not read (see [`bare_parse_error`]) the JSON error body.
 struct Counted<S> {
     inner: S,
     state: Arc<ConnState>,
+    /// The JSON answer being written in place of hyper's bodiless one, and how much of it
+    /// has been written.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+/// The status of `data` when it is hyper's own answer to a request head it could not read:
+/// exactly a response head (nothing after it) of 400, 414 or 431 with `content-length: 0`,
+/// written while no request is in flight. tether's own error answers always have a body.
+fn bare_parse_error(data: &[u8]) -> Option<StatusCode> {
+    let head = std::str::from_utf8(data).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.strip_prefix("HTTP/1.")?.get(2..5)?;
+    let status = match status {
+        "400" => StatusCode::BAD_REQUEST,
+        "414" => StatusCode::URI_TOO_LONG,
+        "431" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => return None,
+    };
+    lines
+        .any(|l| l.eq_ignore_ascii_case("content-length: 0"))
+        .then_some(status)
+}
+
+/// The JSON answer (head and body, closing the connection) for hyper's bare `status`.
+fn json_parse_error(status: StatusCode) -> Vec<u8> {
+    let (code, message) = match status {
+        StatusCode::URI_TOO_LONG => (
+            "uri_too_long",
+            "the request target is longer than this server reads",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request's headers are larger, or more, than this server reads",
+        ),
+        _ => (
+            "malformed_request",
+            "the request is not valid HTTP/1.1 (its request line or a header)",
+        ),
+    };
+    let body = serde_json::to_string(&super::ErrorBody {
+        error: super::ErrorDetail {
+            code,
+            message: message.to_string(),
+        },
+    })
+    .unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl<S: AsyncWrite + Unpin> Counted<S> {
+    /// Writes the JSON answer in place of `data` (hyper's bare one) when it is one, and
+    /// answers for all of `data` once it is written; None when `data` is anything else.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        if self.replacing.is_none() {
+            let status = (self.state.in_flight() == 0)
+                .then(|| bare_parse_error(data))
+                .flatten()?;
+            self.replacing = Some((json_parse_error(status), 0));
+        }
+        let (answer, written) = self.replacing.as_mut()?;
+        while *written < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        self.replacing = None;
+        Some(Poll::Ready(Ok(data.len())))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -911,6 +996,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(replaced) = self.poll_replace(cx, data) {
+            return replaced;
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -927,6 +1015,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // Hyper's bare answer is one buffer (its head).
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
+            if let Some(replaced) = self.poll_replace(cx, only) {
+                return replaced;
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -938,6 +1033,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hypers_bare_answers_to_unreadable_heads_are_replaced() {
+        let bare = |status: &str| {
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 04:00:00 GMT\r\n\r\n")
+        };
+        assert_eq!(
+            bare_parse_error(bare("400 Bad Request").as_bytes()),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            bare_parse_error(bare("414 URI Too Long").as_bytes()),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            bare_parse_error(bare("431 Request Header Fields Too Large").as_bytes()),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(bare_parse_error(bare("404 Not Found").as_bytes()), None);
+        let with_body = "HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(bare_parse_error(with_body.as_bytes()), None);
+        let answer = String::from_utf8(json_parse_error(StatusCode::BAD_REQUEST)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "malformed_request");
+    }
 
     #[test]
     fn the_cap_is_kept_when_the_limit_allows_it() {

@@ -1120,7 +1120,9 @@ async fn a_request_head_over_its_limits_answers_414_or_431_in_the_error_shape() 
     // The count of headers: `host` and 9 more are taken, 10 more are not.
     let many = |n: usize| (0..n).map(|i| format!("x-h{i}: v\r\n")).collect::<String>();
     assert_eq!(raw(&app, &get("/health", &many(9))).await.0, 200);
-    for n in [10, 15] {
+    // Past hyper's own limits (twice server.max_headers; 65,534 bytes of target) and on
+    // what it cannot parse, hyper answers by itself: the JSON shape still, closing.
+    for n in [10, 15, 30] {
         let (status, _, body) = raw(&app, &get("/health", &many(n))).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
@@ -1128,4 +1130,39 @@ async fn a_request_head_over_its_limits_answers_414_or_431_in_the_error_shape() 
             "{n}: {body}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_request_hyper_cannot_read_is_answered_in_the_error_shape() {
+    let app = spawn_app_with(|_| {}).await;
+    for (request, status, code) in [
+        (
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "NOT HTTP AT ALL\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            format!(
+                "GET /health?x={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "a".repeat(70_000)
+            ),
+            414,
+            "uri_too_long",
+        ),
+    ] {
+        let (got, head, body) = raw(&app, &request).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+    }
+    // The connection still serves others.
+    assert_eq!(app.health().await["status"], "ok");
 }
