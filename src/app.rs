@@ -195,7 +195,10 @@ impl Application {
         terminals.recover().await.context("recovering terminals")?;
         sessions.recover().await.context("recovering sessions")?;
         let state = AppState {
-            pairing: Arc::new(Lockout::new(settings.auth.pairing_attempts_per_minute)),
+            pairing: Arc::new(Lockout::new(
+                settings.auth.pairing_attempts_per_minute,
+                settings.auth.pairing_attempts_per_minute_total,
+            )),
             settings: Arc::new(settings),
             store,
             sessions,

@@ -141,6 +141,20 @@ pub struct ServerSettings {
     pub request_timeout: Duration,
     /// Whether the listener speaks HTTPS, and with which certificate (see `crate::tls`).
     pub tls: TlsMode,
+    /// Time for a request's whole body once its handler waits on it, with a valid token.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// The same for requests without a valid token (shorter: anyone may send them).
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout_anonymous: Duration,
+    /// Host names accepted in `Host` besides IP literals, `localhost` and the machine's names.
+    pub allowed_hosts: Vec<String>,
+    /// Longest request target (414 `uri_too_long`).
+    pub max_uri_bytes: usize,
+    /// Largest header section, in bytes of names and values (431 `headers_too_large`).
+    pub max_header_bytes: usize,
+    /// Most headers in one request (431 `headers_too_large`).
+    pub max_headers: usize,
 }
 
 /// `server.tls`: plain HTTP, HTTPS with a certificate tether makes itself (the phone pins
@@ -335,8 +349,12 @@ pub struct AuthSettings {
     /// How long a pairing code from `tether pair` can be used.
     #[serde(deserialize_with = "duration")]
     pub pairing_ttl: Duration,
-    /// Failed pairing attempts in any minute before `POST /api/pair` answers 429.
+    /// Failed pairing attempts from one address in any minute before `POST /api/pair`
+    /// answers it 429.
     pub pairing_attempts_per_minute: u32,
+    /// Failed pairing attempts from everyone in any minute before every address that has
+    /// failed in it is answered 429 (one that has not is still heard).
+    pub pairing_attempts_per_minute_total: u32,
     #[serde(deserialize_with = "duration")]
     pub token_ttl: Duration,
 }
@@ -403,6 +421,12 @@ impl ServerSettings {
     }
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout.max(Duration::from_secs(1))
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout.max(Duration::from_secs(1))
+    }
+    pub fn body_read_timeout_anonymous(&self) -> Duration {
+        self.body_read_timeout_anonymous.max(Duration::from_secs(1))
     }
 }
 

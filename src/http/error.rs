@@ -285,6 +285,15 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such route")
 }
 
+/// Answers a method a route does not take (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; the Allow header lists those it takes",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! The HTTP edge: one router per area, merged here, with the body limit, request tracing,
-//! the JSON 404, the request timeout and the 503 while shutting down. [`server`] is the
-//! listener that serves it.
+//! the JSON 404, the request timeout, the 503 while shutting down and the Host check
+//! ([`hosts`]). [`server`] is the listener that serves it.
 
 mod approvals;
 mod chat;
@@ -8,6 +8,7 @@ mod devices;
 mod error;
 mod extract;
 mod health;
+pub mod hosts;
 pub mod limits;
 pub mod openai;
 pub mod openapi;
@@ -80,11 +81,21 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         wait_timeout: state.settings.server.wait_timeout,
         rate: limits::RequestRate::new(state.settings.server.requests_per_minute).map(Arc::new),
     };
+    let allowed = Arc::new(hosts::AllowedHosts::new(
+        &state.settings.server.allowed_hosts,
+    ));
     let (routes, _) = all_routes().into_parts();
     routes
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))
+        .layer(middleware::from_fn(server::answer_body_timeouts))
+        .layer(middleware::from_fn_with_state(allowed, hosts::check))
+        .layer(middleware::from_fn_with_state(
+            server::HeadLimits::new(&state.settings.server),
+            server::check_head,
+        ))
         // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
         .layer(middleware::from_fn(openai::render_errors))
         .layer(Extension(edge))

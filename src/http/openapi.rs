@@ -12,10 +12,11 @@
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones (and 503 `storage_unavailable` on the former), 429 `too_many_requests` and 503
-//! (`shutting_down`, `request_timeout`) on all, 400
-//! `invalid_path` where the path has parameters (read them with `ApiPath`), and 400/413/415/422
-//! wherever a JSON body is read (with `ApiJson`).
+//! ones (and 503 `storage_unavailable` on the former), 400 `missing_host`, 414 `uri_too_long`,
+//! 421 `host_not_allowed`, 431 `headers_too_large`, 429 `too_many_requests` and 503
+//! (`shutting_down`, `request_timeout`) on all, 403 `origin_not_allowed` on WebSockets, 400
+//! `invalid_path` where the path has parameters (read them with `ApiPath`), and
+//! 400/408/413/415/422 wherever a JSON body is read (with `ApiJson`).
 //!
 //! An error response is written as a status and a description that lists its codes, each as
 //! "`code`: when it is sent", separated by "; ". The document gives it the error body
@@ -228,6 +229,25 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 /// The error answers of the edge (the guard, the extractors), by what a route is.
 const ANY_ROUTE: &[(&str, &str)] = &[
     (
+        "400",
+        "`missing_host`: an HTTP/1.1 request without a `Host` header, or with several; \
+         `malformed_request`: the request line or a header is not valid HTTP/1.1",
+    ),
+    (
+        "421",
+        "`host_not_allowed`: `Host` names neither an IP address, `localhost`, this machine \
+         nor one of `server.allowed_hosts`",
+    ),
+    (
+        "414",
+        "`uri_too_long`: the request target is longer than `server.max_uri_bytes`",
+    ),
+    (
+        "431",
+        "`headers_too_large`: more headers than `server.max_headers`, or more bytes of them \
+         than `server.max_header_bytes`",
+    ),
+    (
         "429",
         "`too_many_requests`: more than `server.requests_per_minute` requests from this token \
          (from this address, without one) in a minute",
@@ -258,12 +278,21 @@ const ADMIN_ROUTE: &[(&str, &str)] = &[(
     "403",
     "`forbidden`: a user's token; this route needs an admin token (`tether token --admin`)",
 )];
+const WEBSOCKET: &[(&str, &str)] = &[(
+    "403",
+    "`origin_not_allowed`: the upgrade's `Origin` names a host this server does not answer to",
+)];
 const PATH_PARAMETERS: &[(&str, &str)] = &[(
     "400",
     "`invalid_path`: a path parameter is not UTF-8 once percent-decoded",
 )];
 const JSON_BODY: &[(&str, &str)] = &[
     ("400", "`malformed_json`: the body is not JSON"),
+    (
+        "408",
+        "`body_timeout`: the body did not arrive within `server.body_read_timeout` \
+         (`server.body_read_timeout_anonymous` without a valid token)",
+    ),
     (
         "413",
         "`body_too_large`: the body is larger than `server.max_body_bytes`",
@@ -306,6 +335,9 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
     }
     if reads_json(op) {
         common.extend(JSON_BODY);
+    }
+    if op.responses.responses.contains_key("101") {
+        common.extend(WEBSOCKET);
     }
     // `/v1` answers what tether calls 422 as 400, as OpenAI does.
     let v1 = route.path.starts_with(openai::PREFIX);

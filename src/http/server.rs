@@ -3,7 +3,11 @@
 //! makes room for newcomers, a loop that survives running out of file descriptors) and so that
 //! shutdown has a hard deadline (answers 503 while draining, closes what is left after it).
 //! With TLS, each connection's own task (never the accept loop) shakes hands first, within
-//! the header read timeout, and hyper then reads the decrypted stream.
+//! the header read timeout, and hyper then reads the decrypted stream. A request's body must
+//! arrive within its own time once the handler waits on it ([`ClientBody`]), and a
+//! connection whose handler waits on its client for the body may be closed to make room, as
+//! an idle one. Hyper answers a request head it cannot read (400, 414, 431) by itself with no
+//! body; the connection's writer gives that answer the JSON error shape.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -21,6 +25,10 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
+    extract::Request as AxumRequest,
+    http::{header::CONNECTION, Extensions, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response as AxumResponse},
     Router,
 };
 use http_body::{Frame, SizeHint};
@@ -65,6 +73,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(250);
 const NEWCOMER_WAIT: Duration = Duration::from_secs(1);
 /// The youngest a connection that has received nothing may be to be closed for another.
 const EVICT_MIN_AGE: Duration = Duration::from_millis(500);
+/// Hyper's own limit on a request's headers is this many times `server.max_headers`, so
+/// that a request over the configured count reaches tether's check, which answers 431 in
+/// JSON (hyper's own answer past its limit has no body).
+const HEADER_COUNT_MARGIN: usize = 2;
+/// Hyper's own longest request target: past it, hyper answers 414 with no body.
+const HYPER_MAX_URI_BYTES: usize = u16::MAX as usize - 1;
+/// Hyper's default read buffer (8 KiB + 100 × 4 KiB); [`HeadLimits`] may ask for more.
+const HYPER_MIN_BUFFER: usize = 8192 + 4096 * 100;
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -115,6 +131,13 @@ pub struct Server {
     /// Descriptors to keep free when the cap has to shrink.
     reserve: usize,
     header_read_timeout: Duration,
+    /// `server.body_read_timeout` and `server.body_read_timeout_anonymous`.
+    body_timeouts: BodyTimeouts,
+    /// `server.max_headers`, with room above it so that our own check answers in JSON
+    /// (see `HEADER_COUNT_MARGIN`).
+    max_headers: usize,
+    /// Hyper's read buffer, room for the largest head (see [`HeadLimits`]).
+    max_buf_size: usize,
     /// `server.shutdown_grace` + [`DRAIN_MARGIN`]: the longest the HTTP drain takes.
     drain_limit: Duration,
     /// HTTPS: every connection shakes hands first (`server.tls`); None for plain HTTP.
@@ -134,6 +157,15 @@ impl Server {
             cap,
             reserve,
             header_read_timeout: settings.server.header_read_timeout(),
+            body_timeouts: BodyTimeouts {
+                with_token: settings.server.body_read_timeout(),
+                anonymous: settings.server.body_read_timeout_anonymous(),
+            },
+            max_headers: settings
+                .server
+                .max_headers
+                .saturating_mul(HEADER_COUNT_MARGIN),
+            max_buf_size: HeadLimits::hyper_buffer(&settings.server),
             drain_limit: settings.server.shutdown_grace + DRAIN_MARGIN,
             tls,
         }
@@ -170,18 +202,25 @@ impl Server {
                         router: router.clone(),
                         state: state.clone(),
                         peer: stream.peer_addr().ok(),
+                        body_timeouts: self.body_timeouts,
+                    };
+                    let limits = ConnLimits {
+                        header_read_timeout: self.header_read_timeout,
+                        max_headers: self.max_headers,
+                        max_buf_size: self.max_buf_size,
                     };
                     let abort = tasks.spawn(serve_connection(
                         stream,
                         self.tls.clone(),
                         service,
-                        self.header_read_timeout,
+                        limits,
                         drain.clone(),
                     ));
                     conns.add(abort, state);
                 } else if since.elapsed() >= NEWCOMER_WAIT {
-                    // Every connection has had a request in flight all this time (those are
-                    // bounded per owner): this one is closed, not another.
+                    // Every connection has had a request in flight all this time (not one
+                    // waiting on its client: those are bounded per owner): this one is
+                    // closed, not another.
                     metrics::counter!("tether_http_connections_refused_total").increment(1);
                     tracing::debug!(
                         open = conns.len(),
@@ -280,13 +319,14 @@ async fn serve_connection(
     stream: TcpStream,
     tls: Option<TlsAcceptor>,
     service: ConnService,
-    header_read_timeout: Duration,
+    limits: ConnLimits,
     drain: Drain,
 ) {
     // Events are small and should not wait for more to fill a packet.
     let _ = stream.set_nodelay(true);
+    let header_read_timeout = limits.header_read_timeout;
     let Some(acceptor) = tls else {
-        return serve_http(stream, service, header_read_timeout, drain).await;
+        return serve_http(stream, service, limits, drain).await;
     };
     // The handshake is bounded like a request header, and until it ends the connection
     // counts as one whose client has sent nothing yet: once older than `EVICT_MIN_AGE` it
@@ -323,11 +363,20 @@ async fn serve_connection(
     // Hyper has yet to read what may already have come after the handshake: not closable
     // until it has (as a plain connection before its first read).
     state.polled.store(false, Ordering::SeqCst);
-    serve_http(stream, service, header_read_timeout, drain).await
+    serve_http(stream, service, limits, drain).await
+}
+
+/// What hyper is told of a connection's limits.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    /// Hyper's own count of headers, above `server.max_headers` (see `HEADER_COUNT_MARGIN`).
+    max_headers: usize,
+    max_buf_size: usize,
 }
 
 /// HTTP/1 on a connection (plain, or after its TLS handshake), until it ends.
-async fn serve_http<S>(stream: S, service: ConnService, header_read_timeout: Duration, drain: Drain)
+async fn serve_http<S>(stream: S, service: ConnService, limits: ConnLimits, drain: Drain)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -336,11 +385,14 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_buf_size)
         .keep_alive(!draining);
     let stream = Counted {
         inner: stream,
         state: state.clone(),
+        replacing: None,
     };
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -386,6 +438,9 @@ struct Conn {
 struct ConnState {
     /// Requests from the end of their header until their answer has been sent or dropped.
     in_flight: AtomicUsize,
+    /// Its request's handler waits on the client for more of the body ([`ClientBody`]): as
+    /// harmless to close as an idle connection.
+    reading_body: AtomicBool,
     /// Its task has read what had arrived and waits for more: a connection not yet polled
     /// (a newcomer whose header is already in its socket) is never closed to make room.
     polled: AtomicBool,
@@ -401,6 +456,7 @@ impl Default for ConnState {
     fn default() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            reading_body: AtomicBool::new(false),
             polled: AtomicBool::new(false),
             accepted: Instant::now(),
             received: AtomicBool::new(false),
@@ -413,11 +469,12 @@ impl ConnState {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Waiting on its client for a request header: idle between requests, or a header that
-    /// is still arriving (where a slowloris client stays).
+    /// Waiting on its client: for a request header (idle between requests, or a header that
+    /// is still arriving, where a slowloris client stays), or for the body of the request in
+    /// flight (where a slow-body client stays).
     fn waits_on_client(&self) -> bool {
         self.polled.load(Ordering::SeqCst)
-            && self.in_flight() == 0
+            && (self.in_flight() == 0 || self.reading_body.load(Ordering::SeqCst))
             && (self.received.load(Ordering::SeqCst) || self.accepted.elapsed() >= EVICT_MIN_AGE)
     }
 }
@@ -457,8 +514,9 @@ impl Registry {
         self.by_age.values().all(|c| c.state.in_flight() == 0)
     }
 
-    /// Closes the oldest connection that waits on its client for a request header. False
-    /// when there is none (every connection has a request in flight, or is brand new).
+    /// Closes the oldest connection that waits on its client (for a request header, or for
+    /// a body). False when there is none (every connection has a request in flight that does
+    /// not wait on its client, or is brand new).
     fn evict_oldest_idle(&mut self) -> bool {
         let Some(id) = self
             .by_age
@@ -486,6 +544,7 @@ struct ConnService {
     state: Arc<ConnState>,
     /// The client's address, given to each request as [`Peer`].
     peer: Option<SocketAddr>,
+    body_timeouts: BodyTimeouts,
 }
 
 /// The address a request came from (a request extension).
@@ -500,7 +559,17 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::new(self.state.clone());
         let mut router = self.router.clone();
-        let mut req = req.map(Body::new);
+        let clock = BodyClock::default();
+        let (parts, incoming) = req.into_parts();
+        let body = ClientBody {
+            inner: incoming,
+            clock: clock.clone(),
+            conn: self.state.clone(),
+            timeouts: self.body_timeouts,
+            deadline: None,
+        };
+        let mut req = Request::from_parts(parts, Body::new(body));
+        req.extensions_mut().insert(clock);
         if let Some(peer) = self.peer {
             req.extensions_mut().insert(Peer(peer));
         }
@@ -513,6 +582,215 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }))
         })
     }
+}
+
+/// How long a request's body may take to arrive once its handler waits on it.
+#[derive(Debug, Clone, Copy)]
+struct BodyTimeouts {
+    /// `server.body_read_timeout`: the caller showed a valid token.
+    with_token: Duration,
+    /// `server.body_read_timeout_anonymous`: it did not (yet), as anyone may.
+    anonymous: Duration,
+}
+
+/// A request's body clock, shared by its [`ClientBody`] and the request (an extension):
+/// the handler's token check marks it trusted (a longer time), and the edge reads whether it
+/// ran out to answer 408.
+#[derive(Debug, Clone, Default)]
+pub struct BodyClock(Arc<ClockState>);
+
+#[derive(Debug, Default)]
+struct ClockState {
+    trusted: AtomicBool,
+    /// The time it had, once it ran out (milliseconds; 0 while it has not).
+    ran_out_after_ms: std::sync::atomic::AtomicU64,
+}
+
+impl BodyClock {
+    /// The request of `extensions` came with a valid token: its body gets
+    /// `server.body_read_timeout` rather than the anonymous one, if its clock has not
+    /// started yet (the token is read before the body).
+    pub fn trust(extensions: &Extensions) {
+        if let Some(clock) = extensions.get::<BodyClock>() {
+            clock.0.trusted.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The time the body had, if it did not arrive within it.
+    fn ran_out(&self) -> Option<Duration> {
+        match self.0.ran_out_after_ms.load(Ordering::SeqCst) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// A request's body as hyper reads it from the client, with its time limit: the clock
+/// starts the first time the handler waits for more, and the body must then be complete
+/// within its timeout, else it ends with [`BodyTimedOut`]. While the handler waits, the
+/// connection counts as one that waits on its client (closable to make room).
+struct ClientBody {
+    inner: Incoming,
+    clock: BodyClock,
+    conn: Arc<ConnState>,
+    timeouts: BodyTimeouts,
+    /// Set the first time the body was not ready.
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+}
+
+/// A body that did not arrive in time (its request is answered 408 `body_timeout`).
+#[derive(Debug)]
+pub struct BodyTimedOut(Duration);
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body did not arrive within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.conn.reading_body.store(false, Ordering::SeqCst);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let (deadline, limit) = this.deadline.get_or_insert_with(|| {
+            let limit = if this.clock.0.trusted.load(Ordering::SeqCst) {
+                this.timeouts.with_token
+            } else {
+                this.timeouts.anonymous
+            };
+            (Box::pin(tokio::time::sleep(limit)), limit)
+        });
+        if deadline.as_mut().poll(cx).is_ready() {
+            this.conn.reading_body.store(false, Ordering::SeqCst);
+            let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+            this.clock.0.ran_out_after_ms.store(ms, Ordering::SeqCst);
+            return Poll::Ready(Some(Err(Box::new(BodyTimedOut(*limit)))));
+        }
+        this.conn.reading_body.store(true, Ordering::SeqCst);
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.conn.reading_body.store(false, Ordering::SeqCst);
+    }
+}
+
+/// 408 `body_timeout` (and close) for a request whose body did not arrive in time, whatever
+/// its handler made of the failed read. A layer of the router.
+pub async fn answer_body_timeouts(req: AxumRequest, next: Next) -> AxumResponse {
+    let clock = req.extensions().get::<BodyClock>().cloned();
+    let res = next.run(req).await;
+    let Some(limit) = clock.as_ref().and_then(BodyClock::ran_out) else {
+        return res;
+    };
+    tracing::debug!(limit_secs = limit.as_secs(), "a request body was too slow");
+    metrics::counter!("tether_http_body_timeouts_total").increment(1);
+    let mut res = super::ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        format!(
+            "the request body did not arrive within {}s (server.body_read_timeout, or \
+             server.body_read_timeout_anonymous without a valid token)",
+            limit.as_secs()
+        ),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+/// The request head's limits that tether checks itself (`server.max_uri_bytes`,
+/// `server.max_header_bytes`, `server.max_headers`), below hyper's own, so that the answer
+/// is the JSON error: hyper answers past its limits by itself, with no body.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    uri_bytes: usize,
+    header_bytes: usize,
+    headers: usize,
+}
+
+impl HeadLimits {
+    pub fn new(settings: &crate::config::ServerSettings) -> Self {
+        Self {
+            uri_bytes: settings.max_uri_bytes.min(HYPER_MAX_URI_BYTES),
+            header_bytes: settings.max_header_bytes,
+            headers: settings.max_headers,
+        }
+    }
+
+    /// Hyper's read buffer, which holds a whole request head: room for the largest head
+    /// tether accepts and more (the request line and each header's `: ` and CRLF), so that
+    /// a larger one reaches [`check_head`] rather than hyper's bodiless 431.
+    fn hyper_buffer(settings: &crate::config::ServerSettings) -> usize {
+        let head = settings
+            .max_uri_bytes
+            .saturating_add(settings.max_header_bytes);
+        head.saturating_mul(2).max(HYPER_MIN_BUFFER)
+    }
+}
+
+/// 414 `uri_too_long` and 431 `headers_too_large` past [`HeadLimits`]. A layer of the router.
+pub async fn check_head(
+    axum::extract::State(limits): axum::extract::State<HeadLimits>,
+    req: AxumRequest,
+    next: Next,
+) -> AxumResponse {
+    let uri = req.uri();
+    let uri_bytes = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_bytes > limits.uri_bytes {
+        return super::ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target is {uri_bytes} bytes; at most {} (server.max_uri_bytes)",
+                limits.uri_bytes
+            ),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > limits.headers || header_bytes > limits.header_bytes {
+        return super::ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "{} headers of {header_bytes} bytes; at most {} headers (server.max_headers) \
+                 of {} bytes (server.max_header_bytes)",
+                headers.len(),
+                limits.headers,
+                limits.header_bytes
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// One request in flight on a connection, until dropped.
@@ -608,10 +886,93 @@ fn open_file_limit(_wanted: usize) -> Option<usize> {
 }
 
 /// A connection's socket (or its TLS stream, whose bytes are the requests' once decrypted),
-/// noting when its client first sent something.
+/// noting when its client first sent something, and giving hyper's own answer to a request
+/// head it could not read (see [`bare_parse_error`]) the JSON error body.
 struct Counted<S> {
     inner: S,
     state: Arc<ConnState>,
+    /// The JSON answer being written in place of hyper's bodiless one, and how much of it
+    /// has been written.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+/// The status of `data` when it is hyper's own answer to a request head it could not read:
+/// exactly a response head (nothing after it) of 400, 414 or 431 with `content-length: 0`,
+/// written while no request is in flight. tether's own error answers always have a body.
+fn bare_parse_error(data: &[u8]) -> Option<StatusCode> {
+    let head = std::str::from_utf8(data).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.strip_prefix("HTTP/1.")?.get(2..5)?;
+    let status = match status {
+        "400" => StatusCode::BAD_REQUEST,
+        "414" => StatusCode::URI_TOO_LONG,
+        "431" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        _ => return None,
+    };
+    lines
+        .any(|l| l.eq_ignore_ascii_case("content-length: 0"))
+        .then_some(status)
+}
+
+/// The JSON answer (head and body, closing the connection) for hyper's bare `status`.
+fn json_parse_error(status: StatusCode) -> Vec<u8> {
+    let (code, message) = match status {
+        StatusCode::URI_TOO_LONG => (
+            "uri_too_long",
+            "the request target is longer than this server reads",
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request's headers are larger, or more, than this server reads",
+        ),
+        _ => (
+            "malformed_request",
+            "the request is not valid HTTP/1.1 (its request line or a header)",
+        ),
+    };
+    let body = serde_json::to_string(&super::ErrorBody {
+        error: super::ErrorDetail {
+            code,
+            message: message.to_string(),
+        },
+    })
+    .unwrap_or_default();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl<S: AsyncWrite + Unpin> Counted<S> {
+    /// Writes the JSON answer in place of `data` (hyper's bare one) when it is one, and
+    /// answers for all of `data` once it is written; None when `data` is anything else.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        if self.replacing.is_none() {
+            let status = (self.state.in_flight() == 0)
+                .then(|| bare_parse_error(data))
+                .flatten()?;
+            self.replacing = Some((json_parse_error(status), 0));
+        }
+        let (answer, written) = self.replacing.as_mut()?;
+        while *written < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        self.replacing = None;
+        Some(Poll::Ready(Ok(data.len())))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -635,6 +996,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(replaced) = self.poll_replace(cx, data) {
+            return replaced;
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -651,6 +1015,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        // Hyper's bare answer is one buffer (its head).
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
+            if let Some(replaced) = self.poll_replace(cx, only) {
+                return replaced;
+            }
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -662,6 +1033,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_hypers_bare_answers_to_unreadable_heads_are_replaced() {
+        let bare = |status: &str| {
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 04:00:00 GMT\r\n\r\n")
+        };
+        assert_eq!(
+            bare_parse_error(bare("400 Bad Request").as_bytes()),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            bare_parse_error(bare("414 URI Too Long").as_bytes()),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            bare_parse_error(bare("431 Request Header Fields Too Large").as_bytes()),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(bare_parse_error(bare("404 Not Found").as_bytes()), None);
+        let with_body = "HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(bare_parse_error(with_body.as_bytes()), None);
+        let answer = String::from_utf8(json_parse_error(StatusCode::BAD_REQUEST)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["code"], "malformed_request");
+    }
 
     #[test]
     fn the_cap_is_kept_when_the_limit_allows_it() {

@@ -171,15 +171,19 @@ pub(super) struct Paired {
         (status = 200, description = "Paired", body = Paired),
         (status = 401, description = "`unauthorized`: the code is wrong, used or expired"),
         (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters or holds control or text-direction characters"),
-        (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute"),
+        (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute from this address (an IPv6 address: from its /64), or one or more from it once everyone together has sent `auth.pairing_attempts_per_minute_total`"),
         (status = 500, description = "`internal_error`: the server failed (its log says why)"),
         (status = 503, description = "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O error); nothing was changed"),
     ),
 )]
 pub(super) async fn pair(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<super::server::Peer>>,
     ApiJson(req): ApiJson<PairRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // Wrong codes are counted per address; a request not from the listener (none) counts
+    // under one address of its own.
+    let peer = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0 .0.ip());
     let name = req
         .device_name
         .as_deref()
@@ -200,20 +204,29 @@ pub(super) async fn pair(
             ),
         ));
     }
-    let issued = pairing::redeem(&state.store, &state.auth, &state.pairing, &req.code, name)
-        .await
-        .map_err(|e| match e {
-            RedeemError::Refused(Refused::BadCode) => ApiError::unauthorized(
-                "this pairing code is wrong, used or expired; run `tether pair` for a new one",
-            ),
-            RedeemError::Refused(Refused::LockedOut(wait)) => ApiError::too_many(
-                "too_many_pairing_attempts",
-                "too many wrong pairing codes in the last minute (auth.pairing_attempts_per_minute); try again later",
-                wait,
-            ),
-            RedeemError::Db(e) => e.into(),
-            RedeemError::Other(e) => e.into(),
-        })?;
+    let issued = pairing::redeem(
+        &state.store,
+        &state.auth,
+        &state.pairing,
+        peer,
+        &req.code,
+        name,
+    )
+    .await
+    .map_err(|e| match e {
+        RedeemError::Refused(Refused::BadCode) => ApiError::unauthorized(
+            "this pairing code is wrong, used or expired; run `tether pair` for a new one",
+        ),
+        RedeemError::Refused(Refused::LockedOut(wait)) => ApiError::too_many(
+            "too_many_pairing_attempts",
+            "too many wrong pairing codes in the last minute from this address \
+                 (auth.pairing_attempts_per_minute), or from everyone \
+                 (auth.pairing_attempts_per_minute_total); try again later",
+            wait,
+        ),
+        RedeemError::Db(e) => e.into(),
+        RedeemError::Other(e) => e.into(),
+    })?;
     Ok(Json(Paired {
         token: issued.token,
         token_id: issued.claims.jti,

@@ -1,6 +1,7 @@
-//! The listener under abuse and at shutdown: slowloris floods (against the real binary with a
-//! low open-file limit), the header read timeout, the connection cap, the request timeout, the
-//! per-owner caps, event streams and requests during shutdown, and the second signal.
+//! The listener under abuse and at shutdown: slowloris and slow-body floods (against the real
+//! binary with a low open-file limit), the header and body read timeouts, the connection cap,
+//! the request timeout, the per-owner caps, event streams and requests during shutdown, and
+//! the second signal.
 
 use std::{
     net::SocketAddr,
@@ -43,8 +44,18 @@ fn addr_of(base: &str) -> SocketAddr {
     base.trim_start_matches("http://").parse().unwrap()
 }
 
-/// `n` connections that each send a request header a byte at a time, one byte per `every`,
-/// never finishing it. A connection the server closes is opened again, so the pressure stays.
+/// What each connection of a [`Slowloris`] flood sends.
+#[derive(Clone, Copy)]
+enum Slow {
+    /// A request header a byte at a time, one byte per `every`, never finishing it.
+    Header,
+    /// The whole header of `POST /api/pair` for a 1,000-byte body, and one byte of it; then
+    /// it waits for the answer (or the close), and `every` later opens the connection again.
+    Body,
+}
+
+/// `n` connections that each send a request slowly (see [`Slow`]). A connection the server
+/// closes (or answers) is opened again, so the pressure stays.
 struct Slowloris {
     /// The connections' tasks, aborted when the flood is dropped.
     _tasks: JoinSet<()>,
@@ -57,7 +68,7 @@ struct Slowloris {
 }
 
 impl Slowloris {
-    fn start(addr: SocketAddr, n: usize, every: Duration) -> Slowloris {
+    fn start(addr: SocketAddr, n: usize, every: Duration, slow: Slow) -> Slowloris {
         let held = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
@@ -75,13 +86,26 @@ impl Slowloris {
                     if std::mem::take(&mut first) {
                         started.fetch_add(1, Ordering::SeqCst);
                     }
-                    let mut ok = stream
-                        .write_all(b"GET /health HTTP/1.1\r\nHost: tether\r\nX-Slow: ")
-                        .await
-                        .is_ok();
-                    while ok {
-                        tokio::time::sleep(every).await;
-                        ok = stream.write_all(b"a").await.is_ok();
+                    match slow {
+                        Slow::Header => {
+                            let mut ok = stream
+                                .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                                .await
+                                .is_ok();
+                            while ok {
+                                tokio::time::sleep(every).await;
+                                ok = stream.write_all(b"a").await.is_ok();
+                            }
+                        }
+                        Slow::Body => {
+                            let head = b"POST /api/pair HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                                Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+                            if stream.write_all(head).await.is_ok() {
+                                // Until answered or closed.
+                                let _ = stream.read(&mut [0u8; 1024]).await;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
                     }
                     held.fetch_sub(1, Ordering::SeqCst);
                     closed.fetch_add(1, Ordering::SeqCst);
@@ -201,7 +225,12 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
         Some(1024),
     );
     let token = tether.token("me");
-    let flood = Slowloris::start(tether.addr(), FLOOD, Duration::from_millis(500));
+    let flood = Slowloris::start(
+        tether.addr(),
+        FLOOD,
+        Duration::from_millis(500),
+        Slow::Header,
+    );
     flood.all_started(FLOOD).await;
 
     let served = served_during(FLOOD_WINDOW, &tether.base, &token, &tether.project).await;
@@ -240,6 +269,149 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
     );
 }
 
+/// 600 connections that each send the header of `POST /api/pair` and one byte of its body,
+/// against 512 connections at most under an open-file limit of 1,024: requests whose handler
+/// waits on the client for the body are closed to make room, as idle connections are, so a
+/// normal client gets every answer. The body timeouts are long here, so that only the cap's
+/// evictions keep the door open (before them, about half the calls were refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_at_the_connection_cap_do_not_keep_others_out() {
+    let _alone = FLOODS.lock().await;
+    const FLOOD: usize = 600;
+    const CAP: usize = 512;
+    const CALLS: usize = 20;
+    if !room_for(FLOOD as u64) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cap = CAP.to_string();
+    let tether = Tether::start(
+        dir.path(),
+        &[
+            ("SERVER__MAX_CONNECTIONS", &cap),
+            ("SERVER__BODY_READ_TIMEOUT", "300"),
+            ("SERVER__BODY_READ_TIMEOUT_ANONYMOUS", "300"),
+            // The flood comes from one address here; from many, each would have its own rate.
+            ("SERVER__REQUESTS_PER_MINUTE", "0"),
+        ],
+        Some(1024),
+    );
+    // Descriptors before the flood, to see it fill the cap (Linux).
+    let before = open_fds(tether.pid());
+    let flood = Slowloris::start(tether.addr(), FLOOD, Duration::from_millis(500), Slow::Body);
+    flood.all_started(FLOOD).await;
+    wait_for("the flood to fill the connection cap", || async {
+        let (Some(before), Some(now)) = (before, open_fds(tether.pid())) else {
+            return Some(());
+        };
+        (now >= before + CAP).then_some(())
+    })
+    .await;
+    let client = fresh_client();
+    let mut answered = 0;
+    let started = Instant::now();
+    for _ in 0..CALLS {
+        match client.get(tether.url("/health")).send().await {
+            Ok(res) if res.status() == StatusCode::OK => answered += 1,
+            Ok(res) => println!("/health answered {}", res.status()),
+            Err(e) => println!("/health failed: {e:?}"),
+        }
+    }
+    println!(
+        "slow bodies: {FLOOD} connections against a cap of {CAP}: {answered} of {CALLS} \
+         /health answers in {:?}; {} connections closed by the server and reopened",
+        started.elapsed(),
+        flood.closed.load(Ordering::SeqCst)
+    );
+    assert_eq!(answered, CALLS, "every /health call was answered");
+    assert!(
+        flood.held() >= CAP,
+        "the flood was still on: {}",
+        flood.held()
+    );
+    wait_for("slow bodies to have been closed to make room", || async {
+        (flood.closed.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_slow_body_is_answered_408_sooner_without_a_token() {
+    let app = spawn_app_with(|s| {
+        s.server.body_read_timeout_anonymous = Duration::from_secs(1);
+        s.server.body_read_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let slow = |head: String| {
+        let addr = addr_of(&app.base);
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let started = Instant::now();
+            let (status, head, body) = tokio::time::timeout(DEADLINE, read_answer(&mut stream))
+                .await
+                .expect("an answer");
+            let took = started.elapsed();
+            assert!(head.contains("connection: close"), "{head}");
+            // The rest of the body is not waited for: the connection ends.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+                .await
+                .expect("the connection closed");
+            (status, body, took)
+        }
+    };
+    // Without a token (pairing): the anonymous time.
+    let (status, body, took) = slow(
+        "POST /api/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{"
+            .to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (408, Some("body_timeout")),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // With a valid token: the longer one.
+    let (status, body, took) = slow(format!(
+        "POST /api/devices HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        app.token
+    ))
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (408, Some("body_timeout")),
+        "{body}"
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    // A body sent in time is read whole, however it is split.
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    let body = br#"{"code": "AAAA-BBBB-CC"}"#;
+    let head = format!(
+        "POST /api/pair HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for part in body.chunks(8) {
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing, not waiting
+        stream.write_all(part).await.unwrap();
+    }
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{body}"
+    );
+    assert_eq!(app.health().await["status"], "ok");
+}
+
 /// accept() failing with EMFILE must neither spin nor end the loop: the server shrinks its
 /// cap, closes idle connections, and goes on serving. The limit is lowered after the start
 /// (with `prlimit`, Linux), so the cap chosen at start does not already avoid it.
@@ -273,7 +445,12 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
         eprintln!("SKIPPED: prlimit could not lower tether's open-file limit here");
         return;
     }
-    let flood = Slowloris::start(tether.addr(), FLOOD, Duration::from_millis(500));
+    let flood = Slowloris::start(
+        tether.addr(),
+        FLOOD,
+        Duration::from_millis(500),
+        Slow::Header,
+    );
     flood.all_started(FLOOD).await;
     let served = served_during(FLOOD_WINDOW, &tether.base, &token, &tether.project).await;
     // The room was made by closing idle connections (their clients notice at their next byte).
@@ -320,7 +497,7 @@ async fn a_client_that_is_slow_to_send_its_header_is_disconnected() {
     let app = spawn_app_with(|s| s.server.header_read_timeout = Duration::from_secs(1)).await;
     let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
     stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: tether\r\nX-Slow: ")
+        .write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         .await
         .unwrap();
     let started = Instant::now();
@@ -362,7 +539,7 @@ async fn at_the_connection_cap_the_oldest_idle_connection_makes_room() {
     let mut slow = Vec::new();
     for _ in 0..2 * CAP {
         let mut s = TcpStream::connect(addr_of(&app.base)).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: tether\r\n")
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .await
             .unwrap();
         slow.push(s);
@@ -442,7 +619,7 @@ async fn a_request_over_its_time_answers_a_json_error_but_a_waiting_chat_may_wai
     // A body that never arrives in full.
     let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
     let head = format!(
-        "POST /api/devices HTTP/1.1\r\nHost: tether\r\nAuthorization: Bearer {}\r\n\
+        "POST /api/devices HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"token\": ",
         app.token
     );
@@ -653,7 +830,7 @@ async fn an_event_stream_that_stopped_reading_does_not_hold_shutdown() {
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr_of(&app.base)).await.unwrap();
     let request = format!(
-        "GET /api/sessions/{id}/events HTTP/1.1\r\nHost: tether\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET /api/sessions/{id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
         app.token
     );
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -725,4 +902,269 @@ async fn a_second_sigterm_stops_a_shutdown_that_hangs() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// GET `path` (POST with a body when given) as `host` names it, with the user's token.
+async fn with_host(
+    app: &TestApp,
+    host: &str,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let req = match body {
+        Some(body) => app.client.post(app.url(path)).json(&body),
+        None => app.client.get(app.url(path)),
+    };
+    req.header(reqwest::header::HOST, host)
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_host_header_that_does_not_name_this_server_is_refused() {
+    let app =
+        spawn_app_with(|s| s.server.allowed_hosts = vec!["tether.example.ts.net".into()]).await;
+    let port = addr_of(&app.base).port();
+    let pair = || Some(json!({"code": "AAAA-BBBB-CC"}));
+    // DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1.
+    for host in [
+        "evil.example",
+        &format!("evil.example:{port}"),
+        "localhost.evil.example",
+    ] {
+        for (path, body) in [
+            ("/health", None),
+            ("/api/pair", pair()),
+            ("/api/sessions", None),
+        ] {
+            let res = with_host(&app, host, path, body).await;
+            assert_eq!(
+                error_code(res).await,
+                (StatusCode::MISDIRECTED_REQUEST, "host_not_allowed".into()),
+                "{host} {path}"
+            );
+        }
+    }
+    let (_, no_pairing) =
+        error_code(with_host(&app, "evil.example", "/api/pair", pair()).await).await;
+    assert_eq!(no_pairing, "host_not_allowed", "not a wrong code either");
+    // IP literals, localhost, this machine's name and server.allowed_hosts are.
+    let machine = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let label = machine.split('.').next().unwrap().to_string();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "127.0.0.1".to_string(),
+        format!("{machine}:{port}"),
+        format!("{label}.local:{port}"),
+        format!("TETHER.example.ts.net:{port}"),
+    ] {
+        let res = with_host(&app, &host, "/health", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+        let res = with_host(&app, &host, "/api/sessions", None).await;
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+    }
+    // Without Host: HTTP/1.1 must send it; HTTP/1.0 need not (no browser omits it).
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("missing_host")),
+        "{body}"
+    );
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(status, 200, "{body}");
+    // An absolute request target names its host too.
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream
+        .write_all(b"GET http://evil.example/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = read_answer(&mut stream).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (421, Some("host_not_allowed")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_from_a_page_of_another_origin_is_refused() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let app = spawn_app_with(|_| {}).await;
+    let id = crate::terminals::open_shell(&app).await;
+    let port = addr_of(&app.base).port();
+    let attach = |origin: Option<String>| {
+        let url = format!("ws://127.0.0.1:{port}/api/terminals/{id}/ws");
+        let token = app.token.clone();
+        async move {
+            let mut req = url.into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            if let Some(origin) = origin {
+                req.headers_mut().insert("origin", origin.parse().unwrap());
+            }
+            tokio_tungstenite::connect_async(req).await
+        }
+    };
+    for origin in [
+        "https://evil.example",
+        "null",
+        &format!("http://evil.example:{port}"),
+    ] {
+        match attach(Some(origin.to_string())).await {
+            Err(Error::Http(res)) => {
+                assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin}");
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "origin_not_allowed", "{origin}");
+            }
+            other => panic!("{origin}: {:?}", other.map(|(_, res)| res.status())),
+        }
+    }
+    // A page of this server, and a native client (no Origin), may attach.
+    for origin in [
+        Some(format!("http://localhost:{port}")),
+        Some(format!("http://127.0.0.1:{port}")),
+        None,
+    ] {
+        let (ws, res) = attach(origin.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?}: {e}"));
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        drop(ws);
+    }
+}
+
+/// Sends `request` as it is on a new connection and reads the answer.
+async fn raw(app: &TestApp, request: &str) -> (u16, String, Value) {
+    let mut stream = TcpStream::connect(addr_of(&app.base)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(DEADLINE, read_answer(&mut stream))
+        .await
+        .expect("an answer")
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_answers_405_in_the_error_shape() {
+    let app = spawn_app_with(|_| {}).await;
+    let res = app.client.put(app.url("/health")).send().await.unwrap();
+    let allow = res.headers()["allow"].to_str().unwrap().to_string();
+    assert!(allow.contains("GET"), "{allow}");
+    assert_eq!(
+        error_code(res).await,
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into())
+    );
+    // On `/v1`, in OpenAI's shape with the same code.
+    let res = app
+        .client
+        .get(app.url("/v1/chat/completions"))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn a_request_head_over_its_limits_answers_414_or_431_in_the_error_shape() {
+    let app = spawn_app_with(|s| {
+        s.server.max_uri_bytes = 256;
+        s.server.max_header_bytes = 1024;
+        s.server.max_headers = 10;
+    })
+    .await;
+    let get = |target: &str, headers: &str| {
+        format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n")
+    };
+    // The request target: 256 bytes are taken, 257 are not.
+    let target = |len: usize| format!("/health?x={}", "a".repeat(len - "/health?x=".len()));
+    assert_eq!(raw(&app, &get(&target(256), "")).await.0, 200);
+    let (status, _, body) = raw(&app, &get(&target(257), "")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (414, Some("uri_too_long")),
+        "{body}"
+    );
+    // Header bytes (names and values): `host` and `127.0.0.1` are 13, `x-pad` 5.
+    let pad = |len: usize| format!("x-pad: {}\r\n", "b".repeat(len));
+    assert_eq!(raw(&app, &get("/health", &pad(1024 - 18))).await.0, 200);
+    let (status, _, body) = raw(&app, &get("/health", &pad(1024 - 17))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large")),
+        "{body}"
+    );
+    // A large header, far above the limit, is still answered in JSON.
+    let (status, _, body) = raw(&app, &get("/health", &pad(200_000))).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (431, Some("headers_too_large")),
+        "{body}"
+    );
+    // The count of headers: `host` and 9 more are taken, 10 more are not.
+    let many = |n: usize| (0..n).map(|i| format!("x-h{i}: v\r\n")).collect::<String>();
+    assert_eq!(raw(&app, &get("/health", &many(9))).await.0, 200);
+    // Past hyper's own limits (twice server.max_headers; 65,534 bytes of target) and on
+    // what it cannot parse, hyper answers by itself: the JSON shape still, closing.
+    for n in [10, 15, 30] {
+        let (status, _, body) = raw(&app, &get("/health", &many(n))).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (431, Some("headers_too_large")),
+            "{n}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_request_hyper_cannot_read_is_answered_in_the_error_shape() {
+    let app = spawn_app_with(|_| {}).await;
+    for (request, status, code) in [
+        (
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "NOT HTTP AT ALL\r\n\r\n".to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            format!(
+                "GET /health?x={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "a".repeat(70_000)
+            ),
+            414,
+            "uri_too_long",
+        ),
+    ] {
+        let (got, head, body) = raw(&app, &request).await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+    }
+    // The connection still serves others.
+    assert_eq!(app.health().await["status"], "ok");
 }

@@ -1,5 +1,5 @@
 //! Pairing and tokens: a code traded once for a token of the phone's own, used, expired and
-//! wrong codes, the lockout, the QR code printed by `tether pair` decoding to the printed
+//! wrong codes, the lockout (per address, under a ceiling for everyone), the QR code printed by `tether pair` decoding to the printed
 //! link, and revocation (by the API and by `tether tokens revoke`) taking effect at once and
 //! silencing the phone's pushes.
 
@@ -168,6 +168,106 @@ async fn expired_and_wrong_codes_are_refused_and_too_many_lock_pairing_out() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// A client whose connections come from `local`: on Linux every address of 127.0.0.0/8 is
+/// this machine, so tests can be several addresses at once.
+fn client_from(local: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn pair_from(app: &TestApp, client: &reqwest::Client, code: &str) -> StatusCode {
+    client
+        .post(app.url("/api/pair"))
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn wrong_codes_from_one_address_do_not_keep_a_phone_on_another_from_pairing() {
+    let app = spawn_app_with(|_| {}).await; // 5 a minute per address, 100 in all
+    let limit = app.settings.auth.pairing_attempts_per_minute as usize;
+    let (guesser, phone) = (client_from("127.0.0.2"), client_from("127.0.0.1"));
+    let mut guesses = Vec::new();
+    for _ in 0..15 {
+        guesses.push(pair_from(&app, &guesser, "AAAA-BBBB-CC").await);
+    }
+    // A wrong code from the phone's address is heard (401, not 429), and its good one pairs.
+    assert_eq!(
+        pair_from(&app, &phone, "CCCC-DDDD-EE").await,
+        StatusCode::UNAUTHORIZED
+    );
+    let good = code(&app, Duration::from_secs(600)).await;
+    assert_eq!(pair_from(&app, &phone, &good).await, StatusCode::OK);
+    for _ in 0..15 {
+        guesses.push(pair_from(&app, &guesser, "AAAA-BBBB-CC").await);
+    }
+    // The guesser got `limit` answers, then only 429s.
+    assert!(
+        guesses[..limit]
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{guesses:?}"
+    );
+    assert!(
+        guesses[limit..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{guesses:?}"
+    );
+    let good = code(&app, Duration::from_secs(600)).await;
+    assert_eq!(
+        pair_from(&app, &guesser, &good).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even a good code waits there"
+    );
+    assert_eq!(pair_from(&app, &phone, &good).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_ceiling_for_everyone_locks_out_only_addresses_that_have_failed() {
+    let app = spawn_app_with(|s| {
+        s.auth.pairing_attempts_per_minute = 3;
+        s.auth.pairing_attempts_per_minute_total = 4;
+    })
+    .await;
+    let (two, three, four) = (
+        client_from("127.0.0.2"),
+        client_from("127.0.0.3"),
+        client_from("127.0.0.4"),
+    );
+    for client in [&two, &two, &three, &three] {
+        assert_eq!(
+            pair_from(&app, client, "AAAA-BBBB-CC").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Four in all: an address that has failed waits, though it is below its own limit.
+    assert_eq!(
+        pair_from(&app, &two, "AAAA-BBBB-CC").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // One that has not is heard once, then waits too.
+    assert_eq!(
+        pair_from(&app, &four, "AAAA-BBBB-CC").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        pair_from(&app, &four, "AAAA-BBBB-CC").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // A phone that has not failed pairs.
+    let good = code(&app, Duration::from_secs(600)).await;
+    assert_eq!(
+        pair_from(&app, &client_from("127.0.0.1"), &good).await,
+        StatusCode::OK
+    );
 }
 
 /// The text a QR code drawn by `qrcode`'s Dense1x2 renderer (two module rows a character,
