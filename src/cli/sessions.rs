@@ -14,11 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    auth::{Auth, Role, ADMIN_OWNER},
-    config::Settings,
-    datadir,
-    sessions::lifecycle::human_duration,
-    tls,
+    auth::Auth, config::Settings, datadir, sessions::lifecycle::human_duration, store::now_ms, tls,
 };
 
 /// The server's list of live sessions (admin token).
@@ -53,22 +49,31 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     // The server first: with no secret configured, `Auth` would create one in a folder
     // that no server uses.
     let addr = datadir::running_server(&settings.data_dir())?;
-    let token = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
     // Over TLS, the server is trusted as the phone trusts it: by its certificate's fingerprint.
     let fingerprint = tls::configured_fingerprint(settings)?;
+    // The server accepts only recorded tokens: one for this call, revoked after it.
+    let auth = Auth::from_settings(settings)?;
+    let store = super::tokens::store(settings).await?;
+    let token = auth
+        .issue_for_command(store.pool(), "tether sessions")
+        .await?;
     let asked = call(
         addr,
         hyper::Method::GET,
         ROUTE,
-        &token,
+        &token.token,
         fingerprint.as_deref(),
     );
-    let (status, body) = tokio::time::timeout(TIMEOUT, asked).await.map_err(|_| {
+    let answer = tokio::time::timeout(TIMEOUT, asked).await;
+    let revoked = crate::auth::revoke_recorded(&store, &token.claims.jti, now_ms()).await;
+    store.close().await;
+    let (status, body) = answer.map_err(|_| {
         anyhow::anyhow!(
             "the tether at {addr} did not answer within {} s",
             TIMEOUT.as_secs()
         )
     })??;
+    revoked.context("revoking the command's token")?;
     if status != StatusCode::OK {
         return Err(server_error(status, &body));
     }

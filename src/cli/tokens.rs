@@ -1,8 +1,6 @@
-//! `tether token`, `tether tokens [revoke ID]` and `tether pair`: tokens and pairing codes
-//! are written to the database beside the running server; a revocation goes through the
-//! running server when there is one, so that it refuses the token at once.
-
-use hyper::{Method, StatusCode};
+//! `tether token`, `tether tokens [revoke ID]`, `tether secret rotate` and `tether pair`:
+//! tokens and pairing codes are written to the database beside the running server, which
+//! looks for revocations and a rotated secret every `auth::WATCH_INTERVAL`.
 
 use crate::{
     auth::{Auth, Role, ADMIN_OWNER},
@@ -11,7 +9,7 @@ use crate::{
     store::{self, tokens, Store},
 };
 
-async fn store(settings: &Settings) -> anyhow::Result<Store> {
+pub(super) async fn store(settings: &Settings) -> anyhow::Result<Store> {
     datadir::create_dir(&settings.data_dir())?;
     Store::open_configured(&settings.database).await
 }
@@ -70,29 +68,32 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Revokes a token: through the running server when there is one, else in the database
-/// (the next start refuses it).
+/// Revokes a token in the database; a running server refuses it (and ends what it opened)
+/// within `auth::WATCH_INTERVAL`, a later one from its start.
 pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let data_dir = settings.data_dir();
-    if let Ok(addr) = datadir::running_server(&data_dir) {
-        let admin = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
-        let path = format!("/api/tokens/{id}");
-        let fingerprint = crate::tls::configured_fingerprint(settings)?;
-        let (status, body) =
-            super::sessions::call(addr, Method::DELETE, &path, &admin, fingerprint.as_deref())
-                .await?;
-        if status != StatusCode::NO_CONTENT {
-            return Err(super::sessions::server_error(status, &body));
-        }
-    } else {
-        let store = store(settings).await?;
-        anyhow::ensure!(
-            tokens::get(store.pool(), id).await?.is_some(),
-            "no token {id} (`tether tokens` lists them)"
-        );
-        crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
-    }
+    let store = store(settings).await?;
+    anyhow::ensure!(
+        tokens::get(store.pool(), id).await?.is_some(),
+        "no token {id} (`tether tokens` lists them)"
+    );
+    crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
+    store.close().await;
     println!("revoked {id}");
+    Ok(())
+}
+
+/// `tether secret rotate`: a new generated secret, every earlier token revoked.
+pub async fn rotate_secret(settings: &Settings) -> anyhow::Result<()> {
+    let rotated = crate::auth::rotate_secret(settings).await?;
+    println!(
+        "wrote a new token secret to {}; revoked {} earlier tokens (a running tether refuses \
+         them now, and takes up the new secret)",
+        rotated.path.display(),
+        rotated.revoked
+    );
+    println!(
+        "next: pair each phone again (`tether pair`), and give scripts new tokens (`tether token`)"
+    );
     Ok(())
 }
 

@@ -576,9 +576,16 @@ pub(super) async fn stream_events(
         })
     });
     // Shutdown ends the stream, so the connection can close (a client resumes later with
-    // Last-Event-ID); one that stopped reading is closed at the drain's deadline.
+    // Last-Event-ID); one that stopped reading is closed at the drain's deadline. Revoking
+    // the token ends it too.
     let drain = edge.drain.clone();
-    let stream = futures::StreamExt::take_until(stream, async move { drain.started().await });
+    let revoked = state.auth.until_revoked(caller.token_id.clone());
+    let stream = futures::StreamExt::take_until(stream, async move {
+        tokio::select! {
+            () = drain.started() => {}
+            () = revoked => {}
+        }
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
         .into_response())
