@@ -1,6 +1,9 @@
 //! `tether token`, `tether tokens [revoke ID]`, `tether secret rotate` and `tether pair`:
-//! tokens and pairing codes are written to the database beside the running server, which
-//! looks for revocations and a rotated secret every `auth::WATCH_INTERVAL`.
+//! tokens and pairing codes are written to the database beside the running server. A
+//! revocation goes through the running server when there is one, so that it refuses the
+//! token at once; a rotation is taken up by it within `auth::WATCH_INTERVAL`.
+
+use hyper::{Method, StatusCode};
 
 use crate::{
     auth::{Auth, Role, ADMIN_OWNER},
@@ -68,16 +71,32 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Revokes a token in the database; a running server refuses it (and ends what it opened)
-/// within `auth::WATCH_INTERVAL`, a later one from its start.
+/// Revokes a token: through the running server when there is one, so that it refuses the
+/// token (and ends what it opened) at once; else in the database (the next start refuses
+/// it; a server started meanwhile notices within `auth::WATCH_INTERVAL`).
 pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let store = store(settings).await?;
-    anyhow::ensure!(
-        tokens::get(store.pool(), id).await?.is_some(),
-        "no token {id} (`tether tokens` lists them)"
-    );
-    crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
-    store.close().await;
+    if let Ok(addr) = datadir::running_server(&settings.data_dir()) {
+        let path = format!("/api/tokens/{id}");
+        let (status, body) = super::sessions::call_as_admin(
+            settings,
+            addr,
+            Method::DELETE,
+            &path,
+            "tether tokens revoke",
+        )
+        .await?;
+        if status != StatusCode::NO_CONTENT {
+            return Err(super::sessions::server_error(status, &body));
+        }
+    } else {
+        let store = store(settings).await?;
+        anyhow::ensure!(
+            tokens::get(store.pool(), id).await?.is_some(),
+            "no token {id} (`tether tokens` lists them)"
+        );
+        crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
+        store.close().await;
+    }
     println!("revoked {id}");
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use std::{
     path::Path,
-    process::{Command, Output},
+    process::Output,
     time::{Duration, Instant},
 };
 
@@ -108,12 +108,12 @@ async fn a_token_signed_with_the_secret_but_never_issued_is_refused() {
             (StatusCode::UNAUTHORIZED, "unauthorized".into()),
             "{what}: a normal route"
         );
-        let err = attach(&app, &terminal, token).await.err().expect("refused");
-        match err {
-            tungstenite::Error::Http(res) => {
+        match attach(&app, &terminal, token).await {
+            Err(tungstenite::Error::Http(res)) => {
                 assert_eq!(res.status().as_u16(), 401, "{what}: the WebSocket")
             }
-            other => panic!("{what}: expected an HTTP refusal, got {other}"),
+            Err(other) => panic!("{what}: expected an HTTP refusal, got {other}"),
+            Ok(_) => panic!("{what}: the WebSocket was opened"),
         }
         let res = completion(&app, token, "hi", false).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}: /v1");
@@ -154,13 +154,17 @@ async fn time_claims_may_be_off_by_a_few_seconds_only() {
         assert_eq!(status(token).await, StatusCode::UNAUTHORIZED, "{what}");
     }
     // A second or two off is a clock's drift, and passes.
-    assert_eq!(status(with(t + 2, t + 600, Some(t + 2))).await, StatusCode::OK);
+    assert_eq!(
+        status(with(t + 2, t + 600, Some(t + 2))).await,
+        StatusCode::OK
+    );
 }
 
 /// `tether ARGS… --config FILE` for the app's settings, the secret in the environment only
-/// when `secret` is given (else the generated one in the data folder is used).
-fn tether(config: &Path, secret: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+/// when `secret` is given (else the generated one in the data folder is used). Awaited, so
+/// that the app, on this test's runtime, can answer meanwhile.
+async fn tether(config: &Path, secret: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
     cmd.args(args)
         .arg("--config")
         .arg(config)
@@ -171,7 +175,7 @@ fn tether(config: &Path, secret: Option<&str>, args: &[&str]) -> Output {
     if let Some(secret) = secret {
         cmd.env("TETHER__AUTH__SECRET", secret);
     }
-    cmd.output().unwrap()
+    cmd.output().await.unwrap()
 }
 
 /// Waits until `token` answers 401 on a normal route.
@@ -192,7 +196,7 @@ async fn rotating_the_secret_refuses_every_earlier_token_running_or_not() {
     let before = std::fs::read(&secret_file).unwrap();
     assert_eq!(app.get("/api/sessions").await.status(), StatusCode::OK);
 
-    let out = tether(&config, None, &["secret", "rotate"]);
+    let out = tether(&config, None, &["secret", "rotate"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -205,7 +209,7 @@ async fn rotating_the_secret_refuses_every_earlier_token_running_or_not() {
     until_refused(&app, &app.token, "the user token refused").await;
     until_refused(&app, &app.admin_token, "the admin token refused").await;
     // Every one is listed revoked.
-    let out = tether(&config, None, &["tokens", "--json"]);
+    let out = tether(&config, None, &["tokens", "--json"]).await;
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(listed.len() >= 3, "{listed:?}");
     assert!(
@@ -213,7 +217,7 @@ async fn rotating_the_secret_refuses_every_earlier_token_running_or_not() {
         "{listed:?}"
     );
     // A token of the new secret works on the running server at once.
-    let out = tether(&config, None, &["token"]);
+    let out = tether(&config, None, &["token"]).await;
     let fresh = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(
         app.get_as(&fresh, "/api/sessions").await.status(),
@@ -227,7 +231,7 @@ async fn rotating_the_secret_refuses_every_earlier_token_running_or_not() {
         StatusCode::OK
     );
     let (settings, dir) = app.stop().await;
-    let out = tether(&config, None, &["secret", "rotate"]);
+    let out = tether(&config, None, &["secret", "rotate"]).await;
     assert!(out.status.success());
     let app = TestApp::start(settings, dir).await;
     assert_eq!(
@@ -241,7 +245,7 @@ async fn rotating_the_secret_refuses_every_earlier_token_running_or_not() {
 async fn rotating_a_configured_secret_is_refused_and_changes_nothing() {
     let app = spawn_app().await;
     let config = write_config(&app.settings, app.dir.path());
-    let out = tether(&config, Some(SECRET), &["secret", "rotate"]);
+    let out = tether(&config, Some(SECRET), &["secret", "rotate"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -251,7 +255,7 @@ async fn rotating_a_configured_secret_is_refused_and_changes_nothing() {
     assert!(stderr.contains("Nothing was changed"), "{stderr}");
     assert!(!stderr.contains(SECRET), "the secret is not echoed");
     assert!(!app.settings.data_dir().join("auth.secret").exists());
-    let out = tether(&config, Some(SECRET), &["tokens", "--json"]);
+    let out = tether(&config, Some(SECRET), &["tokens", "--json"]).await;
     let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(listed.iter().all(|t| t["revoked_at"].is_null()));
     assert_eq!(app.get("/api/sessions").await.status(), StatusCode::OK);
@@ -342,8 +346,7 @@ async fn revoking_a_token_ends_its_streams_and_websockets() {
     let sent = app.chat("more", Some(&mine)).await["messageId"].clone();
     loop {
         let ev = others.next().await.expect("the other stream stays open");
-        if ev.event.as_deref() == Some("tether.turn_completed") && ev.json()["messageId"] == sent
-        {
+        if ev.event.as_deref() == Some("tether.turn_completed") && ev.json()["messageId"] == sent {
             break;
         }
     }
@@ -355,15 +358,37 @@ async fn a_revocation_by_the_cli_ends_them_too() {
     let (token, id) = recorded(&app).await;
     let opened = open_all(&app, &token).await;
     let config = write_config(&app.settings, app.dir.path());
-    let out = tether(&config, Some(SECRET), &["tokens", "revoke", &id]);
+    let out = tether(&config, Some(SECRET), &["tokens", "revoke", &id]).await;
     let revoked_at = Instant::now();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Through the running server: refused as soon as the command returns.
+    assert_eq!(
+        app.get_as(&token, "/api/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_all_end(opened, revoked_at).await;
-    until_refused(&app, &token, "the revoked token refused").await;
+}
+
+#[tokio::test]
+async fn a_revocation_written_to_the_store_by_another_process_ends_them_too() {
+    let app = spawn_app().await;
+    let (token, id) = recorded(&app).await;
+    let opened = open_all(&app, &token).await;
+    // What `tether tokens revoke` does with no server to call, or any other process: the
+    // row only; this server learns of it by looking at the store.
+    tether::auth::revoke_recorded(&app.state.store, &id, tether::store::now_ms())
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    assert_all_end(opened, revoked_at).await;
+    assert_eq!(
+        app.get_as(&token, "/api/sessions").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
