@@ -272,7 +272,7 @@ impl Application {
             KeepAwake::new(state.settings.sessions.keep_awake),
             vec![Arc::new(state.terminals.clone())],
         ));
-        // Revocations and a rotated secret from other processes (`tether tokens revoke`, `tether secret rotate`).
+        // Revocations and a rotated secret written by other processes (`tether secret rotate`).
         let token_watch = tokio::spawn(crate::auth::watch(
             state.auth.clone(),
             state.store.clone(),

@@ -501,7 +501,10 @@ impl Auth {
             }
             Ok(Err(e)) => {
                 if !unreadable.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "cannot use the token secret file; the secret in use stays");
+                    tracing::warn!(
+                        error = %e,
+                        "cannot use the token secret file; the secret in use stays"
+                    );
                 }
             }
             Err(e) => tracing::error!(error = %e, "reading the token secret file failed"),

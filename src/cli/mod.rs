@@ -86,7 +86,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokensAction {
-    /// Revoke a token: it is refused from its next request, and its phone gets no pushes.
+    /// Revoke a token: it is refused from its next request, its open streams and terminal
+    /// WebSockets end, and its phone gets no pushes.
     Revoke { id: String },
 }
 
