@@ -92,8 +92,8 @@ pub async fn limit_rate(State(state): State<AppState>, req: Request, next: Next)
     if let Err(wait) = rate.check(key) {
         return ApiError::too_many(
             "too_many_requests",
-            "too many requests from this token (or address) (server.requests_per_minute); \
-             slow down",
+            "too many requests from this token, or from this address without one \
+             (server.requests_per_minute); slow down",
             wait,
         )
         .into_response();
