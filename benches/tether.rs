@@ -269,13 +269,28 @@ impl Server {
             .strip_prefix("tether listening on ")
             .expect("the address line")
             .to_string();
-        let settings = Settings::load(Some(&config)).unwrap();
-        let auth = tether::auth::Auth::from_settings(&settings).unwrap();
+        // The server accepts only recorded tokens: `tether token` records them beside it.
+        let token = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+                .arg("token")
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("tether token runs");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
         Server {
             child,
             base,
-            token: auth.issue("bench", Role::User).unwrap(),
-            admin: auth.issue("admin", Role::Admin).unwrap(),
+            token: token(&["--user", "bench"]),
+            admin: token(&["--admin"]),
             client: reqwest::Client::new(),
         }
     }
@@ -427,7 +442,18 @@ async fn outbox(agent: &Agent, dir: &Path, pushes: usize, replies: usize) -> (f6
         .unwrap();
     let state = app.state().clone();
     let base = format!("http://{}", app.local_addr());
-    let token = state.auth.issue("bench", Role::User).unwrap();
+    let token = state
+        .auth
+        .issue_recorded(
+            state.store.pool(),
+            "bench",
+            Role::User,
+            Some("bench"),
+            false,
+        )
+        .await
+        .unwrap()
+        .token;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = stopped.await;

@@ -137,7 +137,8 @@ impl Application {
         // does not listen at all.
         let tls = Tls::from_settings(&settings)?;
         let store = Store::open_configured(&settings.database).await?;
-        auth.load_revoked(tokens::revoked_ids(store.pool(), crate::store::now_ms()).await?);
+        // The revoked tokens (and a secret rotated since the keys were read) before serving.
+        auth.refresh(&store).await?;
         // Bound before recovery: a server that cannot listen stops nothing.
         let listener = TcpListener::bind(settings.server.bind)
             .await
@@ -264,6 +265,12 @@ impl Application {
             KeepAwake::new(state.settings.sessions.keep_awake),
             vec![Arc::new(state.terminals.clone())],
         ));
+        // Revocations and a rotated secret written by other processes (`tether secret rotate`).
+        let token_watch = tokio::spawn(crate::auth::watch(
+            state.auth.clone(),
+            state.store.clone(),
+            state.sessions.stopping(),
+        ));
         let resource_watch = tokio::spawn(crate::sessions::resources::run(state.sessions.clone()));
         let spare_keeper = tokio::spawn(crate::sessions::spares::run(state.sessions.clone()));
         let grace = state.settings.server.shutdown_grace;
@@ -291,6 +298,7 @@ impl Application {
         push_worker.await?;
         retention.await?;
         lifecycle.await?;
+        token_watch.await?;
         resource_watch.await?;
         spare_keeper.await?;
         store.close().await;

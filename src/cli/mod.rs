@@ -1,5 +1,5 @@
-//! The command line: `tether serve`, `tether token`, `tether tokens`, `tether pair` and
-//! `tether sessions`.
+//! The command line: `tether serve`, `tether token`, `tether tokens`, `tether secret`,
+//! `tether pair` and `tether sessions`.
 
 mod pair;
 mod sessions;
@@ -51,6 +51,13 @@ enum Command {
         #[command(subcommand)]
         action: Option<TokensAction>,
     },
+    /// The secret that signs tokens (`rotate` to replace it).
+    Secret {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: SecretAction,
+    },
     /// Pair a phone: print a one-time code and its QR code for the tether app.
     Pair {
         #[arg(long)]
@@ -80,8 +87,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokensAction {
-    /// Revoke a token: it is refused from its next request, and its phone gets no pushes.
+    /// Revoke a token: it is refused from its next request, its open streams and terminal
+    /// WebSockets end, and its phone gets no pushes.
     Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum SecretAction {
+    /// Make a new secret (data/auth.secret) and revoke every earlier token, for the day the
+    /// secret leaked: phones pair again. Not with `auth.secret` configured (change it there).
+    Rotate,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -104,6 +119,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             match action {
                 None => tokens::list(&settings, json).await,
                 Some(TokensAction::Revoke { id }) => tokens::revoke(&settings, &id).await,
+            }
+        }
+        Command::Secret { config, action } => {
+            let settings = Settings::load(config.as_deref()).context("loading settings")?;
+            match action {
+                SecretAction::Rotate => tokens::rotate_secret(&settings).await,
             }
         }
         Command::Pair {

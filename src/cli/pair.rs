@@ -9,13 +9,7 @@ use anyhow::Context;
 use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
-use crate::{
-    auth::{Auth, Role, ADMIN_OWNER},
-    config::Settings,
-    datadir,
-    store::{self, Store},
-    tls,
-};
+use crate::{config::Settings, datadir, tls};
 
 /// How long asking the running server may take: it answers `/health` from what it holds.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,7 +32,7 @@ struct Health {
 
 /// The running server on the settings' data folder, as it serves; with none there (or one
 /// not listening yet), what the settings say, with a note on stderr.
-pub(super) async fn served(settings: &Settings, store: &Store) -> anyhow::Result<Served> {
+pub(super) async fn served(settings: &Settings) -> anyhow::Result<Served> {
     let addr = match datadir::running_server(&settings.data_dir()) {
         Ok(addr) => addr,
         Err(why) => {
@@ -58,7 +52,7 @@ pub(super) async fn served(settings: &Settings, store: &Store) -> anyhow::Result
             });
         }
     };
-    tokio::time::timeout(TIMEOUT, ask(settings, store, addr))
+    tokio::time::timeout(TIMEOUT, ask(settings, addr))
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -72,7 +66,7 @@ pub(super) async fn served(settings: &Settings, store: &Store) -> anyhow::Result
 /// says `tls: false`), else over TLS, pinning the certificate it presents and asking
 /// `/health` with an admin token for the fingerprint the server reports, which must be that
 /// certificate's.
-async fn ask(settings: &Settings, store: &Store, addr: SocketAddr) -> anyhow::Result<Served> {
+async fn ask(settings: &Settings, addr: SocketAddr) -> anyhow::Result<Served> {
     let plain = super::sessions::call(addr, Method::GET, "/health", "", None).await;
     if let Ok((StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE, body)) = &plain {
         let health: Health = serde_json::from_slice(body)
@@ -93,7 +87,7 @@ async fn ask(settings: &Settings, store: &Store, addr: SocketAddr) -> anyhow::Re
         };
         format!("asking the tether at {addr} how it serves ({plain})")
     })?;
-    let reported = reported_fingerprint(settings, store, addr, &presented).await?;
+    let reported = reported_fingerprint(settings, addr, &presented).await?;
     anyhow::ensure!(
         reported.as_deref() == Some(presented.as_str()),
         "the tether at {addr} presents the certificate {presented} but reports {}",
@@ -109,23 +103,18 @@ async fn ask(settings: &Settings, store: &Store, addr: SocketAddr) -> anyhow::Re
 /// (recorded, as every token is, and revoked once answered).
 async fn reported_fingerprint(
     settings: &Settings,
-    store: &Store,
     addr: SocketAddr,
     presented: &str,
 ) -> anyhow::Result<Option<String>> {
-    let auth = Auth::from_settings(settings)?;
-    let issued = auth
-        .issue_recorded(
-            store.pool(),
-            ADMIN_OWNER,
-            Role::Admin,
-            Some("tether pair"),
-            false,
-        )
-        .await?;
-    let asked =
-        super::sessions::call(addr, Method::GET, "/health", &issued.token, Some(presented)).await;
-    crate::auth::revoke_recorded(store, &issued.claims.jti, store::now_ms()).await?;
+    let asked = super::sessions::call_as_admin_pinned(
+        settings,
+        addr,
+        Method::GET,
+        "/health",
+        "tether pair",
+        Some(presented),
+    )
+    .await;
     let (status, body) = asked?;
     if status != StatusCode::OK && status != StatusCode::SERVICE_UNAVAILABLE {
         return Err(super::sessions::server_error(status, &body));

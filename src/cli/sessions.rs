@@ -14,11 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    auth::{Auth, Role, ADMIN_OWNER},
-    config::Settings,
-    datadir,
-    sessions::lifecycle::human_duration,
-    tls,
+    auth::Auth, config::Settings, datadir, sessions::lifecycle::human_duration, store::now_ms, tls,
 };
 
 /// The server's list of live sessions (admin token).
@@ -53,22 +49,8 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     // The server first: with no secret configured, `Auth` would create one in a folder
     // that no server uses.
     let addr = datadir::running_server(&settings.data_dir())?;
-    let token = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
-    // Over TLS, the server is trusted as the phone trusts it: by its certificate's fingerprint.
-    let fingerprint = tls::configured_fingerprint(settings)?;
-    let asked = call(
-        addr,
-        hyper::Method::GET,
-        ROUTE,
-        &token,
-        fingerprint.as_deref(),
-    );
-    let (status, body) = tokio::time::timeout(TIMEOUT, asked).await.map_err(|_| {
-        anyhow::anyhow!(
-            "the tether at {addr} did not answer within {} s",
-            TIMEOUT.as_secs()
-        )
-    })??;
+    let (status, body) =
+        call_as_admin(settings, addr, hyper::Method::GET, ROUTE, "tether sessions").await?;
     if status != StatusCode::OK {
         return Err(server_error(status, &body));
     }
@@ -81,6 +63,46 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// `method path` to the running server at `addr` with an admin token recorded for this one
+/// call (as `name`) and revoked after it: the server accepts only recorded tokens. Over TLS,
+/// the server is trusted as the phone trusts it: by its certificate's fingerprint.
+pub(super) async fn call_as_admin(
+    settings: &Settings,
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    name: &str,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let fingerprint = tls::configured_fingerprint(settings)?;
+    call_as_admin_pinned(settings, addr, method, path, name, fingerprint.as_deref()).await
+}
+
+/// [`call_as_admin`], trusting the certificate with `fingerprint` (None: plain HTTP).
+pub(super) async fn call_as_admin_pinned(
+    settings: &Settings,
+    addr: SocketAddr,
+    method: hyper::Method,
+    path: &str,
+    name: &str,
+    fingerprint: Option<&str>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let auth = Auth::from_settings(settings)?;
+    let store = super::tokens::store(settings).await?;
+    let token = auth.issue_for_command(store.pool(), name).await?;
+    let asked = call(addr, method, path, &token.token, fingerprint);
+    let answer = tokio::time::timeout(TIMEOUT, asked).await;
+    let revoked = crate::auth::revoke_recorded(&store, &token.claims.jti, now_ms()).await;
+    store.close().await;
+    let answer = answer.map_err(|_| {
+        anyhow::anyhow!(
+            "the tether at {addr} did not answer within {} s",
+            TIMEOUT.as_secs()
+        )
+    })??;
+    revoked.context("revoking the command's token")?;
+    Ok(answer)
 }
 
 /// `method path` on one HTTP/1.1 connection to `addr` with `token` (none if empty), over TLS

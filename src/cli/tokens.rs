@@ -1,6 +1,7 @@
-//! `tether token`, `tether tokens [revoke ID]` and `tether pair`: tokens and pairing codes
-//! are written to the database beside the running server; a revocation goes through the
-//! running server when there is one, so that it refuses the token at once.
+//! `tether token`, `tether tokens [revoke ID]`, `tether secret rotate` and `tether pair`:
+//! tokens and pairing codes are written to the database beside the running server. A
+//! revocation goes through the running server when there is one, so that it refuses the
+//! token at once; a rotation is taken up by it within `auth::WATCH_INTERVAL`.
 
 use hyper::{Method, StatusCode};
 
@@ -11,7 +12,7 @@ use crate::{
     store::{self, tokens, Store},
 };
 
-async fn store(settings: &Settings) -> anyhow::Result<Store> {
+pub(super) async fn store(settings: &Settings) -> anyhow::Result<Store> {
     datadir::create_dir(&settings.data_dir())?;
     Store::open_configured(&settings.database).await
 }
@@ -70,17 +71,20 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Revokes a token: through the running server when there is one, else in the database
-/// (the next start refuses it).
+/// Revokes a token: through the running server when there is one, so that it refuses the
+/// token (and ends what it opened) at once; else in the database (the next start refuses
+/// it; a server started meanwhile notices within `auth::WATCH_INTERVAL`).
 pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
-    let data_dir = settings.data_dir();
-    if let Ok(addr) = datadir::running_server(&data_dir) {
-        let admin = Auth::from_settings(settings)?.issue(ADMIN_OWNER, Role::Admin)?;
+    if let Ok(addr) = datadir::running_server(&settings.data_dir()) {
         let path = format!("/api/tokens/{id}");
-        let fingerprint = crate::tls::configured_fingerprint(settings)?;
-        let (status, body) =
-            super::sessions::call(addr, Method::DELETE, &path, &admin, fingerprint.as_deref())
-                .await?;
+        let (status, body) = super::sessions::call_as_admin(
+            settings,
+            addr,
+            Method::DELETE,
+            &path,
+            "tether tokens revoke",
+        )
+        .await?;
         if status != StatusCode::NO_CONTENT {
             return Err(super::sessions::server_error(status, &body));
         }
@@ -91,8 +95,24 @@ pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
             "no token {id} (`tether tokens` lists them)"
         );
         crate::auth::revoke_recorded(&store, id, store::now_ms()).await?;
+        store.close().await;
     }
     println!("revoked {id}");
+    Ok(())
+}
+
+/// `tether secret rotate`: a new generated secret, every earlier token revoked.
+pub async fn rotate_secret(settings: &Settings) -> anyhow::Result<()> {
+    let rotated = crate::auth::rotate_secret(settings).await?;
+    println!(
+        "wrote a new token secret to {}; revoked {} earlier tokens (a running tether refuses \
+         them now, and takes up the new secret)",
+        rotated.path.display(),
+        rotated.revoked
+    );
+    println!(
+        "next: pair each phone again (`tether pair`), and give scripts new tokens (`tether token`)"
+    );
     Ok(())
 }
 
@@ -111,7 +131,7 @@ pub async fn pair(
     );
     let store = store(settings).await?;
     // The running server says how it serves (its settings may not be this command's).
-    let served = super::pair::served(settings, &store).await?;
+    let served = super::pair::served(settings).await?;
     let fingerprint = served.fingerprint;
     let url = url.unwrap_or(served.url);
     let (code, expires_at) =

@@ -7,13 +7,13 @@ use axum::{
     http::{
         header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL},
         request::Parts,
+        HeaderMap,
     },
 };
-use jsonwebtoken::errors::ErrorKind;
 
 use super::ApiError;
 use crate::{
-    auth::{Admin, Caller},
+    auth::{Admin, Caller, Refusal},
     AppState,
 };
 
@@ -21,33 +21,71 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "send `Authorization: Bearer <token>`; `tether token` prints one",
-                )
-            })?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
-            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        let token = bearer(&parts.headers).unwrap_or_else(|| {
+            Err(ApiError::unauthorized(
+                "send `Authorization: Bearer <token>`; `tether token` prints one",
+            ))
         })?;
-        let caller = caller_of(state, token.trim())?;
+        let caller = caller_of(state, token).await?;
         // A caller with a valid token gets the longer time to send its body.
         super::server::BodyClock::trust(&parts.extensions);
         Ok(caller)
     }
 }
 
-/// The caller a token speaks for, or 401.
-fn caller_of(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    let claims = state.auth.verify(token).map_err(|e| match e.kind() {
-        ErrorKind::InvalidSubject => {
-            ApiError::unauthorized("a user token may not speak for the admin's owner name")
-        }
-        _ => ApiError::unauthorized("the token is invalid or expired"),
-    })?;
+/// The token of the `Authorization` header: None without one, 401 when it is not
+/// `Bearer <token>` (spaces around the token do not matter).
+fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
+    let header = headers.get(AUTHORIZATION)?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"));
+    Some(token)
+}
+
+/// The token a WebSocket client offers as the subprotocol `bearer.<token>`.
+fn ws_bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER))
+}
+
+/// The id of the valid token a request carries, read as its extractors read it (the
+/// `Authorization` header, else a WebSocket's subprotocol): what its request rate counts
+/// against. None without a valid one.
+pub(super) async fn token_id(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let token = match bearer(headers) {
+        Some(token) => token.ok()?,
+        None => ws_bearer(headers)?,
+    };
+    let claims = state.auth.verify(state.store.pool(), token).await.ok()?;
+    Some(claims.jti)
+}
+
+/// The caller a token speaks for, or 401: it must be one this server issued and that is
+/// not revoked (see [`crate::auth::Auth::verify`]).
+async fn caller_of(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    let claims = state
+        .auth
+        .verify(state.store.pool(), token)
+        .await
+        .map_err(|e| match e {
+            Refusal::Invalid(_) => ApiError::unauthorized("the token is invalid or expired"),
+            Refusal::AdminName => {
+                ApiError::unauthorized("a user token may not speak for the admin's owner name")
+            }
+            Refusal::NotIssued => ApiError::unauthorized(
+                "this server did not issue the token; `tether token` prints one",
+            ),
+            Refusal::Revoked => ApiError::unauthorized("the token was revoked"),
+            Refusal::Store(e) => e.into(),
+        })?;
     state.note_token_use(&claims.jti);
     Ok(Caller {
         owner: claims.sub,
@@ -74,20 +112,13 @@ impl FromRequestParts<AppState> for WsCaller {
                 .await
                 .map(WsCaller);
         }
-        let token = parts
-            .headers
-            .get_all(SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|p| p.trim().strip_prefix(WS_BEARER))
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "send `Authorization: Bearer <token>`, or the subprotocols \
-                     `tether, bearer.<token>` (Sec-WebSocket-Protocol)",
-                )
-            })?;
-        caller_of(state, token).map(WsCaller)
+        let token = ws_bearer(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized(
+                "send `Authorization: Bearer <token>`, or the subprotocols \
+                 `tether, bearer.<token>` (Sec-WebSocket-Protocol)",
+            )
+        })?;
+        caller_of(state, token).await.map(WsCaller)
     }
 }
 

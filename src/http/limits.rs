@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     num::NonZeroU32,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -13,13 +14,31 @@ use std::{
     time::Duration,
 };
 
+use axum::{
+    extract::{Request, State},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota};
 
-/// Requests per minute per key (`server.requests_per_minute`): a bearer token, or the
-/// caller's address for requests without one.
+use super::{extract, server::Peer, ApiError, Edge};
+use crate::AppState;
+
+/// Requests per minute per key (`server.requests_per_minute`): a token, or the caller's
+/// address for requests without a valid one.
 pub struct RequestRate {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<RateKey>,
     checks: AtomicU64,
+}
+
+/// Whose budget a request spends: its token's (by id, however the header is spelled), else
+/// its peer address's (no token, or one that is not valid).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Token(String),
+    Address(IpAddr),
+    /// A request whose peer is not known (not served by `server::Server`).
+    Unknown,
 }
 
 /// How often (in requests) keys idle long enough to be full again are forgotten, so the
@@ -45,7 +64,7 @@ impl RequestRate {
     }
 
     /// Err with how long to wait when `key` is over its rate.
-    pub fn check(&self, key: String) -> Result<(), Duration> {
+    pub fn check(&self, key: RateKey) -> Result<(), Duration> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
             self.limiter.retain_recent();
         }
@@ -53,6 +72,33 @@ impl RequestRate {
             not_until.wait_time_from(governor::clock::DefaultClock::default().now())
         })
     }
+}
+
+/// 429 `too_many_requests` past `server.requests_per_minute`, counted per token id after
+/// checking the token (so the header's spelling does not matter) and per peer address for
+/// requests without a valid token (so junk headers share the address's budget).
+pub async fn limit_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let rate = req.extensions().get::<Edge>().and_then(|e| e.rate.clone());
+    let Some(rate) = rate else {
+        return next.run(req).await;
+    };
+    let key = match extract::token_id(&state, req.headers()).await {
+        Some(id) => RateKey::Token(id),
+        None => req
+            .extensions()
+            .get::<Peer>()
+            .map_or(RateKey::Unknown, |peer| RateKey::Address(peer.0.ip())),
+    };
+    if let Err(wait) = rate.check(key) {
+        return ApiError::too_many(
+            "too_many_requests",
+            "too many requests from this token, or from this address without one \
+             (server.requests_per_minute); slow down",
+            wait,
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Open event streams per owner; cheap to clone.
@@ -107,14 +153,16 @@ mod tests {
     #[test]
     fn each_key_gets_its_own_rate() {
         let rate = RequestRate::new(2).unwrap();
-        assert!(rate.check("a".into()).is_ok());
-        assert!(rate.check("a".into()).is_ok());
-        let wait = rate.check("a".into()).unwrap_err();
+        let a = || RateKey::Token("a".into());
+        assert!(rate.check(a()).is_ok());
+        assert!(rate.check(a()).is_ok());
+        let wait = rate.check(a()).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
-        assert!(rate.check("b".into()).is_ok(), "another key is not slowed");
+        let b = RateKey::Address([127, 0, 0, 1].into());
+        assert!(rate.check(b).is_ok(), "another key is not slowed");
         assert!(RequestRate::new(0).is_none(), "0 is no limit");
     }
 

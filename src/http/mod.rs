@@ -24,10 +24,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{
-        header::{AUTHORIZATION, CONNECTION},
-        HeaderValue, StatusCode,
-    },
+    http::{header::CONNECTION, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     Extension, Router,
@@ -89,6 +86,10 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_rate,
+        ))
         .layer(middleware::from_fn_with_state(edge.clone(), guard))
         .layer(middleware::from_fn(server::answer_body_timeouts))
         .layer(middleware::from_fn_with_state(allowed, hosts::check))
@@ -113,18 +114,8 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .with_state(state)
 }
 
-/// Whose rate a request counts against: its bearer token, else its peer's address.
-fn rate_key(req: &Request) -> String {
-    if let Some(auth) = req.headers().get(AUTHORIZATION) {
-        return format!("token {}", String::from_utf8_lossy(auth.as_bytes()));
-    }
-    match req.extensions().get::<server::Peer>() {
-        Some(peer) => format!("address {}", peer.0.ip()),
-        None => "anonymous".to_string(),
-    }
-}
-
-/// 429 `too_many_requests` past `server.requests_per_minute`; 503 `shutting_down` (and close) once shutdown has begun; otherwise the request within its
+/// 503 `shutting_down` (and close) once shutdown has begun; otherwise the request (its
+/// rate checked by [`limits::limit_rate`], inside) within its
 /// time budget, else 503 `request_timeout`. Event streams have no budget (they are meant to
 /// last); `POST /api/chat`, a keep-alive (its recap) and `POST /v1/chat/completions` get
 /// `server.wait_timeout` on top (a streamed completion's body is not bounded by it: it ends
@@ -139,16 +130,6 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
         res.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
         return res;
-    }
-    if let Some(rate) = &edge.rate {
-        if let Err(wait) = rate.check(rate_key(&req)) {
-            return ApiError::too_many(
-                "too_many_requests",
-                "too many requests for this token (server.requests_per_minute); slow down",
-                wait,
-            )
-            .into_response();
-        }
     }
     let route = req.extensions().get::<MatchedPath>().cloned();
     let budget = match route.as_ref().map(MatchedPath::as_str) {

@@ -239,8 +239,10 @@ async fn completions(
             let _counted = permit;
             stream.feed(watch, deadline, include_usage, tx).await;
         });
-        let body = Sse::new(ReceiverStream::new(rx))
-            .keep_alive(KeepAlive::new().interval(STREAM_KEEPALIVE));
+        // Revoking the token ends the stream (the turn goes on, as when the client goes).
+        let revoked = state.auth.until_revoked(caller.token_id.clone());
+        let chunks = futures::StreamExt::take_until(ReceiverStream::new(rx), revoked);
+        let body = Sse::new(chunks).keep_alive(KeepAlive::new().interval(STREAM_KEEPALIVE));
         return Ok(completion.tagged(body.into_response()));
     }
     let (msg, reply) = watch.end().await?;

@@ -507,8 +507,8 @@ fn json_object_text() -> Object {
 /// `tether.approval_requested`, …). Each event's `id` is its sequence number and its `data`
 /// one JSON object; a client that reconnects with `Last-Event-ID: N` (or `?after=N`) first
 /// gets every event after N. The stream stays open while the session is active (a comment
-/// every 15 s keeps it alive) and ends after the backlog of an ended one, or when the server
-/// shuts down. Between stored events, live only, `tether.text_delta` events (no `id`; `data`
+/// every 15 s keeps it alive) and ends after the backlog of an ended one, when the server
+/// shuts down, or when its token is revoked. Between stored events, live only, `tether.text_delta` events (no `id`; `data`
 /// `{"type", "text", "apiMessageId", "index"}`) carry the agent's text as it is written; the stored lines that
 /// follow hold the same text whole. An owner may hold `limits.streams_per_owner` streams at
 /// once.
@@ -580,9 +580,16 @@ pub(super) async fn stream_events(
         })
     });
     // Shutdown ends the stream, so the connection can close (a client resumes later with
-    // Last-Event-ID); one that stopped reading is closed at the drain's deadline.
+    // Last-Event-ID); one that stopped reading is closed at the drain's deadline. Revoking
+    // the token ends it too.
     let drain = edge.drain.clone();
-    let stream = futures::StreamExt::take_until(stream, async move { drain.started().await });
+    let revoked = state.auth.until_revoked(caller.token_id.clone());
+    let stream = futures::StreamExt::take_until(stream, async move {
+        tokio::select! {
+            () = drain.started() => {}
+            () = revoked => {}
+        }
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
         .into_response())

@@ -594,22 +594,34 @@ async fn attach(
         .map_err(|r| refused(r, settings.max_viewers))?;
     let max_input = settings.max_input_bytes.0 as usize;
     tracing::info!(terminal_id = %id, owner = %caller.owner, "viewer attached");
+    let token_id = caller.token_id;
     Ok(upgrade
         .protocols([WS_PROTOCOL])
         .max_message_size(max_input)
         .max_frame_size(max_input)
-        .on_upgrade(move |socket| serve_viewer(socket, state, live, viewer, q.offset.unwrap_or(0))))
+        .on_upgrade(move |socket| {
+            serve_viewer(socket, state, live, viewer, q.offset.unwrap_or(0), token_id)
+        }))
 }
 
 /// One viewer: output out as binary frames from its offset on, input and control in, until
-/// it leaves or the terminal ends (a last `ended` text frame, then a close).
+/// it leaves, the terminal ends (a last `ended` text frame, then a close) or the token it
+/// attached with is revoked (a close with 1008, policy violation; nothing it sends after
+/// is run).
 async fn serve_viewer(
     mut socket: WebSocket,
     state: AppState,
     live: std::sync::Arc<Live>,
     viewer: Viewer,
     offset: u64,
+    token_id: Option<String>,
 ) {
+    let mut revoked = std::pin::pin!(state.auth.until_revoked(token_id.clone()));
+    let is_revoked = || {
+        token_id
+            .as_deref()
+            .is_some_and(|id| state.auth.is_revoked(id))
+    };
     let mut written = live.written();
     let mut ended = live.ended_watch();
     let first = live.read_since(offset);
@@ -661,7 +673,13 @@ async fn serve_viewer(
                     .await;
                 break;
             }
-            msg = socket.recv() => match msg {
+            () = &mut revoked => {
+                tracing::info!(terminal_id = %live.id, "viewer closed: its token was revoked");
+                let close = CloseFrame { code: 1008, reason: "token revoked".into() };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                break;
+            }
+            msg = socket.recv(), if !is_revoked() => match msg {
                 Some(Ok(Message::Binary(bytes))) => {
                     if live.write(bytes.to_vec(), state.terminals.lifetime_of_activity()).await.is_err() {
                         continue; // ended: the `ended` frame comes next

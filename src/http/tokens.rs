@@ -106,7 +106,8 @@ pub(super) async fn list(
 /// Revoke a token
 ///
 /// The admin may revoke any token, a user its own. The token answers 401 from its next
-/// request, and the devices registered with it get no more pushes.
+/// request, its event streams, `/v1` streams and terminal WebSockets end (within a second),
+/// and the devices registered with it get no more pushes.
 #[utoipa::path(
     delete,
     path = "/api/tokens/{id}",

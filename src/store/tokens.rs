@@ -79,6 +79,30 @@ pub async fn revoked_ids(ex: impl SqliteExecutor<'_>, now: i64) -> sqlx::Result<
         .await
 }
 
+/// How many tokens have ever been revoked: it only grows (rows are never deleted), so a
+/// running server that sees it change knows another process revoked some.
+pub async fn revoked_count(ex: impl SqliteExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NOT NULL")
+        .fetch_one(ex)
+        .await
+}
+
+/// Marks revoked every token made at or before `made_by` (ms) and not revoked yet; their ids.
+pub async fn revoke_all(
+    ex: impl SqliteExecutor<'_>,
+    made_by: i64,
+    now: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "UPDATE tokens SET revoked_at = ? WHERE revoked_at IS NULL AND created_at <= ? \
+         RETURNING id",
+    )
+    .bind(now)
+    .bind(made_by)
+    .fetch_all(ex)
+    .await
+}
+
 pub async fn touch(ex: impl SqliteExecutor<'_>, id: &str, now: i64) -> sqlx::Result<()> {
     sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
         .bind(now)

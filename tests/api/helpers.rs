@@ -61,11 +61,45 @@ pub fn test_settings(dir: &Path) -> Settings {
     s
 }
 
+/// A token recorded in the app's store, as `tether token` makes one.
+pub async fn recorded_token(state: &AppState, owner: &str, role: Role) -> String {
+    state
+        .auth
+        .issue_recorded(state.store.pool(), owner, role, Some("test"), false)
+        .await
+        .expect("a recorded token")
+        .token
+}
+
+/// `tether token` (`--user OWNER`, or `--admin` for the admin's name) beside a server whose
+/// database is `db` and whose secret is `secret`: a token it records and accepts.
+pub fn cli_token(db: &Path, secret: &str, owner: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.arg("token")
+        .env("TETHER__DATABASE__PATH", db)
+        .env("TETHER__AUTH__SECRET", secret)
+        .env_remove("RUST_LOG");
+    if owner == "admin" {
+        cmd.arg("--admin");
+    } else {
+        cmd.args(["--user", owner]);
+    }
+    let out = cmd.output().expect("tether token runs");
+    assert!(
+        out.status.success(),
+        "tether token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub token: String,
     pub admin_token: String,
+    /// A user token of another owner (`stranger_token`).
+    stranger: String,
     pub state: AppState,
     pub settings: Settings,
     pub project: PathBuf,
@@ -104,10 +138,15 @@ impl TestApp {
             Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
             None => Application::build(settings.clone()).await,
         };
-        Self::serve(app.expect("app builds"), settings, dir, project)
+        Self::serve(app.expect("app builds"), settings, dir, project).await
     }
 
-    fn serve(app: Application, settings: Settings, dir: Arc<TempDir>, project: PathBuf) -> Self {
+    async fn serve(
+        app: Application,
+        settings: Settings,
+        dir: Arc<TempDir>,
+        project: PathBuf,
+    ) -> Self {
         let base = app.base_url();
         let state = app.state().clone();
         // Over TLS, the client trusts the server's certificate as the app does: by pinning it.
@@ -122,8 +161,9 @@ impl TestApp {
         Self {
             base,
             client,
-            token: state.auth.issue("me", Role::User).unwrap(),
-            admin_token: state.auth.issue("admin", Role::Admin).unwrap(),
+            token: recorded_token(&state, "me", Role::User).await,
+            admin_token: recorded_token(&state, "admin", Role::Admin).await,
+            stranger: recorded_token(&state, "someone-else", Role::User).await,
             state,
             settings,
             project,
@@ -234,10 +274,12 @@ impl TestApp {
 
     /// A user token of another owner, who must see none of "me"'s things.
     pub fn stranger_token(&self) -> String {
-        self.state
-            .auth
-            .issue("someone-else", tether::auth::Role::User)
-            .unwrap()
+        self.stranger.clone()
+    }
+
+    /// A new recorded token for `owner` (the server accepts only those).
+    pub async fn token_for(&self, owner: &str, role: Role) -> String {
+        recorded_token(&self.state, owner, role).await
     }
 
     /// Sends a message without waiting; returns the 202 body.
@@ -394,6 +436,8 @@ pub struct Tether {
     pub base: String,
     pub project: PathBuf,
     secret: String,
+    /// Its database, where `tether token` records tokens for it.
+    db: PathBuf,
 }
 
 impl Tether {
@@ -446,6 +490,7 @@ impl Tether {
             base,
             project,
             secret,
+            db: dir.join("data/tether.db"),
         }
     }
 
@@ -462,14 +507,9 @@ impl Tether {
         self.child.id()
     }
 
-    /// A user token for `owner`, signed with this server's secret.
+    /// A user token for `owner`, recorded by `tether token` beside this server.
     pub fn token(&self, owner: &str) -> String {
-        let mut settings = Settings::load(None).unwrap();
-        settings.auth.secret = self.secret.clone().into();
-        tether::auth::Auth::from_settings(&settings)
-            .unwrap()
-            .issue(owner, Role::User)
-            .unwrap()
+        cli_token(&self.db, &self.secret, owner)
     }
 
     #[cfg(unix)]
@@ -613,12 +653,11 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    /// A user token for this server's secret.
+    /// A user token for "me", recorded by `tether token` beside this server.
     pub fn token(settings: &Settings) -> String {
-        tether::auth::Auth::from_settings(settings)
-            .unwrap()
-            .issue("me", Role::User)
-            .unwrap()
+        use secrecy::ExposeSecret;
+        let secret = settings.auth.secret.expose_secret();
+        cli_token(&settings.database.path, secret, "me")
     }
 
     pub async fn post(&self, token: &str, body: Value) -> Value {

@@ -678,7 +678,7 @@ async fn new_sessions_per_minute_are_capped_per_owner() {
     // Existing sessions go on, and other owners have their own count.
     let id = first["sessionId"].as_str().unwrap();
     app.chat("more", Some(id)).await;
-    let other = app.state.auth.issue("other", Role::User).unwrap();
+    let other = app.token_for("other", Role::User).await;
     assert_eq!(
         new_session(&app, &other).await.status(),
         StatusCode::ACCEPTED

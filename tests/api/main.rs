@@ -25,3 +25,4 @@ mod spares;
 mod stand_in_api;
 mod terminals;
 mod tls;
+mod tokens;

@@ -182,7 +182,7 @@ async fn devices_are_registered_updated_listed_and_removed() {
     assert_eq!(listed[0]["topic"], "com.example.other");
 
     // Another owner neither sees nor removes it.
-    let other = app.state.auth.issue("you", Role::User).unwrap();
+    let other = app.token_for("you", Role::User).await;
     let res = app
         .client
         .delete(app.url(&format!("/api/devices/{T1}")))

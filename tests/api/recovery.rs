@@ -187,10 +187,7 @@ async fn sigkill_mid_turn_loses_nothing_and_the_conversation_continues() {
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
     let server = Server::start(&settings, dir.path());
-    let app_token = {
-        let auth = tether::auth::Auth::from_settings(&settings).unwrap();
-        auth.issue("me", tether::auth::Role::User).unwrap()
-    };
+    let app_token = Server::token(&settings);
     let client = reqwest::Client::new();
     let post = |body: Value| {
         client
@@ -307,10 +304,7 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
     let mut server = Server::start(&settings, dir.path());
-    let token = tether::auth::Auth::from_settings(&settings)
-        .unwrap()
-        .issue("me", tether::auth::Role::User)
-        .unwrap();
+    let token = Server::token(&settings);
     let res: Value = reqwest::Client::new()
         .post(format!("{}/api/chat", server.base))
         .bearer_auth(&token)

@@ -22,7 +22,7 @@ use tether::{
 
 use crate::helpers::{
     error_code, fake_claude, pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for,
-    write_config, TestApp,
+    write_config, Server, TestApp,
 };
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -328,10 +328,7 @@ async fn cli_processes_inherit_none_of_tethers_settings_variables() {
         .strip_prefix("tether listening on ")
         .expect("address line")
         .to_string();
-    let token = tether::auth::Auth::from_settings(&settings)
-        .unwrap()
-        .issue("me", Role::User)
-        .unwrap();
+    let token = Server::token(&settings);
     let project = std::fs::canonicalize(dir.path().join("projects/demo")).unwrap();
     let res: Value = reqwest::Client::new()
         .post(format!("{base}/api/chat"))
@@ -458,7 +455,7 @@ async fn a_device_token_another_owner_holds_is_not_taken_over() {
             .json(&json!({"token": T1, "environment": "sandbox", "topic": "com.example.a"}));
         async move { request.send().await.unwrap() }
     };
-    let other = app.state.auth.issue("you", Role::User).unwrap();
+    let other = app.token_for("you", Role::User).await;
     assert_eq!(
         register(app.token.clone()).await.status(),
         StatusCode::CREATED
