@@ -49,6 +49,20 @@ pub(super) fn token_schema() -> Object {
         .build()
 }
 
+/// A phone's name as the API's document describes it (or null): at most 100 characters, none that
+/// [`unsafe_name_char`] refuses.
+pub(super) fn name_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::SchemaType::from_iter([
+            Type::String,
+            Type::Null,
+        ]))
+        .max_length(Some(100))
+        .pattern(Some(NAME_PATTERN))
+        .examples(["Ana's iPhone"])
+        .build()
+}
+
 /// A device token in a path.
 #[derive(IntoParams)]
 #[into_params(names("token"), parameter_in = Path)]
@@ -63,11 +77,17 @@ const MAX_TOPIC_BYTES: usize = 255;
 /// Longest device name.
 const MAX_NAME_CHARS: usize = 100;
 
+/// [`unsafe_name_char`]'s rule as a pattern, for the API's document: no control characters
+/// (Unicode's Cc) and no text-direction marks or overrides.
+const NAME_PATTERN: &str =
+    "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u202A-\\u202E\\u2066-\\u2069]*$";
+
 /// The first character of a device name that a list or a log must not show: a control
 /// character (NUL, line breaks, escapes, C1) or one that reorders the text around it
 /// (bidirectional embeddings, overrides, isolates and marks), which could make a name
 /// read as something else.
 pub(super) fn unsafe_name_char(name: &str) -> Option<char> {
+    // NAME_PATTERN says the same for the API's document: keep the two alike.
     name.chars().find(|&c| {
         c.is_control()
             || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
@@ -100,8 +120,8 @@ pub(super) struct RegisterRequest {
     /// The app's bundle id (letters, digits, `.`, `-`, `_`); default `push.apns.topic`.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,255}$", example = "com.example.tether")]
     topic: Option<String>,
-    /// A name for the phone (at most 100 characters).
-    #[schema(max_length = 100, example = "Ana's iPhone")]
+    /// A name for the phone (at most 100 characters, no control or text-direction characters).
+    #[schema(schema_with = name_schema)]
     name: Option<String>,
 }
 

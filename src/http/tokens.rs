@@ -142,7 +142,8 @@ pub(super) async fn revoke(
 pub(super) struct PairRequest {
     /// The one-time code (dashes and case do not matter).
     code: String,
-    /// At most 100 characters.
+    /// At most 100 characters, no control or text-direction characters.
+    #[schema(schema_with = super::devices::name_schema)]
     device_name: Option<String>,
 }
 
