@@ -95,9 +95,15 @@ pub fn pinned_connector(fingerprint: &str) -> TlsConnector {
 }
 
 fn pinned_client_config(fingerprint: &str) -> ClientConfig {
+    client_config(Some(fingerprint.to_ascii_uppercase()))
+}
+
+/// A client that accepts the certificate with `fingerprint`, or with None any certificate (to
+/// read which one the server presents); the server's handshake signature is checked always.
+fn client_config(fingerprint: Option<String>) -> ClientConfig {
     let provider = Arc::new(provider::default_provider());
     let verifier = Arc::new(Pinned {
-        fingerprint: fingerprint.to_ascii_uppercase(),
+        fingerprint,
         algorithms: provider.signature_verification_algorithms,
     });
     let mut config = ClientConfig::builder_with_provider(provider)
@@ -114,17 +120,7 @@ fn pinned_client_config(fingerprint: &str) -> ClientConfig {
 /// handshake only, nothing is sent. For a command that found its own server through the data
 /// folder's lock and must learn which certificate that server serves.
 pub async fn presented_fingerprint(addr: std::net::SocketAddr) -> anyhow::Result<String> {
-    let provider = Arc::new(provider::default_provider());
-    let verifier = Arc::new(AnyCertificate {
-        algorithms: provider.signature_verification_algorithms,
-    });
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let config = client_config(None);
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -282,11 +278,11 @@ fn check_handshake(config: Arc<ServerConfig>, fingerprint: &str) -> anyhow::Resu
     anyhow::bail!("{mismatch}: it did not end")
 }
 
-/// Accepts the one certificate whose fingerprint it holds, whatever its names and dates; the
-/// server's signatures are still checked against it.
+/// Accepts the one certificate whose fingerprint it holds (any, with None), whatever its names
+/// and dates; the server's signatures are still checked against it.
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: String,
+    fingerprint: Option<String>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -299,55 +295,17 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint(end_entity) == self.fingerprint {
+        if self
+            .fingerprint
+            .as_ref()
+            .is_none_or(|pinned| *pinned == fingerprint(end_entity))
+        {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Takes whatever certificate the server presents (its handshake signature is still
-/// checked), so that [`presented_fingerprint`] can read it.
-#[derive(Debug)]
-struct AnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
