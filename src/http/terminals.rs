@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     extract::{WsCaller, WS_PROTOCOL},
     routes::{Access, Routes},
-    views::{time, Page},
+    views::{self, time, Cursor, Page},
     ApiError, ApiJson, ApiPath, ApiQuery,
 };
 use crate::{
@@ -480,8 +480,15 @@ async fn resize(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct OffsetQuery {
-    /// The byte offset the client has: only what came after it (default 0).
-    offset: Option<u64>,
+    /// The byte offset the client has: only what came after it (default 0; digits only).
+    #[param(value_type = Option<u64>)]
+    offset: Option<Cursor>,
+}
+
+impl OffsetQuery {
+    fn offset(&self) -> u64 {
+        views::after(self.offset) as u64
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -522,7 +529,7 @@ async fn output(
     ApiQuery(q): ApiQuery<OffsetQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let t = visible(&state, &caller, &id).await?;
-    let offset = q.offset.unwrap_or(0);
+    let offset = q.offset();
     let slice = match state.terminals.live(&id) {
         Some(live) => live.read_since(offset),
         None => {
@@ -599,9 +606,7 @@ async fn attach(
         .protocols([WS_PROTOCOL])
         .max_message_size(max_input)
         .max_frame_size(max_input)
-        .on_upgrade(move |socket| {
-            serve_viewer(socket, state, live, viewer, q.offset.unwrap_or(0), token_id)
-        }))
+        .on_upgrade(move |socket| serve_viewer(socket, state, live, viewer, q.offset(), token_id)))
 }
 
 /// One viewer: output out as binary frames from its offset on, input and control in, until

@@ -199,6 +199,20 @@ fn refused_status(e: tungstenite::Error) -> u16 {
     }
 }
 
+/// Some when a child of `parent` runs the program `name` (as `ps` lists them, on Linux and
+/// macOS alike).
+fn child_named(parent: i64, name: &str) -> Option<()> {
+    let out = std::process::Command::new("ps")
+        .args(["-A", "-o", "ppid=,comm="])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .any(|(ppid, comm)| ppid.trim() == parent.to_string() && comm.trim() == name)
+        .then_some(())
+}
+
 /// The output after `offset` as the REST route gives it: (offset, bytes, reset).
 async fn output(app: &TestApp, id: &str, offset: u64) -> (u64, Vec<u8>, bool, Value) {
     let v = app
@@ -234,6 +248,13 @@ async fn a_shell_answers_over_a_websocket_resizes_and_stops_a_command_on_ctrl_c(
     // Ctrl-C stops `sleep 100`: the next command runs at once.
     screen.type_text("sleep 100\r").await;
     screen.expect("sleep 100").await;
+    // The echo comes from the terminal before the shell has read the line: interrupt only
+    // once `sleep` runs (under load, an earlier Ctrl-C reached the shell and `sleep` went on).
+    let shell = shown["pid"].as_i64().expect("the shell's pid");
+    wait_for("sleep to run in the shell", || async {
+        child_named(shell, "sleep")
+    })
+    .await;
     screen.control(json!({"signal": "interrupt"})).await;
     screen.type_text("echo after-$((1+1))\r").await;
     screen.expect("after-2\r\n").await;
@@ -260,6 +281,17 @@ async fn a_shell_answers_over_a_websocket_resizes_and_stops_a_command_on_ctrl_c(
     let (_, tail, _, v) = output(&app, &id, 0).await;
     assert_eq!(v["state"], "exited");
     assert!(String::from_utf8_lossy(&tail).contains("still-4"));
+    // The offset is a cursor like any other: digits only.
+    for offset in ["-1", "%2B1", "1.0", "%201"] {
+        let res = app
+            .get(&format!("/api/terminals/{id}/output?offset={offset}"))
+            .await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_query".into()),
+            "{offset}"
+        );
+    }
     let res = app
         .post(&format!("/api/terminals/{id}/input"), json!({"text": "x"}))
         .await;
