@@ -186,6 +186,26 @@ enum Verdict {
     Deny,
 }
 
+impl DecideRequest {
+    /// Refuses a `decision` or `remember` that no approval takes.
+    fn check_values(&self) -> Result<(), ApiError> {
+        if !matches!(self.remember.as_deref(), None | Some("session")) {
+            return Err(ApiError::invalid(
+                "invalid_remember",
+                "remember must be \"session\"",
+            ));
+        }
+        if !matches!(self.decision.as_deref(), None | Some("allow" | "deny")) {
+            return Err(invalid_decision());
+        }
+        Ok(())
+    }
+}
+
+fn invalid_decision() -> ApiError {
+    ApiError::invalid("invalid_decision", "decision must be \"allow\" or \"deny\"")
+}
+
 /// How long an allowed suggestion holds.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]
@@ -233,6 +253,8 @@ pub(super) async fn decide(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Response, ApiError> {
+    // A value no approval takes is 422 whatever became of this one (answered, expired).
+    req.check_values()?;
     let row = visible_approval(&state, &caller, &id).await?;
     if row.status != ApprovalStatus::Pending {
         return already(row);
@@ -296,16 +318,8 @@ fn decision_of(
         .suggestions
         .as_deref()
         .and_then(|s| serde_json::from_str(s).ok());
-    let remember = match req.remember.as_deref() {
-        None => false,
-        Some("session") => true,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "invalid_remember",
-                "remember must be \"session\"",
-            ))
-        }
-    };
+    // `remember` is "session" or absent ([`DecideRequest::check_values`] ran first).
+    let remember = req.remember.is_some();
     let decision = match (req.decision.as_deref(), req.answers) {
         (Some("deny"), _) => {
             let message = req
@@ -336,12 +350,7 @@ fn decision_of(
             updated_input: req.updated_input.map_or_else(input, Ok)?,
             updated_permissions: remember.then(|| suggestions.clone()).flatten(),
         },
-        _ => {
-            return Err(ApiError::invalid(
-                "invalid_decision",
-                "decision must be \"allow\" or \"deny\"",
-            ))
-        }
+        _ => return Err(invalid_decision()),
     };
     // A kept mode is stored with the session, so a resumed process keeps it too.
     let keep_mode = match (&decision, remember) {

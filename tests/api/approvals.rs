@@ -251,6 +251,20 @@ async fn an_interrupt_while_pending_cancels_the_approval() {
         error_code(res).await,
         (StatusCode::GONE, "approval_expired".into())
     );
+    // A value no approval takes is refused as such, whatever became of this one.
+    for (body, code) in [
+        (json!({"decision": "maybe"}), "invalid_decision"),
+        (
+            json!({"decision": "allow", "remember": "forever"}),
+            "invalid_remember",
+        ),
+    ] {
+        let res = decide(&app, &a, body).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, code.into())
+        );
+    }
     // The session goes on.
     let next = app.chat_wait("after", Some(&id)).await;
     assert_eq!(next["status"], "completed");
@@ -278,6 +292,20 @@ async fn a_restart_while_pending_ends_it_and_the_conversation_goes_on() {
         error_code(res).await,
         (StatusCode::GONE, "approval_expired".into())
     );
+    // A value no approval takes is refused as such, whatever became of this one.
+    for (body, code) in [
+        (json!({"decision": "maybe"}), "invalid_decision"),
+        (
+            json!({"decision": "allow", "remember": "forever"}),
+            "invalid_remember",
+        ),
+    ] {
+        let res = decide(&app, &a, body).await;
+        assert_eq!(
+            error_code(res).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, code.into())
+        );
+    }
     let (settings, dir) = app.stop().await;
 
     // A SIGKILL leaves it pending in the database: the next start expires it.
