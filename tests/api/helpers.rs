@@ -134,9 +134,25 @@ impl TestApp {
         let project = dir.path().join("projects/demo");
         std::fs::create_dir_all(&project).unwrap();
         let project = std::fs::canonicalize(project).unwrap();
-        let app = match gateway {
-            Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
-            None => Application::build(settings.clone()).await,
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let app = loop {
+            let built = match gateway.clone() {
+                Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
+                None => Application::build(settings.clone()).await,
+            };
+            match built {
+                // An app stopped in this process released the data folder's lock, but a
+                // child that another test is starting holds a copy of every descriptor (the
+                // lock's too) from its fork until its exec: wait for that to pass. The lock
+                // is taken before anything is written, so a refused start changed nothing.
+                Err(e)
+                    if e.to_string().contains("already running on the data folder")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                built => break built,
+            }
         };
         Self::serve(app.expect("app builds"), settings, dir, project).await
     }
