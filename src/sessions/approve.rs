@@ -9,7 +9,12 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{actor::Actor, Control, Sessions};
+use super::{
+    actor::Actor,
+    control::{Control, Decide, Gone, ModeApplied},
+    handle::Sessions,
+    lifecycle::human_duration,
+};
 use crate::{
     agent::{Decision, PermissionRequest},
     push::{self, PushEvent, PushKind},
@@ -20,47 +25,6 @@ use crate::{
         messages, sessions,
     },
 };
-
-/// A pending request of the running turn, as its actor holds it.
-pub(super) struct Pending {
-    pub(super) approval_id: i64,
-    pub(super) request_id: String,
-    pub(super) asked: Instant,
-}
-
-/// A decision on its way to the actor that holds the request.
-pub struct Decide {
-    pub approval_id: i64,
-    pub decision: Decision,
-    /// Who decided (the owner, or `tether` for an automatic deny).
-    pub by: String,
-    /// A permission mode the decision keeps for the rest of the session.
-    pub keep_mode: Option<String>,
-    pub reply: oneshot::Sender<Result<(), Gone>>,
-}
-
-/// The request can no longer be answered: its turn or process is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
-
-/// What the session's live process did with a new permission mode (stored either way).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModeApplied {
-    /// The process answered that it took the mode: it holds from now on.
-    Applied,
-    /// The session has no live process: its next start uses the mode.
-    NoProcess,
-    /// The process refused it (the CLI's error), ended first, or did not answer in time:
-    /// it goes on in its old mode, and its next start uses the new one.
-    NotApplied(String),
-}
-
-/// A mode change sent to a live process, waiting for its `control_response`.
-pub(super) struct ModeRequest {
-    pub(super) request_id: String,
-    pub(super) mode: String,
-    pub(super) reply: oneshot::Sender<ModeApplied>,
-}
 
 impl Sessions {
     /// Decides a pending approval: handed to the actor whose turn holds it, which stores
@@ -145,7 +109,7 @@ impl Sessions {
             Ok(Err(_)) => ModeApplied::NotApplied("the process ended before it answered".into()),
             Err(_) => ModeApplied::NotApplied(format!(
                 "the process did not answer within {} (agent.control_timeout)",
-                super::lifecycle::human_duration(limit)
+                human_duration(limit)
             )),
         }
     }
@@ -217,11 +181,7 @@ impl Actor {
                 self.log.stored(vec![line, event]);
                 self.sessions.deps().push_wake.notify_one();
                 tracing::info!(approval_id, tool = %request.tool_name, kind, "approval requested");
-                self.approvals.push(Pending {
-                    approval_id,
-                    request_id: request.request_id,
-                    asked: Instant::now(),
-                });
+                self.approvals.push(approval_id, request.request_id);
             }
             Err(e) => {
                 // Not stored, so nobody can answer it: the agent is told no rather than left
@@ -239,15 +199,7 @@ impl Actor {
     /// Applies a decision to a pending request of this turn: stored first, then written to
     /// the agent, so an answer is never given twice or lost in between.
     pub(super) async fn answer(&mut self, d: Decide) {
-        let Some(at) = self
-            .approvals
-            .iter()
-            .position(|p| p.approval_id == d.approval_id)
-        else {
-            let _ = d.reply.send(Err(Gone));
-            return;
-        };
-        if self.live.is_none() {
+        if !self.approvals.holds(d.approval_id) || self.live.is_none() {
             let _ = d.reply.send(Err(Gone));
             return;
         }
@@ -286,7 +238,10 @@ impl Actor {
             Ok(Some(event))
         }
         .await;
-        let pending = self.approvals.remove(at);
+        let Some((at, pending)) = self.approvals.take(d.approval_id) else {
+            let _ = d.reply.send(Err(Gone));
+            return;
+        };
         match stored {
             Ok(Some(event)) => {
                 self.log.stored(vec![event]);
@@ -299,7 +254,7 @@ impl Actor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store a decision");
-                self.approvals.insert(at, pending);
+                self.approvals.put_back(at, pending);
                 let _ = d.reply.send(Err(Gone));
             }
         }
@@ -307,13 +262,13 @@ impl Actor {
 
     /// When the oldest pending request is denied automatically (`approvals.auto_deny_after`).
     pub(super) fn auto_deny_at(&self) -> Option<Instant> {
-        let after = self.sessions.deps().approvals.auto_deny_after?;
-        self.approvals.first().map(|p| p.asked + after)
+        let after = self.sessions.deps().approvals.auto_deny_after;
+        self.approvals.auto_deny_at(after)
     }
 
     /// Denies the oldest pending request, nobody having answered in time.
     pub(super) async fn auto_deny(&mut self) {
-        let Some(p) = self.approvals.first() else {
+        let Some(approval_id) = self.approvals.oldest() else {
             return;
         };
         let after = self
@@ -325,10 +280,10 @@ impl Actor {
         let (reply, _) = oneshot::channel();
         let message = format!(
             "Nobody answered within {}; denied automatically (approvals.auto_deny_after).",
-            super::lifecycle::human_duration(after)
+            human_duration(after)
         );
         let decide = Decide {
-            approval_id: p.approval_id,
+            approval_id,
             decision: Decision::Deny { message },
             by: "tether".into(),
             keep_mode: None,
@@ -338,7 +293,8 @@ impl Actor {
     }
 
     /// Tells a live process its new permission mode; `reply` gets what it answered (see
-    /// [`Actor::mode_answered`]), or at once that there is no process to tell.
+    /// [`LiveProcess::mode_answered`](super::process::LiveProcess::mode_answered)), or at
+    /// once that there is no process to tell.
     pub(super) fn send_permission_mode(
         &mut self,
         mode: String,
@@ -357,40 +313,7 @@ impl Actor {
             return;
         };
         tracing::info!(%mode, "changing the permission mode of the live process");
-        // Not waited for: a process that no longer reads drops the request with itself.
-        drop(live.process.write_line(&line));
-        // Requests whose sender stopped waiting (agent.control_timeout) are not kept.
-        live.mode_requests.retain(|r| !r.reply.is_closed());
-        live.mode_requests.push(ModeRequest {
-            request_id,
-            mode,
-            reply,
-        });
-    }
-
-    /// The live process answered a control request: if it was a mode change, its sender
-    /// learns whether the process took the mode (`error`: the CLI's refusal).
-    pub(super) fn mode_answered(&mut self, request_id: &str, error: Option<String>) {
-        let Some(live) = &mut self.live else { return };
-        let Some(at) = live
-            .mode_requests
-            .iter()
-            .position(|r| r.request_id == request_id)
-        else {
-            return;
-        };
-        let request = live.mode_requests.remove(at);
-        let applied = match error {
-            None => {
-                live.launch.permission_mode = request.mode.clone();
-                ModeApplied::Applied
-            }
-            Some(error) => {
-                tracing::warn!(mode = %request.mode, %error, "the live process refused a permission mode");
-                ModeApplied::NotApplied(error)
-            }
-        };
-        let _ = request.reply.send(applied);
+        live.send_mode(request_id, mode, &line, reply);
     }
 
     fn write_answer(&self, request_id: &str, decision: &Decision) {
@@ -398,7 +321,7 @@ impl Actor {
         if let (Some(line), Some(live)) = (agent.permission_line(request_id, decision), &self.live)
         {
             // Not waited for: a process that no longer reads ends the turn by its death.
-            drop(live.process.write_line(&line));
+            drop(live.write_line(&line));
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use tokio::sync::oneshot;
 
-use super::{Control, Sessions};
+use super::{control::Control, handle::Sessions};
 
 /// Why a conversation could not be held.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,10 @@
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::{log::Numbering, Sessions, STOPPED_MID_TURN};
+use super::{
+    handle::{Sessions, STOPPED_MID_TURN},
+    log::Numbering,
+};
 use crate::{
     agent::{Launch, TurnRecord},
     push::{self, Audience, PushEvent, PushKind},
@@ -66,13 +69,8 @@ impl Sessions {
                 continue;
             };
             let launch = Launch {
-                conversation_id: session
-                    .agent_session_id
-                    .clone()
-                    .unwrap_or(session.id.clone()),
-                cwd: session.project_path.clone().into(),
                 resume: true,
-                permission_mode: String::new(),
+                ..Launch::of_session(&session, "")
             };
             let agent = self.deps().agent.clone();
             let (text, sent_at) = (msg.text.clone(), msg.started_at.unwrap_or(msg.created_at));
