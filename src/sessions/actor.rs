@@ -1,5 +1,5 @@
 //! One session's actor: the only owner of its CLI process. It takes the session's queued
-//! messages one at a time in id order (each a [`Turn`](super::turn::Turn)), handles output
+//! messages one at a time in id order (each a `Turn`), handles output
 //! and death of an idle process, and retires when it has no process, no work and no
 //! listener. It composes the session's event log, its live process and the pending
 //! approvals of the running turn.

@@ -1,6 +1,5 @@
-//! The permission requests of the running turn that wait for the owner, oldest first, and
-//! since when the turn has waited for a person (that time does not count against its
-//! deadline).
+//! The permission requests of the running turn that wait for the owner, oldest first: the
+//! oldest is the one denied when `approvals.auto_deny_after` runs out.
 
 use std::time::Duration;
 

@@ -11,109 +11,19 @@ use tokio::{sync::oneshot, time::Instant};
 
 use super::{
     actor::Actor,
-    control::{Control, Decide, Gone, ModeApplied},
-    handle::Sessions,
-    lifecycle::human_duration,
+    control::{Decide, Gone, ModeApplied},
+    duration::human_duration,
 };
 use crate::{
     agent::{Decision, PermissionRequest},
     push::{self, PushEvent, PushKind},
     store::{
         self, approvals,
-        approvals::{ApprovalRow, ApprovalStatus, NewApproval, Scope},
+        approvals::{ApprovalStatus, NewApproval},
         events::EventRow,
         messages, sessions,
     },
 };
-
-impl Sessions {
-    /// Decides a pending approval: handed to the actor whose turn holds it, which stores
-    /// it and answers the agent. When no live turn holds it any more (its process or turn is
-    /// gone), it is ended `expired` here. Returns the approval as it is afterwards, and
-    /// whether this decision was the one taken.
-    pub async fn decide(
-        &self,
-        row: &ApprovalRow,
-        decision: Decision,
-        by: &str,
-        keep_mode: Option<String>,
-    ) -> sqlx::Result<(ApprovalRow, bool)> {
-        let taken = self
-            .hand_decision(row, decision, by, keep_mode)
-            .await
-            .is_ok();
-        let pool = self.deps().store.pool();
-        if !taken {
-            let why = "its agent process is gone";
-            approvals::close_pending(
-                pool,
-                Scope::One(row.id),
-                ApprovalStatus::Expired,
-                why,
-                store::now_ms(),
-            )
-            .await?;
-        }
-        let after = approvals::get(pool, row.id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        Ok((after, taken))
-    }
-
-    async fn hand_decision(
-        &self,
-        row: &ApprovalRow,
-        decision: Decision,
-        by: &str,
-        keep_mode: Option<String>,
-    ) -> Result<(), Gone> {
-        let ctl = self
-            .actors()
-            .get(&row.session_id)
-            .map(|e| e.handle.ctl.clone())
-            .ok_or(Gone)?;
-        let (reply, answer) = oneshot::channel();
-        let decide = Decide {
-            approval_id: row.id,
-            decision,
-            by: by.to_string(),
-            keep_mode,
-            reply,
-        };
-        ctl.send(Control::Decide(decide)).await.map_err(|_| Gone)?;
-        answer.await.unwrap_or(Err(Gone))
-    }
-
-    /// Tells a live process of the session its new permission mode (stored by the caller)
-    /// and waits, at most `agent.control_timeout`, for what the process answered.
-    pub async fn apply_permission_mode(&self, session_id: &str, mode: &str) -> ModeApplied {
-        let live = self
-            .actors()
-            .get(session_id)
-            .filter(|e| e.handle.process.borrow().state.is_live())
-            .map(|e| e.handle.ctl.clone());
-        let Some(ctl) = live else {
-            return ModeApplied::NoProcess;
-        };
-        let (reply, answer) = oneshot::channel();
-        if ctl
-            .send(Control::SetMode(mode.to_string(), reply))
-            .await
-            .is_err()
-        {
-            return ModeApplied::NoProcess;
-        }
-        let limit = self.deps().agent_settings.control_timeout;
-        match tokio::time::timeout(limit, answer).await {
-            Ok(Ok(applied)) => applied,
-            Ok(Err(_)) => ModeApplied::NotApplied("the process ended before it answered".into()),
-            Err(_) => ModeApplied::NotApplied(format!(
-                "the process did not answer within {} (agent.control_timeout)",
-                human_duration(limit)
-            )),
-        }
-    }
-}
 
 impl Actor {
     /// Stores a permission request of the turn and tells the owner; the agent waits.
@@ -293,8 +203,7 @@ impl Actor {
     }
 
     /// Tells a live process its new permission mode; `reply` gets what it answered (see
-    /// [`LiveProcess::mode_answered`](super::process::LiveProcess::mode_answered)), or at
-    /// once that there is no process to tell.
+    /// `LiveProcess::mode_answered`), or at once that there is no process to tell.
     pub(super) fn send_permission_mode(
         &mut self,
         mode: String,

@@ -12,7 +12,7 @@ use rusqlite::Connection;
 use super::{
     actor::{Actor, Exit},
     control::ProcessState,
-    lifecycle::human_duration,
+    duration::human_duration,
     log::{Ended, Numbering},
     turn::Cut,
 };

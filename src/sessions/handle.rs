@@ -1,7 +1,7 @@
 //! The pool's handle ([`Sessions`], what the HTTP layer holds) and what it shares with
-//! every actor: their dependencies, the map of running actors, the process slots; asking
-//! an actor for something; recovery after a restart; ending a session; and shutdown that
-//! stops and reaps every child.
+//! every actor: their dependencies, the map of running actors, the process slots and the
+//! held conversations; asking an actor for something (an interrupt, a decision, a mode, a
+//! hold); ending a session; and shutdown that stops and reaps every child.
 
 use std::{
     collections::HashMap,
@@ -13,24 +13,26 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, watch, Notify, Semaphore},
+    sync::{mpsc, oneshot, watch, Notify, Semaphore},
     task::JoinHandle,
     time::Instant,
 };
 
 use super::{
-    control::{Control, ProcessInfo, ProcessState},
+    control::{Control, Decide, Gone, ModeApplied, ProcessInfo, ProcessState},
+    duration::human_duration,
+    hold::{HoldRefused, Holds},
     log::{LiveRing, Subscription},
     spare_pool,
     usage::Usage,
 };
 use crate::{
-    agent::{process, Agent, AgentHealth},
+    agent::{Agent, AgentHealth, Decision},
     config::{AgentSettings, ApprovalSettings, LimitSettings, ProjectSettings, SessionSettings},
     push::{self, Audience, PushEvent, PushKind},
     store::{
         self, approvals,
-        approvals::{ApprovalStatus, Scope},
+        approvals::{ApprovalRow, ApprovalStatus, Scope},
         messages, sessions, Store,
     },
 };
@@ -88,7 +90,7 @@ pub(super) struct Inner {
     /// Processes started ahead for new sessions (see `spares`).
     pub(super) spares: Mutex<spare_pool::Pool>,
     /// Conversations a terminal holds: session id → terminal id (see `hold`).
-    pub(super) holds: Mutex<HashMap<String, String>>,
+    pub(super) holds: Holds,
 }
 
 /// Capacity of an actor's control channel; controls are rare and read promptly.
@@ -113,7 +115,7 @@ impl Sessions {
                 stop: watch::Sender::new(false),
                 usage: Mutex::new(HashMap::new()),
                 spares: Mutex::new(spare_pool::Pool::default()),
-                holds: Mutex::new(HashMap::new()),
+                holds: Holds::default(),
             }),
         }
     }
@@ -125,45 +127,6 @@ impl Sessions {
     pub(super) fn actors(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
         // An actor that panicked never holds this lock; a poisoned one is still consistent.
         self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// After a start: stops CLI processes an earlier run left behind, ends the turns it
-    /// left `running` by what the agent's record says of them (see `recover`; telling their
-    /// owners), and resumes queued work.
-    pub async fn recover(&self) -> anyhow::Result<()> {
-        let pool = self.deps().store.pool();
-        self.stop_orphan_spares().await?;
-        for (id, pid, start_time) in sessions::with_recorded_process(pool).await? {
-            let (pid, start_time) = (pid as u32, start_time as u64);
-            if process::kill_orphan(pid, start_time).await {
-                tracing::warn!(session_id = %id, pid, "stopped a CLI process left by an earlier run");
-            }
-            if !process::group_exists(pid) {
-                sessions::set_process(pool, &id, None).await?;
-            }
-        }
-        let expired = approvals::close_pending(
-            pool,
-            Scope::All,
-            ApprovalStatus::Expired,
-            "tether restarted while it waited; its turn was interrupted",
-            store::now_ms(),
-        )
-        .await?;
-        if !expired.is_empty() {
-            tracing::warn!(
-                count = expired.len(),
-                "pending approvals expired by the restart"
-            );
-        }
-        let left = self.settle_left_running().await?;
-        if left > 0 {
-            tracing::warn!(count = left, "turns left running by the last stop");
-        }
-        for id in messages::sessions_with_queued(pool).await? {
-            self.wake(&id);
-        }
-        Ok(())
     }
 
     /// Ends every message left `running` as `interrupted` and tells each owner, in one
@@ -312,6 +275,138 @@ impl Sessions {
             let _ = entry.join.await;
         }
         Ok(true)
+    }
+
+    /// Decides a pending approval: handed to the actor whose turn holds it, which stores
+    /// it and answers the agent. When no live turn holds it any more (its process or turn is
+    /// gone), it is ended `expired` here. Returns the approval as it is afterwards, and
+    /// whether this decision was the one taken.
+    pub async fn decide(
+        &self,
+        row: &ApprovalRow,
+        decision: Decision,
+        by: &str,
+        keep_mode: Option<String>,
+    ) -> sqlx::Result<(ApprovalRow, bool)> {
+        let taken = self
+            .hand_decision(row, decision, by, keep_mode)
+            .await
+            .is_ok();
+        let pool = self.deps().store.pool();
+        if !taken {
+            let why = "its agent process is gone";
+            approvals::close_pending(
+                pool,
+                Scope::One(row.id),
+                ApprovalStatus::Expired,
+                why,
+                store::now_ms(),
+            )
+            .await?;
+        }
+        let after = approvals::get(pool, row.id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok((after, taken))
+    }
+
+    async fn hand_decision(
+        &self,
+        row: &ApprovalRow,
+        decision: Decision,
+        by: &str,
+        keep_mode: Option<String>,
+    ) -> Result<(), Gone> {
+        let ctl = self
+            .actors()
+            .get(&row.session_id)
+            .map(|e| e.handle.ctl.clone())
+            .ok_or(Gone)?;
+        let (reply, answer) = oneshot::channel();
+        let decide = Decide {
+            approval_id: row.id,
+            decision,
+            by: by.to_string(),
+            keep_mode,
+            reply,
+        };
+        ctl.send(Control::Decide(decide)).await.map_err(|_| Gone)?;
+        answer.await.unwrap_or(Err(Gone))
+    }
+
+    /// Tells a live process of the session its new permission mode (stored by the caller)
+    /// and waits, at most `agent.control_timeout`, for what the process answered.
+    pub async fn apply_permission_mode(&self, session_id: &str, mode: &str) -> ModeApplied {
+        let live = self
+            .actors()
+            .get(session_id)
+            .filter(|e| e.handle.process.borrow().state.is_live())
+            .map(|e| e.handle.ctl.clone());
+        let Some(ctl) = live else {
+            return ModeApplied::NoProcess;
+        };
+        let (reply, answer) = oneshot::channel();
+        if ctl
+            .send(Control::SetMode(mode.to_string(), reply))
+            .await
+            .is_err()
+        {
+            return ModeApplied::NoProcess;
+        }
+        let limit = self.deps().agent_settings.control_timeout;
+        match tokio::time::timeout(limit, answer).await {
+            Ok(Ok(applied)) => applied,
+            Ok(Err(_)) => ModeApplied::NotApplied("the process ended before it answered".into()),
+            Err(_) => ModeApplied::NotApplied(format!(
+                "the process did not answer within {} (agent.control_timeout)",
+                human_duration(limit)
+            )),
+        }
+    }
+
+    /// Holds `session_id`'s conversation for `holder` (a terminal's id): its idle stream
+    /// process is stopped before this returns, and no turn starts until [`Self::release`].
+    /// Refused while a turn runs, or when another holder has it.
+    pub async fn hold(&self, session_id: &str, holder: &str) -> Result<(), HoldRefused> {
+        self.inner.holds.take(session_id, holder)?;
+        // From here on the actor takes no new message; one it already has answers busy.
+        let (reply, stopped) = oneshot::channel();
+        let ctl = self.with_actor(session_id, |h| h.ctl.clone());
+        let answer = match ctl {
+            None => Err(HoldRefused::Closing),
+            Some(ctl) => match ctl.send(Control::Hold(reply)).await {
+                // An actor that retired or ended meanwhile has no process left.
+                Err(_) => Ok(()),
+                Ok(()) => match stopped.await {
+                    Ok(false) => Err(HoldRefused::TurnRunning),
+                    Ok(true) | Err(_) => Ok(()),
+                },
+            },
+        };
+        if answer.is_err() {
+            self.release(session_id, holder);
+        } else {
+            tracing::info!(session_id, holder, "conversation held by a terminal");
+        }
+        answer
+    }
+
+    /// Lets go of a conversation `holder` held: its waiting messages are taken again.
+    pub fn release(&self, session_id: &str, holder: &str) {
+        if self.inner.holds.release(session_id, holder) {
+            tracing::info!(session_id, holder, "conversation released by its terminal");
+            self.wake(session_id);
+        }
+    }
+
+    /// The terminal that holds this session's conversation, if any.
+    pub fn holder(&self, session_id: &str) -> Option<String> {
+        self.inner.holds.holder(session_id)
+    }
+
+    /// Whether the actor of `session_id` may take its next queued message.
+    pub(super) fn is_held(&self, session_id: &str) -> bool {
+        self.inner.holds.is_held(session_id)
     }
 
     pub fn is_closing(&self) -> bool {

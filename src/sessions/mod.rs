@@ -6,6 +6,7 @@
 
 // The handle and what the pool and its actors share.
 mod control;
+mod duration;
 mod handle;
 mod supervise;
 

@@ -1,7 +1,9 @@
-//! The turns a crash left `running`, ended at the next start by what the agent's own record
-//! says of them (for Claude: its transcript): one the CLI finished is stored `completed`
-//! with the reply it wrote, one it had but did not finish ends `interrupted` saying the
-//! agent had it, and one it never read ends `interrupted` saying so.
+//! Recovery after a start: CLI processes an earlier run left behind are stopped, its
+//! pending approvals expire, queued work resumes, and the turns a crash left `running` are
+//! ended by what the agent's own record says of them (for Claude: its transcript): one the
+//! CLI finished is stored `completed` with the reply it wrote, one it had but did not
+//! finish ends `interrupted` saying the agent had it, and one it never read ends
+//! `interrupted` saying so.
 
 use rusqlite::Connection;
 use serde_json::json;
@@ -11,10 +13,12 @@ use super::{
     log::Numbering,
 };
 use crate::{
-    agent::{Launch, TurnRecord},
+    agent::{process, Launch, TurnRecord},
     push::{self, Audience, PushEvent, PushKind},
     store::{
-        self, events, messages,
+        self, approvals,
+        approvals::{ApprovalStatus, Scope},
+        events, messages,
         messages::{MessageRow, Status},
         sessions,
     },
@@ -59,6 +63,45 @@ impl Settled {
 }
 
 impl Sessions {
+    /// After a start: stops CLI processes an earlier run left behind, ends the turns it
+    /// left `running` by what the agent's record says of them (see `recover`; telling their
+    /// owners), and resumes queued work.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let pool = self.deps().store.pool();
+        self.stop_orphan_spares().await?;
+        for (id, pid, start_time) in sessions::with_recorded_process(pool).await? {
+            let (pid, start_time) = (pid as u32, start_time as u64);
+            if process::kill_orphan(pid, start_time).await {
+                tracing::warn!(session_id = %id, pid, "stopped a CLI process left by an earlier run");
+            }
+            if !process::group_exists(pid) {
+                sessions::set_process(pool, &id, None).await?;
+            }
+        }
+        let expired = approvals::close_pending(
+            pool,
+            Scope::All,
+            ApprovalStatus::Expired,
+            "tether restarted while it waited; its turn was interrupted",
+            store::now_ms(),
+        )
+        .await?;
+        if !expired.is_empty() {
+            tracing::warn!(
+                count = expired.len(),
+                "pending approvals expired by the restart"
+            );
+        }
+        let left = self.settle_left_running().await?;
+        if left > 0 {
+            tracing::warn!(count = left, "turns left running by the last stop");
+        }
+        for id in messages::sessions_with_queued(pool).await? {
+            self.wake(&id);
+        }
+        Ok(())
+    }
+
     /// Ends every message a crash left `running` by what the agent's record says of it,
     /// telling its owner as the end of any turn would. Returns how many there were.
     pub(super) async fn settle_left_running(&self) -> anyhow::Result<usize> {
