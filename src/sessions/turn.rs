@@ -105,16 +105,15 @@ pub(super) struct Turn {
 }
 
 impl Turn {
-    /// A turn for `msg`, waiting for a slot until the actor hands the message over.
-    fn new(msg: messages::MessageRow, limits: Limits, slot: SlotWait) -> Self {
-        let now = Instant::now();
+    /// A turn for `msg` that began at `started`, in `phase`.
+    fn new(msg: messages::MessageRow, started: Instant, limits: Limits, phase: Phase) -> Self {
         Self {
             msg,
-            started: now,
+            started,
             limits,
-            phase: Phase::Slot(slot),
+            phase,
             running: false,
-            last_life: now,
+            last_life: started,
             stalled: false,
             timeout_at: None,
             owner_since: None,
@@ -213,6 +212,7 @@ impl Actor {
     /// Runs one turn for a queued user message, to exactly one terminal state (or, when
     /// tether stops before the agent had it, back to the queue for the next start).
     pub(super) async fn turn(&mut self, msg: messages::MessageRow) {
+        let started = Instant::now();
         tracing::info!(message_id = msg.id, "turn started");
         let deps = self.sessions.deps();
         let limits = Limits {
@@ -220,16 +220,20 @@ impl Actor {
             interrupt_grace: deps.agent_settings.interrupt_grace,
             stall_timeout: deps.session_settings.stall_timeout,
         };
-        let mut turn = Turn::new(msg, limits, self.slot_wait());
         // A live process (or the warm spare this new session was given) takes the message at
-        // once; else the turn first waits for a slot.
-        if self.live.is_some() || self.adopt_spare().await {
+        // once (`hand_over` writes it next); else the turn first waits for a slot.
+        let ready = self.live.is_some() || self.adopt_spare().await;
+        let first = if ready {
+            Phase::Run
+        } else {
+            self.wait_for_slot()
+        };
+        let mut turn = Turn::new(msg, started, limits, first);
+        if ready {
             if !self.hand_over(&mut turn).await {
                 return;
             }
             turn.timeout_at = Some(turn.started + limits.timeout);
-        } else {
-            self.set_state(ProcessState::Waiting);
         }
         loop {
             let shutdown_at = match self.exit {
@@ -455,11 +459,10 @@ impl Actor {
     /// The wait for a process slot, shown as `waiting`.
     fn wait_for_slot(&self) -> Phase {
         self.set_state(ProcessState::Waiting);
-        Phase::Slot(self.slot_wait())
-    }
-
-    fn slot_wait(&self) -> SlotWait {
-        Box::pin(slots::take(self.sessions.clone(), self.id.clone()))
+        Phase::Slot(Box::pin(slots::take(
+            self.sessions.clone(),
+            self.id.clone(),
+        )))
     }
 
     /// Hands the message's line to the process's writer.
