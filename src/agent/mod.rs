@@ -7,12 +7,14 @@ pub mod claude;
 pub mod process;
 pub mod transcript;
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 use serde_json::Value;
 
 pub use transcript::TurnRecord;
+
+use crate::store::sessions::SessionRow;
 
 /// What a process is started for.
 #[derive(Debug, Clone)]
@@ -26,6 +28,39 @@ pub struct Launch {
     /// How the CLI asks before using tools (Claude's `--permission-mode`); kept with the
     /// session so a resumed process asks the same way.
     pub permission_mode: String,
+}
+
+impl Launch {
+    /// How the CLI continues `session`'s conversation as its record says: in its project
+    /// folder, under the id the CLI knows, resumed once the CLI has a transcript of it, in
+    /// its permission mode (`default_mode`, `agent.permission_mode`, when it has none).
+    /// Chat processes and `claude` terminals both start this way.
+    pub fn of_session(session: &SessionRow, default_mode: &str) -> Self {
+        Self {
+            conversation_id: session
+                .agent_session_id
+                .clone()
+                .unwrap_or_else(|| session.id.clone()),
+            cwd: session.project_path.clone().into(),
+            resume: session.transcript_started,
+            permission_mode: session
+                .permission_mode
+                .clone()
+                .unwrap_or_else(|| default_mode.to_string()),
+        }
+    }
+
+    /// The same launch, resumed or not as `agent`'s own record of the conversation says
+    /// (asked off the async threads); unchanged when it cannot tell.
+    pub async fn probed(mut self, agent: Arc<dyn Agent>) -> Self {
+        let probe = self.clone();
+        if let Ok(Some(known)) =
+            tokio::task::spawn_blocking(move || agent.has_conversation(&probe)).await
+        {
+            self.resume = known;
+        }
+        self
+    }
 }
 
 /// One coding CLI.

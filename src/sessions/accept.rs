@@ -12,7 +12,7 @@ use std::{
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Sessions, TurnWatch};
+use super::{follow::TurnWatch, handle::Sessions};
 use crate::{
     config::{expand_home, ProjectSettings},
     store::{self, messages, sessions},

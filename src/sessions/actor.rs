@@ -1,6 +1,8 @@
 //! One session's actor: the only owner of its CLI process. It takes the session's queued
-//! messages one at a time in id order (see `turn`), handles output and death of an idle
-//! process, and retires when it has no process, no work and no listener.
+//! messages one at a time in id order (each a `Turn`), handles output
+//! and death of an idle process, and retires when it has no process, no work and no
+//! listener. It composes the session's event log, its live process and the pending
+//! approvals of the running turn.
 
 use std::{
     io,
@@ -16,10 +18,12 @@ use tokio::{
 use tracing::Instrument;
 
 use super::{
-    approve::{Gone, Pending},
-    live::{Live, Read},
+    approvals::PendingApprovals,
+    control::{Control, Gone, ProcessInfo, ProcessState},
+    handle::{ActorHandle, Sessions},
     log::{EventLog, LiveRing},
-    ActorHandle, Control, ProcessInfo, ProcessState, Sessions,
+    process::LiveProcess,
+    read::{read_line, Read},
 };
 use crate::{
     agent::process::Line,
@@ -50,14 +54,14 @@ pub(super) struct Actor {
     generation: u64,
     pub(super) log: EventLog,
     process_tx: watch::Sender<ProcessInfo>,
-    pub(super) live: Option<Live>,
+    pub(super) live: Option<LiveProcess>,
     pub(super) exit: Option<Exit>,
     /// Control requests tether sent this actor's processes (their ids count up).
     requests_sent: u64,
     /// Who hears about this session, set once the session is loaded (before any turn).
     pub(super) audience: Option<Audience>,
     /// Permission requests of the running turn waiting for the owner, oldest first.
-    pub(super) approvals: Vec<Pending>,
+    pub(super) approvals: PendingApprovals,
     /// The wait before a message that could not be marked running is tried again; it
     /// doubles while the database cannot be written.
     pub(super) start_retry: Duration,
@@ -84,7 +88,7 @@ impl Actor {
             exit: None,
             requests_sent: 0,
             audience: None,
-            approvals: Vec::new(),
+            approvals: PendingApprovals::default(),
             start_retry: DB_RETRY,
         }
     }
@@ -267,8 +271,15 @@ impl Actor {
         format!("tether_{what}_{}", self.requests_sent)
     }
 
+    /// Reads one stdout line of the process (see [`read_line`]).
+    pub(super) fn on_line(&mut self, line: Line) -> Read {
+        let deps = self.sessions.deps();
+        let max = deps.agent_settings.max_line_bytes;
+        read_line(line, &*deps.agent, max, &mut self.log, self.live.as_mut())
+    }
+
     pub(super) fn set_state(&self, state: ProcessState) {
-        let pid = self.live.as_ref().map(|l| l.process.pid);
+        let pid = self.live.as_ref().map(LiveProcess::pid);
         self.process_tx.send_replace(ProcessInfo {
             state,
             pid: if state == ProcessState::None {
@@ -282,9 +293,9 @@ impl Actor {
 }
 
 /// The next line of the process, or never when there is none.
-pub(super) async fn live_line(live: &mut Option<Live>) -> Option<io::Result<Line>> {
+pub(super) async fn live_line(live: &mut Option<LiveProcess>) -> Option<io::Result<Line>> {
     match live {
-        Some(live) => live.process.next_line().await,
+        Some(live) => live.next_line().await,
         None => std::future::pending().await,
     }
 }

@@ -9,147 +9,21 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::{sync::oneshot, time::Instant};
 
-use super::{actor::Actor, Control, Sessions};
+use super::{
+    actor::Actor,
+    control::{Decide, Gone, ModeApplied},
+    duration::human_duration,
+};
 use crate::{
     agent::{Decision, PermissionRequest},
     push::{self, PushEvent, PushKind},
     store::{
         self, approvals,
-        approvals::{ApprovalRow, ApprovalStatus, NewApproval, Scope},
+        approvals::{ApprovalStatus, NewApproval},
         events::EventRow,
         messages, sessions,
     },
 };
-
-/// A pending request of the running turn, as its actor holds it.
-pub(super) struct Pending {
-    pub(super) approval_id: i64,
-    pub(super) request_id: String,
-    pub(super) asked: Instant,
-}
-
-/// A decision on its way to the actor that holds the request.
-pub struct Decide {
-    pub approval_id: i64,
-    pub decision: Decision,
-    /// Who decided (the owner, or `tether` for an automatic deny).
-    pub by: String,
-    /// A permission mode the decision keeps for the rest of the session.
-    pub keep_mode: Option<String>,
-    pub reply: oneshot::Sender<Result<(), Gone>>,
-}
-
-/// The request can no longer be answered: its turn or process is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
-
-/// What the session's live process did with a new permission mode (stored either way).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModeApplied {
-    /// The process answered that it took the mode: it holds from now on.
-    Applied,
-    /// The session has no live process: its next start uses the mode.
-    NoProcess,
-    /// The process refused it (the CLI's error), ended first, or did not answer in time:
-    /// it goes on in its old mode, and its next start uses the new one.
-    NotApplied(String),
-}
-
-/// A mode change sent to a live process, waiting for its `control_response`.
-pub(super) struct ModeRequest {
-    pub(super) request_id: String,
-    pub(super) mode: String,
-    pub(super) reply: oneshot::Sender<ModeApplied>,
-}
-
-impl Sessions {
-    /// Decides a pending approval: handed to the actor whose turn holds it, which stores
-    /// it and answers the agent. When no live turn holds it any more (its process or turn is
-    /// gone), it is ended `expired` here. Returns the approval as it is afterwards, and
-    /// whether this decision was the one taken.
-    pub async fn decide(
-        &self,
-        row: &ApprovalRow,
-        decision: Decision,
-        by: &str,
-        keep_mode: Option<String>,
-    ) -> sqlx::Result<(ApprovalRow, bool)> {
-        let taken = self
-            .hand_decision(row, decision, by, keep_mode)
-            .await
-            .is_ok();
-        let pool = self.deps().store.pool();
-        if !taken {
-            let why = "its agent process is gone";
-            approvals::close_pending(
-                pool,
-                Scope::One(row.id),
-                ApprovalStatus::Expired,
-                why,
-                store::now_ms(),
-            )
-            .await?;
-        }
-        let after = approvals::get(pool, row.id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        Ok((after, taken))
-    }
-
-    async fn hand_decision(
-        &self,
-        row: &ApprovalRow,
-        decision: Decision,
-        by: &str,
-        keep_mode: Option<String>,
-    ) -> Result<(), Gone> {
-        let ctl = self
-            .actors()
-            .get(&row.session_id)
-            .map(|e| e.handle.ctl.clone())
-            .ok_or(Gone)?;
-        let (reply, answer) = oneshot::channel();
-        let decide = Decide {
-            approval_id: row.id,
-            decision,
-            by: by.to_string(),
-            keep_mode,
-            reply,
-        };
-        ctl.send(Control::Decide(decide)).await.map_err(|_| Gone)?;
-        answer.await.unwrap_or(Err(Gone))
-    }
-
-    /// Tells a live process of the session its new permission mode (stored by the caller)
-    /// and waits, at most `agent.control_timeout`, for what the process answered.
-    pub async fn apply_permission_mode(&self, session_id: &str, mode: &str) -> ModeApplied {
-        let live = self
-            .actors()
-            .get(session_id)
-            .filter(|e| e.handle.process.borrow().state.is_live())
-            .map(|e| e.handle.ctl.clone());
-        let Some(ctl) = live else {
-            return ModeApplied::NoProcess;
-        };
-        let (reply, answer) = oneshot::channel();
-        if ctl
-            .send(Control::SetMode(mode.to_string(), reply))
-            .await
-            .is_err()
-        {
-            return ModeApplied::NoProcess;
-        }
-        let limit = self.deps().agent_settings.control_timeout;
-        match tokio::time::timeout(limit, answer).await {
-            Ok(Ok(applied)) => applied,
-            Ok(Err(_)) => ModeApplied::NotApplied("the process ended before it answered".into()),
-            Err(_) => ModeApplied::NotApplied(format!(
-                "the process did not answer within {} (agent.control_timeout)",
-                super::lifecycle::human_duration(limit)
-            )),
-        }
-    }
-}
 
 impl Actor {
     /// Stores a permission request of the turn and tells the owner; the agent waits.
@@ -217,11 +91,7 @@ impl Actor {
                 self.log.stored(vec![line, event]);
                 self.sessions.deps().push_wake.notify_one();
                 tracing::info!(approval_id, tool = %request.tool_name, kind, "approval requested");
-                self.approvals.push(Pending {
-                    approval_id,
-                    request_id: request.request_id,
-                    asked: Instant::now(),
-                });
+                self.approvals.push(approval_id, request.request_id);
             }
             Err(e) => {
                 // Not stored, so nobody can answer it: the agent is told no rather than left
@@ -239,15 +109,7 @@ impl Actor {
     /// Applies a decision to a pending request of this turn: stored first, then written to
     /// the agent, so an answer is never given twice or lost in between.
     pub(super) async fn answer(&mut self, d: Decide) {
-        let Some(at) = self
-            .approvals
-            .iter()
-            .position(|p| p.approval_id == d.approval_id)
-        else {
-            let _ = d.reply.send(Err(Gone));
-            return;
-        };
-        if self.live.is_none() {
+        if !self.approvals.holds(d.approval_id) || self.live.is_none() {
             let _ = d.reply.send(Err(Gone));
             return;
         }
@@ -286,7 +148,10 @@ impl Actor {
             Ok(Some(event))
         }
         .await;
-        let pending = self.approvals.remove(at);
+        let Some((at, pending)) = self.approvals.take(d.approval_id) else {
+            let _ = d.reply.send(Err(Gone));
+            return;
+        };
         match stored {
             Ok(Some(event)) => {
                 self.log.stored(vec![event]);
@@ -299,7 +164,7 @@ impl Actor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "could not store a decision");
-                self.approvals.insert(at, pending);
+                self.approvals.put_back(at, pending);
                 let _ = d.reply.send(Err(Gone));
             }
         }
@@ -307,13 +172,13 @@ impl Actor {
 
     /// When the oldest pending request is denied automatically (`approvals.auto_deny_after`).
     pub(super) fn auto_deny_at(&self) -> Option<Instant> {
-        let after = self.sessions.deps().approvals.auto_deny_after?;
-        self.approvals.first().map(|p| p.asked + after)
+        let after = self.sessions.deps().approvals.auto_deny_after;
+        self.approvals.auto_deny_at(after)
     }
 
     /// Denies the oldest pending request, nobody having answered in time.
     pub(super) async fn auto_deny(&mut self) {
-        let Some(p) = self.approvals.first() else {
+        let Some(approval_id) = self.approvals.oldest() else {
             return;
         };
         let after = self
@@ -325,10 +190,10 @@ impl Actor {
         let (reply, _) = oneshot::channel();
         let message = format!(
             "Nobody answered within {}; denied automatically (approvals.auto_deny_after).",
-            super::lifecycle::human_duration(after)
+            human_duration(after)
         );
         let decide = Decide {
-            approval_id: p.approval_id,
+            approval_id,
             decision: Decision::Deny { message },
             by: "tether".into(),
             keep_mode: None,
@@ -338,7 +203,7 @@ impl Actor {
     }
 
     /// Tells a live process its new permission mode; `reply` gets what it answered (see
-    /// [`Actor::mode_answered`]), or at once that there is no process to tell.
+    /// `LiveProcess::mode_answered`), or at once that there is no process to tell.
     pub(super) fn send_permission_mode(
         &mut self,
         mode: String,
@@ -357,40 +222,7 @@ impl Actor {
             return;
         };
         tracing::info!(%mode, "changing the permission mode of the live process");
-        // Not waited for: a process that no longer reads drops the request with itself.
-        drop(live.process.write_line(&line));
-        // Requests whose sender stopped waiting (agent.control_timeout) are not kept.
-        live.mode_requests.retain(|r| !r.reply.is_closed());
-        live.mode_requests.push(ModeRequest {
-            request_id,
-            mode,
-            reply,
-        });
-    }
-
-    /// The live process answered a control request: if it was a mode change, its sender
-    /// learns whether the process took the mode (`error`: the CLI's refusal).
-    pub(super) fn mode_answered(&mut self, request_id: &str, error: Option<String>) {
-        let Some(live) = &mut self.live else { return };
-        let Some(at) = live
-            .mode_requests
-            .iter()
-            .position(|r| r.request_id == request_id)
-        else {
-            return;
-        };
-        let request = live.mode_requests.remove(at);
-        let applied = match error {
-            None => {
-                live.launch.permission_mode = request.mode.clone();
-                ModeApplied::Applied
-            }
-            Some(error) => {
-                tracing::warn!(mode = %request.mode, %error, "the live process refused a permission mode");
-                ModeApplied::NotApplied(error)
-            }
-        };
-        let _ = request.reply.send(applied);
+        live.send_mode(request_id, mode, &line, reply);
     }
 
     fn write_answer(&self, request_id: &str, decision: &Decision) {
@@ -398,7 +230,7 @@ impl Actor {
         if let (Some(line), Some(live)) = (agent.permission_line(request_id, decision), &self.live)
         {
             // Not waited for: a process that no longer reads ends the turn by its death.
-            drop(live.process.write_line(&line));
+            drop(live.write_line(&line));
         }
     }
 }

@@ -11,8 +11,10 @@ use rusqlite::Connection;
 
 use super::{
     actor::{Actor, Exit},
+    control::ProcessState,
+    duration::human_duration,
     log::{Ended, Numbering},
-    ProcessState,
+    turn::Cut,
 };
 use crate::{
     agent::TurnResult,
@@ -34,21 +36,6 @@ const END_WRITE_ATTEMPTS: u32 = 4;
 const END_WRITE_RETRY: Duration = Duration::from_millis(100);
 /// Longest wait between two attempts while the database cannot be written.
 const END_WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// Why a turn was cut off without a `result`.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Cut {
-    /// The user interrupted and the agent did not stop in time.
-    Interrupted,
-    /// tether is shutting down and the grace ran out.
-    Shutdown,
-    /// The agent did not read the message in time.
-    NotRead(Duration),
-    /// The turn ran past `agent.turn_timeout`.
-    Timeout(Duration),
-    /// No line from the agent for `sessions.stall_timeout`: interrupted, then stopped.
-    Stalled(Duration),
-}
 
 /// How a turn ended, ready to store.
 struct TurnEnd<'a> {
@@ -74,11 +61,7 @@ impl Actor {
         started: Instant,
     ) {
         let cost = match (self.live.as_mut(), result.cumulative_cost_usd) {
-            (Some(live), Some(total)) => {
-                let turn = (total - live.cost_so_far).max(0.0);
-                live.cost_so_far = total;
-                turn
-            }
+            (Some(live), Some(total)) => live.turn_cost(total),
             _ => 0.0,
         };
         let usage = result.usage.as_ref().map(|u| u.to_string());
@@ -175,7 +158,7 @@ impl Actor {
                 format!(
                     "stalled: no output from the agent for {}; the turn was interrupted and \
                      the next message resumes the conversation",
-                    super::lifecycle::human_duration(t)
+                    human_duration(t)
                 ),
                 Some(PushKind::TurnFailed),
             ),

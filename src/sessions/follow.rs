@@ -5,7 +5,10 @@
 use serde::Deserialize;
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
 
-use super::{log::TEXT_DELTA, LiveEvent, Sessions, Subscription};
+use super::{
+    handle::Sessions,
+    log::{LiveEvent, Subscription, TEXT_DELTA},
+};
 use crate::{
     agent::TextDelta,
     store::{self, messages, messages::MessageRow, messages::Status},

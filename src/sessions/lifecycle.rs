@@ -12,11 +12,14 @@ use futures::future::BoxFuture;
 
 use serde::Serialize;
 
-use super::Sessions;
+use tokio::sync::Notify;
+
+pub use super::duration::human_duration;
+use super::handle::Sessions;
 use crate::{
     awake::KeepAwake,
     push::{self, Audience, PushEvent, PushKind},
-    store::{self, sessions},
+    store::{self, sessions, terminals, Store},
 };
 
 /// Longest sleep between two steps (idle processes are looked at this often).
@@ -46,35 +49,13 @@ impl Sessions {
         }
         let pool = self.deps().store.pool();
         for session in sessions::due_warnings(pool, now, warn_before).await? {
-            if self.warn(&session, now).await? {
+            let (deps, what) = (self.deps(), Expiring::Session(&session));
+            if warn_once(&deps.store, &deps.push_wake, what, now).await? {
                 report.warned += 1;
             }
         }
         report.hibernated = self.hibernate_idle(now, settings.idle_stop);
         Ok(report)
-    }
-
-    /// Sends this period's warning, once: marked in the transaction that queues the push.
-    async fn warn(&self, session: &sessions::SessionRow, now: i64) -> sqlx::Result<bool> {
-        let mut tx = self.deps().store.begin_write().await?;
-        if !sessions::mark_warned(&mut *tx, &session.id, session.expires_at, now).await? {
-            return Ok(false);
-        }
-        let left = Duration::from_millis((session.expires_at - now).max(0) as u64);
-        let text = format!(
-            "This session ends in {} unless you keep it alive.",
-            human_duration(left)
-        );
-        let audience = Audience::of(session);
-        let event = PushEvent {
-            expires_at: Some(session.expires_at),
-            ..PushEvent::new(PushKind::SessionExpiring, &audience, None, &text)
-        };
-        push::enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
-        self.deps().push_wake.notify_one();
-        tracing::info!(session_id = %session.id, expires_at = session.expires_at, "expiry warning queued");
-        Ok(true)
     }
 
     /// Ends a session whose end came (unless a keep-alive moved it meanwhile).
@@ -92,6 +73,65 @@ impl Sessions {
             .filter(|p| p.stop("hibernated after idle"))
             .count()
     }
+}
+
+/// What ends at a set time and is warned of once, `sessions.warn_before` ahead.
+pub(crate) enum Expiring<'a> {
+    Session(&'a sessions::SessionRow),
+    Terminal(&'a terminals::TerminalRow),
+}
+
+/// Sends this period's "ends soon" warning of a session or a terminal, once: marked in the
+/// transaction that queues the push. False when it was sent already, or its end moved.
+pub(crate) async fn warn_once(
+    store: &Store,
+    push_wake: &Notify,
+    what: Expiring<'_>,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let mut tx = store.begin_write().await?;
+    let (marked, expires_at) = match what {
+        Expiring::Session(s) => (
+            sessions::mark_warned(&mut *tx, &s.id, s.expires_at, now).await?,
+            s.expires_at,
+        ),
+        Expiring::Terminal(t) => (
+            terminals::mark_warned(&mut *tx, &t.id, t.expires_at, now).await?,
+            t.expires_at,
+        ),
+    };
+    if !marked {
+        return Ok(false);
+    }
+    let left = human_duration(Duration::from_millis((expires_at - now).max(0) as u64));
+    let (kind, audience, text) = match what {
+        Expiring::Session(s) => (
+            PushKind::SessionExpiring,
+            Audience::of(s),
+            format!("This session ends in {left} unless you keep it alive."),
+        ),
+        Expiring::Terminal(t) => (
+            PushKind::TerminalExpiring,
+            Audience::of_terminal(&t.id, &t.owner, &t.project_path),
+            format!("This terminal ends in {left} unless you open it or type in it."),
+        ),
+    };
+    let event = PushEvent {
+        expires_at: Some(expires_at),
+        ..PushEvent::new(kind, &audience, None, &text)
+    };
+    push::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    push_wake.notify_one();
+    match what {
+        Expiring::Session(s) => {
+            tracing::info!(session_id = %s.id, expires_at, "expiry warning queued");
+        }
+        Expiring::Terminal(t) => {
+            tracing::info!(terminal_id = %t.id, expires_at, "terminal expiry warning queued");
+        }
+    }
+    Ok(true)
 }
 
 /// Another part with deadlines (terminals), stepped by the same scheduler: its step at a
@@ -149,39 +189,4 @@ pub async fn run(sessions: Sessions, awake: KeepAwake, others: Vec<Arc<dyn Timed
         }
     }
     awake.release().await;
-}
-
-/// A duration as people say it, in its two largest units: "45s", "12m 5s", "4h",
-/// "3h 12m", "2d 4h".
-pub fn human_duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    let units = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
-    let Some(first) = units.iter().position(|(n, _)| secs >= *n) else {
-        return "0s".to_string();
-    };
-    let (n, unit) = units[first];
-    let mut out = format!("{}{unit}", secs / n);
-    if let Some((m, unit2)) = units.get(first + 1) {
-        let rest = (secs % n) / m;
-        if rest > 0 {
-            out.push_str(&format!(" {rest}{unit2}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_as_people_say_them() {
-        let h = |s| human_duration(Duration::from_secs(s));
-        assert_eq!(h(0), "0s");
-        assert_eq!(h(45), "45s");
-        assert_eq!(h(725), "12m 5s");
-        assert_eq!(h(4 * 3600), "4h");
-        assert_eq!(h(3 * 3600 + 12 * 60 + 59), "3h 12m");
-        assert_eq!(h(2 * 86_400 + 4 * 3600 + 1), "2d 4h");
-    }
 }

@@ -1,17 +1,24 @@
-//! The turns a crash left `running`, ended at the next start by what the agent's own record
-//! says of them (for Claude: its transcript): one the CLI finished is stored `completed`
-//! with the reply it wrote, one it had but did not finish ends `interrupted` saying the
-//! agent had it, and one it never read ends `interrupted` saying so.
+//! Recovery after a start: CLI processes an earlier run left behind are stopped, its
+//! pending approvals expire, queued work resumes, and the turns a crash left `running` are
+//! ended by what the agent's own record says of them (for Claude: its transcript): one the
+//! CLI finished is stored `completed` with the reply it wrote, one it had but did not
+//! finish ends `interrupted` saying the agent had it, and one it never read ends
+//! `interrupted` saying so.
 
 use rusqlite::Connection;
 use serde_json::json;
 
-use super::{log::Numbering, Sessions, STOPPED_MID_TURN};
+use super::{
+    handle::{Sessions, STOPPED_MID_TURN},
+    log::Numbering,
+};
 use crate::{
-    agent::{Launch, TurnRecord},
+    agent::{process, Launch, TurnRecord},
     push::{self, Audience, PushEvent, PushKind},
     store::{
-        self, events, messages,
+        self, approvals,
+        approvals::{ApprovalStatus, Scope},
+        events, messages,
         messages::{MessageRow, Status},
         sessions,
     },
@@ -56,6 +63,45 @@ impl Settled {
 }
 
 impl Sessions {
+    /// After a start: stops CLI processes an earlier run left behind, ends the turns it
+    /// left `running` by what the agent's record says of them (see `recover`; telling their
+    /// owners), and resumes queued work.
+    pub async fn recover(&self) -> anyhow::Result<()> {
+        let pool = self.deps().store.pool();
+        self.stop_orphan_spares().await?;
+        for (id, pid, start_time) in sessions::with_recorded_process(pool).await? {
+            let (pid, start_time) = (pid as u32, start_time as u64);
+            if process::kill_orphan(pid, start_time).await {
+                tracing::warn!(session_id = %id, pid, "stopped a CLI process left by an earlier run");
+            }
+            if !process::group_exists(pid) {
+                sessions::set_process(pool, &id, None).await?;
+            }
+        }
+        let expired = approvals::close_pending(
+            pool,
+            Scope::All,
+            ApprovalStatus::Expired,
+            "tether restarted while it waited; its turn was interrupted",
+            store::now_ms(),
+        )
+        .await?;
+        if !expired.is_empty() {
+            tracing::warn!(
+                count = expired.len(),
+                "pending approvals expired by the restart"
+            );
+        }
+        let left = self.settle_left_running().await?;
+        if left > 0 {
+            tracing::warn!(count = left, "turns left running by the last stop");
+        }
+        for id in messages::sessions_with_queued(pool).await? {
+            self.wake(&id);
+        }
+        Ok(())
+    }
+
     /// Ends every message a crash left `running` by what the agent's record says of it,
     /// telling its owner as the end of any turn would. Returns how many there were.
     pub(super) async fn settle_left_running(&self) -> anyhow::Result<usize> {
@@ -66,13 +112,8 @@ impl Sessions {
                 continue;
             };
             let launch = Launch {
-                conversation_id: session
-                    .agent_session_id
-                    .clone()
-                    .unwrap_or(session.id.clone()),
-                cwd: session.project_path.clone().into(),
                 resume: true,
-                permission_mode: String::new(),
+                ..Launch::of_session(&session, "")
             };
             let agent = self.deps().agent.clone();
             let (text, sent_at) = (msg.text.clone(), msg.started_at.unwrap_or(msg.created_at));

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::{
+    handle::{PoolProcess, Sessions},
     usage::{Sampler, Usage},
-    LiveProcess, Sessions,
 };
 
 /// What one step did.
@@ -58,7 +58,7 @@ impl Sessions {
         let (per_process, total_limit) =
             (settings.max_process_memory.0, settings.max_total_memory.0);
         let memory_of = |pid: &u32| samples.get(pid).map_or(0, |u: &Usage| u.memory_bytes);
-        let memory = |p: &LiveProcess| memory_of(&p.pid);
+        let memory = |p: &PoolProcess| memory_of(&p.pid);
         let spare_bytes: Vec<u64> = spare_pids.iter().map(memory_of).collect();
         let sessions_bytes: u64 = watched.iter().map(memory).sum();
         let mut report = WatchReport {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 
-use super::Sessions;
+use super::handle::Sessions;
 
 /// How often a turn waiting for a slot asks again for an idle process to be evicted.
 const RETRY: Duration = Duration::from_millis(250);

@@ -16,7 +16,12 @@ use std::{
 use serde::Serialize;
 use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
-use super::{accept::resolve_project, Sessions};
+use super::{
+    accept::{checked_folder, resolve_project},
+    handle::Sessions,
+    resources::spare_key,
+    spare_pool::{Pool, Spare},
+};
 use crate::{
     agent::{process::AgentProcess, Launch},
     store::{self, spares},
@@ -32,35 +37,6 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The pause after a spare dies (doubling with each death in a row), and its cap.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// A process started ahead for a session that does not exist yet.
-pub(super) struct Spare {
-    /// The conversation id it was started with; the session that takes it gets this id.
-    pub(super) id: String,
-    pub(super) cwd: PathBuf,
-    pub(super) permission_mode: String,
-    pub(super) process: AgentProcess,
-    pub(super) slot: OwnedSemaphorePermit,
-    started: Instant,
-    /// Set when a new session took its id; its actor adopts it at the first turn.
-    claimed_at: Option<Instant>,
-}
-
-/// The spares and the keeper's backoff.
-#[derive(Default)]
-pub(super) struct Pool {
-    spares: Vec<Spare>,
-    /// Spares (or starts) that failed in a row since one was last used.
-    failures: u32,
-    /// No new spare before this (after a death).
-    not_before: Option<Instant>,
-    /// Set by the memory watch while a spare would push processes past
-    /// `sessions.max_total_memory`.
-    memory_full: bool,
-    /// The wanted folders as last read, and when; read again after [`FOLDERS_FRESH`] or
-    /// once a session was created.
-    folders: Option<(Instant, Vec<PathBuf>)>,
-}
 
 /// What one step of the keeper did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -169,9 +145,7 @@ impl Sessions {
             })
             .collect();
         for s in &mut list {
-            s.memory_bytes = self
-                .usage_of(&super::resources::spare_key(s.pid))
-                .map(|u| u.memory_bytes);
+            s.memory_bytes = self.usage_of(&spare_key(s.pid)).map(|u| u.memory_bytes);
         }
         list.sort_by_key(|s| std::cmp::Reverse(s.age_seconds));
         list
@@ -364,8 +338,8 @@ impl Sessions {
     async fn start_spare(&self, folder: PathBuf, slot: OwnedSemaphorePermit) -> anyhow::Result<()> {
         let deps = self.deps();
         // Checked again right before the start, as every process's folder is.
-        let folder = super::checked_folder(&deps.projects, &folder)
-            .map_err(|e| anyhow::anyhow!(e.message()))?;
+        let folder =
+            checked_folder(&deps.projects, &folder).map_err(|e| anyhow::anyhow!(e.message()))?;
         let launch = Launch {
             conversation_id: uuid::Uuid::new_v4().to_string(),
             cwd: folder,

@@ -1,10 +1,11 @@
-//! One turn, from a queued user message to exactly one terminal state. Every wait of a
+//! One turn, from a queued user message to exactly one terminal state: [`Turn`] holds its
+//! state (its message, where it is, its clocks), and the actor drives it. Every wait of a
 //! turn (a process slot, the stdin write, the agent's lines, the deadlines) happens in one
 //! `select!` that also hears interrupt, end and shutdown, so nothing blocks the actor. The
 //! message becomes `running` when its line is handed to the CLI, after the wait for a slot
 //! and the process start: a message that never reached the agent is still `queued`.
 
-use std::{future::Future, io, pin::Pin};
+use std::{future::Future, io, pin::Pin, time::Duration};
 
 use serde_json::json;
 use tokio::{
@@ -14,12 +15,12 @@ use tokio::{
 
 use super::{
     actor::{live_line, Actor, Exit, DB_RETRY, DB_RETRY_MAX},
-    finish::Cut,
-    live::Read,
-    slots, Control, ProcessState,
+    control::{Control, ProcessState},
+    read::Read,
+    slots,
 };
 use crate::{
-    agent::Launch,
+    agent::{Agent, Launch},
     faults,
     store::{events, messages, messages::Status, sessions, spares},
 };
@@ -36,21 +37,174 @@ enum Phase {
     Run,
 }
 
+/// What a waiting phase came to.
 enum Step {
     Slot(Result<OwnedSemaphorePermit, ()>),
     Written(io::Result<()>),
 }
 
-/// The next step of a waiting phase, or never for `Run`.
-async fn step(phase: &mut Phase) -> Step {
-    match phase {
-        Phase::Slot(wait) => Step::Slot(wait.await),
-        Phase::Write(written) => Step::Written(
-            written
-                .await
-                .unwrap_or_else(|_| Err(io::ErrorKind::BrokenPipe.into())),
-        ),
-        Phase::Run => std::future::pending().await,
+/// Why a turn was cut off without a `result`.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cut {
+    /// The user interrupted and the agent did not stop in time.
+    Interrupted,
+    /// tether is shutting down and the grace ran out.
+    Shutdown,
+    /// The agent did not read the message in time.
+    NotRead(Duration),
+    /// The turn ran past `agent.turn_timeout`.
+    Timeout(Duration),
+    /// No line from the agent for `sessions.stall_timeout`: interrupted, then stopped.
+    Stalled(Duration),
+}
+
+/// The limits of a turn, read from the settings when it starts.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// `agent.turn_timeout`, from when the agent is handed the message.
+    timeout: Duration,
+    /// `agent.interrupt_grace`: how long the agent may take to stop at an interrupt.
+    interrupt_grace: Duration,
+    /// `sessions.stall_timeout`: the longest silence of the agent before it is interrupted.
+    stall_timeout: Duration,
+}
+
+/// When the turn's waits end, as its clocks stand now.
+struct Clocks {
+    /// It is cut off (its timeout, the grace after an interrupt, the end of a shutdown).
+    deadline: Option<Instant>,
+    /// It counts as stalled and is interrupted.
+    stall_at: Option<Instant>,
+}
+
+/// The state of one running turn.
+pub(super) struct Turn {
+    /// The queued user message it answers.
+    msg: messages::MessageRow,
+    /// When it began; its duration counts from here.
+    started: Instant,
+    limits: Limits,
+    phase: Phase,
+    /// The message is marked running (done once, when it is first handed over).
+    running: bool,
+    /// The last sign of life from the agent (any line; its api_retry lines too).
+    last_life: Instant,
+    /// It was interrupted for its silence: the agent's error `result` fails it as stalled.
+    stalled: bool,
+    /// When it times out (`agent.turn_timeout` after the agent was handed the message,
+    /// moved on by the time it waited for the owner); None while it waits for a slot.
+    timeout_at: Option<Instant>,
+    /// Since when it waits for the owner to answer a permission request.
+    owner_since: Option<Instant>,
+    /// When it was interrupted (the agent then has `interrupt_grace` to stop).
+    interrupted_at: Option<Instant>,
+    /// A start the CLI refused, to be tried the other way once a slot is free.
+    retry_launch: Option<Launch>,
+    /// The other way was tried (once per turn).
+    retried: bool,
+}
+
+impl Turn {
+    /// A turn for `msg` that began at `started`, in `phase`.
+    fn new(msg: messages::MessageRow, started: Instant, limits: Limits, phase: Phase) -> Self {
+        Self {
+            msg,
+            started,
+            limits,
+            phase,
+            running: false,
+            last_life: started,
+            stalled: false,
+            timeout_at: None,
+            owner_since: None,
+            interrupted_at: None,
+            retry_launch: None,
+            retried: false,
+        }
+    }
+
+    /// The next step of a waiting phase, or never once the agent has the message.
+    async fn step(&mut self) -> Step {
+        match &mut self.phase {
+            Phase::Slot(wait) => Step::Slot(wait.await),
+            Phase::Write(written) => Step::Written(
+                written
+                    .await
+                    .unwrap_or_else(|_| Err(io::ErrorKind::BrokenPipe.into())),
+            ),
+            Phase::Run => std::future::pending().await,
+        }
+    }
+
+    /// Whether the agent has the message (its lines are read).
+    fn reading(&self) -> bool {
+        matches!(self.phase, Phase::Run)
+    }
+
+    /// The agent showed a sign of life.
+    fn alive(&mut self) {
+        self.last_life = Instant::now();
+    }
+
+    /// Where its waits end now. A turn waiting for a person (`waiting_for_owner`) is
+    /// neither stalled nor timed out: the time it waits is added to its timeout once the
+    /// wait is over. `shutdown_at`: the end of tether's shutdown grace, if it stops.
+    fn clocks(&mut self, waiting_for_owner: bool, shutdown_at: Option<Instant>) -> Clocks {
+        match (waiting_for_owner, self.owner_since) {
+            (true, None) => self.owner_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                self.timeout_at = self.timeout_at.map(|t| t + since.elapsed());
+                self.owner_since = None;
+            }
+            _ => {}
+        }
+        let mut deadline = if waiting_for_owner {
+            None
+        } else {
+            self.timeout_at
+        };
+        let mut cap = |at: Instant| deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        if let Some(at) = self.interrupted_at {
+            cap(at + self.limits.interrupt_grace);
+        }
+        if let (Some(at), Some(_)) = (shutdown_at, self.timeout_at) {
+            cap(at);
+        }
+        let stall_at = (self.reading() && self.interrupted_at.is_none() && !waiting_for_owner)
+            .then(|| self.last_life + self.limits.stall_timeout);
+        Clocks { deadline, stall_at }
+    }
+
+    /// Why it is cut off at its deadline (`shutting_down`: tether stops).
+    fn cut(&self, shutting_down: bool) -> Cut {
+        if self.stalled {
+            Cut::Stalled(self.limits.stall_timeout)
+        } else if self.interrupted_at.is_some() {
+            Cut::Interrupted
+        } else if shutting_down {
+            Cut::Shutdown
+        } else if matches!(self.phase, Phase::Write(_)) {
+            Cut::NotRead(self.limits.timeout)
+        } else {
+            Cut::Timeout(self.limits.timeout)
+        }
+    }
+
+    /// The launch to try the other way when the CLI's `output` says it refused how it was
+    /// started; once per turn.
+    fn other_way(
+        &mut self,
+        agent: &dyn Agent,
+        launch: Option<Launch>,
+        output: &str,
+    ) -> Option<Launch> {
+        let launch = launch.filter(|l| !self.retried && agent.wrong_start(l, output))?;
+        tracing::warn!(
+            resume = launch.resume,
+            "the agent refused how it was started for this conversation; starting it the other way"
+        );
+        self.retried = true;
+        Some(flipped(launch))
     }
 }
 
@@ -60,241 +214,249 @@ impl Actor {
     pub(super) async fn turn(&mut self, msg: messages::MessageRow) {
         let started = Instant::now();
         tracing::info!(message_id = msg.id, "turn started");
-        let settings = &self.sessions.deps().agent_settings;
-        let (timeout, interrupt_grace) = (settings.turn_timeout, settings.interrupt_grace);
-        let stall_timeout = self.sessions.deps().session_settings.stall_timeout;
-        // The last sign of life from the agent (any line; its api_retry lines too).
-        let mut last_life = Instant::now();
-        let mut stalled = false;
-        // Since when the turn waits for the owner to answer a permission request.
-        let mut owner_since: Option<Instant> = None;
-        let mut running = false;
-        // A live process (or the warm spare this new session was given) takes the message at
-        // once; else the turn first waits for a slot.
-        let (mut phase, mut timeout_at) = if self.live.is_some() || self.adopt_spare().await {
-            match self.hand_over(&msg, &mut running).await {
-                Some(p) => (p, Some(started + timeout)),
-                None => return,
-            }
-        } else {
-            (self.wait_for_slot(), None)
+        let deps = self.sessions.deps();
+        let limits = Limits {
+            timeout: deps.agent_settings.turn_timeout,
+            interrupt_grace: deps.agent_settings.interrupt_grace,
+            stall_timeout: deps.session_settings.stall_timeout,
         };
-        let mut interrupted_at: Option<Instant> = None;
-        // A start the CLI refused (resumed without a conversation, or the reverse) is
-        // tried once the other way.
-        let mut retry_launch: Option<Launch> = None;
-        let mut retried = false;
+        // A live process (or the warm spare this new session was given) takes the message at
+        // once (`hand_over` writes it next); else the turn first waits for a slot.
+        let ready = self.live.is_some() || self.adopt_spare().await;
+        let first = if ready {
+            Phase::Run
+        } else {
+            self.wait_for_slot()
+        };
+        let mut turn = Turn::new(msg, started, limits, first);
+        if ready {
+            if !self.hand_over(&mut turn).await {
+                return;
+            }
+            turn.timeout_at = Some(turn.started + limits.timeout);
+        }
         loop {
-            // A turn waiting for a person is neither stalled nor timed out: the time it
-            // waits is added to its deadline once the wait is over.
-            let waiting_for_owner = !self.approvals.is_empty();
-            match (waiting_for_owner, owner_since) {
-                (true, None) => owner_since = Some(Instant::now()),
-                (false, Some(since)) => {
-                    timeout_at = timeout_at.map(|t| t + since.elapsed());
-                    owner_since = None;
-                }
-                _ => {}
-            }
-            let mut deadline = if waiting_for_owner { None } else { timeout_at };
-            let mut cap = |at: Instant| deadline = Some(deadline.map_or(at, |d| d.min(at)));
-            if let Some(at) = interrupted_at {
-                cap(at + interrupt_grace);
-            }
-            if let (Some(Exit::Shutdown(at)), Some(_)) = (self.exit, timeout_at) {
-                cap(at);
-            }
-            let flush_at = if running { self.log.flush_due() } else { None };
-            let reading = matches!(phase, Phase::Run);
-            let stall_at = (reading && interrupted_at.is_none() && !waiting_for_owner)
-                .then(|| last_life + stall_timeout);
+            let shutdown_at = match self.exit {
+                Some(Exit::Shutdown(at)) => Some(at),
+                _ => None,
+            };
+            let clocks = turn.clocks(!self.approvals.is_empty(), shutdown_at);
+            let flush_at = if turn.running {
+                self.log.flush_due()
+            } else {
+                None
+            };
+            let reading = turn.reading();
             let auto_deny_at = if reading { self.auto_deny_at() } else { None };
-            tokio::select! {
-                next = step(&mut phase) => match next {
-                    Step::Slot(Ok(slot)) => {
-                        let launch = match retry_launch.take() {
-                            Some(l) => Ok(l),
-                            None => self.launch().await,
-                        };
-                        let process = match launch {
-                            Ok(l) => self.start_process(l, slot).await,
-                            Err(reason) => Err(reason),
-                        };
-                        if let Err(reason) = process {
-                            self.fail(&msg, Status::Failed, &reason, started).await;
-                            return;
-                        }
-                        match self.hand_over(&msg, &mut running).await {
-                            Some(p) => phase = p,
-                            None => return,
-                        }
-                        timeout_at = Some(Instant::now() + timeout);
-                    }
-                    Step::Slot(Err(())) => return, // shutting down: the message stays queued
-                    Step::Written(Ok(())) => {
-                        self.set_state(ProcessState::Busy);
-                        self.mark_delivered(&msg).await;
-                        last_life = Instant::now();
-                        if faults::hit(faults::ACTOR_PANIC, &msg.text) {
-                            panic!("injected fault: the actor panics mid-turn");
-                        }
-                        phase = Phase::Run;
-                    }
-                    Step::Written(Err(_)) => {
-                        // stdin is gone: the process died before it read the message.
-                        match self.after_death(&msg, started, &mut retried, &mut retry_launch).await {
-                            Some(p) => phase = p,
-                            None => return,
-                        }
-                    }
-                },
+            let goes_on = tokio::select! {
+                next = turn.step() => self.on_step(&mut turn, next).await,
                 line = live_line(&mut self.live), if reading => match line {
-                    Some(Ok(line)) => {
-                        last_life = Instant::now();
-                        let (result, row) = match self.on_line(line) {
-                            Read::Nothing => continue,
-                            Read::Asks(request, row) => {
-                                self.ask(&msg, request, row).await;
-                                continue;
-                            }
-                            Read::Done(result, row) => (result, row),
-                        };
-                        let launch = self.live.as_ref().map(|l| l.launch.clone());
-                        if result.is_error {
-                            if let Some(l) = self.other_way(launch, &result.text, &mut retried) {
-                                if let Some(row) = row {
-                                    self.log.hold(row);
-                                }
-                                let _ = self.process_died().await;
-                                retry_launch = Some(l);
-                                phase = self.wait_for_slot();
-                                continue;
-                            }
-                        }
-                        if stalled && result.is_error {
-                            // The agent stopped at our interrupt: the turn failed as stalled.
-                            if let Some(row) = row {
-                                self.log.hold(row);
-                            }
-                            self.cut(&msg, Cut::Stalled(stall_timeout), started).await;
-                            return;
-                        }
-                        self.settle(&msg, result, row, interrupted_at.is_some(), started).await;
-                        return;
-                    }
-                    _ => {
-                        match self.after_death(&msg, started, &mut retried, &mut retry_launch).await {
-                            Some(p) => phase = p,
-                            None => return,
-                        }
-                    }
+                    Some(Ok(line)) => self.on_turn_line(&mut turn, line).await,
+                    _ => self.after_death(&mut turn).await,
                 },
-                ctl = self.ctl.recv() => match ctl {
-                    Some(Control::Interrupt(reply)) => {
-                        let _ = reply.send(true);
-                        if !running {
-                            // The agent never had it: nothing to stop but our own waiting.
-                            self.kill_process().await;
-                            self.fail(&msg, Status::Interrupted, "interrupted before the agent read the message", started).await;
-                            return;
-                        }
-                        let sent = self.send_interrupt();
-                        if sent && interrupted_at.is_none() {
-                            interrupted_at = Some(Instant::now());
-                        }
-                        if !sent {
-                            // No interrupt line for this agent, or the pipe is gone: stop it.
-                            self.kill_process().await;
-                            self.fail(&msg, Status::Interrupted, "interrupted", started).await;
-                            return;
-                        }
-                    }
-                    Some(Control::Stop(_)) => {} // busy: it stays
-                    Some(Control::Hold(reply)) => {
-                        let _ = reply.send(false); // the agent has the conversation
-                    }
-                    Some(Control::Decide(d)) => {
-                        self.answer(d).await;
-                        last_life = Instant::now();
-                    }
-                    Some(Control::SetMode(mode, reply)) => self.send_permission_mode(mode, reply),
-                    Some(Control::Shutdown(at)) => {
-                        self.exit = Some(Exit::Shutdown(at));
-                        if matches!(phase, Phase::Slot(_)) {
-                            return; // the agent never had it: it stays queued
-                        }
-                    }
-                    Some(Control::End) | None => {
-                        self.exit = Some(Exit::Ended);
-                        self.kill_process().await;
-                        self.fail(&msg, Status::Interrupted, "the session was ended during the turn", started).await;
-                        return;
-                    }
-                },
+                ctl = self.ctl.recv() => self.turn_control(&mut turn, ctl).await,
                 _ = sleep_until(auto_deny_at) => {
                     self.auto_deny().await;
-                    last_life = Instant::now();
+                    turn.alive();
+                    true
                 }
-                _ = sleep_until(stall_at) => {
-                    tracing::warn!(silent_for = ?stall_timeout, "turn stalled; interrupting it");
-                    stalled = true;
-                    if self.send_interrupt() {
-                        interrupted_at = Some(Instant::now());
-                    } else {
-                        self.kill_process().await;
-                        self.cut(&msg, Cut::Stalled(stall_timeout), started).await;
-                        return;
-                    }
-                }
-                _ = sleep_until(deadline) => {
+                _ = sleep_until(clocks.stall_at) => self.on_stall(&mut turn).await,
+                _ = sleep_until(clocks.deadline) => {
                     self.kill_process().await;
-                    let cut = if stalled {
-                        Cut::Stalled(stall_timeout)
-                    } else if interrupted_at.is_some() {
-                        Cut::Interrupted
-                    } else if matches!(self.exit, Some(Exit::Shutdown(_))) {
-                        Cut::Shutdown
-                    } else if matches!(phase, Phase::Write(_)) {
-                        Cut::NotRead(timeout)
-                    } else {
-                        Cut::Timeout(timeout)
-                    };
+                    let cut = turn.cut(matches!(self.exit, Some(Exit::Shutdown(_))));
                     tracing::warn!(?cut, "turn cut off");
-                    self.cut(&msg, cut, started).await;
-                    return;
+                    self.cut(&turn.msg, cut, turn.started).await;
+                    false
                 }
-                _ = sleep_until(flush_at) => self.log.flush(&self.sessions.deps().store).await,
+                _ = sleep_until(flush_at) => {
+                    self.log.flush(&self.sessions.deps().store).await;
+                    true
+                }
+            };
+            if !goes_on {
+                return;
             }
         }
     }
 
+    /// A waiting phase came to its end: a slot (the process starts and is handed the
+    /// message), or the message written. False when the turn is over.
+    async fn on_step(&mut self, turn: &mut Turn, step: Step) -> bool {
+        match step {
+            Step::Slot(Ok(slot)) => {
+                let launch = match turn.retry_launch.take() {
+                    Some(l) => Ok(l),
+                    None => self.launch().await,
+                };
+                let process = match launch {
+                    Ok(l) => self.start_process(l, slot).await,
+                    Err(reason) => Err(reason),
+                };
+                if let Err(reason) = process {
+                    self.fail(&turn.msg, Status::Failed, &reason, turn.started)
+                        .await;
+                    return false;
+                }
+                if !self.hand_over(turn).await {
+                    return false;
+                }
+                turn.timeout_at = Some(Instant::now() + turn.limits.timeout);
+                true
+            }
+            Step::Slot(Err(())) => false, // shutting down: the message stays queued
+            Step::Written(Ok(())) => {
+                self.set_state(ProcessState::Busy);
+                self.mark_delivered(&turn.msg).await;
+                turn.alive();
+                if faults::hit(faults::ACTOR_PANIC, &turn.msg.text) {
+                    panic!("injected fault: the actor panics mid-turn");
+                }
+                turn.phase = Phase::Run;
+                true
+            }
+            // stdin is gone: the process died before it read the message.
+            Step::Written(Err(_)) => self.after_death(turn).await,
+        }
+    }
+
+    /// A line of the agent during the turn. False when it ended the turn.
+    async fn on_turn_line(&mut self, turn: &mut Turn, line: crate::agent::process::Line) -> bool {
+        turn.alive();
+        let (result, row) = match self.on_line(line) {
+            Read::Nothing => return true,
+            Read::Asks(request, row) => {
+                self.ask(&turn.msg, request, row).await;
+                return true;
+            }
+            Read::Done(result, row) => (result, row),
+        };
+        let launch = self.live.as_ref().map(|l| l.launch.clone());
+        if result.is_error {
+            let agent = self.sessions.deps().agent.clone();
+            if let Some(l) = turn.other_way(&*agent, launch, &result.text) {
+                if let Some(row) = row {
+                    self.log.hold(row);
+                }
+                let _ = self.process_died().await;
+                turn.retry_launch = Some(l);
+                turn.phase = self.wait_for_slot();
+                return true;
+            }
+        }
+        if turn.stalled && result.is_error {
+            // The agent stopped at our interrupt: the turn failed as stalled.
+            if let Some(row) = row {
+                self.log.hold(row);
+            }
+            let stall = Cut::Stalled(turn.limits.stall_timeout);
+            self.cut(&turn.msg, stall, turn.started).await;
+            return false;
+        }
+        let interrupted = turn.interrupted_at.is_some();
+        self.settle(&turn.msg, result, row, interrupted, turn.started)
+            .await;
+        false
+    }
+
+    /// A control during the turn. False when it ended the turn.
+    async fn turn_control(&mut self, turn: &mut Turn, ctl: Option<Control>) -> bool {
+        let (msg, started) = (&turn.msg, turn.started);
+        match ctl {
+            Some(Control::Interrupt(reply)) => {
+                let _ = reply.send(true);
+                if !turn.running {
+                    // The agent never had it: nothing to stop but our own waiting.
+                    self.kill_process().await;
+                    let why = "interrupted before the agent read the message";
+                    self.fail(msg, Status::Interrupted, why, started).await;
+                    return false;
+                }
+                let sent = self.send_interrupt();
+                if sent && turn.interrupted_at.is_none() {
+                    turn.interrupted_at = Some(Instant::now());
+                }
+                if !sent {
+                    // No interrupt line for this agent, or the pipe is gone: stop it.
+                    self.kill_process().await;
+                    self.fail(msg, Status::Interrupted, "interrupted", started)
+                        .await;
+                    return false;
+                }
+                true
+            }
+            Some(Control::Stop(_)) => true, // busy: it stays
+            Some(Control::Hold(reply)) => {
+                let _ = reply.send(false); // the agent has the conversation
+                true
+            }
+            Some(Control::Decide(d)) => {
+                self.answer(d).await;
+                turn.alive();
+                true
+            }
+            Some(Control::SetMode(mode, reply)) => {
+                self.send_permission_mode(mode, reply);
+                true
+            }
+            Some(Control::Shutdown(at)) => {
+                self.exit = Some(Exit::Shutdown(at));
+                // The agent never had a message still waiting for a slot: it stays queued.
+                !matches!(turn.phase, Phase::Slot(_))
+            }
+            Some(Control::End) | None => {
+                self.exit = Some(Exit::Ended);
+                self.kill_process().await;
+                let why = "the session was ended during the turn";
+                self.fail(msg, Status::Interrupted, why, started).await;
+                false
+            }
+        }
+    }
+
+    /// The agent was silent for `sessions.stall_timeout`: it is interrupted, or, when it
+    /// cannot be, stopped and the turn failed. False when the turn is over.
+    async fn on_stall(&mut self, turn: &mut Turn) -> bool {
+        let stall = turn.limits.stall_timeout;
+        tracing::warn!(silent_for = ?stall, "turn stalled; interrupting it");
+        turn.stalled = true;
+        if self.send_interrupt() {
+            turn.interrupted_at = Some(Instant::now());
+            return true;
+        }
+        self.kill_process().await;
+        self.cut(&turn.msg, Cut::Stalled(stall), turn.started).await;
+        false
+    }
+
     /// The agent gets the message: it is marked running (once) and its line is handed to
-    /// the process's writer. None when the turn is over (it was cancelled meanwhile).
-    async fn hand_over(&mut self, msg: &messages::MessageRow, running: &mut bool) -> Option<Phase> {
-        if !*running {
-            match self.start_turn(msg).await {
+    /// the process's writer. False when the turn is over (it was cancelled meanwhile).
+    async fn hand_over(&mut self, turn: &mut Turn) -> bool {
+        if !turn.running {
+            match self.start_turn(&turn.msg).await {
                 Ok(true) => {
-                    *running = true;
+                    turn.running = true;
                     self.start_retry = DB_RETRY;
                 }
                 Ok(false) => {
                     // Cancelled meanwhile (the session was ended).
                     self.kill_process().await;
                     self.log.flush(&self.sessions.deps().store).await;
-                    return None;
+                    return false;
                 }
                 Err(e) => {
                     // Not handed over: the message stays queued for another look.
                     tracing::error!(error = %e, "could not mark the message running");
                     self.pause(self.start_retry).await;
                     self.start_retry = (self.start_retry * 2).min(DB_RETRY_MAX);
-                    return None;
+                    return false;
                 }
             }
         }
-        Some(Phase::Write(self.write_message(msg)))
+        turn.phase = Phase::Write(self.write_message(&turn.msg));
+        true
     }
 
+    /// The wait for a process slot, shown as `waiting`.
     fn wait_for_slot(&self) -> Phase {
         self.set_state(ProcessState::Waiting);
         Phase::Slot(Box::pin(slots::take(
@@ -307,7 +469,7 @@ impl Actor {
     fn write_message(&self, msg: &messages::MessageRow) -> oneshot::Receiver<io::Result<()>> {
         let line = self.sessions.deps().agent.user_line(&msg.text);
         match &self.live {
-            Some(live) => live.process.write_line(&line),
+            Some(live) => live.write_line(&line),
             None => {
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(Err(io::ErrorKind::BrokenPipe.into()));
@@ -316,43 +478,21 @@ impl Actor {
         }
     }
 
-    /// The launch to try the other way when the CLI's `output` says it refused how it was
-    /// started; once per turn (`retried`).
-    fn other_way(
-        &self,
-        launch: Option<Launch>,
-        output: &str,
-        retried: &mut bool,
-    ) -> Option<Launch> {
-        let launch =
-            launch.filter(|l| !*retried && self.sessions.deps().agent.wrong_start(l, output))?;
-        tracing::warn!(
-            resume = launch.resume,
-            "the agent refused how it was started for this conversation; starting it the other way"
-        );
-        *retried = true;
-        Some(flipped(launch))
-    }
-
     /// The process ended during the turn (stdout closed, or stdin refused the message):
-    /// the phase that starts it again the other way, when it refused how it was started,
-    /// or None once the message has failed with how it ended.
-    async fn after_death(
-        &mut self,
-        msg: &messages::MessageRow,
-        started: Instant,
-        retried: &mut bool,
-        retry_launch: &mut Option<Launch>,
-    ) -> Option<Phase> {
+    /// it is started again the other way, when it refused how it was started, else the
+    /// message fails with how it ended. False when the turn is over.
+    async fn after_death(&mut self, turn: &mut Turn) -> bool {
         let (reason, launch) = self.process_died().await;
-        match self.other_way(launch, &reason, retried) {
+        let agent = self.sessions.deps().agent.clone();
+        match turn.other_way(&*agent, launch, &reason) {
             Some(l) => {
-                *retry_launch = Some(l);
-                Some(self.wait_for_slot())
+                turn.retry_launch = Some(l);
+                turn.phase = self.wait_for_slot();
+                true
             }
             None => {
-                self.fail_dead(msg, &reason, started).await;
-                None
+                self.fail_dead(&turn.msg, &reason, turn.started).await;
+                false
             }
         }
     }
@@ -368,7 +508,7 @@ impl Actor {
             .live
             .as_ref()
             .filter(|l| !l.recorded)
-            .map(|l| (l.process.pid, l.process.start_time, l.was_spare));
+            .map(|l| (l.pid(), l.process.start_time, l.was_spare));
         let held = self.log.held();
         let mut numbering = self.log.numbering();
         let started = self
@@ -422,8 +562,7 @@ impl Actor {
         let Some(live) = &self.live else { return false };
         tracing::info!(request_id, "interrupting the turn");
         // Not waited for: a CLI that does not read gets the interrupt grace, then is killed.
-        let mut written = live.process.write_line(&line);
-        !matches!(written.try_recv(), Ok(Err(_)))
+        live.send_line(&line)
     }
 
     /// The process ended (stdout closed or stdin refused): reaps it and logs it. Returns

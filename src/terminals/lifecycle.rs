@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::{Live, Terminals, Why};
 use crate::{
-    push::{self, Audience, PushEvent, PushKind},
-    sessions::lifecycle::{human_duration, Timed},
+    push::{self, PushEvent, PushKind},
+    sessions::lifecycle::{human_duration, warn_once, Expiring, Timed},
     store::terminals,
 };
 
@@ -53,7 +53,7 @@ impl Terminals {
         }
         let warn_before = deps.session_settings.warn_before.as_millis() as i64;
         for row in terminals::due_warnings(pool, now, warn_before).await? {
-            if self.warn(&row, now).await? {
+            if warn_once(&deps.store, &deps.push_wake, Expiring::Terminal(&row), now).await? {
                 report.warned += 1;
             }
         }
@@ -79,30 +79,6 @@ impl Terminals {
         report.tails_dropped =
             terminals::drop_tails(pool, now - deps.retention.as_millis() as i64).await?;
         Ok(report)
-    }
-
-    /// Sends this period's warning, once: marked in the transaction that queues the push.
-    async fn warn(&self, row: &terminals::TerminalRow, now: i64) -> sqlx::Result<bool> {
-        let deps = self.deps();
-        let mut tx = deps.store.begin_write().await?;
-        if !terminals::mark_warned(&mut *tx, &row.id, row.expires_at, now).await? {
-            return Ok(false);
-        }
-        let left = Duration::from_millis((row.expires_at - now).max(0) as u64);
-        let text = format!(
-            "This terminal ends in {} unless you open it or type in it.",
-            human_duration(left)
-        );
-        let audience = Audience::of_terminal(&row.id, &row.owner, &row.project_path);
-        let event = PushEvent {
-            expires_at: Some(row.expires_at),
-            ..PushEvent::new(PushKind::TerminalExpiring, &audience, None, &text)
-        };
-        push::enqueue(&mut tx, &event).await?;
-        tx.commit().await?;
-        deps.push_wake.notify_one();
-        tracing::info!(terminal_id = %row.id, expires_at = row.expires_at, "terminal expiry warning queued");
-        Ok(true)
     }
 
     /// Tells the owner that a terminal nobody watches went quiet after output.

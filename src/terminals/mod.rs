@@ -339,31 +339,19 @@ impl Terminals {
         }
     }
 
-    /// How the CLI continues the session's conversation (as its next chat process would).
+    /// How the CLI continues the session's conversation (as its next chat process would),
+    /// in `project` as checked for this terminal.
     async fn launch(
         &self,
         session: &session_rows::SessionRow,
         project: &std::path::Path,
     ) -> Launch {
-        let mut launch = Launch {
-            conversation_id: session
-                .agent_session_id
-                .clone()
-                .unwrap_or_else(|| session.id.clone()),
+        let default_mode = &self.deps().agent_settings.permission_mode;
+        let launch = Launch {
             cwd: project.to_path_buf(),
-            resume: session.transcript_started,
-            permission_mode: session
-                .permission_mode
-                .clone()
-                .unwrap_or_else(|| self.deps().agent_settings.permission_mode.clone()),
+            ..Launch::of_session(session, default_mode)
         };
-        let (agent, probe) = (self.deps().agent.clone(), launch.clone());
-        if let Ok(Some(known)) =
-            tokio::task::spawn_blocking(move || agent.has_conversation(&probe)).await
-        {
-            launch.resume = known;
-        }
-        launch
+        launch.probed(self.deps().agent.clone()).await
     }
 
     /// Adds the terminal's row (`starting`) within the limits, read in the same write
