@@ -119,6 +119,9 @@ async fn a_spare_is_the_first_to_go_when_a_slot_is_needed() {
 
 #[tokio::test]
 async fn a_spare_that_dies_is_replaced_after_a_pause_that_grows() {
+    if !crate::kit::full_tier("the spare that dies (pauses that grow, about 12 s)") {
+        return;
+    }
     let app = spawn_app_with(|s| s.sessions.warm_spares = 1).await;
     app.new_session("A1").await;
     let mut spare = pid(&spares(&app, 1).await[0]);
