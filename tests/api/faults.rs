@@ -283,7 +283,7 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     // server.shutdown_grace (2 s here) and the drain margin (2 s), with room for a slow
     // machine; before, it went on retrying the end for as long as the disk was full.
     let limit = settings.server.shutdown_grace + Duration::from_secs(6);
-    let exited = wait_for_exit(&mut server.child, limit).await;
+    let exited = server.wait_exit(limit).await;
     assert!(
         exited.is_some(),
         "still running {:?} after SIGTERM",
@@ -322,23 +322,6 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     assert_eq!(next["status"], "completed", "{next}");
     app.stop().await;
     drop(disk);
-}
-
-/// Waits for a child to exit, at most `limit`.
-async fn wait_for_exit(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -517,7 +517,7 @@ async fn a_client_that_is_slow_to_send_its_header_is_disconnected() {
             started.elapsed() < DEADLINE,
             "the slow connection stayed open"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing: the next byte
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -77,6 +77,11 @@ async fn the_next_new_session_in_a_folder_runs_on_the_spare_and_it_is_replaced()
     // A new spare takes its place, and the session goes on as any other.
     let next = pid(&spares(&app, 1).await[0]);
     assert_ne!(next, spare);
+    // The replacement is listed once it is spawned, and logs its start a moment later.
+    wait_for("the replacement to log its start", || async {
+        (app.invocations().len() > started).then_some(())
+    })
+    .await;
     assert_eq!(
         app.invocations().len(),
         started + 1,
