@@ -1,5 +1,6 @@
-//! The test harness: the real application on port 0 with a temp data folder, a project
-//! folder inside the allowed roots, the fake Claude CLI as its agent, and tokens.
+//! The test harness: the real application in this process on port 0 with a temp data folder,
+//! a project folder inside the allowed roots, the fake Claude CLI as its agent, and tokens;
+//! and the settings with which the kit ([`crate::kit`]) starts the binary for these tests.
 
 #![allow(dead_code)]
 
