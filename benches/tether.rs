@@ -16,6 +16,8 @@
 //! CLI against a stand-in API; `--svg FILE` also draws turn time per design. Under
 //! `cargo test` it runs each part once, small, as a smoke test.
 
+#[path = "../tests/kit/mod.rs"]
+mod kit;
 #[path = "../tests/api/stand_in_api.rs"]
 mod stand_in_api;
 
@@ -220,7 +222,7 @@ fn per_message(agent: &Agent, cwd: &Path, turns: usize) -> Vec<Duration> {
 
 /// `tether serve` as its own process, so its memory is its own.
 struct Server {
-    child: Child,
+    process: kit::Server,
     base: String,
     token: String,
     admin: String,
@@ -253,45 +255,14 @@ impl Server {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tether starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("tether listening on ")
-            .expect("the address line")
-            .to_string();
         // The server accepts only recorded tokens: `tether token` records them beside it.
-        let token = |args: &[&str]| {
-            let out = Command::new(env!("CARGO_BIN_EXE_tether"))
-                .arg("token")
-                .args(args)
-                .arg("--config")
-                .arg(&config)
-                .env_remove("RUST_LOG")
-                .output()
-                .expect("tether token runs");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
+        let process = kit::Launch::with_config(&config).start();
         Server {
-            child,
-            base,
-            token: token(&["--user", "bench"]),
-            admin: token(&["--admin"]),
+            base: process.base.clone(),
+            token: process.token("bench"),
+            admin: process.token("admin"),
             client: reqwest::Client::new(),
+            process,
         }
     }
 
@@ -304,7 +275,7 @@ impl Server {
     fn memory_mb(&self) -> f64 {
         use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
         let mut sys = System::new();
-        let pid = Pid::from_u32(self.child.id());
+        let pid = Pid::from_u32(self.process.pid());
         sys.refresh_processes_specifics(
             ProcessesToUpdate::Some(&[pid]),
             true,
@@ -338,12 +309,8 @@ impl Server {
         }
     }
 
-    fn stop(mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        self.child.wait().unwrap();
+    fn stop(self) {
+        self.process.stop();
     }
 }
 

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::{
-    helpers::{error_code, spawn_app_with, wait_for, Server, TestApp},
+    helpers::{error_code, spawn_app_with, start_server, wait_for, TestApp},
     push::{sent, spawn_with_phone},
 };
 
@@ -309,10 +309,10 @@ async fn a_restart_while_pending_ends_it_and_the_conversation_goes_on() {
     let (settings, dir) = app.stop().await;
 
     // A SIGKILL leaves it pending in the database: the next start expires it.
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let asked = server
-        .post(
+        .chat(
             &token,
             json!({"message": "[ask-write:y.txt]", "sessionId": id}),
         )
@@ -332,7 +332,7 @@ async fn a_restart_while_pending_ends_it_and_the_conversation_goes_on() {
         v["approvals"].as_array()?.first().cloned()
     })
     .await;
-    server.sigkill();
+    server.kill();
     let app = TestApp::start(settings, dir).await;
     let m = app.message(&id, asked["messageId"].as_i64().unwrap()).await;
     assert_eq!(m["status"], "interrupted");
@@ -647,24 +647,27 @@ async fn a_mode_the_cli_does_not_know_in_the_settings_stops_the_start() {
 
 #[tokio::test]
 async fn a_turn_waiting_for_a_person_neither_stalls_nor_times_out_and_auto_deny_is_opt_in() {
+    // Opt-in: by default nobody's silence answers for them.
+    let defaults = tether::config::Settings::load(None).unwrap();
+    assert_eq!(defaults.approvals.auto_deny_after, None);
     let app = spawn_app_with(|s| s.sessions.stall_timeout = Duration::from_secs(1)).await;
     let (id, msg, a) = ask(&app, "[ask-write:slow.txt]", None).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        app.message(&id, msg).await["status"],
-        "running",
-        "not stalled"
-    );
     decide(&app, &a, json!({"decision": "allow"})).await;
     let (m, _) = reply(&app, &id, msg).await;
     assert_eq!(m["status"], "completed");
 
-    let app = spawn_app_with(|s| s.approvals.auto_deny_after = Some(Duration::from_secs(1))).await;
+    // The auto-deny is the clock here: it answers a second after the stall timeout would have,
+    // and the turn it answers was waiting all along, neither stalled nor timed out.
+    let app = spawn_app_with(|s| {
+        s.sessions.stall_timeout = Duration::from_secs(1);
+        s.approvals.auto_deny_after = Some(Duration::from_secs(2));
+    })
+    .await;
     let (id, msg, a) = ask(&app, "[ask-write:late.txt]", None).await;
     let (m, text) = reply(&app, &id, msg).await;
-    assert_eq!(m["status"], "completed");
+    assert_eq!(m["status"], "completed", "not stalled");
     assert!(
-        text.starts_with("denied: Nobody answered within 1s"),
+        text.starts_with("denied: Nobody answered within 2s"),
         "{text}"
     );
     let denied = approval(&app, &a).await;

@@ -3,18 +3,17 @@
 //! serves (scheme, certificate) for the phone's link, or falls back to its own settings.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     sync::Arc,
 };
 
 use serde_json::{json, Value};
 
-use crate::helpers::{test_settings, write_config, Server};
+use crate::helpers::{start_server, test_settings, write_config};
 
-/// The secret [`crate::helpers::serve`] gives the server.
-const SECRET: &str = "test-secret-test-secret-test-secret";
+/// The secret [`crate::helpers::launch`] gives the server.
+const SECRET: &str = crate::helpers::TEST_SECRET;
 
 /// `tether sessions --config FILE [args]` with `secret` in the environment, as a user runs it.
 fn sessions(config: &Path, secret: &str, args: &[&str]) -> Output {
@@ -37,17 +36,17 @@ async fn tether_sessions_shows_the_running_servers_sessions() {
     let settings = test_settings(dir.path());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
+    let server = start_server(&settings, dir.path());
     let done = server
-        .post(
-            &Server::token(&settings),
+        .chat(
+            &server.token("me"),
             json!({"message": "hello", "projectPath": project, "wait": true}),
         )
         .await;
     assert_eq!(done["status"], "completed", "{done}");
     let id = done["sessionId"].as_str().unwrap();
 
-    let out = sessions(&server.config, SECRET, &[]);
+    let out = sessions(server.config(), SECRET, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -64,7 +63,7 @@ async fn tether_sessions_shows_the_running_servers_sessions() {
         "{stdout}"
     );
 
-    let out = sessions(&server.config, SECRET, &["--json"]);
+    let out = sessions(server.config(), SECRET, &["--json"]);
     assert!(out.status.success());
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["sessions"][0]["id"], id, "{answer}");
@@ -74,8 +73,12 @@ async fn tether_sessions_shows_the_running_servers_sessions() {
 #[tokio::test]
 async fn a_refusal_is_printed_with_the_servers_message() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&test_settings(dir.path()), dir.path());
-    let out = sessions(&server.config, "another-secret-another-secret-another", &[]);
+    let server = start_server(&test_settings(dir.path()), dir.path());
+    let out = sessions(
+        server.config(),
+        "another-secret-another-secret-another",
+        &[],
+    );
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -125,35 +128,13 @@ async fn tether_pair_asks_the_running_server_how_it_serves() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
     let config = write_config(&settings, dir.path());
-    let mut child = crate::helpers::serve(&config)
-        .env("TETHER__SERVER__TLS", "self-signed")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("tether listening on ")
-        .unwrap()
-        .to_string();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    let fingerprint = line
-        .trim()
-        .strip_prefix("tls fingerprint sha256 ")
-        .unwrap()
-        .to_string();
-    let server = Server {
-        child,
-        base,
-        config,
-    };
+    let server = crate::helpers::launch(&config)
+        .setting("SERVER__TLS", "self-signed")
+        .start();
+    let fingerprint = server.fingerprint.clone().expect("its fingerprint");
     assert!(server.base.starts_with("https://"), "{}", server.base);
 
-    let out = pair(&server.config, &[]);
+    let out = pair(server.config(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -175,7 +156,7 @@ async fn tether_pair_asks_the_running_server_how_it_serves() {
         .unwrap();
     assert_eq!(paired.status(), reqwest::StatusCode::OK);
     // The admin token it asked with was recorded and is revoked: it shows so, unusable.
-    let tokens = crate::helpers::tether_command(&server.config, &["tokens", "--json"])
+    let tokens = crate::helpers::tether_command(server.config(), &["tokens", "--json"])
         .output()
         .unwrap();
     let tokens: Value = serde_json::from_slice(&tokens.stdout).unwrap();
@@ -194,8 +175,8 @@ async fn tether_pair_asks_the_running_server_how_it_serves() {
 async fn tether_pair_over_plain_http_and_with_no_server_from_its_own_settings() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
-    let server = Server::start(&settings, dir.path());
-    let out = pair(&server.config, &[]);
+    let server = start_server(&settings, dir.path());
+    let out = pair(server.config(), &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -204,7 +185,7 @@ async fn tether_pair_over_plain_http_and_with_no_server_from_its_own_settings() 
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["url"], server.base, "{shown}");
     assert_eq!(shown["fingerprint"], Value::Null, "{shown}");
-    let config = server.config.clone();
+    let config = server.config().to_path_buf();
     drop(server);
 
     // No server: the link comes from this command's settings, and it says so.

@@ -13,7 +13,7 @@ use std::{
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{error_code, spawn_app_with, test_settings, wait_for, Server, TestApp};
+use crate::helpers::{error_code, spawn_app_with, start_server, test_settings, wait_for, TestApp};
 
 /// A tmpfs mounted for a test (as root), unmounted when dropped.
 struct Tmpfs {
@@ -44,7 +44,9 @@ impl Tmpfs {
             "CI runs these tests as root: mounting a tmpfs at {} failed: {why}",
             path.display()
         );
-        eprintln!("not run here: a small disk needs `mount -t tmpfs` (run as root): {why}");
+        crate::kit::skipped(&format!(
+            "a small disk needs `mount -t tmpfs` (run as root): {why}"
+        ));
         None
     }
 
@@ -223,10 +225,10 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
     let project = std::fs::canonicalize(project).unwrap();
-    let mut server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let mut server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let first = server
-        .post(
+        .chat(
             &token,
             json!({"message": "one", "projectPath": project, "wait": true}),
         )
@@ -234,7 +236,7 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     assert_eq!(first["status"], "completed", "{first}");
     let id = first["sessionId"].as_str().unwrap().to_string();
     let slow = server
-        .post(
+        .chat(
             &token,
             json!({"message": "MARK-slow [slow:1500]", "sessionId": id}),
         )
@@ -281,7 +283,7 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     // server.shutdown_grace (2 s here) and the drain margin (2 s), with room for a slow
     // machine; before, it went on retrying the end for as long as the disk was full.
     let limit = settings.server.shutdown_grace + Duration::from_secs(6);
-    let exited = wait_for_exit(&mut server.child, limit).await;
+    let exited = server.wait_exit(limit).await;
     assert!(
         exited.is_some(),
         "still running {:?} after SIGTERM",
@@ -320,23 +322,6 @@ async fn sigterm_while_a_turn_end_cannot_be_stored_stops_within_the_grace() {
     assert_eq!(next["status"], "completed", "{next}");
     app.stop().await;
     drop(disk);
-}
-
-/// Waits for a child to exit, at most `limit`.
-async fn wait_for_exit(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -1,13 +1,12 @@
-//! The test harness: the real application on port 0 with a temp data folder, a project
-//! folder inside the allowed roots, the fake Claude CLI as its agent, and tokens.
+//! The test harness: the real application in this process on port 0 with a temp data folder,
+//! a project folder inside the allowed roots, the fake Claude CLI as its agent, and tokens;
+//! and the settings with which the kit ([`crate::kit`]) starts the binary for these tests.
 
 #![allow(dead_code)]
 
 use std::{
-    future::Future,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -20,8 +19,10 @@ use tempfile::TempDir;
 use tether::{auth::Role, config::Settings, push::PushGateway, AppState, Application};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-/// How long any wait in a test may take before it fails.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+pub use crate::kit::{wait_for, Launch, Server, DEADLINE};
+
+/// The secret of the servers the tests start.
+pub const TEST_SECRET: &str = "test-secret-test-secret-test-secret";
 
 pub fn fake_claude() -> &'static str {
     env!("CARGO_BIN_EXE_fake-claude")
@@ -56,7 +57,7 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.sessions.warm_spares = 0;
     // Tests poll; the request rate has its own test.
     s.server.requests_per_minute = 0;
-    s.auth.secret = "test-secret-test-secret-test-secret".to_string().into();
+    s.auth.secret = TEST_SECRET.to_string().into();
     s.log.filter = "warn".into();
     s
 }
@@ -74,23 +75,17 @@ pub async fn recorded_token(state: &AppState, owner: &str, role: Role) -> String
 /// `tether token` (`--user OWNER`, or `--admin` for the admin's name) beside a server whose
 /// database is `db` and whose secret is `secret`: a token it records and accepts.
 pub fn cli_token(db: &Path, secret: &str, owner: &str) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    cmd.arg("token")
-        .env("TETHER__DATABASE__PATH", db)
-        .env("TETHER__AUTH__SECRET", secret)
-        .env_remove("RUST_LOG");
-    if owner == "admin" {
-        cmd.arg("--admin");
-    } else {
-        cmd.args(["--user", owner]);
-    }
-    let out = cmd.output().expect("tether token runs");
-    assert!(
-        out.status.success(),
-        "tether token: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    Launch::new()
+        .setting("DATABASE__PATH", db)
+        .setting("AUTH__SECRET", secret)
+        .token(owner)
+}
+
+/// The project folder `projects/demo` in `dir`, made if missing, as its canonical path.
+pub fn demo_project(dir: &Path) -> PathBuf {
+    let project = dir.join("projects/demo");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::canonicalize(project).unwrap()
 }
 
 pub struct TestApp {
@@ -131,9 +126,7 @@ impl TestApp {
         dir: Arc<TempDir>,
         gateway: Option<Arc<dyn PushGateway>>,
     ) -> Self {
-        let project = dir.path().join("projects/demo");
-        std::fs::create_dir_all(&project).unwrap();
-        let project = std::fs::canonicalize(project).unwrap();
+        let project = demo_project(dir.path());
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let app = loop {
             let built = match gateway.clone() {
@@ -362,25 +355,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Polls `check` until it returns Some, or fails the test after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the process `pid` is gone (reaped or a zombie).
 pub async fn wait_gone(pid: u32) {
     wait_for(&format!("process {pid} to end"), || async {
@@ -445,129 +419,25 @@ pub async fn error_code(res: reqwest::Response) -> (StatusCode, String) {
     (status, code.to_string())
 }
 
-/// The `tether` binary itself, started with `serve` and `TETHER__*` settings on port 0, its
-/// data in `dir`, the fake CLI as its agent. Killed when dropped.
-pub struct Tether {
-    pub child: std::process::Child,
-    pub base: String,
-    pub project: PathBuf,
-    secret: String,
-    /// Its database, where `tether token` records tokens for it.
-    db: PathBuf,
-}
-
-impl Tether {
-    /// Starts it with `settings` (pairs like `("SERVER__MAX_CONNECTIONS", "64")`, each
-    /// becoming `TETHER__…`) and, on Unix, its open-file limit set to `nofile` first.
-    pub fn start(dir: &Path, settings: &[(&str, &str)], nofile: Option<u64>) -> Tether {
-        let project = dir.join("projects/demo");
-        std::fs::create_dir_all(&project).unwrap();
-        let project = std::fs::canonicalize(project).unwrap();
-        let secret = "listener-test-secret-of-more-than-32-bytes".to_string();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.arg("serve")
-            .env("TETHER__SERVER__BIND", "127.0.0.1:0")
-            .env("TETHER__SERVER__SHUTDOWN_GRACE", "2")
-            .env("TETHER__DATABASE__PATH", dir.join("data/tether.db"))
-            .env("TETHER__AGENT__COMMAND", fake_claude())
-            .env("TETHER__AUTH__SECRET", &secret)
-            .env(
-                "TETHER__PROJECTS__ROOTS",
-                format!("[{:?}]", dir.join("projects").to_string_lossy()),
-            )
-            .env("TETHER__LOG__FILTER", "warn")
-            .env("RUST_LOG", "warn")
-            // Read by the fake CLI (inherited): transcripts and its invocation log stay in `dir`.
-            .env("CLAUDE_CONFIG_DIR", dir.join("claude-config"))
-            .env("FAKE_CLAUDE_LOG", dir.join("fake-claude.log"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit());
-        for (key, value) in settings {
-            cmd.env(format!("TETHER__{key}"), value);
-        }
-        #[cfg(unix)]
-        if let Some(limit) = nofile {
-            set_open_file_limit_in_child(&mut cmd, limit);
-        }
-        #[cfg(not(unix))]
-        let _ = nofile;
-        let mut child = cmd.spawn().expect("tether starts");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("tether listening on ")
-            .unwrap_or_else(|| panic!("address line, got {line:?}"))
-            .to_string();
-        Tether {
-            child,
-            base,
-            project,
-            secret,
-            db: dir.join("data/tether.db"),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    /// The `host:port` it listens on.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.base.trim_start_matches("http://").parse().unwrap()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A user token for `owner`, recorded by `tether token` beside this server.
-    pub fn token(&self, owner: &str) -> String {
-        cli_token(&self.db, &self.secret, owner)
-    }
-
-    #[cfg(unix)]
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Waits for it to exit, at most `limit`; None if it is still running then.
-    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Tether {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Sets the open-file limit (soft and hard) of the child `cmd` starts, before it runs.
-#[cfg(unix)]
-#[allow(unsafe_code)] // pre_exec: the closure only calls setrlimit, which is async-signal-safe
-fn set_open_file_limit_in_child(cmd: &mut std::process::Command, limit: u64) {
-    use std::os::unix::process::CommandExt;
-    let limit = limit as nix::libc::rlim_t;
-    // SAFETY: runs in the forked child before exec; setrlimit allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
-                .map_err(std::io::Error::from)
-        });
-    }
+/// `tether serve` configured by `TETHER__*` settings alone (no config file) on port 0, its
+/// data in `dir`, the fake CLI as its agent; add settings, then start it.
+pub fn env_launch(dir: &Path) -> Launch {
+    demo_project(dir);
+    Launch::new()
+        .setting("SERVER__BIND", "127.0.0.1:0")
+        .setting("SERVER__SHUTDOWN_GRACE", "2")
+        .setting("DATABASE__PATH", dir.join("data/tether.db"))
+        .setting("AGENT__COMMAND", fake_claude())
+        .setting("AUTH__SECRET", "listener-test-secret-of-more-than-32-bytes")
+        .setting(
+            "PROJECTS__ROOTS",
+            format!("[{:?}]", dir.join("projects").to_string_lossy()),
+        )
+        .setting("LOG__FILTER", "warn")
+        .env("RUST_LOG", "warn")
+        // Read by the fake CLI (inherited): transcripts and its invocation log stay in `dir`.
+        .env("CLAUDE_CONFIG_DIR", dir.join("claude-config"))
+        .env("FAKE_CLAUDE_LOG", dir.join("fake-claude.log"))
 }
 
 /// Raises this (test) process's soft open-file limit to at least `wanted`, if the hard limit
@@ -611,90 +481,25 @@ pub fn write_config(settings: &Settings, dir: &Path) -> PathBuf {
     config
 }
 
-/// `tether serve --config FILE` with the test secret given the usual way, by environment.
+/// `tether … --config FILE` with the test secret given the usual way, by environment.
+pub fn launch(config: &Path) -> Launch {
+    Launch::with_config(config).setting("AUTH__SECRET", TEST_SECRET)
+}
+
+/// `tether serve --config FILE` with the test secret, not started yet.
 pub fn serve(config: &Path) -> Command {
-    let mut cmd = tether_command(config, &["serve"]);
-    cmd.env_remove("RUST_LOG");
-    cmd
+    launch(config).command(&["serve"])
 }
 
 /// `tether ARGS… --config FILE` with the test secret given the usual way, by environment.
 pub fn tether_command(config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("RUST_BACKTRACE")
-        .env(
-            "TETHER__AUTH__SECRET",
-            "test-secret-test-secret-test-secret",
-        );
-    cmd
+    launch(config).command(args)
 }
 
-/// tether as a separate process (`tether serve --config FILE`), to kill with SIGKILL.
-pub struct Server {
-    pub child: Child,
-    pub base: String,
-    /// The config file it was started with, for other `tether` commands.
-    pub config: PathBuf,
-}
-
-impl Server {
-    pub fn start(settings: &Settings, dir: &Path) -> Server {
-        let config = write_config(settings, dir);
-        let mut child = serve(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("tether listening on ")
-            .expect("address line")
-            .to_string();
-        Server {
-            child,
-            base,
-            config,
-        }
-    }
-
-    pub fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    /// A user token for "me", recorded by `tether token` beside this server.
-    pub fn token(settings: &Settings) -> String {
-        use secrecy::ExposeSecret;
-        let secret = settings.auth.secret.expose_secret();
-        cli_token(&settings.database.path, secret, "me")
-    }
-
-    pub async fn post(&self, token: &str, body: Value) -> Value {
-        reqwest::Client::new()
-            .post(format!("{}/api/chat", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// tether as a separate process (`tether serve --config FILE` written from `settings`), to
+/// kill with SIGKILL.
+pub fn start_server(settings: &Settings, dir: &Path) -> Server {
+    launch(&write_config(settings, dir)).start()
 }
 
 /// The arguments of one logged invocation of the fake CLI.

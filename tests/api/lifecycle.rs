@@ -39,6 +39,14 @@ fn ms(rfc3339: &Value) -> i64 {
         .timestamp_millis()
 }
 
+/// Waits until the store's clock (ms) has passed `ms`: a time stored after this is later.
+async fn clock_past(ms: i64) {
+    wait_for("the clock to move on", || async {
+        (store::now_ms() > ms).then_some(())
+    })
+    .await;
+}
+
 async fn keep_alive(app: &TestApp, id: &str, body: Value) -> reqwest::Response {
     app.post(&format!("/api/sessions/{id}/keep-alive"), body)
         .await
@@ -56,7 +64,8 @@ async fn a_message_and_a_keep_alive_each_move_the_end_a_lifetime_ahead() {
     let shown = app.get_json(&format!("/api/sessions/{id}")).await;
     assert_eq!(ms(&shown["expiresAt"]), created.expires_at);
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The end is a lifetime after the last write: the next write must come at a later ms.
+    clock_past(created.expires_at - 24 * HOUR).await;
     app.chat_wait("again", Some(&id)).await;
     let after_message = row(&app, &id).await.expires_at;
     assert!(
@@ -64,7 +73,7 @@ async fn a_message_and_a_keep_alive_each_move_the_end_a_lifetime_ahead() {
         "a message moves the end"
     );
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock_past(after_message - 24 * HOUR).await;
     let res = keep_alive(&app, &id, json!({})).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
@@ -173,9 +182,9 @@ async fn the_warning_goes_out_once_at_its_moment_with_its_headers() {
     let shown = app.get_json(&format!("/api/sessions/{id}")).await;
     assert!(shown["warnedAt"].is_string());
 
-    // A keep-alive (a second later) clears it: nothing at the old moment, a new warning in
-    // the next period.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A keep-alive (more than half a second after the end was set) clears it: nothing at
+    // the old moment, a new warning in the next period.
+    clock_past(end - 24 * HOUR + 500).await;
     let res = keep_alive(&app, &id, json!({})).await;
     assert_eq!(res.status(), StatusCode::OK);
     let new_end = row(&app, &id).await.expires_at;
@@ -299,7 +308,8 @@ async fn deadlines_that_fell_due_while_down_are_handled_once_after_start() {
         tick(&app, store::now_ms()).await,
         LifecycleReport::default()
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One step of the push worker sends whatever is due (none is): nothing reaches the phone.
+    assert_eq!(app.state.push.tick().await.unwrap().claimed, 0);
     assert_eq!(fake.sent().len(), replies + 2);
 }
 

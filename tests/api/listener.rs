@@ -21,7 +21,9 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::helpers::{error_code, spawn_app_with, wait_for, TestApp, Tether, DEADLINE};
+use crate::helpers::{
+    demo_project, env_launch, error_code, spawn_app_with, wait_for, TestApp, DEADLINE,
+};
 
 /// One flood at a time: two at once on a small machine measure each other.
 static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -193,15 +195,20 @@ fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-/// Raises this test process's own open-file limit for a flood of `n` connections (with room
+/// In the full tier, raises this test process's own open-file limit for a flood of `n` connections (with room
 /// for the other tests running beside it); false (and a printed reason) when the hard limit
 /// does not allow it.
 fn room_for(n: u64) -> bool {
+    if !crate::kit::full_tier("a flood of connections") {
+        return false;
+    }
     #[cfg(unix)]
     if crate::helpers::raise_own_open_file_limit(n + 2048) {
         return true;
     }
-    eprintln!("SKIPPED: this test process cannot open {n} connections (open-file limit)");
+    crate::kit::skipped(&format!(
+        "this test process cannot open {n} connections (open-file limit)"
+    ));
     false
 }
 
@@ -216,14 +223,11 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
     // An open-file limit of 1,024 cannot hold 1,100 connections: the cap asked for is lowered
     // at start to what it can hold beside the database and the agent's pipes. The header
     // timeout is long, so that only the cap and its evictions keep the door open.
-    let tether = Tether::start(
-        dir.path(),
-        &[
-            ("SERVER__MAX_CONNECTIONS", "4096"),
-            ("SERVER__HEADER_READ_TIMEOUT", "300"),
-        ],
-        Some(1024),
-    );
+    let tether = env_launch(dir.path())
+        .setting("SERVER__MAX_CONNECTIONS", "4096")
+        .setting("SERVER__HEADER_READ_TIMEOUT", "300")
+        .open_files(1024)
+        .start();
     let token = tether.token("me");
     let flood = Slowloris::start(
         tether.addr(),
@@ -233,7 +237,13 @@ async fn a_slowloris_flood_at_the_open_file_limit_does_not_keep_others_out() {
     );
     flood.all_started(FLOOD).await;
 
-    let served = served_during(FLOOD_WINDOW, &tether.base, &token, &tether.project).await;
+    let served = served_during(
+        FLOOD_WINDOW,
+        &tether.base,
+        &token,
+        &demo_project(dir.path()),
+    )
+    .await;
     let held = flood.held();
     let fds = open_fds(tether.pid());
     println!(
@@ -285,17 +295,14 @@ async fn slow_bodies_at_the_connection_cap_do_not_keep_others_out() {
     }
     let dir = tempfile::tempdir().unwrap();
     let cap = CAP.to_string();
-    let tether = Tether::start(
-        dir.path(),
-        &[
-            ("SERVER__MAX_CONNECTIONS", &cap),
-            ("SERVER__BODY_READ_TIMEOUT", "300"),
-            ("SERVER__BODY_READ_TIMEOUT_ANONYMOUS", "300"),
-            // The flood comes from one address here; from many, each would have its own rate.
-            ("SERVER__REQUESTS_PER_MINUTE", "0"),
-        ],
-        Some(1024),
-    );
+    let tether = env_launch(dir.path())
+        .setting("SERVER__MAX_CONNECTIONS", &cap)
+        .setting("SERVER__BODY_READ_TIMEOUT", "300")
+        .setting("SERVER__BODY_READ_TIMEOUT_ANONYMOUS", "300")
+        // The flood comes from one address here; from many, each would have its own rate.
+        .setting("SERVER__REQUESTS_PER_MINUTE", "0")
+        .open_files(1024)
+        .start();
     // Descriptors before the flood, to see it fill the cap (Linux).
     let before = open_fds(tether.pid());
     let flood = Slowloris::start(tether.addr(), FLOOD, Duration::from_millis(500), Slow::Body);
@@ -420,21 +427,18 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
     let _alone = FLOODS.lock().await;
     const FLOOD: usize = 600;
     if !cfg!(target_os = "linux") || which::which("prlimit").is_err() {
-        eprintln!("SKIPPED: needs Linux and prlimit(1) to lower a running process's limit");
+        crate::kit::skipped("needs Linux and prlimit(1) to lower a running process's limit");
         return;
     }
     if !room_for(FLOOD as u64) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let tether = Tether::start(
-        dir.path(),
-        &[
-            ("SERVER__MAX_CONNECTIONS", "512"),
-            ("SERVER__HEADER_READ_TIMEOUT", "300"),
-        ],
-        Some(1024),
-    );
+    let tether = env_launch(dir.path())
+        .setting("SERVER__MAX_CONNECTIONS", "512")
+        .setting("SERVER__HEADER_READ_TIMEOUT", "300")
+        .open_files(1024)
+        .start();
     let token = tether.token("me");
     let lowered = std::process::Command::new("prlimit")
         .arg(format!("--pid={}", tether.pid()))
@@ -442,7 +446,7 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
         .status()
         .unwrap();
     if !lowered.success() {
-        eprintln!("SKIPPED: prlimit could not lower tether's open-file limit here");
+        crate::kit::skipped("prlimit could not lower tether's open-file limit here");
         return;
     }
     let flood = Slowloris::start(
@@ -452,7 +456,13 @@ async fn running_out_of_file_descriptors_does_not_stop_the_accept_loop() {
         Slow::Header,
     );
     flood.all_started(FLOOD).await;
-    let served = served_during(FLOOD_WINDOW, &tether.base, &token, &tether.project).await;
+    let served = served_during(
+        FLOOD_WINDOW,
+        &tether.base,
+        &token,
+        &demo_project(dir.path()),
+    )
+    .await;
     // The room was made by closing idle connections (their clients notice at their next byte).
     wait_for("the server to have closed idle connections", || async {
         (flood.closed.load(Ordering::SeqCst) > 0).then_some(())
@@ -507,7 +517,7 @@ async fn a_client_that_is_slow_to_send_its_header_is_disconnected() {
             started.elapsed() < DEADLINE,
             "the slow connection stayed open"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing: the next byte
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -866,13 +876,15 @@ async fn a_second_sigterm_stops_a_shutdown_that_hangs() {
     use nix::sys::signal::Signal;
     let dir = tempfile::tempdir().unwrap();
     // A turn that would hold the graceful shutdown for a minute.
-    let mut tether = Tether::start(dir.path(), &[("SERVER__SHUTDOWN_GRACE", "60")], None);
+    let mut tether = env_launch(dir.path())
+        .setting("SERVER__SHUTDOWN_GRACE", "60")
+        .start();
     let token = tether.token("me");
     let client = fresh_client();
     let res = client
         .post(tether.url("/api/chat"))
         .bearer_auth(&token)
-        .json(&json!({"message": "long [slow:60000]", "projectPath": tether.project}))
+        .json(&json!({"message": "long [slow:60000]", "projectPath": demo_project(dir.path())}))
         .send()
         .await
         .unwrap();

@@ -6,6 +6,8 @@ mod chat;
 mod cli;
 mod faults;
 mod helpers;
+#[path = "../kit/mod.rs"]
+mod kit;
 mod lifecycle;
 mod listener;
 mod live_text;

@@ -555,9 +555,12 @@ async fn a_client_that_leaves_mid_stream_does_not_stop_the_turn() {
     .await;
 }
 
-/// The venv's python with the pinned SDK (scripts/install-python-tools.sh), or None: skip
-/// with the reason printed, except under CI, where it must be there.
+/// In the full tier, the venv's python with the pinned SDK (scripts/install-python-tools.sh),
+/// or None: skip with the reason printed, except under CI, where it must be there.
 pub(crate) fn sdk_python() -> Option<PathBuf> {
+    if !crate::kit::full_tier("the openai SDK check (Python)") {
+        return None;
+    }
     let python = match std::env::var_os("TETHER_TEST_PYTHON") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/python/bin/python"),
@@ -572,10 +575,10 @@ pub(crate) fn sdk_python() -> Option<PathBuf> {
             python.display()
         );
     }
-    eprintln!(
-        "SKIPPED openai SDK check: no {}; install it with {how}",
+    crate::kit::skipped(&format!(
+        "openai SDK check: no {}; install it with {how}",
         python.display()
-    );
+    ));
     None
 }
 

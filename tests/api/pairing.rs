@@ -11,7 +11,7 @@ use tether::pairing;
 
 use crate::{
     helpers::{
-        error_code, spawn_app_with, test_settings, tether_command, wait_for, Server, TestApp,
+        error_code, spawn_app_with, start_server, test_settings, tether_command, wait_for, TestApp,
     },
     push::T1,
 };
@@ -303,8 +303,8 @@ fn decode_qr(text: &str) -> String {
 async fn tether_pair_prints_a_qr_code_of_the_link_and_its_code_pairs() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
-    let server = Server::start(&settings, dir.path());
-    let out = tether_command(&server.config, &["pair", "--name", "desk phone"])
+    let server = start_server(&settings, dir.path());
+    let out = tether_command(server.config(), &["pair", "--name", "desk phone"])
         .output()
         .unwrap();
     assert!(
@@ -354,7 +354,7 @@ async fn tether_pair_prints_a_qr_code_of_the_link_and_its_code_pairs() {
     assert_eq!(status(token.to_string()).await, StatusCode::OK);
 
     // `tether tokens` lists it with its name; `tether tokens revoke` stops it at once.
-    let listed = tether_command(&server.config, &["tokens"])
+    let listed = tether_command(server.config(), &["tokens"])
         .output()
         .unwrap();
     let listed = String::from_utf8(listed.stdout).unwrap();
@@ -364,7 +364,7 @@ async fn tether_pair_prints_a_qr_code_of_the_link_and_its_code_pairs() {
             .any(|l| l.starts_with(id) && l.contains("desk phone")),
         "{listed}"
     );
-    let revoked = tether_command(&server.config, &["tokens", "revoke", id])
+    let revoked = tether_command(server.config(), &["tokens", "revoke", id])
         .output()
         .unwrap();
     assert!(
@@ -373,5 +373,5 @@ async fn tether_pair_prints_a_qr_code_of_the_link_and_its_code_pairs() {
         String::from_utf8_lossy(&revoked.stderr)
     );
     assert_eq!(status(token.to_string()).await, StatusCode::UNAUTHORIZED);
-    server.sigkill();
+    server.kill();
 }

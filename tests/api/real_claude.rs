@@ -3,8 +3,10 @@
 //! user messages, an interrupt of a slow turn, approvals, a new session on a warm spare, the
 //! official `openai` Python SDK through `/v1` (its streamed reply from the CLI's live text),
 //! the interactive CLI in a terminal on a chat's conversation, and the permission-mode
-//! answer reporting what the live CLI did, and a SIGKILL recovered from the transcript. Needs `TETHER_TEST_CLAUDE_BIN` (set by `.ci/run` from `scripts/install-claude.sh`);
-//! without it the test says so and skips, except under CI, where it must run.
+//! answer reporting what the live CLI did, and a SIGKILL recovered from the transcript. In
+//! the full tier (`TETHER_TEST_FULL=1`), with `TETHER_TEST_CLAUDE_BIN` (set by
+//! `scripts/test.sh` from `scripts/install-claude.sh`); without either the test says so and
+//! skips, except under CI, where it must run.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,24 +14,28 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
-    helpers::{test_settings, wait_for, wait_gone, Server, TestApp},
+    helpers::{start_server, test_settings, wait_for, wait_gone, TestApp},
     stand_in_api::{color_question, tool_result_text, tool_results, user_texts, StandInApi},
 };
 
 const BIN_VAR: &str = "TETHER_TEST_CLAUDE_BIN";
 
-/// The real CLI's path, or None (skip) with the reason printed.
+/// The real CLI's path in the full tier, or None (skip) with the reason printed; under CI it
+/// must be there.
 pub(crate) fn real_cli() -> Option<String> {
+    if !crate::kit::full_tier("real_claude (the real Claude Code CLI)") {
+        return None;
+    }
     match std::env::var(BIN_VAR) {
         Ok(path) if !path.is_empty() => Some(path),
         _ if std::env::var("CI").is_ok() => {
             panic!("{BIN_VAR} is not set under CI: .ci/run must install the real CLI")
         }
         _ => {
-            eprintln!(
-                "SKIPPED real_claude: set {BIN_VAR} to a Claude Code binary \
+            crate::kit::skipped(&format!(
+                "real_claude: set {BIN_VAR} to a Claude Code binary \
                  (export {BIN_VAR}=\"$(bash scripts/install-claude.sh | tail -n1)\")"
-            );
+            ));
             None
         }
     }
@@ -298,8 +304,7 @@ async fn a_new_session_runs_on_a_warm_spare_of_the_real_cli() {
         app.spares().await.first()?["pid"].as_u64()
     })
     .await as u32;
-    // Time for the spare to finish starting, as it would between two sessions.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Taken as it is, started or still starting: the message waits in its stdin.
 
     api.set_reply("Noted: MANGO.");
     let second = app.chat_wait("Remember the word MANGO", None).await;
@@ -529,11 +534,11 @@ async fn a_sigkill_after_the_real_cli_wrote_its_reply_is_recovered_from_its_tran
     .unwrap();
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     api.set_reply("Recovered: KIWI.");
     let sent = server
-        .post(
+        .chat(
             &token,
             json!({"message": "Say KIWI", "projectPath": project}),
         )
@@ -561,7 +566,7 @@ async fn a_sigkill_after_the_real_cli_wrote_its_reply_is_recovered_from_its_tran
         .await
         .unwrap();
     assert_eq!(listed["messages"][0]["status"], "running", "{listed}");
-    server.sigkill();
+    server.kill();
 
     std::fs::remove_file(&hook).unwrap();
     let app = TestApp::start(settings, dir).await;

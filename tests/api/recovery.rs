@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use tether::config::Settings;
 
 use crate::helpers::{
-    argv, pid_alive, spawn_app, spawn_app_with, test_settings, wait_for, Server, TestApp,
+    argv, pid_alive, spawn_app, spawn_app_with, start_server, test_settings, wait_for, Server,
+    TestApp,
 };
 
 fn resumed(run: &Value, session: &str) -> bool {
@@ -186,8 +187,8 @@ async fn sigkill_mid_turn_loses_nothing_and_the_conversation_continues() {
     let settings = test_settings(dir.path());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let app_token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let app_token = server.token("me");
     let client = reqwest::Client::new();
     let post = |body: Value| {
         client
@@ -236,7 +237,7 @@ async fn sigkill_mid_turn_loses_nothing_and_the_conversation_continues() {
         transcript.contains("two [slow:60000]").then_some(())
     })
     .await;
-    server.sigkill();
+    server.kill();
     // The CLI dies with tether (parent-death signal on Linux; a process-group kill at the
     // next start elsewhere), so no orphan keeps working on the conversation.
     #[cfg(target_os = "linux")]
@@ -303,8 +304,8 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
     let settings = test_settings(dir.path());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let mut server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let mut server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let res: Value = reqwest::Client::new()
         .post(format!("{}/api/chat", server.base))
         .bearer_auth(&token)
@@ -415,10 +416,10 @@ async fn a_sigkill_while_the_first_process_starts_does_not_break_the_session() {
         .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "1500".into());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let first = server
-        .post(&token, json!({"message": "one", "projectPath": project}))
+        .chat(&token, json!({"message": "one", "projectPath": project}))
         .await;
     let id = first["sessionId"].as_str().unwrap().to_string();
     wait_for("the CLI process to start", || async {
@@ -427,7 +428,7 @@ async fn a_sigkill_while_the_first_process_starts_does_not_break_the_session() {
             .filter(|l| !l.is_empty())
     })
     .await;
-    server.sigkill();
+    server.kill();
 
     settings.agent.env.remove("FAKE_CLAUDE_START_DELAY_MS");
     let app = TestApp::start(settings, dir).await;
@@ -452,16 +453,16 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
     settings.sessions.max_processes = 1;
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let busy = server
-        .post(
+        .chat(
             &token,
             json!({"message": "busy [slow:60000]", "projectPath": project}),
         )
         .await;
     let waiting = server
-        .post(
+        .chat(
             &token,
             json!({"message": "waiting", "projectPath": project}),
         )
@@ -482,7 +483,7 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
         (msgs["messages"][0]["status"] == "running").then_some(())
     })
     .await;
-    server.sigkill();
+    server.kill();
 
     let app = TestApp::start(settings, dir).await;
     let b = waiting["sessionId"].as_str().unwrap();
@@ -523,8 +524,8 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
     let settings = test_settings(dir.path());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let device = reqwest::Client::new()
         .post(format!("{}/api/devices", server.base))
         .bearer_auth(&token)
@@ -534,7 +535,7 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
         .unwrap();
     assert!(device.status().is_success());
     let first = server
-        .post(
+        .chat(
             &token,
             json!({"message": "one", "projectPath": project, "wait": true}),
         )
@@ -542,14 +543,14 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
     assert_eq!(first["status"], "completed", "{first}");
     let id = first["sessionId"].as_str().unwrap().to_string();
     let stalled = server
-        .post(
+        .chat(
             &token,
             json!({"message": "two [stall-result]", "sessionId": id}),
         )
         .await;
     let two = stalled["messageId"].as_i64().unwrap();
     let queued = server
-        .post(&token, json!({"message": "three", "sessionId": id}))
+        .chat(&token, json!({"message": "three", "sessionId": id}))
         .await;
     assert_eq!(queued["status"], "queued");
     // The CLI wrote its reply to its transcript and stalls before its `result`: tether has
@@ -571,7 +572,7 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
         .clone();
     assert_eq!(running["status"], "running", "{running}");
     assert_eq!(running["delivered"], true, "{running}");
-    server.sigkill();
+    server.kill();
 
     let app = TestApp::start(settings, dir).await;
     let m = app.message(&id, two).await;
@@ -642,10 +643,10 @@ async fn a_sigkill_before_the_cli_read_the_message_says_it_never_received_it() {
         .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "60000".into());
     let project = dir.path().join("projects/demo");
     std::fs::create_dir_all(&project).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let sent = server
-        .post(&token, json!({"message": "unread", "projectPath": project}))
+        .chat(&token, json!({"message": "unread", "projectPath": project}))
         .await;
     let id = sent["sessionId"].as_str().unwrap().to_string();
     let msg = sent["messageId"].as_i64().unwrap();
@@ -654,7 +655,7 @@ async fn a_sigkill_before_the_cli_read_the_message_says_it_never_received_it() {
         (m["messages"][0]["delivered"] == true).then_some(())
     })
     .await;
-    server.sigkill();
+    server.kill();
 
     settings.agent.env.remove("FAKE_CLAUDE_START_DELAY_MS");
     let app = TestApp::start(settings, dir).await;

@@ -169,6 +169,9 @@ async fn a_turn_end_that_cannot_be_stored_is_tried_again() {
 
 #[tokio::test]
 async fn a_turn_end_that_never_stores_fails_the_message_with_the_reason() {
+    if !crate::kit::full_tier("the turn end that never stores (about 30 s of write retries)") {
+        return;
+    }
     let app = spawn_app().await;
     let key = marker();
     faults::arm(faults::TURN_END_WRITE, &key, 100);
@@ -292,6 +295,9 @@ async fn a_turn_cut_off_by_shutdown_is_pushed_to_the_owner() {
 
 #[tokio::test]
 async fn a_cli_that_never_reads_a_large_message_does_not_block_interrupt_or_delete() {
+    if !crate::kit::full_tier("the CLI that never reads (about 10 s)") {
+        return;
+    }
     // The CLI sleeps before reading stdin; a 100 KB line is bigger than a pipe buffer.
     let app = spawn_app_with(|s| {
         s.agent

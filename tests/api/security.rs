@@ -21,8 +21,8 @@ use tether::{
 };
 
 use crate::helpers::{
-    error_code, fake_claude, pid_alive, serve, spawn_app, spawn_app_with, test_settings, wait_for,
-    write_config, Server, TestApp,
+    error_code, fake_claude, launch, pid_alive, serve, spawn_app, spawn_app_with, test_settings,
+    wait_for, write_config, TestApp,
 };
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -45,6 +45,9 @@ fn data_folder(settings: &Settings) -> String {
 
 #[tokio::test]
 async fn a_second_server_on_the_same_folder_refuses_and_touches_nothing() {
+    if !crate::kit::full_tier("the second server on a busy folder (a 12 s turn, a 15 s push)") {
+        return;
+    }
     let fake = Arc::new(FakeGateway::new());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut settings = test_settings(dir.path());
@@ -311,27 +314,11 @@ async fn cli_processes_inherit_none_of_tethers_settings_variables() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     settings.agent.command = script.to_string_lossy().into_owned();
     let config = write_config(&settings, dir.path());
-    let mut server = serve(&config)
-        .env("TETHER__LOG__FORMAT", "text")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("tether listening on ")
-        .expect("address line")
-        .to_string();
-    let token = Server::token(&settings);
+    let server = launch(&config).setting("LOG__FORMAT", "text").start();
+    let token = server.token("me");
     let project = std::fs::canonicalize(dir.path().join("projects/demo")).unwrap();
     let res: Value = reqwest::Client::new()
-        .post(format!("{base}/api/chat"))
+        .post(server.url("/api/chat"))
         .bearer_auth(&token)
         .json(&json!({"message": "hi", "projectPath": project, "wait": true}))
         .send()
@@ -340,8 +327,7 @@ async fn cli_processes_inherit_none_of_tethers_settings_variables() {
         .json()
         .await
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(res["status"], "completed", "{res}");
 
     let env = std::fs::read_to_string(&dump).unwrap();

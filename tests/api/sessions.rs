@@ -16,6 +16,16 @@ pub(crate) async fn read_sse(
     last_event_id: Option<i64>,
     until: impl Fn(&(i64, String, Value)) -> bool,
 ) -> Vec<(i64, String, Value)> {
+    read_open_sse(open_sse(app, session, last_event_id).await, until).await
+}
+
+/// Opens the session's event stream: once it answers, the server has subscribed it to what
+/// happens next (it subscribes before it answers).
+pub(crate) async fn open_sse(
+    app: &TestApp,
+    session: &str,
+    last_event_id: Option<i64>,
+) -> reqwest::Response {
     let mut req = app
         .client
         .get(app.url(&format!("/api/sessions/{session}/events")))
@@ -26,6 +36,14 @@ pub(crate) async fn read_sse(
     let res = req.send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
+    res
+}
+
+/// The events of an open stream ([`open_sse`]) until `until` says stop (that one included).
+pub(crate) async fn read_open_sse(
+    res: reqwest::Response,
+    until: impl Fn(&(i64, String, Value)) -> bool,
+) -> Vec<(i64, String, Value)> {
     let mut stream = res.bytes_stream();
     let mut buf = String::new();
     let mut events = Vec::new();
@@ -179,12 +197,9 @@ async fn events_stream_live_and_resume_from_last_event_id() {
     let last = *seqs.last().unwrap();
 
     // Live: a listener connected before the second turn sees it as it happens.
-    let listener = read_sse(&app, &id, Some(last), turn_ended);
-    let sender = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        app.chat("second", Some(&id)).await
-    };
-    let (live, _) = tokio::join!(listener, sender);
+    let listener = open_sse(&app, &id, Some(last)).await;
+    app.chat("second", Some(&id)).await;
+    let live = read_open_sse(listener, turn_ended).await;
     assert_eq!(live.first().unwrap().0, last + 1);
     assert_eq!(live.last().unwrap().1, "tether.turn_completed");
     let live_last = live.last().unwrap().0;

@@ -77,6 +77,11 @@ async fn the_next_new_session_in_a_folder_runs_on_the_spare_and_it_is_replaced()
     // A new spare takes its place, and the session goes on as any other.
     let next = pid(&spares(&app, 1).await[0]);
     assert_ne!(next, spare);
+    // The replacement is listed once it is spawned, and logs its start a moment later.
+    wait_for("the replacement to log its start", || async {
+        (app.invocations().len() > started).then_some(())
+    })
+    .await;
     assert_eq!(
         app.invocations().len(),
         started + 1,
@@ -119,6 +124,9 @@ async fn a_spare_is_the_first_to_go_when_a_slot_is_needed() {
 
 #[tokio::test]
 async fn a_spare_that_dies_is_replaced_after_a_pause_that_grows() {
+    if !crate::kit::full_tier("the spare that dies (pauses that grow, about 12 s)") {
+        return;
+    }
     let app = spawn_app_with(|s| s.sessions.warm_spares = 1).await;
     app.new_session("A1").await;
     let mut spare = pid(&spares(&app, 1).await[0]);

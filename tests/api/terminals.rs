@@ -20,8 +20,8 @@ use tokio_tungstenite::{
 
 use crate::{
     helpers::{
-        error_code, pid_alive, spawn_app, spawn_app_with, test_settings, wait_for, wait_gone,
-        Server, TestApp, DEADLINE,
+        error_code, pid_alive, spawn_app, spawn_app_with, start_server, test_settings, wait_for,
+        wait_gone, TestApp, DEADLINE,
     },
     push::{sent, spawn_with_phone},
 };
@@ -847,8 +847,8 @@ async fn shutdown_ends_every_terminal_and_a_start_after_sigkill_stops_what_was_l
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let settings = test_settings(dir.path());
     std::fs::create_dir_all(dir.path().join("projects/demo")).unwrap();
-    let server = Server::start(&settings, dir.path());
-    let token = Server::token(&settings);
+    let server = start_server(&settings, dir.path());
+    let token = server.token("me");
     let client = reqwest::Client::new();
     let t: Value = client
         .post(format!("{}/api/terminals", server.base))
@@ -864,10 +864,10 @@ async fn shutdown_ends_every_terminal_and_a_start_after_sigkill_stops_what_was_l
     let mut screen = connect(&server.base, &id, "", &token).await.unwrap();
     let job = start_job(&mut screen).await;
     let shell = t["pid"].as_u64().unwrap() as u32;
-    server.sigkill();
+    server.kill();
     wait_gone(shell).await; // the kernel hung the terminal up: the shell went
     assert!(pid_alive(job), "the job survived the hang-up");
-    let server = Server::start(&settings, dir.path());
+    let server = start_server(&settings, dir.path());
     wait_gone(job).await;
     let shown: Value = client
         .get(format!("{}/api/terminals/{id}", server.base))

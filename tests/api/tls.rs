@@ -3,7 +3,6 @@
 //! that connect and never shake hands.
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::Path,
@@ -20,8 +19,8 @@ use tether::{
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::helpers::{
-    pinned_client, pinned_client_builder, serve, sha256_fingerprint, spawn_app_with, test_settings,
-    write_config, TestApp, DEADLINE,
+    launch, pinned_client, pinned_client_builder, sha256_fingerprint, spawn_app_with,
+    test_settings, write_config, TestApp, DEADLINE,
 };
 
 fn self_signed(s: &mut Settings) {
@@ -265,41 +264,18 @@ async fn at_the_connection_cap_connections_yet_to_shake_hands_make_room() {
     assert_eq!(health.status(), StatusCode::OK);
 }
 
-/// A child process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_binary_prints_its_https_address_then_the_fingerprint_that_tether_sessions_pins() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
     let config = write_config(&settings, dir.path());
-    let mut child = serve(&config)
-        .env("TETHER__SERVER__TLS", "self-signed")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let _server = Killed(child);
-    let (mut first, mut second) = (String::new(), String::new());
-    stdout.read_line(&mut first).unwrap();
-    stdout.read_line(&mut second).unwrap();
-    let base = first
-        .trim()
-        .strip_prefix("tether listening on ")
-        .unwrap_or_else(|| panic!("the address first: {first:?}"));
+    // The kit reads the address line first, then the fingerprint line, or fails.
+    let server = launch(&config)
+        .setting("SERVER__TLS", "self-signed")
+        .start();
+    let base = &server.base;
     assert!(base.starts_with("https://127.0.0.1:"), "{base}");
-    let fingerprint = second
-        .trim()
-        .strip_prefix("tls fingerprint sha256 ")
-        .unwrap_or_else(|| panic!("then the fingerprint: {second:?}"));
+    let fingerprint = server.fingerprint.as_deref().expect("then the fingerprint");
     let cert = settings.data_dir().join(tls::CERT_FILE);
     assert_eq!(fingerprint, pem_fingerprint(&cert));
 
@@ -314,17 +290,7 @@ async fn the_binary_prints_its_https_address_then_the_fingerprint_that_tether_se
     assert_eq!(health, json!({"status": "ok", "tls": true}));
 
     // `tether sessions` on the same configuration trusts the certificate of its data folder.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["sessions", "--json", "--config"])
-        .arg(&config)
-        .env("TETHER__SERVER__TLS", "self-signed")
-        .env(
-            "TETHER__AUTH__SECRET",
-            "test-secret-test-secret-test-secret",
-        )
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+    let out = server.command(&["sessions", "--json"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
