@@ -1,6 +1,7 @@
 //! The command line: `tether serve`, `tether token`, `tether tokens`, `tether secret`,
 //! `tether pair` and `tether sessions`.
 
+mod client;
 mod pair;
 mod sessions;
 mod tokens;

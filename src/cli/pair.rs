@@ -67,7 +67,7 @@ pub(super) async fn served(settings: &Settings) -> anyhow::Result<Served> {
 /// `/health` with an admin token for the fingerprint the server reports, which must be that
 /// certificate's.
 async fn ask(settings: &Settings, addr: SocketAddr) -> anyhow::Result<Served> {
-    let plain = super::sessions::call(addr, Method::GET, "/health", "", None).await;
+    let plain = super::client::call(addr, Method::GET, "/health", "", None).await;
     if let Ok((StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE, body)) = &plain {
         let health: Health = serde_json::from_slice(body)
             .with_context(|| format!("reading the health of the tether at {addr}"))?;
@@ -106,7 +106,7 @@ async fn reported_fingerprint(
     addr: SocketAddr,
     presented: &str,
 ) -> anyhow::Result<Option<String>> {
-    let asked = super::sessions::call_as_admin_pinned(
+    let asked = super::client::call_as_admin_pinned(
         settings,
         addr,
         Method::GET,
@@ -117,7 +117,7 @@ async fn reported_fingerprint(
     .await;
     let (status, body) = asked?;
     if status != StatusCode::OK && status != StatusCode::SERVICE_UNAVAILABLE {
-        return Err(super::sessions::server_error(status, &body));
+        return Err(super::client::server_error(status, &body));
     }
     let health: Health = serde_json::from_slice(&body)
         .with_context(|| format!("reading the health of the tether at {addr}"))?;

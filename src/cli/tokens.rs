@@ -9,18 +9,13 @@ use crate::{
     auth::{Auth, Role, ADMIN_OWNER},
     config::Settings,
     datadir, pairing,
-    store::{self, tokens, Store},
+    store::{self, tokens},
 };
-
-pub(super) async fn store(settings: &Settings) -> anyhow::Result<Store> {
-    datadir::create_dir(&settings.data_dir())?;
-    Store::open_configured(&settings.database).await
-}
 
 /// Prints a new token, recorded (listed by `tether tokens`, revocable).
 pub async fn token(settings: &Settings, admin: bool, user: &str) -> anyhow::Result<()> {
     let auth = Auth::from_settings(settings)?;
-    let store = store(settings).await?;
+    let store = super::client::store(settings).await?;
     let (owner, role) = if admin {
         (ADMIN_OWNER, Role::Admin)
     } else {
@@ -35,7 +30,7 @@ pub async fn token(settings: &Settings, admin: bool, user: &str) -> anyhow::Resu
 
 /// Lists every token (`json`: as JSON).
 pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let store = store(settings).await?;
+    let store = super::client::store(settings).await?;
     let rows = tokens::list(store.pool(), None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -77,7 +72,7 @@ pub async fn list(settings: &Settings, json: bool) -> anyhow::Result<()> {
 pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
     if let Ok(addr) = datadir::running_server(&settings.data_dir()) {
         let path = format!("/api/tokens/{id}");
-        let (status, body) = super::sessions::call_as_admin(
+        let (status, body) = super::client::call_as_admin(
             settings,
             addr,
             Method::DELETE,
@@ -86,10 +81,10 @@ pub async fn revoke(settings: &Settings, id: &str) -> anyhow::Result<()> {
         )
         .await?;
         if status != StatusCode::NO_CONTENT {
-            return Err(super::sessions::server_error(status, &body));
+            return Err(super::client::server_error(status, &body));
         }
     } else {
-        let store = store(settings).await?;
+        let store = super::client::store(settings).await?;
         anyhow::ensure!(
             tokens::get(store.pool(), id).await?.is_some(),
             "no token {id} (`tether tokens` lists them)"
@@ -129,7 +124,7 @@ pub async fn pair(
         !crate::auth::is_reserved_owner(owner),
         "the owner name {owner:?} is reserved for the admin"
     );
-    let store = store(settings).await?;
+    let store = super::client::store(settings).await?;
     // The running server says how it serves (its settings may not be this command's).
     let served = super::pair::served(settings).await?;
     let fingerprint = served.fingerprint;
