@@ -56,7 +56,7 @@ pub trait PushGateway: Send + Sync {
     }
 }
 
-/// What the worker does with a push after an answer (the table in `apns.md`).
+/// What the worker does with a push after an answer (the answer table of docs/push.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// 200: record the apns-id, mark delivered.
@@ -269,7 +269,7 @@ mod tests {
         })))
     }
 
-    /// Every row of the table in apns.md, and the reasons it groups.
+    /// Every row of the answer table of docs/push.md, and the reasons it groups.
     #[test]
     fn classifies_every_answer_of_the_apns_table() {
         use ErrorReason as R;

@@ -1,5 +1,5 @@
 //! The outbox worker against a real SQLite file and the scripted fake gateway, one step
-//! (`tick_at`) at a time: every row of apns.md's table, retries and backoff, the 4096-byte
+//! (`tick_at`) at a time: every row of the answer table of docs/push.md, retries and backoff, the 4096-byte
 //! bound, restarts, and that nothing is pushed twice or to a disabled token.
 
 use std::{sync::Arc, time::Duration};

@@ -1,6 +1,6 @@
 //! `fake-claude`: a stand-in for the Claude Code CLI, used by tether's integration tests.
 //!
-//! It speaks the CLI's persistent stream-json protocol (see `claude-protocol.md`): one JSON
+//! It speaks the CLI's persistent stream-json protocol (see docs/claude-cli.md): one JSON
 //! object per line on stdin and stdout, a `system/init` + `assistant` + `result` triple per turn,
 //! with `--include-partial-messages` each model message streamed first as the real CLI prints
 //! it (a `system/status` "requesting", then `stream_event` lines: `message_start`,
