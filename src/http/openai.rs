@@ -4,6 +4,7 @@
 //! the same accept path as `POST /api/chat`, and it is an ordinary message of its session
 //! (history, queue, pushes). Errors on `/v1` are rendered in OpenAI's shape.
 
+use super::codes::ErrorCode;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
@@ -28,16 +29,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 
 use super::{
+    edge::Edge,
     error::Said,
+    error::{ApiError, ApiJson},
     routes::{Access, Routes},
-    ApiError, ApiJson, Edge,
+    state::AppState,
 };
 use crate::{
     agent::TextDelta,
     auth::Caller,
     sessions::{Accepted, Message, Target, TurnWatch, Watched},
     store::messages::{MessageRow, Status},
-    AppState,
 };
 
 /// The completions route, also named by the request timeout (it waits for the reply).
@@ -63,8 +65,15 @@ pub fn router() -> Routes {
             COMPLETIONS_ROUTE,
             Access::User,
             post(completions),
+            COMPLETIONS_ERRORS,
         )
-        .add(Method::GET, "/v1/models", Access::User, get(models))
+        .add(
+            Method::GET,
+            "/v1/models",
+            Access::User,
+            get(models),
+            MODELS_ERRORS,
+        )
 }
 
 #[derive(Deserialize)]
@@ -110,6 +119,9 @@ struct OpenAiErrorDetail {
     code: String,
 }
 
+/// [`models`] answers only the edge's errors (see `openapi`).
+const MODELS_ERRORS: &[ErrorCode] = &[];
+
 /// The models (OpenAI-compatible)
 ///
 /// The agents tether runs, as models (`claude`).
@@ -133,6 +145,21 @@ fn model(name: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "tether"})
 }
 
+/// What [`completions`] may answer besides the edge's errors (see `openapi`).
+const COMPLETIONS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidMessages,
+    ErrorCode::UnsupportedContent,
+    ErrorCode::ProjectPathRequired,
+    ErrorCode::InvalidBody,
+    ErrorCode::ModelNotFound,
+    ErrorCode::SessionNotFound,
+    ErrorCode::TurnInterrupted,
+    ErrorCode::TurnCancelled,
+    ErrorCode::SessionEnded,
+    ErrorCode::TurnFailed,
+    ErrorCode::ReplyPending,
+];
+
 /// A chat completion (OpenAI-compatible)
 ///
 /// OpenAI's chat completion request, with two extensions: `conversation_id` (a tether
@@ -152,11 +179,6 @@ fn model(name: &str) -> Value {
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "`invalid_messages`: no user message last; `unsupported_content`: a part that is not text; `project_path_required`: a new conversation without a folder; `invalid_body`: a field is missing or of the wrong type"),
-        (status = 404, description = "`model_not_found`: not one of the agents; `session_not_found`: no such conversation"),
-        (status = 409, description = "`turn_interrupted`: the turn was interrupted; `turn_cancelled`: the message was cancelled; `session_ended`: the conversation has ended"),
-        (status = 502, description = "`turn_failed`: the agent's turn failed"),
-        (status = 504, description = "`reply_pending`: no reply within `server.wait_timeout` (the turn goes on; its reply lands in the session's history)"),
     ),
 )]
 async fn completions(
@@ -167,8 +189,8 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let agent = state.agent_name();
     if req.model != agent {
-        return Err(ApiError::not_found(
-            "model_not_found",
+        return Err(ApiError::new(
+            ErrorCode::ModelNotFound,
             format!(
                 "the model `{}` does not exist; this server's models are its agents: {agent}",
                 req.model
@@ -182,8 +204,8 @@ async fn completions(
         (None, Some(path)) => Target::NewIn(path),
         (None, None) if !default_project.trim().is_empty() => Target::NewIn(default_project),
         (None, None) => {
-            return Err(ApiError::invalid(
-                "project_path_required",
+            return Err(ApiError::new(
+                ErrorCode::ProjectPathRequired,
                 "a new conversation needs project_path (or set openai.default_project), or \
                  send conversation_id to continue one",
             ))
@@ -192,8 +214,7 @@ async fn completions(
     // A stream counts against its owner's open streams, from before its message is accepted.
     let permit = if req.stream {
         let limit = state.settings.limits.streams_per_owner;
-        let permit = edge.streams.try_acquire(&caller.owner, limit);
-        Some(permit.ok_or_else(|| super::sessions::too_many_streams(&caller.owner, limit))?)
+        Some(edge.streams.acquire(&caller.owner, limit)?)
     } else {
         None
     };
@@ -256,13 +277,13 @@ async fn completions(
 /// The text of the request's last message, which must be the user's: a string, or text
 /// parts (joined by newlines).
 fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
-    let invalid = |code, message: &str| Err(ApiError::invalid(code, message.to_string()));
+    let invalid = |code, message: &str| Err(ApiError::new(code, message.to_string()));
     let Some(last) = messages.last() else {
-        return invalid("invalid_messages", "messages must not be empty");
+        return invalid(ErrorCode::InvalidMessages, "messages must not be empty");
     };
     if last.role != "user" {
         return invalid(
-            "invalid_messages",
+            ErrorCode::InvalidMessages,
             "the last message must be the user's: only it is sent, the conversation itself \
              lives in the tether session (conversation_id)",
         );
@@ -276,7 +297,7 @@ fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
                     (Some("text"), Some(text)) => texts.push(text),
                     _ => {
                         return invalid(
-                            "unsupported_content",
+                            ErrorCode::UnsupportedContent,
                             "only text content is supported (parts of type `text`)",
                         )
                     }
@@ -285,7 +306,7 @@ fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
             Ok(texts.join("\n"))
         }
         _ => invalid(
-            "invalid_messages",
+            ErrorCode::InvalidMessages,
             "the last message's content must be a string or a list of text parts",
         ),
     }
@@ -351,16 +372,15 @@ impl Completion {
                 return Err(anyhow::anyhow!("message {} completed without a reply", msg.id).into())
             }
             (Status::Failed, _) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "turn_failed",
+                ErrorCode::TurnFailed,
                 format!("the agent's turn failed: {}", why()),
             ),
-            (Status::Interrupted, _) => ApiError::conflict(
-                "turn_interrupted",
+            (Status::Interrupted, _) => ApiError::new(
+                ErrorCode::TurnInterrupted,
                 format!("the turn was interrupted: {}", why()),
             ),
-            (Status::Cancelled, _) => ApiError::conflict(
-                "turn_cancelled",
+            (Status::Cancelled, _) => ApiError::new(
+                ErrorCode::TurnCancelled,
                 format!("the message was cancelled before its turn: {}", why()),
             ),
             (Status::Queued | Status::Running, _) => {
@@ -373,8 +393,7 @@ impl Completion {
                     "no reply: tether is stopping".to_string()
                 };
                 ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "reply_pending",
+                    ErrorCode::ReplyPending,
                     format!(
                         "{when}; the message stays in conversation {} and its reply will be in \
                          its history (GET /api/sessions/{}/messages)",
@@ -492,7 +511,7 @@ impl Completion {
 
 /// An error in the middle of a stream, as OpenAI sends one (the SDKs raise it).
 fn error_event(err: &ApiError) -> Event {
-    Event::default().data(error_body(err.status, err.code, &err.message).to_string())
+    Event::default().data(error_body(err.status(), Some(err.code), &err.message).to_string())
 }
 
 /// OpenAI's `usage` from the CLI's (Anthropic's) usage of the turn: prompt tokens are the
@@ -523,12 +542,13 @@ fn not_to_retry(mut res: Response) -> Response {
 }
 
 /// `{"error": {"message", "type", "param", "code"}}`, OpenAI's error shape.
-fn error_body(status: StatusCode, code: &str, message: &str) -> Value {
+/// `code` None: not one of tether's errors, OpenAI's generic `invalid_request`.
+fn error_body(status: StatusCode, code: Option<ErrorCode>, message: &str) -> Value {
     json!({"error": {
         "message": message,
         "type": error_type(status),
-        "param": param(code),
-        "code": code,
+        "param": code.and_then(param),
+        "code": code.map_or("invalid_request", ErrorCode::as_str),
     }})
 }
 
@@ -546,19 +566,20 @@ pub(super) fn error_type(status: StatusCode) -> &'static str {
 }
 
 /// The request field an error is about, when it is about one.
-pub(super) fn param(code: &str) -> Option<&'static str> {
+pub(super) fn param(code: ErrorCode) -> Option<&'static str> {
+    use ErrorCode as C;
     Some(match code {
-        "model_not_found" => "model",
-        "invalid_messages" | "unsupported_content" | "empty_message" | "message_too_large" => {
+        C::ModelNotFound => "model",
+        C::InvalidMessages | C::UnsupportedContent | C::EmptyMessage | C::MessageTooLarge => {
             "messages"
         }
-        "invalid_session_id" | "session_not_found" | "session_ended" | "session_expired" => {
+        C::InvalidSessionId | C::SessionNotFound | C::SessionEnded | C::SessionExpired => {
             "conversation_id"
         }
-        "project_path_required"
-        | "invalid_project_path"
-        | "project_not_found"
-        | "project_not_a_directory" => "project_path",
+        C::ProjectPathRequired
+        | C::InvalidProjectPath
+        | C::ProjectNotFound
+        | C::ProjectNotADirectory => "project_path",
         _ => return None,
     })
 }
@@ -574,18 +595,18 @@ pub(super) async fn render_errors(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    let said = res
-        .extensions()
-        .get::<Said>()
-        .cloned()
-        .unwrap_or_else(|| Said {
-            // Not one of tether's errors (e.g. a method the route does not take).
-            code: "invalid_request",
-            message: status
+    // Not one of tether's errors (e.g. a WebSocket route's upgrade refused by axum): OpenAI's
+    // generic code and the status's reason.
+    let (code, message) = match res.extensions().get::<Said>() {
+        Some(said) => (Some(said.code), said.message.clone()),
+        None => (
+            None,
+            status
                 .canonical_reason()
                 .unwrap_or("the request failed")
                 .to_string(),
-        });
+        ),
+    };
     let status = match status {
         StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
         s => s,
@@ -596,7 +617,7 @@ pub(super) async fn render_errors(req: Request, next: Next) -> Response {
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let body = error_body(status, said.code, &said.message).to_string();
+    let body = error_body(status, code, &message).to_string();
     Response::from_parts(parts, Body::from(body))
 }
 
@@ -654,7 +675,7 @@ mod tests {
 
     #[test]
     fn errors_have_openai_types_and_name_their_field() {
-        let e = error_body(StatusCode::NOT_FOUND, "model_not_found", "no");
+        let e = error_body(StatusCode::NOT_FOUND, Some(ErrorCode::ModelNotFound), "no");
         assert_eq!(
             e,
             json!({"error": {"message": "no", "type": "not_found_error", "param": "model", "code": "model_not_found"}})
@@ -666,7 +687,7 @@ mod tests {
             "rate_limit_error"
         );
         assert_eq!(error_type(StatusCode::BAD_GATEWAY), "server_error");
-        assert_eq!(param("session_not_found"), Some("conversation_id"));
-        assert_eq!(param("too_many_requests"), None);
+        assert_eq!(param(ErrorCode::SessionNotFound), Some("conversation_id"));
+        assert_eq!(param(ErrorCode::TooManyRequests), None);
     }
 }

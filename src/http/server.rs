@@ -9,6 +9,8 @@
 //! an idle one. Hyper answers a request head it cannot read (400, 414, 431) by itself with no
 //! body; the connection's writer gives that answer the JSON error shape.
 
+use super::codes::ErrorCode;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
@@ -706,9 +708,8 @@ pub async fn answer_body_timeouts(req: AxumRequest, next: Next) -> AxumResponse 
     };
     tracing::debug!(limit_secs = limit.as_secs(), "a request body was too slow");
     metrics::counter!("tether_http_body_timeouts_total").increment(1);
-    let mut res = super::ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
+    let mut res = ApiError::new(
+        ErrorCode::BodyTimeout,
         format!(
             "the request body did not arrive within {}s (server.body_read_timeout, or \
              server.body_read_timeout_anonymous without a valid token)",
@@ -761,9 +762,8 @@ pub async fn check_head(
     let uri_bytes = uri.authority().map_or(0, |a| a.as_str().len())
         + uri.path_and_query().map_or(0, |p| p.as_str().len());
     if uri_bytes > limits.uri_bytes {
-        return super::ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+        return ApiError::new(
+            ErrorCode::UriTooLong,
             format!(
                 "the request target is {uri_bytes} bytes; at most {} (server.max_uri_bytes)",
                 limits.uri_bytes
@@ -777,9 +777,8 @@ pub async fn check_head(
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     if headers.len() > limits.headers || header_bytes > limits.header_bytes {
-        return super::ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+        return ApiError::new(
+            ErrorCode::HeadersTooLarge,
             format!(
                 "{} headers of {header_bytes} bytes; at most {} headers (server.max_headers) \
                  of {} bytes (server.max_header_bytes)",
@@ -918,20 +917,20 @@ fn bare_parse_error(data: &[u8]) -> Option<StatusCode> {
 fn json_parse_error(status: StatusCode) -> Vec<u8> {
     let (code, message) = match status {
         StatusCode::URI_TOO_LONG => (
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             "the request target is longer than this server reads",
         ),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             "the request's headers are larger, or more, than this server reads",
         ),
         _ => (
-            "malformed_request",
+            ErrorCode::MalformedRequest,
             "the request is not valid HTTP/1.1 (its request line or a header)",
         ),
     };
-    let body = serde_json::to_string(&super::ErrorBody {
-        error: super::ErrorDetail {
+    let body = serde_json::to_string(&ErrorBody {
+        error: ErrorDetail {
             code,
             message: message.to_string(),
         },

@@ -1,7 +1,8 @@
 //! Sessions: list, show, messages, the live event stream (SSE, resumable with
 //! `Last-Event-ID`), interrupt, and delete (end).
 
-use std::{convert::Infallible, time::Duration};
+use super::codes::ErrorCode;
+use std::convert::Infallible;
 
 use axum::{body::Bytes, extract::rejection::BytesRejection, http::StatusCode};
 use axum::{
@@ -24,16 +25,18 @@ use utoipa::{
 };
 
 use super::{
-    openapi::SessionId,
+    edge::Edge,
+    error::{ApiError, ApiPath, ApiQuery},
+    limits,
+    params::SessionId,
     routes::{Access, Routes},
+    state::AppState,
     views::{self, time, ActiveSessionView, Cursor, MessageView, Page, SessionView},
-    ApiError, ApiPath, ApiQuery, Edge,
 };
 use crate::{
     auth::{Admin, Caller},
     sessions::{spares::SpareInfo, Accepted, LiveEvent, Message, Subscription, Target},
     store::{self, events, messages, messages::Status, sessions, sessions::SessionRow},
-    AppState,
 };
 use axum::http::Method;
 
@@ -41,7 +44,6 @@ use axum::http::Method;
 const CATCH_UP_PAGE: i64 = 500;
 /// Events queued for one SSE client before the sender waits for it.
 const SSE_BUFFER: usize = 64;
-const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The keep-alive's route, also named by the request timeout (a recap waits for its turn).
 pub(super) const KEEP_ALIVE_ROUTE: &str = "/api/sessions/{id}/keep-alive";
@@ -51,38 +53,61 @@ pub(super) const EVENTS_ROUTE: &str = "/api/sessions/{id}/events";
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::GET, "/api/sessions", Access::User, get(list))
+        .add(
+            Method::GET,
+            "/api/sessions",
+            Access::User,
+            get(list),
+            LIST_ERRORS,
+        )
         .add(
             Method::GET,
             "/api/sessions/active",
             Access::Admin,
             get(active),
+            ACTIVE_ERRORS,
         )
-        .add(Method::GET, "/api/sessions/{id}", Access::User, get(show))
+        .add(
+            Method::GET,
+            "/api/sessions/{id}",
+            Access::User,
+            get(show),
+            SHOW_ERRORS,
+        )
         .add(
             Method::DELETE,
             "/api/sessions/{id}",
             Access::User,
             delete(end),
+            END_ERRORS,
         )
         .add(
             Method::GET,
             "/api/sessions/{id}/messages",
             Access::User,
             get(list_messages),
+            LIST_MESSAGES_ERRORS,
         )
-        .add(Method::GET, EVENTS_ROUTE, Access::User, get(stream_events))
+        .add(
+            Method::GET,
+            EVENTS_ROUTE,
+            Access::User,
+            get(stream_events),
+            STREAM_EVENTS_ERRORS,
+        )
         .add(
             Method::POST,
             "/api/sessions/{id}/interrupt",
             Access::User,
             post(interrupt),
+            INTERRUPT_ERRORS,
         )
         .add(
             Method::POST,
             KEEP_ALIVE_ROUTE,
             Access::User,
             post(keep_alive),
+            KEEP_ALIVE_ERRORS,
         )
 }
 
@@ -95,7 +120,7 @@ pub(super) async fn visible(
     sessions::get(state.store.pool(), id)
         .await?
         .filter(|s| caller.can_see(&s.owner))
-        .ok_or_else(|| ApiError::not_found("session_not_found", format!("no session {id}")))
+        .ok_or_else(|| ApiError::new(ErrorCode::SessionNotFound, format!("no session {id}")))
 }
 
 fn view(state: &AppState, s: SessionRow) -> SessionView {
@@ -112,6 +137,9 @@ pub(super) struct SessionList {
     sessions: Vec<SessionView>,
 }
 
+/// What [`list`] may answer besides the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidLimit, ErrorCode::InvalidQuery];
+
 /// The caller's sessions
 ///
 /// Newest activity first; an admin sees everyone's.
@@ -123,7 +151,6 @@ pub(super) struct SessionList {
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")),
     responses(
         (status = 200, description = "The sessions", body = SessionList),
-        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
     ),
 )]
 pub(super) async fn list(
@@ -158,6 +185,9 @@ struct ActiveTotals {
     memory_bytes: u64,
     max_memory_bytes: u64,
 }
+
+/// [`active`] answers only the edge's errors (see `openapi`).
+const ACTIVE_ERRORS: &[ErrorCode] = &[];
 
 /// Every active session (admin)
 ///
@@ -204,6 +234,9 @@ pub(super) async fn active(
     }))
 }
 
+/// What [`show`] may answer besides the edge's errors (see `openapi`).
+const SHOW_ERRORS: &[ErrorCode] = &[ErrorCode::SessionNotFound];
+
 /// One session
 #[utoipa::path(
     get,
@@ -213,7 +246,6 @@ pub(super) async fn active(
     params(SessionId),
     responses(
         (status = 200, description = "The session", body = SessionView),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
     ),
 )]
 pub(super) async fn show(
@@ -230,6 +262,13 @@ pub(super) struct MessageList {
     messages: Vec<MessageView>,
 }
 
+/// What [`list_messages`] may answer besides the edge's errors (see `openapi`).
+const LIST_MESSAGES_ERRORS: &[ErrorCode] = &[
+    ErrorCode::SessionNotFound,
+    ErrorCode::InvalidLimit,
+    ErrorCode::InvalidQuery,
+];
+
 /// A session's messages
 ///
 /// Oldest first, after the message id `after`: the user's and the agent's replies.
@@ -245,8 +284,6 @@ pub(super) struct MessageList {
     ),
     responses(
         (status = 200, description = "The messages", body = MessageList),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: `after` is not a non-negative whole number or `limit` not a number"),
     ),
 )]
 pub(super) async fn list_messages(
@@ -278,6 +315,9 @@ pub(super) struct Interrupted {
     interrupted: bool,
 }
 
+/// What [`interrupt`] may answer besides the edge's errors (see `openapi`).
+const INTERRUPT_ERRORS: &[ErrorCode] = &[ErrorCode::SessionNotFound, ErrorCode::NoRunningTurn];
+
 /// Interrupt the running turn
 ///
 /// The turn ends `interrupted` (its process is killed if it does not stop within
@@ -290,8 +330,6 @@ pub(super) struct Interrupted {
     params(SessionId),
     responses(
         (status = 200, description = "The running turn was told to stop", body = Interrupted),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 409, description = "`no_running_turn`: nothing is running in this session"),
     ),
 )]
 pub(super) async fn interrupt(
@@ -301,8 +339,8 @@ pub(super) async fn interrupt(
 ) -> Result<impl IntoResponse, ApiError> {
     visible(&state, &caller, &id).await?;
     if !state.sessions.interrupt(&id).await {
-        return Err(ApiError::conflict(
-            "no_running_turn",
+        return Err(ApiError::new(
+            ErrorCode::NoRunningTurn,
             "nothing is running in this session",
         ));
     }
@@ -339,6 +377,19 @@ struct Recap {
     text: Option<String>,
 }
 
+/// What [`keep_alive`] may answer besides the edge's errors (see `openapi`).
+const KEEP_ALIVE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::SessionNotFound,
+    ErrorCode::SessionEnded,
+    ErrorCode::SessionExpired,
+    ErrorCode::BodyTooLarge,
+    ErrorCode::BodyTimeout,
+    ErrorCode::UnreadableBody,
+    ErrorCode::InvalidBody,
+    ErrorCode::QueueFull,
+    ErrorCode::AgentUnavailable,
+];
+
 /// Keep a session alive
 ///
 /// Moves the session's end to now + `sessions.lifetime` (clearing an "expires soon"
@@ -357,13 +408,6 @@ struct Recap {
         (status = 200, description = "Kept alive (and the recap, when asked for)", body = KeepAliveAnswer,
             example = json!({"sessionId": "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11", "expiresAt": "2025-05-02T10:00:00Z"})),
         (status = 202, description = "Kept alive; the recap's turn has not ended yet (its reply comes in the session's messages)", body = KeepAliveAnswer),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 409, description = "`session_ended`: the session was ended"),
-        (status = 410, description = "`session_expired`: the session expired"),
-        (status = 413, description = "`body_too_large`: the body is larger than `server.max_body_bytes`"),
-        (status = 422, description = "`invalid_body`: the body is not `{\"recap\": bool}`"),
-        (status = 429, description = "`queue_full`: `sessions.max_queued_per_session` messages already wait (recap)"),
-        (status = 503, description = "`agent_unavailable`: the agent command is missing (recap)"),
     ),
 )]
 pub(super) async fn keep_alive(
@@ -381,7 +425,8 @@ pub(super) async fn keep_alive(
     let req: KeepAliveRequest = if blank {
         KeepAliveRequest::default()
     } else {
-        let invalid = |e: String| ApiError::invalid("invalid_body", format!("invalid body: {e}"));
+        let invalid =
+            |e: String| ApiError::new(ErrorCode::InvalidBody, format!("invalid body: {e}"));
         // An object or null: serde would also take a struct from an array.
         match serde_json::from_slice::<serde_json::Value>(&body)
             .map_err(|e| invalid(e.to_string()))?
@@ -446,6 +491,9 @@ pub(super) async fn keep_alive(
     Ok((status, Json(body)).into_response())
 }
 
+/// What [`end`] may answer besides the edge's errors (see `openapi`).
+const END_ERRORS: &[ErrorCode] = &[ErrorCode::SessionNotFound];
+
 /// End a session
 ///
 /// No new messages, the running turn is interrupted, queued ones are cancelled, the process
@@ -458,7 +506,6 @@ pub(super) async fn keep_alive(
     params(SessionId),
     responses(
         (status = 200, description = "The session, as it is now", body = SessionView),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
     ),
 )]
 pub(super) async fn end(
@@ -500,6 +547,14 @@ fn json_object_text() -> Object {
         .build()
 }
 
+/// What [`stream_events`] may answer besides the edge's errors (see `openapi`).
+const STREAM_EVENTS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::SessionNotFound,
+    ErrorCode::InvalidLastEventId,
+    ErrorCode::InvalidQuery,
+    ErrorCode::TooManyStreams,
+];
+
 /// A session's events (SSE)
 ///
 /// Server-Sent Events of the session's log: the agent's lines (`system`, `assistant`,
@@ -525,9 +580,6 @@ fn json_object_text() -> Object {
     responses(
         (status = 200, description = "The event stream", content_type = "text/event-stream", body = SessionEvent,
             example = "id: 1\nevent: tether.turn_started\ndata: {\"messageId\":12}\n\nid: 2\nevent: system\ndata: {\"type\":\"system\",\"subtype\":\"init\"}\n\n"),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 422, description = "`invalid_last_event_id`: `Last-Event-ID` is not a non-negative whole number; `invalid_query`: `after` is not one"),
-        (status = 429, description = "`too_many_streams`: `limits.streams_per_owner` streams are open already"),
     ),
 )]
 pub(super) async fn stream_events(
@@ -546,17 +598,15 @@ pub(super) async fn stream_events(
             .and_then(|s| Cursor::parse(s.trim()))
             .map(|c| c.0)
             .ok_or_else(|| {
-                ApiError::invalid(
-                    "invalid_last_event_id",
+                ApiError::new(
+                    ErrorCode::InvalidLastEventId,
                     "Last-Event-ID must be a non-negative whole number (digits only)",
                 )
             })?,
         None => views::after(page.after),
     };
     let limit = state.settings.limits.streams_per_owner;
-    let Some(permit) = edge.streams.try_acquire(&caller.owner, limit) else {
-        return Err(too_many_streams(&caller.owner, limit));
-    };
+    let permit = edge.streams.acquire(&caller.owner, limit)?;
     // Subscribe before reading the backlog, so nothing falls between the two.
     let live = if session.is_active() {
         state.sessions.subscribe(&id)
@@ -591,20 +641,8 @@ pub(super) async fn stream_events(
         }
     });
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE))
+        .keep_alive(KeepAlive::new().interval(limits::SSE_KEEPALIVE))
         .into_response())
-}
-
-/// 429 `too_many_streams`: `owner` has `limit` streams open (event streams and streamed
-/// completions).
-pub(super) fn too_many_streams(owner: &str, limit: usize) -> ApiError {
-    tracing::info!(owner, code = "too_many_streams", "per-owner limit reached");
-    ApiError::too_many(
-        "too_many_streams",
-        format!("{limit} streams are already open (limits.streams_per_owner); close one first"),
-        // A stream whose client vanished is noticed by its next keep-alive at the latest.
-        SSE_KEEPALIVE,
-    )
 }
 
 /// Sends the backlog after `sent`, then live events, catching up from SQLite whenever
