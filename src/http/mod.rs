@@ -8,9 +8,11 @@ pub mod codes;
 mod devices;
 mod edge;
 mod error;
+mod events;
 mod extract;
 mod health;
 pub mod hosts;
+mod keep_alive;
 pub mod limits;
 pub mod openai;
 pub mod openapi;
@@ -21,6 +23,7 @@ pub mod routes;
 pub mod server;
 mod sessions;
 pub mod state;
+mod terminal_frames;
 mod terminals;
 mod tokens;
 mod views;
@@ -48,6 +51,8 @@ fn all_routes() -> routes::Routes {
         .merge(chat::router())
         .merge(approvals::router())
         .merge(sessions::router())
+        .merge(events::router())
+        .merge(keep_alive::router())
         .merge(devices::router())
         .merge(pushes::router())
         .merge(tokens::router())
@@ -140,8 +145,8 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
     }
     let route = req.extensions().get::<MatchedPath>().cloned();
     let budget = match route.as_ref().map(MatchedPath::as_str) {
-        Some(sessions::EVENTS_ROUTE) => return next.run(req).await,
-        Some(chat::ROUTE | sessions::KEEP_ALIVE_ROUTE | openai::COMPLETIONS_ROUTE) => {
+        Some(events::EVENTS_ROUTE) => return next.run(req).await,
+        Some(chat::ROUTE | keep_alive::KEEP_ALIVE_ROUTE | openai::COMPLETIONS_ROUTE) => {
             edge.request_timeout + edge.wait_timeout
         }
         _ => edge.request_timeout,

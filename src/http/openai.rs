@@ -158,6 +158,21 @@ const COMPLETIONS_ERRORS: &[ErrorCode] = &[
     ErrorCode::SessionEnded,
     ErrorCode::TurnFailed,
     ErrorCode::ReplyPending,
+    // What accepting its message may answer (as `POST /api/chat`).
+    ErrorCode::SessionExpired,
+    ErrorCode::InvalidSessionId,
+    ErrorCode::EmptyMessage,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::InvalidProjectPath,
+    ErrorCode::ProjectNotFound,
+    ErrorCode::ProjectNotADirectory,
+    ErrorCode::Forbidden,
+    ErrorCode::QueueFull,
+    ErrorCode::TooManySessions,
+    ErrorCode::TooManyNewSessions,
+    ErrorCode::AgentUnavailable,
+    // A streamed completion counts as an event stream.
+    ErrorCode::TooManyStreams,
 ];
 
 /// A chat completion (OpenAI-compatible)

@@ -18,3 +18,9 @@ pub(super) struct SessionId(
 #[into_params(names("id"), parameter_in = Path)]
 #[allow(dead_code)] // read by the document only
 pub(super) struct NumericId(#[param(example = 7)] i64);
+
+/// A terminal's id in a path.
+#[derive(IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)] // read by the document only
+pub(super) struct TerminalId(String);

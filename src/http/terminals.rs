@@ -20,14 +20,15 @@ use axum::{
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
-    error::{ApiError, ApiJson, ApiPath, ApiQuery},
+    error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail},
     extract::{WsCaller, WS_PROTOCOL},
+    params::TerminalId,
     routes::{Access, Routes},
     state::AppState,
+    terminal_frames::{whole_u16, Control, Out, Signal, Size},
     views::{self, time, Cursor, Page},
 };
 use crate::{
@@ -230,25 +231,6 @@ pub(super) struct StartRequest {
     #[serde(deserialize_with = "whole_u16")]
     rows: u16,
 }
-
-/// A side of a terminal: a whole number, which JSON may also write as `80.0`.
-fn whole_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    let n = f64::deserialize(d)?;
-    if n.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(&n) {
-        Ok(n as u16)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "{n} is not a whole number from 0 to {}",
-            u16::MAX
-        )))
-    }
-}
-
-/// A terminal's id in a path.
-#[derive(IntoParams)]
-#[into_params(names("id"), parameter_in = Path)]
-#[allow(dead_code)] // read by the document only
-pub(super) struct TerminalId(String);
 
 /// What [`start`] may answer besides the edge's errors (see `openapi`).
 const START_ERRORS: &[ErrorCode] = &[
@@ -472,31 +454,6 @@ async fn input(
     Ok(Json(Written { written }))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Size {
-    #[schema(minimum = 1, maximum = 1000, example = 120)]
-    #[serde(deserialize_with = "whole_u16")]
-    cols: u16,
-    #[schema(minimum = 1, maximum = 1000, example = 40)]
-    #[serde(deserialize_with = "whole_u16")]
-    rows: u16,
-}
-
-impl Size {
-    fn check(self) -> Result<Self, ApiError> {
-        let max = crate::terminals::MAX_SIDE;
-        if (1..=max).contains(&self.cols) && (1..=max).contains(&self.rows) {
-            Ok(self)
-        } else {
-            Err(ApiError::new(
-                ErrorCode::InvalidSize,
-                format!("cols and rows must be 1 to {max}"),
-            ))
-        }
-    }
-}
-
 /// What [`resize`] may answer besides the edge's errors (see `openapi`).
 const RESIZE_ERRORS: &[ErrorCode] = &[
     ErrorCode::TerminalNotFound,
@@ -606,14 +563,6 @@ async fn output(
     }))
 }
 
-/// A control frame from a viewer.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Control {
-    resize: Option<Size>,
-    signal: Option<String>,
-}
-
 /// What [`attach`] may answer besides the edge's errors (see `openapi`).
 const ATTACH_ERRORS: &[ErrorCode] = &[
     ErrorCode::WebsocketRequired,
@@ -689,12 +638,11 @@ async fn serve_viewer(
     let mut ended = live.ended_watch();
     let first = live.read_since(offset);
     let mut offset = first.offset;
-    let hello = json!({"type": "attached", "offset": first.offset, "reset": first.reset});
-    if socket
-        .send(Message::Text(hello.to_string().into()))
-        .await
-        .is_err()
-    {
+    let hello = Out::Attached {
+        offset: first.offset,
+        reset: first.reset,
+    };
+    if socket.send(hello.message()).await.is_err() {
         return;
     }
     if send_output(&mut socket, first.bytes, &mut offset)
@@ -712,8 +660,8 @@ async fn serve_viewer(
                 let slice = live.read_since(offset);
                 if slice.reset {
                     // It fell behind by more than the buffer: say where the bytes start now.
-                    let reset = json!({"type": "reset", "offset": slice.offset});
-                    if socket.send(Message::Text(reset.to_string().into())).await.is_err() {
+                    let reset = Out::Reset { offset: slice.offset };
+                    if socket.send(reset.message()).await.is_err() {
                         return;
                     }
                     offset = slice.offset;
@@ -726,11 +674,13 @@ async fn serve_viewer(
                 let rest = live.read_since(offset);
                 let _ = send_output(&mut socket, rest.bytes, &mut offset).await;
                 let end = live.ended().unwrap_or_else(unknown_end);
-                let text = json!({
-                    "type": "ended", "state": end.state, "exitCode": end.exit_code,
-                    "reason": end.reason, "offset": offset,
-                });
-                let _ = socket.send(Message::Text(text.to_string().into())).await;
+                let text = Out::Ended {
+                    state: end.state,
+                    exit_code: end.exit_code,
+                    reason: &end.reason,
+                    offset,
+                };
+                let _ = socket.send(text.message()).await;
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame { code: 1000, reason: "ended".into() })))
                     .await;
@@ -750,8 +700,10 @@ async fn serve_viewer(
                 }
                 Some(Ok(Message::Text(text))) => {
                     if let Err(e) = control(&state, &live, text.as_str()).await {
-                        let error = json!({"type": "error", "error": {"code": e.code, "message": e.message}});
-                        if socket.send(Message::Text(error.to_string().into())).await.is_err() {
+                        let error = Out::Error {
+                            error: ErrorDetail { code: e.code, message: e.message },
+                        };
+                        if socket.send(error.message()).await.is_err() {
                             return;
                         }
                     }
@@ -797,27 +749,19 @@ async fn control(
     live: &std::sync::Arc<Live>,
     text: &str,
 ) -> Result<(), ApiError> {
-    let control: Control = serde_json::from_str(text).map_err(|e| {
-        ApiError::new(ErrorCode::InvalidControl, format!("a control frame is {{\"resize\":{{\"cols\",\"rows\"}}}} or {{\"signal\":\"interrupt\"|\"terminate\"}}: {e}"))
-    })?;
+    let control = Control::parse(text)?;
     if let Some(size) = control.resize {
         let size = size.check()?;
         live.resize(size.cols, size.rows)
             .map_err(|r| refused(r, 0))?;
     }
-    match control.signal.as_deref() {
+    match control.signal {
         None => {}
-        Some("interrupt") => live
+        Some(Signal::Interrupt) => live
             .write(vec![0x03], state.terminals.lifetime_of_activity())
             .await
             .map_err(|r| refused(r, 0))?,
-        Some("terminate") => live.request_end(Why::Terminated),
-        Some(other) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidControl,
-                format!("unknown signal {other:?}: \"interrupt\" or \"terminate\""),
-            ))
-        }
+        Some(Signal::Terminate) => live.request_end(Why::Terminated),
     }
     Ok(())
 }
