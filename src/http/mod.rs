@@ -5,11 +5,13 @@
 mod approvals;
 mod chat;
 pub mod codes;
+mod conn_cap;
 mod devices;
 mod edge;
 mod error;
 mod events;
 mod extract;
+mod head_limits;
 mod health;
 pub mod hosts;
 mod keep_alive;
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod openai;
 pub mod openapi;
 mod params;
+mod parse_errors;
 mod pushes;
 mod refusals;
 pub mod routes;
@@ -98,8 +101,8 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
         .layer(middleware::from_fn(server::answer_body_timeouts))
         .layer(middleware::from_fn_with_state(allowed, hosts::check))
         .layer(middleware::from_fn_with_state(
-            server::HeadLimits::new(&state.settings.server),
-            server::check_head,
+            head_limits::HeadLimits::new(&state.settings.server),
+            head_limits::check_head,
         ))
         // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
         .layer(middleware::from_fn(openai::render_errors))
