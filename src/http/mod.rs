@@ -17,6 +17,7 @@ pub mod hosts;
 mod keep_alive;
 pub mod limits;
 pub mod openai;
+mod openai_errors;
 pub mod openapi;
 mod params;
 mod parse_errors;
@@ -105,7 +106,7 @@ pub fn router(state: AppState, drain: server::Drain) -> Router {
             head_limits::check_head,
         ))
         // Outside the guard, so that its answers on `/v1` are in OpenAI's shape too.
-        .layer(middleware::from_fn(openai::render_errors))
+        .layer(middleware::from_fn(openai_errors::render_errors))
         .layer(Extension(edge))
         .layer(Extension(contract()));
     // Debug builds (every test) check each error answer against the document.

@@ -2,19 +2,15 @@
 //! tools that speak the OpenAI chat API can use a tether session as if it were a model. The
 //! conversation lives in the session: only the request's last (user) message is sent, through
 //! the same accept path as `POST /api/chat`, and it is an ordinary message of its session
-//! (history, queue, pushes). Errors on `/v1` are rendered in OpenAI's shape.
+//! (history, queue, pushes). Errors on `/v1` are rendered in OpenAI's shape
+//! (`openai_errors`).
 
 use super::codes::ErrorCode;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    body::Body,
-    extract::{Request, State},
-    http::{
-        header::{CONTENT_LENGTH, CONTENT_TYPE},
-        HeaderName, HeaderValue, Method, StatusCode,
-    },
-    middleware::Next,
+    extract::State,
+    http::{HeaderName, HeaderValue, Method},
     response::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
@@ -22,16 +18,15 @@ use axum::{
     routing::{get, post},
     Extension, Json,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::ToSchema;
 
 use super::{
     edge::Edge,
-    error::Said,
     error::{ApiError, ApiJson},
+    openai_errors::error_body,
     routes::{Access, Routes},
     state::AppState,
 };
@@ -44,8 +39,6 @@ use crate::{
 
 /// The completions route, also named by the request timeout (it waits for the reply).
 pub(super) const COMPLETIONS_ROUTE: &str = "/v1/chat/completions";
-/// The prefix of every route answered in OpenAI's shapes.
-pub(super) const PREFIX: &str = "/v1/";
 /// The response header (and body field) naming the tether session of the conversation.
 pub const CONVERSATION_HEADER: &str = "x-conversation-id";
 /// Read by the official OpenAI SDKs: false keeps them from sending a message again that
@@ -100,23 +93,6 @@ struct ChatMessage {
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
-}
-
-/// OpenAI's error shape, as `/v1` answers every error.
-#[derive(Serialize, ToSchema)]
-pub(super) struct OpenAiErrorBody {
-    error: OpenAiErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-struct OpenAiErrorDetail {
-    message: String,
-    /// `invalid_request_error`, `authentication_error`, `not_found_error`, …
-    r#type: String,
-    /// The request field it is about, if any.
-    param: Option<String>,
-    /// tether's code for it (as on the rest of the API).
-    code: String,
 }
 
 /// [`models`] answers only the edge's errors (see `openapi`).
@@ -556,86 +532,6 @@ fn not_to_retry(mut res: Response) -> Response {
     res
 }
 
-/// `{"error": {"message", "type", "param", "code"}}`, OpenAI's error shape.
-/// `code` None: not one of tether's errors, OpenAI's generic `invalid_request`.
-fn error_body(status: StatusCode, code: Option<ErrorCode>, message: &str) -> Value {
-    json!({"error": {
-        "message": message,
-        "type": error_type(status),
-        "param": code.and_then(param),
-        "code": code.map_or("invalid_request", ErrorCode::as_str),
-    }})
-}
-
-/// OpenAI's error `type`, from the status.
-pub(super) fn error_type(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::UNAUTHORIZED => "authentication_error",
-        StatusCode::FORBIDDEN => "permission_error",
-        StatusCode::NOT_FOUND => "not_found_error",
-        StatusCode::CONFLICT => "conflict_error",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-        s if s.is_server_error() => "server_error",
-        _ => "invalid_request_error",
-    }
-}
-
-/// The request field an error is about, when it is about one.
-pub(super) fn param(code: ErrorCode) -> Option<&'static str> {
-    use ErrorCode as C;
-    Some(match code {
-        C::ModelNotFound => "model",
-        C::InvalidMessages | C::UnsupportedContent | C::EmptyMessage | C::MessageTooLarge => {
-            "messages"
-        }
-        C::InvalidSessionId | C::SessionNotFound | C::SessionEnded | C::SessionExpired => {
-            "conversation_id"
-        }
-        C::ProjectPathRequired
-        | C::InvalidProjectPath
-        | C::ProjectNotFound
-        | C::ProjectNotADirectory => "project_path",
-        _ => return None,
-    })
-}
-
-/// Renders the errors of `/v1` routes (the edge's own ones too: 401, 429, 404, timeouts) in
-/// OpenAI's shape, with 400 where tether says 422. Other routes pass untouched.
-pub(super) async fn render_errors(req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with(PREFIX) {
-        return next.run(req).await;
-    }
-    let res = next.run(req).await;
-    let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return res;
-    }
-    // Not one of tether's errors (e.g. a WebSocket route's upgrade refused by axum): OpenAI's
-    // generic code and the status's reason.
-    let (code, message) = match res.extensions().get::<Said>() {
-        Some(said) => (Some(said.code), said.message.clone()),
-        None => (
-            None,
-            status
-                .canonical_reason()
-                .unwrap_or("the request failed")
-                .to_string(),
-        ),
-    };
-    let status = match status {
-        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-        s => s,
-    };
-    let (mut parts, _) = res.into_parts();
-    parts.status = status;
-    parts.headers.remove(CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let body = error_body(status, code, &message).to_string();
-    Response::from_parts(parts, Body::from(body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,23 +582,5 @@ mod tests {
         assert_eq!(u["total_tokens"], 120);
         assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 100);
         assert_eq!(usage(None)["total_tokens"], 0);
-    }
-
-    #[test]
-    fn errors_have_openai_types_and_name_their_field() {
-        let e = error_body(StatusCode::NOT_FOUND, Some(ErrorCode::ModelNotFound), "no");
-        assert_eq!(
-            e,
-            json!({"error": {"message": "no", "type": "not_found_error", "param": "model", "code": "model_not_found"}})
-        );
-        assert_eq!(error_type(StatusCode::UNAUTHORIZED), "authentication_error");
-        assert_eq!(error_type(StatusCode::BAD_REQUEST), "invalid_request_error");
-        assert_eq!(
-            error_type(StatusCode::TOO_MANY_REQUESTS),
-            "rate_limit_error"
-        );
-        assert_eq!(error_type(StatusCode::BAD_GATEWAY), "server_error");
-        assert_eq!(param(ErrorCode::SessionNotFound), Some("conversation_id"));
-        assert_eq!(param(ErrorCode::TooManyRequests), None);
     }
 }

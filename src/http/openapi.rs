@@ -54,7 +54,7 @@ use super::{
     codes::ErrorCode,
     devices,
     error::{ErrorBody, Said},
-    events, health, keep_alive, openai, pushes,
+    events, health, keep_alive, openai, openai_errors, pushes,
     routes::{Access, RouteInfo, Routes},
     sessions, terminals, tokens,
 };
@@ -119,7 +119,7 @@ pub fn router() -> Routes {
         openai::completions,
         openai::models,
     ),
-    components(schemas(ErrorBody, openai::OpenAiErrorBody)),
+    components(schemas(ErrorBody, openai_errors::OpenAiErrorBody)),
     tags(
         (name = "health", description = "Whether the server is up, and its metrics"),
         (name = "pairing", description = "A phone trades a one-time code for a token; tokens and their revocation"),
@@ -261,7 +261,7 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
     codes.extend(route.errors);
     let mut seen = HashSet::new();
     codes.retain(|code| seen.insert(*code));
-    let v1 = route.path.starts_with(openai::PREFIX);
+    let v1 = route.path.starts_with(openai_errors::PREFIX);
     for code in codes {
         let mut when = code.meaning().to_string();
         if admin && code == ErrorCode::Forbidden {
@@ -339,8 +339,8 @@ fn document_code(op: &mut Operation, code: ErrorCode, when: &str, v1: bool) {
         }
     };
     let value = if v1 {
-        json!({"error": {"message": when, "type": openai::error_type(status),
-            "param": openai::param(code), "code": code}})
+        json!({"error": {"message": when, "type": openai_errors::error_type(status),
+            "param": openai_errors::param(code), "code": code}})
     } else {
         json!({"error": {"code": code, "message": when}})
     };
