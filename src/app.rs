@@ -2,11 +2,9 @@
 //! sessions, push worker and router, bound to a listener; runs it until a shutdown signal.
 
 use std::{
-    collections::HashMap,
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock},
 };
 
 use anyhow::Context;
@@ -18,86 +16,19 @@ use tokio::{
 };
 
 use crate::{
-    agent::{self, claude::Claude, AgentHealth, AgentStatus},
+    agent::{self, claude::Claude, AgentHealth},
     auth::Auth,
     awake::KeepAwake,
     config::Settings,
     datadir::{self, DataDirLock},
-    http::{self, server::Drain, ApiError},
+    http::{self, server::Drain, state::AppState},
     pairing::Lockout,
     push::{self, PushGateway, PushService, WorkerConfig},
     sessions::{Deps, Sessions},
-    store::{tokens, Store},
+    store::Store,
     terminals::{self, Terminals},
     tls::Tls,
 };
-
-/// Everything a request handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub sessions: Sessions,
-    /// Programs in pseudo-terminals, attached over WebSockets.
-    pub terminals: Terminals,
-    pub auth: Auth,
-    /// The push outbox: its worker's step (`tick`) and the gateway's status.
-    pub push: PushService,
-    pub metrics: PrometheusHandle,
-    /// Bad pairing codes of the last minute (`POST /api/pair`).
-    pub pairing: Arc<Lockout>,
-    /// The SHA-256 fingerprint of the certificate served (`server.tls`), which the app pins;
-    /// None over plain HTTP.
-    pub tls_fingerprint: Option<String>,
-    agent: Arc<AgentHealth>,
-    agent_name: &'static str,
-    /// When each token's last use was written (at most once a minute each).
-    token_uses: Arc<Mutex<HashMap<String, Instant>>>,
-}
-
-impl AppState {
-    /// The agent's status, looked up again while it is missing (it may have been installed)
-    /// or once its file is gone.
-    pub async fn agent_status(&self) -> AgentStatus {
-        self.agent.status().await
-    }
-
-    /// 503 with what to do when the agent command cannot be found. A command whose file is
-    /// still there is taken as it is: chat never waits on a `--version` run (`/health` does).
-    pub async fn agent_ready(&self) -> Result<(), ApiError> {
-        self.agent
-            .ready()
-            .await
-            .map_err(|why| ApiError::unavailable("agent_unavailable", why))
-    }
-
-    pub fn agent_name(&self) -> &'static str {
-        self.agent_name
-    }
-
-    /// Records that a token was used (`last_used_at`), at most once a minute per token,
-    /// off the request's path.
-    pub fn note_token_use(&self, token_id: &str) {
-        const EVERY: Duration = Duration::from_secs(60);
-        let now = Instant::now();
-        {
-            let mut uses = self.token_uses.lock().unwrap_or_else(|e| e.into_inner());
-            if uses
-                .get(token_id)
-                .is_some_and(|t| now.duration_since(*t) < EVERY)
-            {
-                return;
-            }
-            uses.insert(token_id.to_string(), now);
-        }
-        let (store, id) = (self.store.clone(), token_id.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = tokens::touch(store.pool(), &id, crate::store::now_ms()).await {
-                tracing::warn!(error = %e, "could not record a token's use");
-            }
-        });
-    }
-}
 
 pub struct Application {
     listener: TcpListener,

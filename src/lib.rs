@@ -11,10 +11,12 @@ pub mod faults;
 pub mod http;
 pub mod pairing;
 pub mod push;
+pub mod refusal;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod terminals;
 pub mod tls;
 
-pub use app::{AppState, Application};
+pub use app::Application;
+pub use http::AppState;

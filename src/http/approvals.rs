@@ -1,6 +1,7 @@
 //! Approvals from the phone: a session's requests, one request, the decision (allow, deny,
 //! or answers to a question), and the session's permission mode.
 
+use super::codes::ErrorCode;
 use axum::{
     extract::State,
     http::StatusCode,
@@ -16,11 +17,12 @@ use utoipa::{
 };
 
 use super::{
-    openapi::{NumericId, SessionId},
+    error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail},
+    params::{NumericId, SessionId},
     routes::{Access, Routes},
     sessions::visible,
+    state::AppState,
     views::{ApprovalView, Page},
-    ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail,
 };
 use crate::{
     agent::Decision,
@@ -31,7 +33,6 @@ use crate::{
         approvals::{self, ApprovalRow, ApprovalStatus},
         sessions,
     },
-    AppState,
 };
 use axum::http::Method;
 
@@ -45,19 +46,28 @@ pub fn router() -> Routes {
             "/api/sessions/{id}/approvals",
             Access::User,
             get(list),
+            LIST_ERRORS,
         )
-        .add(Method::GET, "/api/approvals/{id}", Access::User, get(show))
+        .add(
+            Method::GET,
+            "/api/approvals/{id}",
+            Access::User,
+            get(show),
+            SHOW_ERRORS,
+        )
         .add(
             Method::POST,
             "/api/approvals/{id}",
             Access::User,
             post(decide),
+            DECIDE_ERRORS,
         )
         .add(
             Method::POST,
             "/api/sessions/{id}/permission-mode",
             Access::User,
             post(set_mode),
+            SET_MODE_ERRORS,
         )
 }
 
@@ -77,6 +87,14 @@ pub(super) struct ApprovalList {
     approvals: Vec<ApprovalView>,
 }
 
+/// What [`list`] may answer besides the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[
+    ErrorCode::SessionNotFound,
+    ErrorCode::InvalidStatus,
+    ErrorCode::InvalidLimit,
+    ErrorCode::InvalidQuery,
+];
+
 /// A session's approvals
 ///
 /// What the agent asked about in this session, newest first; `?status=pending` for what
@@ -89,8 +107,6 @@ pub(super) struct ApprovalList {
     params(SessionId, ListQuery),
     responses(
         (status = 200, description = "The approvals", body = ApprovalList),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 422, description = "`invalid_status`: `status` is not an approval's state; `invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: `limit` is not a number"),
     ),
 )]
 pub(super) async fn list(
@@ -103,8 +119,8 @@ pub(super) async fn list(
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(ApprovalStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_status",
+            ApiError::new(
+                ErrorCode::InvalidStatus,
                 "status must be pending, allowed, denied, expired or cancelled",
             )
         })?),
@@ -125,7 +141,7 @@ async fn visible_approval(
     caller: &Caller,
     id: &str,
 ) -> Result<ApprovalRow, ApiError> {
-    let missing = || ApiError::not_found("approval_not_found", format!("no approval {id}"));
+    let missing = || ApiError::new(ErrorCode::ApprovalNotFound, format!("no approval {id}"));
     let id: i64 = id.parse().map_err(|_| missing())?;
     let row = approvals::get(state.store.pool(), id)
         .await?
@@ -136,6 +152,9 @@ async fn visible_approval(
     Ok(row)
 }
 
+/// What [`show`] may answer besides the edge's errors (see `openapi`).
+const SHOW_ERRORS: &[ErrorCode] = &[ErrorCode::ApprovalNotFound];
+
 /// One approval
 #[utoipa::path(
     get,
@@ -145,7 +164,6 @@ async fn visible_approval(
     params(NumericId),
     responses(
         (status = 200, description = "The approval", body = ApprovalView),
-        (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
     ),
 )]
 pub(super) async fn show(
@@ -190,8 +208,8 @@ impl DecideRequest {
     /// Refuses a `decision` or `remember` that no approval takes.
     fn check_values(&self) -> Result<(), ApiError> {
         if !matches!(self.remember.as_deref(), None | Some("session")) {
-            return Err(ApiError::invalid(
-                "invalid_remember",
+            return Err(ApiError::new(
+                ErrorCode::InvalidRemember,
                 "remember must be \"session\"",
             ));
         }
@@ -203,7 +221,10 @@ impl DecideRequest {
 }
 
 fn invalid_decision() -> ApiError {
-    ApiError::invalid("invalid_decision", "decision must be \"allow\" or \"deny\"")
+    ApiError::new(
+        ErrorCode::InvalidDecision,
+        "decision must be \"allow\" or \"deny\"",
+    )
 }
 
 /// How long an allowed suggestion holds.
@@ -221,6 +242,18 @@ pub(super) struct AlreadyDecided {
     approval: ApprovalView,
 }
 
+/// What [`decide`] may answer besides the edge's errors (see `openapi`).
+const DECIDE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::PermissionModeNotAllowed,
+    ErrorCode::ApprovalNotFound,
+    ErrorCode::ApprovalExpired,
+    ErrorCode::InvalidDecision,
+    ErrorCode::AnswersRequired,
+    ErrorCode::InvalidRemember,
+    ErrorCode::InputRequired,
+    ErrorCode::InvalidInput,
+];
+
 /// Answer an approval
 ///
 /// The decision is stored first, then written to the agent, and announced as
@@ -236,15 +269,7 @@ pub(super) struct AlreadyDecided {
     request_body = DecideRequest,
     responses(
         (status = 200, description = "Decided: the approval as it is now", body = ApprovalView),
-        (status = 403, description = "`permission_mode_not_allowed`: `remember` would switch the session to a mode a user token may not choose (`agent.permission_modes`)"),
-        (status = 404, description = "`approval_not_found`: no such approval (or not the caller's)"),
         (status = 409, description = "Someone decided it first (`already_decided`): their decision", body = AlreadyDecided),
-        (status = 410, description = "`approval_expired`: it can no longer be answered (expired or cancelled: its turn or process is gone)"),
-        (status = 422, description = "`invalid_decision`: `decision` is not `allow` or `deny`; \
-            `answers_required`: a question needs `answers` (or `deny`); \
-            `invalid_remember`: `remember` is not `session`; \
-            `input_required`: the tool's input was too large to keep; send `updatedInput`; \
-            `invalid_input`: the question's input is not an object"),
     ),
 )]
 pub(super) async fn decide(
@@ -281,14 +306,13 @@ fn already(row: ApprovalRow) -> Result<Response, ApiError> {
     if matches!(status, ApprovalStatus::Expired | ApprovalStatus::Cancelled) {
         let why = row.reason.as_deref().unwrap_or("it ended");
         return Err(ApiError::new(
-            StatusCode::GONE,
-            "approval_expired",
+            ErrorCode::ApprovalExpired,
             format!("this request can no longer be answered: {why}"),
         ));
     }
     let body = AlreadyDecided {
         error: ErrorDetail {
-            code: "already_decided",
+            code: ErrorCode::AlreadyDecided,
             message: format!(
                 "this request was already decided: {}",
                 serde_json::json!(status).as_str().unwrap_or("")
@@ -307,8 +331,8 @@ fn decision_of(
 ) -> Result<(Decision, Option<String>), ApiError> {
     let input = || -> Result<Value, ApiError> {
         if row.input_cut {
-            return Err(ApiError::invalid(
-                "input_required",
+            return Err(ApiError::new(
+                ErrorCode::InputRequired,
                 "the input was too large to keep; send updatedInput",
             ));
         }
@@ -331,8 +355,8 @@ fn decision_of(
         (None | Some("allow"), Some(answers)) if row.kind == "question" => {
             let mut updated = req.updated_input.map_or_else(input, Ok)?;
             let Some(obj) = updated.as_object_mut() else {
-                return Err(ApiError::invalid(
-                    "invalid_input",
+                return Err(ApiError::new(
+                    ErrorCode::InvalidInput,
                     "the question's input is not an object",
                 ));
             };
@@ -342,8 +366,8 @@ fn decision_of(
                 updated_permissions: None,
             }
         }
-        (_, _) if row.kind == "question" => return Err(ApiError::invalid(
-            "answers_required",
+        (_, _) if row.kind == "question" => return Err(ApiError::new(
+            ErrorCode::AnswersRequired,
             "a question is answered with {\"answers\": {\"<question>\": \"<label>\"}} (or denied)",
         )),
         (Some("allow"), None) => Decision::Allow {
@@ -423,14 +447,21 @@ fn may_choose(state: &AppState, caller: &Caller, mode: &str) -> Result<(), ApiEr
         return Ok(());
     }
     Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "permission_mode_not_allowed",
+        ErrorCode::PermissionModeNotAllowed,
         format!(
             "a user token may not choose the permission mode {mode} here (agent.permission_modes: {})",
             agent.permission_modes.join(", ")
         ),
     ))
 }
+
+/// What [`set_mode`] may answer besides the edge's errors (see `openapi`).
+const SET_MODE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::PermissionModeNotAllowed,
+    ErrorCode::SessionNotFound,
+    ErrorCode::SessionEnded,
+    ErrorCode::InvalidPermissionMode,
+];
 
 /// Set a session's permission mode
 ///
@@ -447,10 +478,6 @@ fn may_choose(state: &AppState, caller: &Caller, mode: &str) -> Result<(), ApiEr
     request_body = ModeRequest,
     responses(
         (status = 200, description = "Set", body = ModeAnswer),
-        (status = 403, description = "`permission_mode_not_allowed`: a user token may not choose this mode (`agent.permission_modes`)"),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 409, description = "`session_ended`: the session has ended"),
-        (status = 422, description = "`invalid_permission_mode`: `mode` is not one of the CLI's modes"),
     ),
 )]
 pub(super) async fn set_mode(
@@ -460,16 +487,16 @@ pub(super) async fn set_mode(
     ApiJson(req): ApiJson<ModeRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !PERMISSION_MODES.contains(&req.mode.as_str()) {
-        return Err(ApiError::invalid(
-            "invalid_permission_mode",
+        return Err(ApiError::new(
+            ErrorCode::InvalidPermissionMode,
             format!("mode must be one of {}", PERMISSION_MODES.join(", ")),
         ));
     }
     let session = visible(&state, &caller, &id).await?;
     may_choose(&state, &caller, &req.mode)?;
     if !session.is_active() {
-        return Err(ApiError::conflict(
-            "session_ended",
+        return Err(ApiError::new(
+            ErrorCode::SessionEnded,
             "this session has ended",
         ));
     }

@@ -1,6 +1,7 @@
 //! `POST /api/chat`: validate, write the user message (queued), wake the session's actor,
 //! answer 202 (or, with `wait`, the reply once the turn ends).
 
+use super::codes::ErrorCode;
 use axum::{
     extract::State,
     http::StatusCode,
@@ -13,15 +14,15 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use super::{
+    error::{ApiError, ApiJson},
     routes::{Access, Routes},
+    state::AppState,
     views::MessageView,
-    ApiError, ApiJson,
 };
 use crate::{
     auth::Caller,
     sessions::{Accepted, Message, Target},
     store::{messages, messages::Status},
-    AppState,
 };
 use axum::http::Method;
 
@@ -29,7 +30,7 @@ use axum::http::Method;
 pub(super) const ROUTE: &str = "/api/chat";
 
 pub fn router() -> Routes {
-    Routes::default().add(Method::POST, ROUTE, Access::User, post(chat))
+    Routes::default().add(Method::POST, ROUTE, Access::User, post(chat), CHAT_ERRORS)
 }
 
 /// A message for a session: an existing one (`sessionId`) or a new one in `projectPath`.
@@ -71,6 +72,26 @@ pub(super) struct ChatAnswer {
     reply: Option<MessageView>,
 }
 
+/// What [`chat`] may answer besides the edge's errors (see `openapi`).
+const CHAT_ERRORS: &[ErrorCode] = &[
+    ErrorCode::Forbidden,
+    ErrorCode::SessionNotFound,
+    ErrorCode::SessionEnded,
+    ErrorCode::SessionExpired,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::EmptyMessage,
+    ErrorCode::ProjectPathRequired,
+    ErrorCode::InvalidSessionId,
+    ErrorCode::InvalidProjectPath,
+    ErrorCode::ProjectNotFound,
+    ErrorCode::ProjectNotADirectory,
+    ErrorCode::InvalidClientMessageId,
+    ErrorCode::QueueFull,
+    ErrorCode::TooManySessions,
+    ErrorCode::TooManyNewSessions,
+    ErrorCode::AgentUnavailable,
+];
+
 /// Send a message
 ///
 /// Validates the message, stores it `queued` (nothing is accepted that is not written first)
@@ -91,22 +112,6 @@ pub(super) struct ChatAnswer {
                     "text": "It is a web app for…", "clientMessageId": null, "replyTo": 12, "error": null, "costUsd": 0.012,
                     "durationMs": 2300, "usage": null, "createdAt": "2025-05-01T10:00:02Z", "startedAt": null, "finishedAt": null}})),
         (status = 202, description = "Accepted: the turn waits or runs (or, for a repeated `clientMessageId`, how it ended)", body = ChatAnswer),
-        (status = 403, description = "`forbidden`: `projectPath` is outside `projects.roots`"),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's)"),
-        (status = 409, description = "`session_ended`: the session was ended; start a new one"),
-        (status = 410, description = "`session_expired`: the session expired; its history stays readable"),
-        (status = 413, description = "`message_too_large`: longer than `sessions.max_message_bytes`"),
-        (status = 422, description = "`empty_message`: the message is empty; \
-            `project_path_required`: neither `sessionId` nor `projectPath`; \
-            `invalid_session_id`: `sessionId` is not a UUID; \
-            `invalid_project_path`: `projectPath` is not absolute; \
-            `project_not_found`: `projectPath` does not exist; \
-            `project_not_a_directory`: `projectPath` is a file; \
-            `invalid_client_message_id`: `clientMessageId` is empty or longer than 128 bytes"),
-        (status = 429, description = "`queue_full`: `sessions.max_queued_per_session` messages already wait; \
-            `too_many_sessions`: `sessions.max_active_per_owner` sessions are active; \
-            `too_many_new_sessions`: `limits.new_sessions_per_minute` were started in the last minute"),
-        (status = 503, description = "`agent_unavailable`: the agent command is missing (the message says what to do)"),
     ),
 )]
 pub(super) async fn chat(
@@ -118,8 +123,8 @@ pub(super) async fn chat(
         (Some(id), _) => Target::Session(id),
         (None, Some(raw)) => Target::NewIn(raw),
         (None, None) => {
-            return Err(ApiError::invalid(
-                "project_path_required",
+            return Err(ApiError::new(
+                ErrorCode::ProjectPathRequired,
                 "a new session needs projectPath (or send sessionId)",
             ))
         }

@@ -3,6 +3,7 @@
 //! `GET /api/devices` lists the caller's devices (an admin's: everyone's), and
 //! `DELETE /api/devices/{token}` removes one, cancelling its unsent pushes.
 
+use super::codes::ErrorCode;
 use axum::{
     extract::State,
     http::StatusCode,
@@ -18,9 +19,10 @@ use utoipa::{
 };
 
 use super::{
+    error::{ApiError, ApiJson, ApiPath},
     routes::{Access, Routes},
+    state::AppState,
     views::time,
-    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::Caller,
@@ -30,7 +32,6 @@ use crate::{
         devices::{self, DeviceRow, Environment},
         pushes,
     },
-    AppState,
 };
 use axum::http::Method;
 
@@ -97,13 +98,26 @@ pub(super) fn unsafe_name_char(name: &str) -> Option<char> {
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::GET, "/api/devices", Access::User, get(list))
-        .add(Method::POST, "/api/devices", Access::User, post(register))
+        .add(
+            Method::GET,
+            "/api/devices",
+            Access::User,
+            get(list),
+            LIST_ERRORS,
+        )
+        .add(
+            Method::POST,
+            "/api/devices",
+            Access::User,
+            post(register),
+            REGISTER_ERRORS,
+        )
         .add(
             Method::DELETE,
             "/api/devices/{token}",
             Access::User,
             delete(remove),
+            REMOVE_ERRORS,
         )
 }
 
@@ -175,6 +189,16 @@ fn valid_topic(topic: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
 }
 
+/// What [`register`] may answer besides the edge's errors (see `openapi`).
+const REGISTER_ERRORS: &[ErrorCode] = &[
+    ErrorCode::DeviceTokenTaken,
+    ErrorCode::InvalidDeviceToken,
+    ErrorCode::InvalidEnvironment,
+    ErrorCode::InvalidTopic,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicRequired,
+];
+
 /// Register a phone
 ///
 /// Registers (or registers again) the caller's APNs device token. A token another owner
@@ -188,12 +212,6 @@ fn valid_topic(topic: &str) -> bool {
     responses(
         (status = 200, description = "Registered again (enabled, if it was disabled)", body = DeviceView),
         (status = 201, description = "Registered", body = DeviceView),
-        (status = 409, description = "`device_token_taken`: another owner registered this token"),
-        (status = 422, description = "`invalid_device_token`: `token` is not 64 to 200 hex digits; \
-            `invalid_environment`: `environment` is not `sandbox` or `production`; \
-            `invalid_topic`: `topic` is not a bundle id; \
-            `invalid_name`: `name` is longer than 100 characters or holds control or text-direction characters; \
-            `topic_required`: no `topic`, and the server has no `push.apns.topic`"),
     ),
 )]
 pub(super) async fn register(
@@ -202,8 +220,8 @@ pub(super) async fn register(
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let token = normalize_token(&req.token).ok_or_else(|| {
-        ApiError::invalid(
-            "invalid_device_token",
+        ApiError::new(
+            ErrorCode::InvalidDeviceToken,
             format!(
                 "token must be the APNs device token in hex: {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} \
                  hex digits (got {} characters)",
@@ -212,15 +230,15 @@ pub(super) async fn register(
         )
     })?;
     let environment = Environment::parse(&req.environment).ok_or_else(|| {
-        ApiError::invalid(
-            "invalid_environment",
+        ApiError::new(
+            ErrorCode::InvalidEnvironment,
             "environment must be \"sandbox\" (debug builds) or \"production\" (TestFlight, App Store)",
         )
     })?;
     if let Some(topic) = &req.topic {
         if !valid_topic(topic) {
-            return Err(ApiError::invalid(
-                "invalid_topic",
+            return Err(ApiError::new(
+                ErrorCode::InvalidTopic,
                 "topic must be the app's bundle id (letters, digits, '.', '-', '_')",
             ));
         }
@@ -231,14 +249,14 @@ pub(super) async fn register(
         .as_ref()
         .is_some_and(|n| n.chars().count() > MAX_NAME_CHARS)
     {
-        return Err(ApiError::invalid(
-            "invalid_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
             format!("name must be at most {MAX_NAME_CHARS} characters"),
         ));
     }
     if let Some(c) = req.name.as_deref().and_then(unsafe_name_char) {
-        return Err(ApiError::invalid(
-            "invalid_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
             format!(
                 "name must not hold control or text-direction characters (it holds U+{:04X})",
                 c as u32
@@ -250,8 +268,8 @@ pub(super) async fn register(
         && state.push.config().default_topic.is_none()
         && state.push.gateway().needs_topic()
     {
-        return Err(ApiError::invalid(
-            "topic_required",
+        return Err(ApiError::new(
+            ErrorCode::TopicRequired,
             "send the app's bundle id as topic (push.apns.topic is not set on this server)",
         ));
     }
@@ -264,8 +282,8 @@ pub(super) async fn register(
             // Moving it would cut its owner's pushes off and send this caller's to a phone
             // they may not hold: whoever knows a token could take a phone over.
             tracing::warn!(device_id = before.id, device = %token_prefix(&token), "device token registered by another owner: refused");
-            return Err(ApiError::conflict(
-                "device_token_taken",
+            return Err(ApiError::new(
+                ErrorCode::DeviceTokenTaken,
                 "this device token is registered by another owner; remove it there first \
                  (DELETE /api/devices/{token}) or ask the admin",
             ));
@@ -318,6 +336,9 @@ pub(super) struct DeviceList {
     devices: Vec<DeviceView>,
 }
 
+/// [`list`] answers only the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[];
+
 /// The caller's phones
 ///
 /// An admin sees everyone's.
@@ -337,6 +358,9 @@ pub(super) async fn list(
     Ok(Json(DeviceList { devices }))
 }
 
+/// What [`remove`] may answer besides the edge's errors (see `openapi`).
+const REMOVE_ERRORS: &[ErrorCode] = &[ErrorCode::DeviceNotFound];
+
 /// Remove a phone
 ///
 /// Its pushes not yet sent are cancelled.
@@ -348,7 +372,6 @@ pub(super) async fn list(
     params(DeviceToken),
     responses(
         (status = 204, description = "Removed"),
-        (status = 404, description = "`device_not_found`: no such device (or not the caller's)"),
     ),
 )]
 pub(super) async fn remove(
@@ -356,7 +379,7 @@ pub(super) async fn remove(
     caller: Caller,
     ApiPath(token): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let not_found = || ApiError::not_found("device_not_found", "no such device");
+    let not_found = || ApiError::new(ErrorCode::DeviceNotFound, "no such device");
     let token = normalize_token(&token).ok_or_else(not_found)?;
     let now = store::now_ms();
     let mut tx = state.store.begin_write().await?;

@@ -16,10 +16,8 @@ use axum::{
 use serde::{de::DeserializeOwned, Serialize};
 use utoipa::ToSchema;
 
-use crate::{
-    sessions::{AcceptError, Refusal},
-    store::{self, StorageFault},
-};
+use super::codes::ErrorCode;
+use crate::store::{self, StorageFault};
 
 /// `Retry-After` of `storage_unavailable`: a full disk or a read-only mount waits for a
 /// person, so clients are told not to come back sooner than this.
@@ -36,74 +34,61 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, snake_case; each route's responses list the codes it may send.
-    pub code: &'static str,
+    #[schema(value_type = String)]
+    pub code: ErrorCode,
     pub message: String,
 }
 
+/// An error answer: its code (which fixes its status), a message for a person, and when
+/// to try again.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Sent as `Retry-After` (whole seconds, rounded up, at least 1) with a 429 or a 503.
     pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             retry_after: None,
         }
     }
-    /// A limit was reached: 429 with `Retry-After`.
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+    /// A limit was reached (a 429 code): with `Retry-After`.
+    pub fn too_many(code: ErrorCode, message: impl Into<String>, retry_after: Duration) -> Self {
+        Self::new(code, message).retry_after(retry_after)
+    }
+    /// Says when to try again (`Retry-After`).
+    pub fn retry_after(self, after: Duration) -> Self {
         Self {
-            retry_after: Some(retry_after),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            retry_after: Some(after),
+            ..self
         }
     }
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
-    }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
-    }
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
-    }
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
     /// The database cannot be written (disk full, read-only, I/O error): 503
     /// `storage_unavailable` with `Retry-After`; nothing was changed.
     pub fn storage(fault: StorageFault, detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, ?fault, "the database cannot be written");
-        Self {
-            retry_after: Some(STORAGE_RETRY_AFTER),
-            ..Self::unavailable(
-                "storage_unavailable",
-                format!(
-                    "tether cannot store anything now: {}; nothing was changed, try again once \
-                     the server's owner has freed it",
-                    fault.describe()
-                ),
-            )
-        }
+        Self::new(
+            ErrorCode::StorageUnavailable,
+            format!(
+                "tether cannot store anything now: {}; nothing was changed, try again once \
+                 the server's owner has freed it",
+                fault.describe()
+            ),
+        )
+        .retry_after(STORAGE_RETRY_AFTER)
     }
-    fn internal(detail: &dyn std::fmt::Display) -> Self {
+    pub(super) fn internal(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "an internal error occurred; see the server log",
         )
     }
@@ -113,7 +98,7 @@ impl ApiError {
 /// error shape (the OpenAI-compatible `/v1`) can render the same error its own way.
 #[derive(Debug, Clone)]
 pub struct Said {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -129,7 +114,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.code.status(), Json(body)).into_response();
         response.extensions_mut().insert(said);
         if let Some(after) = self.retry_after {
             response
@@ -143,26 +128,6 @@ impl IntoResponse for ApiError {
 /// A `Retry-After` in whole seconds, rounded up, at least 1.
 fn whole_seconds(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000).max(1) as u64
-}
-
-impl From<AcceptError> for ApiError {
-    fn from(e: AcceptError) -> Self {
-        let (why, code, message) = match e {
-            AcceptError::Db(e) => return e.into(),
-            AcceptError::Refused { why, code, message } => (why, code, message),
-        };
-        let status = match why {
-            Refusal::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
-            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::Forbidden => StatusCode::FORBIDDEN,
-            Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Conflict => StatusCode::CONFLICT,
-            Refusal::Gone => StatusCode::GONE,
-            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Refusal::TooMany(after) => return Self::too_many(code, message, after),
-        };
-        Self::new(status, code, message)
-    }
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -189,25 +154,23 @@ impl From<anyhow::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
-            _ => "malformed_json",
+        let code = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidBody,
+            _ => ErrorCode::MalformedJson,
         };
-        Self::new(status, code, rejection.body_text())
+        Self::new(code, rejection.body_text())
     }
 }
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
-        let status = rejection.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            _ => "unreadable_body",
+        let code = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+            _ => ErrorCode::UnreadableBody,
         };
-        Self::new(status, code, rejection.body_text())
+        Self::new(code, rejection.body_text())
     }
 }
 
@@ -246,7 +209,7 @@ where
 }
 
 fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::invalid("invalid_query", rejection.body_text())
+    ApiError::new(ErrorCode::InvalidQuery, rejection.body_text())
 }
 
 /// `axum::extract::Path`, with its rejections (400 `invalid_path`: a parameter that is not
@@ -273,23 +236,18 @@ fn path_error(rejection: PathRejection) -> ApiError {
         // The route and its handler disagree: a bug, not the caller's doing.
         return ApiError::internal(&rejection.body_text());
     }
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "invalid_path",
-        rejection.body_text(),
-    )
+    ApiError::new(ErrorCode::InvalidPath, rejection.body_text())
 }
 
 /// Answers routes that do not exist.
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("route_not_found", "no such route")
+    ApiError::new(ErrorCode::RouteNotFound, "no such route")
 }
 
 /// Answers a method a route does not take (axum adds the `Allow` header).
 pub async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method; the Allow header lists those it takes",
     )
 }

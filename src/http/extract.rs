@@ -11,18 +11,16 @@ use axum::{
     },
 };
 
-use super::ApiError;
-use crate::{
-    auth::{Admin, Caller, Refusal},
-    AppState,
-};
+use super::{codes::ErrorCode, error::ApiError, state::AppState};
+use crate::auth::{Admin, Caller};
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers).unwrap_or_else(|| {
-            Err(ApiError::unauthorized(
+            Err(ApiError::new(
+                ErrorCode::Unauthorized,
                 "send `Authorization: Bearer <token>`; `tether token` prints one",
             ))
         })?;
@@ -42,7 +40,12 @@ fn bearer(headers: &HeaderMap) -> Option<Result<&str, ApiError>> {
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"));
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        });
     Some(token)
 }
 
@@ -71,21 +74,7 @@ pub(super) async fn token_id(state: &AppState, headers: &HeaderMap) -> Option<St
 /// The caller a token speaks for, or 401: it must be one this server issued and that is
 /// not revoked (see [`crate::auth::Auth::verify`]).
 async fn caller_of(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    let claims = state
-        .auth
-        .verify(state.store.pool(), token)
-        .await
-        .map_err(|e| match e {
-            Refusal::Invalid(_) => ApiError::unauthorized("the token is invalid or expired"),
-            Refusal::AdminName => {
-                ApiError::unauthorized("a user token may not speak for the admin's owner name")
-            }
-            Refusal::NotIssued => ApiError::unauthorized(
-                "this server did not issue the token; `tether token` prints one",
-            ),
-            Refusal::Revoked => ApiError::unauthorized("the token was revoked"),
-            Refusal::Store(e) => e.into(),
-        })?;
+    let claims = state.auth.verify(state.store.pool(), token).await?;
     state.note_token_use(&claims.jti);
     Ok(Caller {
         owner: claims.sub,
@@ -113,7 +102,8 @@ impl FromRequestParts<AppState> for WsCaller {
                 .map(WsCaller);
         }
         let token = ws_bearer(&parts.headers).ok_or_else(|| {
-            ApiError::unauthorized(
+            ApiError::new(
+                ErrorCode::Unauthorized,
                 "send `Authorization: Bearer <token>`, or the subprotocols \
                  `tether, bearer.<token>` (Sec-WebSocket-Protocol)",
             )
@@ -147,7 +137,8 @@ impl FromRequestParts<AppState> for Admin {
         let caller =
             <Caller as FromRequestParts<AppState>>::from_request_parts(parts, state).await?;
         if !caller.is_admin() {
-            return Err(ApiError::forbidden(
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
                 "this route needs an admin token (`tether token --admin`)",
             ));
         }

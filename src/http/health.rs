@@ -3,6 +3,8 @@
 //! what is wrong: database, agent, push gateway, version, counts; with an admin token also the
 //! TLS certificate's fingerprint. And `GET /metrics` (Prometheus text, admin token).
 
+use super::codes::ErrorCode;
+use super::state::AppState;
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -11,14 +13,25 @@ use super::routes::{Access, Routes};
 use crate::{
     agent::AgentStatus,
     auth::{Admin, Caller},
-    AppState,
 };
 use axum::http::Method;
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::GET, "/health", Access::Public, get(health))
-        .add(Method::GET, "/metrics", Access::Admin, get(metrics))
+        .add(
+            Method::GET,
+            "/health",
+            Access::Public,
+            get(health),
+            HEALTH_ERRORS,
+        )
+        .add(
+            Method::GET,
+            "/metrics",
+            Access::Admin,
+            get(metrics),
+            METRICS_ERRORS,
+        )
 }
 
 /// Whether the server is healthy. Without a token only `status` and `tls`; with one (any role)
@@ -82,6 +95,9 @@ struct PushHealth {
     unsent: Option<i64>,
 }
 
+/// What [`health`] may answer besides the edge's errors (see `openapi`).
+const HEALTH_ERRORS: &[ErrorCode] = &[ErrorCode::Unauthorized];
+
 /// Whether the server is up
 ///
 /// No token needed. A monitor reads the status code (503 when the database is down); a
@@ -94,7 +110,6 @@ struct PushHealth {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Up (`ok` or `degraded`)", body = Health),
-        (status = 401, description = "`unauthorized`: an `Authorization` header whose token is invalid, expired or revoked (send none to be anonymous)"),
         (status = 503, description = "The database cannot be reached (`status` is `down`)", body = Health),
     ),
 )]
@@ -169,6 +184,9 @@ async fn storage_fault(state: &AppState) -> Option<crate::store::StorageFault> {
     }
     state.store.storage_fault()
 }
+
+/// [`metrics`] answers only the edge's errors (see `openapi`).
+const METRICS_ERRORS: &[ErrorCode] = &[];
 
 /// Prometheus metrics
 ///

@@ -5,6 +5,7 @@
 //! names another host answers 403 `origin_not_allowed`; one without `Origin` (a native
 //! client) is fine.
 
+use super::codes::ErrorCode;
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv6Addr},
@@ -15,13 +16,13 @@ use axum::{
     extract::{Request, State},
     http::{
         header::{HOST, ORIGIN, UPGRADE},
-        StatusCode, Version,
+        Version,
     },
     middleware::Next,
     response::{IntoResponse, Response},
 };
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// The host names (lower case, without a trailing dot) accepted besides IP literals.
 #[derive(Debug, Clone)]
@@ -82,8 +83,7 @@ impl AllowedHosts {
         if let Some(bad) = named.find(|h| !self.allows(h)) {
             tracing::debug!(host = %bad.escape_debug(), "a request for another host was refused");
             return Some(ApiError::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "host_not_allowed",
+                ErrorCode::HostNotAllowed,
                 "this server does not answer to that Host name; use its IP address, \
                  `localhost`, its machine name, or add the name to server.allowed_hosts",
             ));
@@ -97,8 +97,7 @@ impl AllowedHosts {
         if upgrade && origin.is_some_and(|o| !self.allows_origin(o.to_str().unwrap_or_default())) {
             tracing::debug!("a WebSocket upgrade from another origin was refused");
             return Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
+                ErrorCode::OriginNotAllowed,
                 "a WebSocket may be opened only by a page of this server (its Origin must \
                  name a host it answers to), or by a client that sends no Origin",
             ));
@@ -115,7 +114,7 @@ impl AllowedHosts {
 }
 
 fn missing_host(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "missing_host", message)
+    ApiError::new(ErrorCode::MissingHost, message)
 }
 
 /// Lower case, without the trailing dot of a fully qualified name.

@@ -3,6 +3,7 @@
 //! `store::sessions::owner_load`), checked by the accept path where sessions are created
 //! (`sessions::accept`).
 
+use super::codes::ErrorCode;
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -21,8 +22,7 @@ use axum::{
 };
 use governor::{clock::Clock, DefaultKeyedRateLimiter, Quota};
 
-use super::{extract, server::Peer, ApiError, Edge};
-use crate::AppState;
+use super::{error::ApiError, extract, server::Peer, state::AppState};
 
 /// Requests per minute per key (`server.requests_per_minute`): a token, or the caller's
 /// address for requests without a valid one.
@@ -74,11 +74,22 @@ impl RequestRate {
     }
 }
 
+/// What [`limit_rate`] needs: the app (to check tokens) and the rate, if there is one.
+#[derive(Clone)]
+pub struct RateLimit {
+    pub state: AppState,
+    /// `server.requests_per_minute`; None: no limit.
+    pub rate: Option<Arc<RequestRate>>,
+}
+
 /// 429 `too_many_requests` past `server.requests_per_minute`, counted per token id after
 /// checking the token (so the header's spelling does not matter) and per peer address for
 /// requests without a valid token (so junk headers share the address's budget).
-pub async fn limit_rate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let rate = req.extensions().get::<Edge>().and_then(|e| e.rate.clone());
+pub async fn limit_rate(
+    State(RateLimit { state, rate }): State<RateLimit>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(rate) = rate else {
         return next.run(req).await;
     };
@@ -91,7 +102,7 @@ pub async fn limit_rate(State(state): State<AppState>, req: Request, next: Next)
     };
     if let Err(wait) = rate.check(key) {
         return ApiError::too_many(
-            "too_many_requests",
+            ErrorCode::TooManyRequests,
             "too many requests from this token, or from this address without one \
              (server.requests_per_minute); slow down",
             wait,
@@ -100,6 +111,10 @@ pub async fn limit_rate(State(state): State<AppState>, req: Request, next: Next)
     }
     next.run(req).await
 }
+
+/// How often an event stream sends a keep-alive comment; a stream whose client vanished is
+/// noticed by its next one at the latest.
+pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Open event streams per owner; cheap to clone.
 #[derive(Clone, Default, Debug)]
@@ -113,8 +128,28 @@ pub struct StreamPermit {
 }
 
 impl StreamCounts {
+    /// A permit for one more stream of `owner`, or 429 `too_many_streams` when it already
+    /// has `limit` open (event streams and streamed completions).
+    pub fn acquire(&self, owner: &str, limit: usize) -> Result<StreamPermit, ApiError> {
+        self.try_acquire(owner, limit).ok_or_else(|| {
+            tracing::info!(
+                owner,
+                limit = "limits.streams_per_owner",
+                "per-owner limit reached"
+            );
+            ApiError::too_many(
+                ErrorCode::TooManyStreams,
+                format!(
+                    "{limit} streams are already open (limits.streams_per_owner); close one first"
+                ),
+                // A stream whose client vanished is noticed by its next keep-alive at the latest.
+                SSE_KEEPALIVE,
+            )
+        })
+    }
+
     /// A permit for one more stream of `owner`, or None when it already has `limit` open.
-    pub fn try_acquire(&self, owner: &str, limit: usize) -> Option<StreamPermit> {
+    fn try_acquire(&self, owner: &str, limit: usize) -> Option<StreamPermit> {
         let mut counts = self.0.lock().expect("stream counts lock");
         let open = counts.entry(owner.to_string()).or_default();
         if *open >= limit {

@@ -2,18 +2,15 @@
 //! tools that speak the OpenAI chat API can use a tether session as if it were a model. The
 //! conversation lives in the session: only the request's last (user) message is sent, through
 //! the same accept path as `POST /api/chat`, and it is an ordinary message of its session
-//! (history, queue, pushes). Errors on `/v1` are rendered in OpenAI's shape.
+//! (history, queue, pushes). Errors on `/v1` are rendered in OpenAI's shape
+//! (`openai_errors`).
 
+use super::codes::ErrorCode;
 use std::{convert::Infallible, time::Duration};
 
 use axum::{
-    body::Body,
-    extract::{Request, State},
-    http::{
-        header::{CONTENT_LENGTH, CONTENT_TYPE},
-        HeaderName, HeaderValue, Method, StatusCode,
-    },
-    middleware::Next,
+    extract::State,
+    http::{HeaderName, HeaderValue, Method},
     response::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
@@ -21,29 +18,27 @@ use axum::{
     routing::{get, post},
     Extension, Json,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::ToSchema;
 
 use super::{
-    error::Said,
+    edge::Edge,
+    error::{ApiError, ApiJson},
+    openai_errors::error_body,
     routes::{Access, Routes},
-    ApiError, ApiJson, Edge,
+    state::AppState,
 };
 use crate::{
     agent::TextDelta,
     auth::Caller,
     sessions::{Accepted, Message, Target, TurnWatch, Watched},
     store::messages::{MessageRow, Status},
-    AppState,
 };
 
 /// The completions route, also named by the request timeout (it waits for the reply).
 pub(super) const COMPLETIONS_ROUTE: &str = "/v1/chat/completions";
-/// The prefix of every route answered in OpenAI's shapes.
-pub(super) const PREFIX: &str = "/v1/";
 /// The response header (and body field) naming the tether session of the conversation.
 pub const CONVERSATION_HEADER: &str = "x-conversation-id";
 /// Read by the official OpenAI SDKs: false keeps them from sending a message again that
@@ -63,8 +58,15 @@ pub fn router() -> Routes {
             COMPLETIONS_ROUTE,
             Access::User,
             post(completions),
+            COMPLETIONS_ERRORS,
         )
-        .add(Method::GET, "/v1/models", Access::User, get(models))
+        .add(
+            Method::GET,
+            "/v1/models",
+            Access::User,
+            get(models),
+            MODELS_ERRORS,
+        )
 }
 
 #[derive(Deserialize)]
@@ -93,22 +95,8 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// OpenAI's error shape, as `/v1` answers every error.
-#[derive(Serialize, ToSchema)]
-pub(super) struct OpenAiErrorBody {
-    error: OpenAiErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-struct OpenAiErrorDetail {
-    message: String,
-    /// `invalid_request_error`, `authentication_error`, `not_found_error`, …
-    r#type: String,
-    /// The request field it is about, if any.
-    param: Option<String>,
-    /// tether's code for it (as on the rest of the API).
-    code: String,
-}
+/// [`models`] answers only the edge's errors (see `openapi`).
+const MODELS_ERRORS: &[ErrorCode] = &[];
 
 /// The models (OpenAI-compatible)
 ///
@@ -133,6 +121,36 @@ fn model(name: &str) -> Value {
     json!({"id": name, "object": "model", "created": 0, "owned_by": "tether"})
 }
 
+/// What [`completions`] may answer besides the edge's errors (see `openapi`).
+const COMPLETIONS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidMessages,
+    ErrorCode::UnsupportedContent,
+    ErrorCode::ProjectPathRequired,
+    ErrorCode::InvalidBody,
+    ErrorCode::ModelNotFound,
+    ErrorCode::SessionNotFound,
+    ErrorCode::TurnInterrupted,
+    ErrorCode::TurnCancelled,
+    ErrorCode::SessionEnded,
+    ErrorCode::TurnFailed,
+    ErrorCode::ReplyPending,
+    // What accepting its message may answer (as `POST /api/chat`).
+    ErrorCode::SessionExpired,
+    ErrorCode::InvalidSessionId,
+    ErrorCode::EmptyMessage,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::InvalidProjectPath,
+    ErrorCode::ProjectNotFound,
+    ErrorCode::ProjectNotADirectory,
+    ErrorCode::Forbidden,
+    ErrorCode::QueueFull,
+    ErrorCode::TooManySessions,
+    ErrorCode::TooManyNewSessions,
+    ErrorCode::AgentUnavailable,
+    // A streamed completion counts as an event stream.
+    ErrorCode::TooManyStreams,
+];
+
 /// A chat completion (OpenAI-compatible)
 ///
 /// OpenAI's chat completion request, with two extensions: `conversation_id` (a tether
@@ -152,11 +170,6 @@ fn model(name: &str) -> Value {
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "`invalid_messages`: no user message last; `unsupported_content`: a part that is not text; `project_path_required`: a new conversation without a folder; `invalid_body`: a field is missing or of the wrong type"),
-        (status = 404, description = "`model_not_found`: not one of the agents; `session_not_found`: no such conversation"),
-        (status = 409, description = "`turn_interrupted`: the turn was interrupted; `turn_cancelled`: the message was cancelled; `session_ended`: the conversation has ended"),
-        (status = 502, description = "`turn_failed`: the agent's turn failed"),
-        (status = 504, description = "`reply_pending`: no reply within `server.wait_timeout` (the turn goes on; its reply lands in the session's history)"),
     ),
 )]
 async fn completions(
@@ -167,8 +180,8 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let agent = state.agent_name();
     if req.model != agent {
-        return Err(ApiError::not_found(
-            "model_not_found",
+        return Err(ApiError::new(
+            ErrorCode::ModelNotFound,
             format!(
                 "the model `{}` does not exist; this server's models are its agents: {agent}",
                 req.model
@@ -182,8 +195,8 @@ async fn completions(
         (None, Some(path)) => Target::NewIn(path),
         (None, None) if !default_project.trim().is_empty() => Target::NewIn(default_project),
         (None, None) => {
-            return Err(ApiError::invalid(
-                "project_path_required",
+            return Err(ApiError::new(
+                ErrorCode::ProjectPathRequired,
                 "a new conversation needs project_path (or set openai.default_project), or \
                  send conversation_id to continue one",
             ))
@@ -192,8 +205,7 @@ async fn completions(
     // A stream counts against its owner's open streams, from before its message is accepted.
     let permit = if req.stream {
         let limit = state.settings.limits.streams_per_owner;
-        let permit = edge.streams.try_acquire(&caller.owner, limit);
-        Some(permit.ok_or_else(|| super::sessions::too_many_streams(&caller.owner, limit))?)
+        Some(edge.streams.acquire(&caller.owner, limit)?)
     } else {
         None
     };
@@ -256,13 +268,13 @@ async fn completions(
 /// The text of the request's last message, which must be the user's: a string, or text
 /// parts (joined by newlines).
 fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
-    let invalid = |code, message: &str| Err(ApiError::invalid(code, message.to_string()));
+    let invalid = |code, message: &str| Err(ApiError::new(code, message.to_string()));
     let Some(last) = messages.last() else {
-        return invalid("invalid_messages", "messages must not be empty");
+        return invalid(ErrorCode::InvalidMessages, "messages must not be empty");
     };
     if last.role != "user" {
         return invalid(
-            "invalid_messages",
+            ErrorCode::InvalidMessages,
             "the last message must be the user's: only it is sent, the conversation itself \
              lives in the tether session (conversation_id)",
         );
@@ -276,7 +288,7 @@ fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
                     (Some("text"), Some(text)) => texts.push(text),
                     _ => {
                         return invalid(
-                            "unsupported_content",
+                            ErrorCode::UnsupportedContent,
                             "only text content is supported (parts of type `text`)",
                         )
                     }
@@ -285,7 +297,7 @@ fn last_user_text(messages: &[ChatMessage]) -> Result<String, ApiError> {
             Ok(texts.join("\n"))
         }
         _ => invalid(
-            "invalid_messages",
+            ErrorCode::InvalidMessages,
             "the last message's content must be a string or a list of text parts",
         ),
     }
@@ -351,16 +363,15 @@ impl Completion {
                 return Err(anyhow::anyhow!("message {} completed without a reply", msg.id).into())
             }
             (Status::Failed, _) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "turn_failed",
+                ErrorCode::TurnFailed,
                 format!("the agent's turn failed: {}", why()),
             ),
-            (Status::Interrupted, _) => ApiError::conflict(
-                "turn_interrupted",
+            (Status::Interrupted, _) => ApiError::new(
+                ErrorCode::TurnInterrupted,
                 format!("the turn was interrupted: {}", why()),
             ),
-            (Status::Cancelled, _) => ApiError::conflict(
-                "turn_cancelled",
+            (Status::Cancelled, _) => ApiError::new(
+                ErrorCode::TurnCancelled,
                 format!("the message was cancelled before its turn: {}", why()),
             ),
             (Status::Queued | Status::Running, _) => {
@@ -373,8 +384,7 @@ impl Completion {
                     "no reply: tether is stopping".to_string()
                 };
                 ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "reply_pending",
+                    ErrorCode::ReplyPending,
                     format!(
                         "{when}; the message stays in conversation {} and its reply will be in \
                          its history (GET /api/sessions/{}/messages)",
@@ -492,7 +502,7 @@ impl Completion {
 
 /// An error in the middle of a stream, as OpenAI sends one (the SDKs raise it).
 fn error_event(err: &ApiError) -> Event {
-    Event::default().data(error_body(err.status, err.code, &err.message).to_string())
+    Event::default().data(error_body(err.status(), Some(err.code), &err.message).to_string())
 }
 
 /// OpenAI's `usage` from the CLI's (Anthropic's) usage of the turn: prompt tokens are the
@@ -520,84 +530,6 @@ fn not_to_retry(mut res: Response) -> Response {
         HeaderValue::from_static("false"),
     );
     res
-}
-
-/// `{"error": {"message", "type", "param", "code"}}`, OpenAI's error shape.
-fn error_body(status: StatusCode, code: &str, message: &str) -> Value {
-    json!({"error": {
-        "message": message,
-        "type": error_type(status),
-        "param": param(code),
-        "code": code,
-    }})
-}
-
-/// OpenAI's error `type`, from the status.
-pub(super) fn error_type(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::UNAUTHORIZED => "authentication_error",
-        StatusCode::FORBIDDEN => "permission_error",
-        StatusCode::NOT_FOUND => "not_found_error",
-        StatusCode::CONFLICT => "conflict_error",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-        s if s.is_server_error() => "server_error",
-        _ => "invalid_request_error",
-    }
-}
-
-/// The request field an error is about, when it is about one.
-pub(super) fn param(code: &str) -> Option<&'static str> {
-    Some(match code {
-        "model_not_found" => "model",
-        "invalid_messages" | "unsupported_content" | "empty_message" | "message_too_large" => {
-            "messages"
-        }
-        "invalid_session_id" | "session_not_found" | "session_ended" | "session_expired" => {
-            "conversation_id"
-        }
-        "project_path_required"
-        | "invalid_project_path"
-        | "project_not_found"
-        | "project_not_a_directory" => "project_path",
-        _ => return None,
-    })
-}
-
-/// Renders the errors of `/v1` routes (the edge's own ones too: 401, 429, 404, timeouts) in
-/// OpenAI's shape, with 400 where tether says 422. Other routes pass untouched.
-pub(super) async fn render_errors(req: Request, next: Next) -> Response {
-    if !req.uri().path().starts_with(PREFIX) {
-        return next.run(req).await;
-    }
-    let res = next.run(req).await;
-    let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return res;
-    }
-    let said = res
-        .extensions()
-        .get::<Said>()
-        .cloned()
-        .unwrap_or_else(|| Said {
-            // Not one of tether's errors (e.g. a method the route does not take).
-            code: "invalid_request",
-            message: status
-                .canonical_reason()
-                .unwrap_or("the request failed")
-                .to_string(),
-        });
-    let status = match status {
-        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-        s => s,
-    };
-    let (mut parts, _) = res.into_parts();
-    parts.status = status;
-    parts.headers.remove(CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let body = error_body(status, said.code, &said.message).to_string();
-    Response::from_parts(parts, Body::from(body))
 }
 
 #[cfg(test)]
@@ -650,23 +582,5 @@ mod tests {
         assert_eq!(u["total_tokens"], 120);
         assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 100);
         assert_eq!(usage(None)["total_tokens"], 0);
-    }
-
-    #[test]
-    fn errors_have_openai_types_and_name_their_field() {
-        let e = error_body(StatusCode::NOT_FOUND, "model_not_found", "no");
-        assert_eq!(
-            e,
-            json!({"error": {"message": "no", "type": "not_found_error", "param": "model", "code": "model_not_found"}})
-        );
-        assert_eq!(error_type(StatusCode::UNAUTHORIZED), "authentication_error");
-        assert_eq!(error_type(StatusCode::BAD_REQUEST), "invalid_request_error");
-        assert_eq!(
-            error_type(StatusCode::TOO_MANY_REQUESTS),
-            "rate_limit_error"
-        );
-        assert_eq!(error_type(StatusCode::BAD_GATEWAY), "server_error");
-        assert_eq!(param("session_not_found"), Some("conversation_id"));
-        assert_eq!(param("too_many_requests"), None);
     }
 }

@@ -4,30 +4,36 @@
 //! To document a route:
 //! 1. put `#[utoipa::path(get, path = "/api/…", operation_id = "…", tag = "…", params(…),
 //!    request_body = T, responses(…))]` on its handler, with `ToSchema` on the types it takes
-//!    and returns (`IntoParams` on its query);
-//! 2. list the handler in `paths(…)` of [`ApiDoc`] below.
+//!    and returns (`IntoParams` on its query); its responses are its successes (and an error
+//!    with a body of its own);
+//! 2. list the handler in `paths(…)` of [`ApiDoc`] below;
+//! 3. give `Routes::add` the codes the handler may answer: the document lists them, each
+//!    at its status with its meaning and an example ([`super::codes`]).
 //!
 //! `every_route_is_documented` (tests/api/openapi.rs) names each (method, path) of the route
-//! table that the document lacks, and each documented one that is not routed.
+//! table that the document lacks, and each documented one that is not routed. In debug
+//! builds, [`check_documented`] fails any answer whose code the document does not give its
+//! route.
 //!
 //! What routes share comes from the route table and the edge, not from the annotations: the
 //! bearer scheme and 401 on every route that is not `Access::Public`, 403 on `Access::Admin`
-//! ones (and 503 `storage_unavailable` on the former), 400 `missing_host`, 414 `uri_too_long`,
-//! 421 `host_not_allowed`, 431 `headers_too_large`, 429 `too_many_requests` and 503
-//! (`shutting_down`, `request_timeout`) on all, 403 `origin_not_allowed` on WebSockets, 400
-//! `invalid_path` where the path has parameters (read them with `ApiPath`), and
-//! 400/408/413/415/422 wherever a JSON body is read (with `ApiJson`).
-//!
-//! An error response is written as a status and a description that lists its codes, each as
-//! "`code`: when it is sent", separated by "; ". The document gives it the error body
-//! (`{"error": {"code", "message"}}`) and one example per code.
+//! ones (and 503 `storage_unavailable` on the former), the listener's, the Host check's and
+//! the guard's codes on all, 403 `origin_not_allowed` on WebSockets, 400 `invalid_path`
+//! where the path has parameters (read them with `ApiPath`), and 400/408/413/415/422
+//! wherever a JSON body is read (with `ApiJson`).
 
-use std::sync::LazyLock;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use axum::{
-    http::{header::CONTENT_TYPE, Method},
+    extract::{MatchedPath, Request, State},
+    http::{header::CONTENT_TYPE, Method, StatusCode},
+    middleware::Next,
     response::IntoResponse,
     routing::get,
+    Extension,
 };
 use serde_json::json;
 use utoipa::{
@@ -40,13 +46,15 @@ use utoipa::{
         security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
         Content, Object, OpenApi as Document, Ref, RefOr, Type,
     },
-    IntoParams, OpenApi,
+    OpenApi,
 };
 
 use super::{
-    approvals, chat, devices,
-    error::ErrorBody,
-    health, openai, pushes,
+    approvals, chat,
+    codes::ErrorCode,
+    devices,
+    error::{ErrorBody, Said},
+    events, health, keep_alive, openai, openai_errors, pushes,
     routes::{Access, RouteInfo, Routes},
     sessions, terminals, tokens,
 };
@@ -58,7 +66,7 @@ pub const ROUTE: &str = "/openapi.json";
 const BEARER: &str = "bearer";
 
 pub fn router() -> Routes {
-    Routes::default().add(Method::GET, ROUTE, Access::Public, get(serve))
+    Routes::default().add(Method::GET, ROUTE, Access::Public, get(serve), SERVE_ERRORS)
 }
 
 /// The API's routes. Each `paths(…)` entry is a handler with a `#[utoipa::path]`.
@@ -88,9 +96,9 @@ pub fn router() -> Routes {
         sessions::show,
         sessions::end,
         sessions::list_messages,
-        sessions::stream_events,
+        events::stream_events,
         sessions::interrupt,
-        sessions::keep_alive,
+        keep_alive::keep_alive,
         approvals::list,
         approvals::show,
         approvals::decide,
@@ -111,7 +119,7 @@ pub fn router() -> Routes {
         openai::completions,
         openai::models,
     ),
-    components(schemas(ErrorBody, openai::OpenAiErrorBody)),
+    components(schemas(ErrorBody, openai_errors::OpenAiErrorBody)),
     tags(
         (name = "health", description = "Whether the server is up, and its metrics"),
         (name = "pairing", description = "A phone trades a one-time code for a token; tokens and their revocation"),
@@ -127,21 +135,8 @@ pub fn router() -> Routes {
 )]
 pub struct ApiDoc;
 
-/// A session's id in a path.
-#[derive(IntoParams)]
-#[into_params(names("id"), parameter_in = Path)]
-#[allow(dead_code)] // read by the document only
-pub(super) struct SessionId(
-    /// The session's id (a UUID).
-    #[param(example = "0b6c2a52-6f0e-4c7e-9d55-3f7f2f6f1c11")]
-    String,
-);
-
-/// An approval's or a push's numeric id in a path.
-#[derive(IntoParams)]
-#[into_params(names("id"), parameter_in = Path)]
-#[allow(dead_code)] // read by the document only
-pub(super) struct NumericId(#[param(example = 7)] i64);
+/// [`serve`] answers only the edge's errors (see `openapi`).
+const SERVE_ERRORS: &[ErrorCode] = &[];
 
 /// The contract of this server, as JSON.
 #[utoipa::path(
@@ -151,15 +146,12 @@ pub(super) struct NumericId(#[param(example = 7)] i64);
     tag = "contract",
     responses((status = 200, description = "This OpenAPI 3.1 document", body = Object)),
 )]
-async fn serve() -> impl IntoResponse {
-    static JSON: LazyLock<String> = LazyLock::new(|| {
-        serde_json::to_string(&document()).expect("the OpenAPI document serializes")
-    });
-    ([(CONTENT_TYPE, "application/json")], JSON.as_str())
+async fn serve(Extension(contract): Extension<Arc<Contract>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], contract.json.clone())
 }
 
 /// The whole document: the annotations, with what the route table and the edge add.
-pub fn document() -> Document {
+pub fn document(table: &[RouteInfo]) -> Document {
     let mut doc = ApiDoc::openapi();
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -175,7 +167,7 @@ pub fn document() -> Document {
                 .build(),
         ),
     );
-    for route in super::route_table() {
+    for route in table {
         let Some(op) = doc
             .paths
             .paths
@@ -184,13 +176,7 @@ pub fn document() -> Document {
         else {
             continue; // undocumented: the route-coverage test names it
         };
-        apply_edge(op, &route);
-    }
-    for (path, item) in doc.paths.paths.iter_mut() {
-        let v1 = path.starts_with(openai::PREFIX);
-        for op in operations_mut(item) {
-            error_bodies(op, v1);
-        }
+        apply_edge(op, route);
     }
     doc
 }
@@ -211,106 +197,38 @@ fn operation_mut<'a>(item: &'a mut PathItem, method: &Method) -> Option<&'a mut 
     slot.as_mut()
 }
 
-fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [
-        &mut item.get,
-        &mut item.post,
-        &mut item.put,
-        &mut item.delete,
-        &mut item.patch,
-        &mut item.head,
-        &mut item.options,
-        &mut item.trace,
-    ]
-    .into_iter()
-    .filter_map(Option::as_mut)
-}
-
-/// The error answers of the edge (the guard, the extractors), by what a route is.
-const ANY_ROUTE: &[(&str, &str)] = &[
-    (
-        "400",
-        "`missing_host`: an HTTP/1.1 request without a `Host` header, or with several; \
-         `malformed_request`: the request line or a header is not valid HTTP/1.1",
-    ),
-    (
-        "421",
-        "`host_not_allowed`: `Host` names neither an IP address, `localhost`, this machine \
-         nor one of `server.allowed_hosts`",
-    ),
-    (
-        "414",
-        "`uri_too_long`: the request target is longer than `server.max_uri_bytes`",
-    ),
-    (
-        "431",
-        "`headers_too_large`: more headers than `server.max_headers`, or more bytes of them \
-         than `server.max_header_bytes`",
-    ),
-    (
-        "429",
-        "`too_many_requests`: more than `server.requests_per_minute` requests from this token \
-         (from this address, without one) in a minute",
-    ),
-    (
-        "503",
-        "`shutting_down`: the server is stopping (try again in a moment); \
-         `request_timeout`: the answer took longer than `server.request_timeout`",
-    ),
+/// The error answers of the edge (the listener, the guard, the extractors), by what a
+/// route is.
+const ANY_ROUTE: &[ErrorCode] = &[
+    ErrorCode::MissingHost,
+    ErrorCode::MalformedRequest,
+    ErrorCode::HostNotAllowed,
+    ErrorCode::UriTooLong,
+    ErrorCode::HeadersTooLarge,
+    ErrorCode::TooManyRequests,
+    ErrorCode::ShuttingDown,
+    ErrorCode::RequestTimeout,
 ];
-const TOKEN_ROUTE: &[(&str, &str)] = &[
-    (
-        "401",
-        "`unauthorized`: no `Authorization: Bearer` token, or one that is invalid, expired or \
-         revoked",
-    ),
-    (
-        "500",
-        "`internal_error`: the server failed (its log says why)",
-    ),
-    (
-        "503",
-        "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O \
-         error); nothing was changed; try again after `Retry-After`",
-    ),
+const TOKEN_ROUTE: &[ErrorCode] = &[
+    ErrorCode::Unauthorized,
+    ErrorCode::InternalError,
+    ErrorCode::StorageUnavailable,
 ];
-const ADMIN_ROUTE: &[(&str, &str)] = &[(
-    "403",
-    "`forbidden`: a user's token; this route needs an admin token (`tether token --admin`)",
-)];
-const WEBSOCKET: &[(&str, &str)] = &[(
-    "403",
-    "`origin_not_allowed`: the upgrade's `Origin` names a host this server does not answer to",
-)];
-const PATH_PARAMETERS: &[(&str, &str)] = &[(
-    "400",
-    "`invalid_path`: a path parameter is not UTF-8 once percent-decoded",
-)];
-const JSON_BODY: &[(&str, &str)] = &[
-    ("400", "`malformed_json`: the body is not JSON"),
-    (
-        "408",
-        "`body_timeout`: the body did not arrive within `server.body_read_timeout` \
-         (`server.body_read_timeout_anonymous` without a valid token)",
-    ),
-    (
-        "413",
-        "`body_too_large`: the body is larger than `server.max_body_bytes`",
-    ),
-    (
-        "415",
-        "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`",
-    ),
-    (
-        "422",
-        "`invalid_body`: a field is missing, unknown or of the wrong type",
-    ),
+const ADMIN_ROUTE: &[ErrorCode] = &[ErrorCode::Forbidden];
+const WEBSOCKET: &[ErrorCode] = &[ErrorCode::OriginNotAllowed];
+const PATH_PARAMETERS: &[ErrorCode] = &[ErrorCode::InvalidPath];
+const JSON_BODY: &[ErrorCode] = &[
+    ErrorCode::MalformedJson,
+    ErrorCode::BodyTimeout,
+    ErrorCode::BodyTooLarge,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::InvalidBody,
 ];
 
 /// Adds to one operation what its place in the route table says: who may call it (the
-/// security requirement) and the edge's error answers.
+/// security requirement), and its error answers: the edge's and the route's own codes.
 fn apply_edge(op: &mut Operation, route: &RouteInfo) {
-    let mut common: Vec<&(&str, &str)> = ANY_ROUTE.iter().collect();
+    let mut codes: Vec<ErrorCode> = ANY_ROUTE.to_vec();
     match route.access {
         // An annotation may make the token optional (`security((), ("bearer" = []))`): such
         // a route says more to a caller with one. Without, a public route takes none.
@@ -319,11 +237,12 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
         }
         Access::User | Access::Admin => {
             op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
-            common.extend(TOKEN_ROUTE);
+            codes.extend(TOKEN_ROUTE);
         }
     }
-    if route.access == Access::Admin {
-        common.extend(ADMIN_ROUTE);
+    let admin = route.access == Access::Admin;
+    if admin {
+        codes.extend(ADMIN_ROUTE);
         let description = op.description.get_or_insert_with(String::new);
         if !description.is_empty() {
             description.push_str("\n\n");
@@ -331,53 +250,104 @@ fn apply_edge(op: &mut Operation, route: &RouteInfo) {
         description.push_str("Needs an admin token.");
     }
     if route.path.contains('{') {
-        common.extend(PATH_PARAMETERS);
+        codes.extend(PATH_PARAMETERS);
     }
     if reads_json(op) {
-        common.extend(JSON_BODY);
+        codes.extend(JSON_BODY);
     }
     if op.responses.responses.contains_key("101") {
-        common.extend(WEBSOCKET);
+        codes.extend(WEBSOCKET);
     }
-    // `/v1` answers what tether calls 422 as 400, as OpenAI does.
-    let v1 = route.path.starts_with(openai::PREFIX);
-    for (status, codes) in common {
-        let status = if v1 && *status == "422" {
-            "400"
-        } else {
-            *status
-        };
-        let response = op
-            .responses
-            .responses
-            .entry(status.to_string())
-            .or_insert_with(|| RefOr::T(Response::new("")));
-        if let RefOr::T(response) = response {
-            if response.description.is_empty() {
-                response.description = codes.to_string();
-            } else {
-                response.description = format!("{}; {codes}", response.description);
-            }
-            let retry_after = match status {
-                "429" => Some("Seconds to wait before trying again"),
-                "503" if codes.contains("`storage_unavailable`") => {
-                    Some("Seconds to wait before trying again (with `storage_unavailable`)")
-                }
-                _ => None,
-            };
-            if let Some(description) = retry_after {
-                response.headers.insert(
-                    "Retry-After".into(),
-                    RefOr::T(
-                        Header::builder()
-                            .schema(Some(Object::with_type(Type::Integer)))
-                            .description(Some(description))
-                            .build(),
-                    ),
-                );
+    codes.extend(route.errors);
+    let mut seen = HashSet::new();
+    codes.retain(|code| seen.insert(*code));
+    let v1 = route.path.starts_with(openai_errors::PREFIX);
+    for code in codes {
+        let mut when = code.meaning().to_string();
+        if admin && code == ErrorCode::Forbidden {
+            when.push_str(" (this route needs an admin token: `tether token --admin`)");
+        }
+        document_code(op, code, &when, v1);
+    }
+}
+
+/// Adds `code` to the error response of its status: the code and when it is sent in the
+/// description, an example in the error body (OpenAI's shape on `/v1`, where 422 is 400). A
+/// response with a body of its own (such as `/health`'s 503) may also be the error body.
+fn document_code(op: &mut Operation, code: ErrorCode, when: &str, v1: bool) {
+    let status = match code.status() {
+        StatusCode::UNPROCESSABLE_ENTITY if v1 => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    let RefOr::T(response) = op
+        .responses
+        .responses
+        .entry(status.as_str().to_string())
+        .or_insert_with(|| RefOr::T(Response::new("")))
+    else {
+        return;
+    };
+    let line = format!("`{code}`: {when}");
+    if response.description.is_empty() {
+        response.description = line;
+    } else {
+        response.description = format!("{}; {line}", response.description);
+    }
+    let retry_after = match code {
+        _ if status == StatusCode::TOO_MANY_REQUESTS => Some("Seconds to wait before trying again"),
+        ErrorCode::StorageUnavailable => {
+            Some("Seconds to wait before trying again (with `storage_unavailable`)")
+        }
+        _ => None,
+    };
+    if let Some(description) = retry_after {
+        response.headers.insert(
+            "Retry-After".into(),
+            RefOr::T(
+                Header::builder()
+                    .schema(Some(Object::with_type(Type::Integer)))
+                    .description(Some(description))
+                    .build(),
+            ),
+        );
+    }
+    let name = if v1 { "OpenAiErrorBody" } else { "ErrorBody" };
+    let error_ref = RefOr::Ref(Ref::from_schema_name(name));
+    let content = match response.content.get_mut("application/json") {
+        Some(RefOr::T(content)) => {
+            // Its own body, or the edge's error body.
+            let own = content.schema.take();
+            content.schema = Some(match own {
+                Some(RefOr::T(Schema::OneOf(either))) => RefOr::T(Schema::OneOf(either)),
+                Some(own) if own != error_ref => RefOr::T(Schema::OneOf(
+                    OneOf::builder().item(own).item(error_ref).build(),
+                )),
+                _ => error_ref,
+            });
+            content
+        }
+        Some(RefOr::Ref(_)) => return,
+        None => {
+            response.content.insert(
+                "application/json".into(),
+                RefOr::T(Content::new(Some(error_ref))),
+            );
+            match response.content.get_mut("application/json") {
+                Some(RefOr::T(content)) => content,
+                _ => return,
             }
         }
-    }
+    };
+    let value = if v1 {
+        json!({"error": {"message": when, "type": openai_errors::error_type(status),
+            "param": openai_errors::param(code), "code": code}})
+    } else {
+        json!({"error": {"code": code, "message": when}})
+    };
+    let example = Example::builder().value(Some(value)).build();
+    content
+        .examples
+        .insert(code.as_str().to_string(), RefOr::T(example));
 }
 
 /// Whether the operation's body is JSON read by `ApiJson` (its rejections are the edge's).
@@ -390,131 +360,92 @@ fn reads_json(op: &Operation) -> bool {
     )
 }
 
-/// The codes an error response's description lists ("`code`: when; `other`: when").
-fn error_codes(description: &str) -> Vec<(&str, &str)> {
-    description
-        .split("; ")
-        .filter_map(|part| {
-            let rest = part.trim().strip_prefix('`')?;
-            let (code, when) = rest.split_once("`: ")?;
-            let snake = !code.is_empty()
-                && code
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            snake.then_some((code, when.trim()))
-        })
-        .collect()
+/// The document as served, and the codes it gives each operation by (method, path) (those
+/// of its error responses' examples), for [`check_documented`].
+pub struct Contract {
+    json: String,
+    codes: HashMap<(Method, String), HashSet<ErrorCode>>,
 }
 
-/// Gives each error response (4xx, 5xx) the error body and an example per code it lists
-/// (OpenAI's shape on `/v1`). A response that has a body of its own (such as `/health`'s
-/// 503) may also be the error body, when it lists codes.
-fn error_bodies(op: &mut Operation, v1: bool) {
-    let name = if v1 { "OpenAiErrorBody" } else { "ErrorBody" };
-    let error_ref = || RefOr::Ref(Ref::from_schema_name(name));
-    for (status, response) in op.responses.responses.iter_mut() {
-        let (RefOr::T(response), true) = (response, status.starts_with(['4', '5'])) else {
-            continue;
-        };
-        let examples: Vec<(String, RefOr<Example>)> = error_codes(&response.description)
-            .into_iter()
-            .map(|(code, when)| {
-                let value = if v1 {
-                    let status = status.parse().unwrap_or(400);
-                    let status = axum::http::StatusCode::from_u16(status).unwrap_or_default();
-                    json!({"error": {"message": when, "type": openai::error_type(status),
-                        "param": openai::param(code), "code": code}})
-                } else {
-                    json!({"error": {"code": code, "message": when}})
-                };
-                let example = Example::builder().value(Some(value)).build();
-                (code.to_string(), RefOr::T(example))
-            })
-            .collect();
-        if examples.is_empty() {
-            continue;
-        }
-        if response.content.is_empty() {
-            let mut content = Content::new(Some(error_ref()));
-            content.examples.extend(examples);
-            response
-                .content
-                .insert("application/json".into(), RefOr::T(content));
-            continue;
-        }
-        if let Some(RefOr::T(content)) = response.content.get_mut("application/json") {
-            // Its own body, or the edge's error body.
-            if let Some(own) = content.schema.take() {
-                let either = OneOf::builder().item(own).item(error_ref()).build();
-                content.schema = Some(RefOr::T(Schema::OneOf(either)));
-            }
-            content.examples.extend(examples);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every operation of a path item, with its method.
-    fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
-        [
-            (Method::GET, &item.get),
-            (Method::POST, &item.post),
-            (Method::PUT, &item.put),
-            (Method::DELETE, &item.delete),
-            (Method::PATCH, &item.patch),
-            (Method::HEAD, &item.head),
-            (Method::OPTIONS, &item.options),
-            (Method::TRACE, &item.trace),
-        ]
-        .into_iter()
-        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
-    }
-
-    #[test]
-    fn error_codes_are_read_from_descriptions() {
-        assert_eq!(
-            error_codes("`a_code`: when it happens; `b2`: another time"),
-            vec![("a_code", "when it happens"), ("b2", "another time")]
-        );
-        assert!(error_codes("the database is down: `status` is `down`").is_empty());
-    }
-
-    /// Every error response of the document names its codes, and every operation has an id
-    /// of its own, a tag, and a success answer.
-    #[test]
-    fn every_operation_is_complete() {
-        let doc = document();
-        let mut ids = std::collections::HashSet::new();
+impl Contract {
+    pub fn new(table: &[RouteInfo]) -> Self {
+        let doc = document(table);
+        let by_wire: HashMap<&str, ErrorCode> =
+            ErrorCode::ALL.iter().map(|c| (c.as_str(), *c)).collect();
+        let mut codes = HashMap::new();
         for (path, item) in &doc.paths.paths {
             for (method, op) in operations(item) {
-                let what = format!("{method} {path}");
-                let id = op.operation_id.clone().unwrap_or_default();
-                assert!(ids.insert(id.clone()), "{what}: operationId {id:?} twice");
-                assert!(
-                    op.tags.as_ref().is_some_and(|t| !t.is_empty()),
-                    "{what}: no tag"
-                );
-                let responses = &op.responses.responses;
-                // A WebSocket's success is 101 Switching Protocols.
-                assert!(
-                    responses.keys().any(|s| s.starts_with('2') || s == "101"),
-                    "{what}: no success response"
-                );
-                for (status, response) in responses {
-                    let RefOr::T(response) = response else {
-                        continue;
-                    };
-                    if status.starts_with(['4', '5']) {
-                        assert!(
-                            response.content.contains_key("application/json"),
-                            "{what} {status}: no body; list its codes as \"`code`: when\""
-                        );
-                    }
-                }
+                let set: HashSet<ErrorCode> = op
+                    .responses
+                    .responses
+                    .values()
+                    .filter_map(|r| match r {
+                        RefOr::T(r) => match r.content.get("application/json") {
+                            Some(RefOr::T(content)) => Some(content),
+                            _ => None,
+                        },
+                        RefOr::Ref(_) => None,
+                    })
+                    .flat_map(|content| content.examples.keys())
+                    .filter_map(|wire| by_wire.get(wire.as_str()).copied())
+                    .collect();
+                codes.insert((method, path.clone()), set);
             }
         }
+        let json = serde_json::to_string(&doc).expect("the OpenAPI document serializes");
+        Self { json, codes }
     }
+
+    /// Every code the document gives at least one route.
+    pub fn documented_codes(&self) -> HashSet<ErrorCode> {
+        self.codes.values().flatten().copied().collect()
+    }
+
+    /// Whether the document lists `code` among the errors of `method` on `path` (a route
+    /// pattern).
+    pub fn documents(&self, method: &Method, path: &str, code: ErrorCode) -> bool {
+        self.codes
+            .get(&(method.clone(), path.to_string()))
+            .is_some_and(|codes| codes.contains(&code))
+    }
+}
+
+/// A layer of the router in debug builds (and so in every test): an error answer whose code
+/// the document does not give its route fails loudly, so that what a handler may answer
+/// and what `/openapi.json` says cannot drift apart.
+pub async fn check_documented(
+    State(contract): State<Arc<Contract>>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let res = next.run(req).await;
+    if let (Some(route), Some(said)) = (route, res.extensions().get::<Said>()) {
+        assert!(
+            ErrorCode::UNLISTED.contains(&said.code)
+                || contract.documents(&method, route.as_str(), said.code),
+            "{method} {} answered `{}`, which /openapi.json does not list for it: add it to \
+             the route's errors (`Routes::add`)",
+            route.as_str(),
+            said.code,
+        );
+    }
+    res
+}
+
+/// Every operation of a path item, with its method.
+fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
+    [
+        (Method::GET, &item.get),
+        (Method::POST, &item.post),
+        (Method::PUT, &item.put),
+        (Method::DELETE, &item.delete),
+        (Method::PATCH, &item.patch),
+        (Method::HEAD, &item.head),
+        (Method::OPTIONS, &item.options),
+        (Method::TRACE, &item.trace),
+    ]
+    .into_iter()
+    .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
 }

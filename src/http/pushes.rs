@@ -1,6 +1,7 @@
 //! The push ledger (admin): `GET /api/pushes` lists pushes newest first, filtered by
 //! device, session or status; `GET /api/pushes/{id}` shows one with every attempt.
 
+use super::codes::ErrorCode;
 use axum::{extract::State, response::IntoResponse, routing::get, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,10 +13,11 @@ use utoipa::{
 
 use super::{
     devices::{normalize_token, token_schema},
-    openapi::NumericId,
+    error::{ApiError, ApiPath, ApiQuery},
+    params::NumericId,
     routes::{Access, Routes},
+    state::AppState,
     views::{time, Page},
-    ApiError, ApiPath, ApiQuery,
 };
 use crate::{
     auth::Admin,
@@ -23,7 +25,6 @@ use crate::{
         devices,
         pushes::{self, AttemptRow, PushRow, PushStatus},
     },
-    AppState,
 };
 use axum::http::Method;
 
@@ -36,8 +37,20 @@ fn is_device_id(d: &str) -> bool {
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::GET, "/api/pushes", Access::Admin, get(list))
-        .add(Method::GET, "/api/pushes/{id}", Access::Admin, get(show))
+        .add(
+            Method::GET,
+            "/api/pushes",
+            Access::Admin,
+            get(list),
+            LIST_ERRORS,
+        )
+        .add(
+            Method::GET,
+            "/api/pushes/{id}",
+            Access::Admin,
+            get(show),
+            SHOW_ERRORS,
+        )
 }
 
 /// One notification to one device, and where it is.
@@ -157,6 +170,14 @@ pub(super) struct PushList {
     pushes: Vec<PushView>,
 }
 
+/// What [`list`] may answer besides the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidDevice,
+    ErrorCode::InvalidStatus,
+    ErrorCode::InvalidLimit,
+    ErrorCode::InvalidQuery,
+];
+
 /// The push ledger (admin)
 ///
 /// Pushes newest first, filtered by device, session or status.
@@ -172,10 +193,6 @@ pub(super) struct PushList {
     ),
     responses(
         (status = 200, description = "The pushes", body = PushList),
-        (status = 422, description = "`invalid_device`: `device` is neither an id nor a token; \
-            `invalid_status`: `status` is not a push's state; \
-            `invalid_limit`: `limit` is not 1 to 1000; \
-            `invalid_query`: `before` is not a non-negative whole number or `limit` not a number"),
     ),
 )]
 pub(super) async fn list(
@@ -190,8 +207,8 @@ pub(super) async fn list(
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(PushStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "invalid_status",
+            ApiError::new(
+                ErrorCode::InvalidStatus,
                 "status must be pending, sending, delivered, logged, failed or cancelled",
             )
         })?),
@@ -202,7 +219,10 @@ pub(super) async fn list(
         Some(d) if is_device_id(d) => d.parse::<i64>().ok(),
         Some(d) => {
             let token = normalize_token(d).ok_or_else(|| {
-                ApiError::invalid("invalid_device", "device must be a device id or token")
+                ApiError::new(
+                    ErrorCode::InvalidDevice,
+                    "device must be a device id or token",
+                )
             })?;
             match devices::get_by_token(pool, &token).await? {
                 Some(device) => Some(device.id),
@@ -234,6 +254,9 @@ pub(super) struct PushDetail {
     attempt_log: Vec<AttemptView>,
 }
 
+/// What [`show`] may answer besides the edge's errors (see `openapi`).
+const SHOW_ERRORS: &[ErrorCode] = &[ErrorCode::PushNotFound];
+
 /// One push (admin)
 ///
 /// With every attempt to send it.
@@ -245,7 +268,6 @@ pub(super) struct PushDetail {
     params(NumericId),
     responses(
         (status = 200, description = "The push", body = PushDetail),
-        (status = 404, description = "`push_not_found`: no such push"),
     ),
 )]
 pub(super) async fn show(
@@ -253,7 +275,7 @@ pub(super) async fn show(
     _admin: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let not_found = || ApiError::not_found("push_not_found", format!("no push {id}"));
+    let not_found = || ApiError::new(ErrorCode::PushNotFound, format!("no push {id}"));
     let push_id: i64 = id.parse().map_err(|_| not_found())?;
     let pool = state.store.pool();
     let row = pushes::get(pool, push_id).await?.ok_or_else(not_found)?;

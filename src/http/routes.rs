@@ -4,7 +4,8 @@
 
 use axum::{http::Method, routing::MethodRouter, Router};
 
-use crate::AppState;
+use super::codes::ErrorCode;
+use super::state::AppState;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,9 @@ pub struct RouteInfo {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
+    /// The codes its handler may answer besides the edge's (which the OpenAPI document
+    /// adds by what the route is); its documented errors are these.
+    pub errors: &'static [ErrorCode],
 }
 
 /// A router and the list of what it routes.
@@ -41,19 +45,22 @@ impl Default for Routes {
 }
 
 impl Routes {
-    /// Adds `handler` for `method` on `path` (several methods of one path merge).
+    /// Adds `handler` for `method` on `path` (several methods of one path merge), which
+    /// may answer `errors`.
     pub fn add(
         mut self,
         method: Method,
         path: &'static str,
         access: Access,
         handler: MethodRouter<AppState>,
+        errors: &'static [ErrorCode],
     ) -> Self {
         self.router = self.router.route(path, handler);
         self.table.push(RouteInfo {
             method,
             path,
             access,
+            errors,
         });
         self
     }

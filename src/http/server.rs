@@ -7,8 +7,16 @@
 //! arrive within its own time once the handler waits on it ([`ClientBody`]), and a
 //! connection whose handler waits on its client for the body may be closed to make room, as
 //! an idle one. Hyper answers a request head it cannot read (400, 414, 431) by itself with no
-//! body; the connection's writer gives that answer the JSON error shape.
+//! body; the connection's writer gives that answer the JSON error shape (`parse_errors`).
+//! The cap's size is `conn_cap`'s; the head limits checked below hyper's are `head_limits`'.
 
+use super::{
+    codes::ErrorCode,
+    conn_cap,
+    error::ApiError,
+    head_limits::HeadLimits,
+    parse_errors::{bare_parse_error, json_parse_error},
+};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
@@ -26,7 +34,7 @@ use std::{
 use axum::{
     body::{Body, Bytes},
     extract::Request as AxumRequest,
-    http::{header::CONNECTION, Extensions, HeaderValue, StatusCode},
+    http::{header::CONNECTION, Extensions, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response as AxumResponse},
     Router,
@@ -48,19 +56,6 @@ use crate::config::Settings;
 /// How long after `server.shutdown_grace` connections may still be finishing their
 /// answers (a waiting chat told its turn was interrupted) before they are closed regardless.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(2);
-/// File descriptors kept free for what is not a connection: the listener, stdio, logs, the
-/// push gateway's connections, a spawn's temporary pipes. Added to the two below.
-const RESERVED_FDS: usize = 64;
-/// Descriptors one SQLite connection may hold (database, WAL and shared-memory files).
-const FDS_PER_DB_CONNECTION: usize = 3;
-/// Descriptors one agent process holds in tether (its stdin, stdout and stderr pipes, and one
-/// spare for a spawn in progress).
-const FDS_PER_PROCESS: usize = 4;
-/// Descriptors one terminal holds: its PTY's master side, the reader's and writer's copies
-/// of it, and one spare for a spawn in progress.
-const FDS_PER_TERMINAL: usize = 4;
-/// The cap never goes below this, whatever the open-file limit says.
-const MIN_CONNECTIONS: usize = 16;
 /// Pause after accept() failed for want of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) and
 /// idle connections were closed to make room (the time for their sockets to be dropped), and
 /// between looks for a connection to close while a newcomer waits at the cap.
@@ -77,10 +72,6 @@ const EVICT_MIN_AGE: Duration = Duration::from_millis(500);
 /// that a request over the configured count reaches tether's check, which answers 431 in
 /// JSON (hyper's own answer past its limit has no body).
 const HEADER_COUNT_MARGIN: usize = 2;
-/// Hyper's own longest request target: past it, hyper answers 414 with no body.
-const HYPER_MAX_URI_BYTES: usize = u16::MAX as usize - 1;
-/// Hyper's default read buffer (8 KiB + 100 × 4 KiB); [`HeadLimits`] may ask for more.
-const HYPER_MIN_BUFFER: usize = 8192 + 4096 * 100;
 /// At most one warning about failing accepts in this long (a flood would fill the log).
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -147,11 +138,8 @@ pub struct Server {
 impl Server {
     /// Serves HTTPS with `tls`, plain HTTP without.
     pub fn new(listener: TcpListener, settings: &Settings, tls: Option<TlsAcceptor>) -> Self {
-        let reserve = RESERVED_FDS
-            + FDS_PER_DB_CONNECTION * settings.database.max_connections as usize
-            + FDS_PER_PROCESS * settings.sessions.max_processes
-            + FDS_PER_TERMINAL * settings.terminals.max;
-        let cap = connection_cap(settings.server.max_connections, reserve);
+        let reserve = conn_cap::reserved(settings);
+        let cap = conn_cap::connection_cap(settings.server.max_connections, reserve);
         Self {
             listener,
             cap,
@@ -266,7 +254,7 @@ impl Server {
                         let shrunk = conns
                             .holding()
                             .saturating_sub(self.reserve)
-                            .max(MIN_CONNECTIONS);
+                            .max(conn_cap::MIN_CONNECTIONS);
                         let before = self.cap;
                         self.cap = self.cap.min(shrunk);
                         let mut evicted = 0;
@@ -706,9 +694,8 @@ pub async fn answer_body_timeouts(req: AxumRequest, next: Next) -> AxumResponse 
     };
     tracing::debug!(limit_secs = limit.as_secs(), "a request body was too slow");
     metrics::counter!("tether_http_body_timeouts_total").increment(1);
-    let mut res = super::ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "body_timeout",
+    let mut res = ApiError::new(
+        ErrorCode::BodyTimeout,
         format!(
             "the request body did not arrive within {}s (server.body_read_timeout, or \
              server.body_read_timeout_anonymous without a valid token)",
@@ -719,78 +706,6 @@ pub async fn answer_body_timeouts(req: AxumRequest, next: Next) -> AxumResponse 
     res.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     res
-}
-
-/// The request head's limits that tether checks itself (`server.max_uri_bytes`,
-/// `server.max_header_bytes`, `server.max_headers`), below hyper's own, so that the answer
-/// is the JSON error: hyper answers past its limits by itself, with no body.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    uri_bytes: usize,
-    header_bytes: usize,
-    headers: usize,
-}
-
-impl HeadLimits {
-    pub fn new(settings: &crate::config::ServerSettings) -> Self {
-        Self {
-            uri_bytes: settings.max_uri_bytes.min(HYPER_MAX_URI_BYTES),
-            header_bytes: settings.max_header_bytes,
-            headers: settings.max_headers,
-        }
-    }
-
-    /// Hyper's read buffer, which holds a whole request head: room for the largest head
-    /// tether accepts and more (the request line and each header's `: ` and CRLF), so that
-    /// a larger one reaches [`check_head`] rather than hyper's bodiless 431.
-    fn hyper_buffer(settings: &crate::config::ServerSettings) -> usize {
-        let head = settings
-            .max_uri_bytes
-            .saturating_add(settings.max_header_bytes);
-        head.saturating_mul(2).max(HYPER_MIN_BUFFER)
-    }
-}
-
-/// 414 `uri_too_long` and 431 `headers_too_large` past [`HeadLimits`]. A layer of the router.
-pub async fn check_head(
-    axum::extract::State(limits): axum::extract::State<HeadLimits>,
-    req: AxumRequest,
-    next: Next,
-) -> AxumResponse {
-    let uri = req.uri();
-    let uri_bytes = uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if uri_bytes > limits.uri_bytes {
-        return super::ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!(
-                "the request target is {uri_bytes} bytes; at most {} (server.max_uri_bytes)",
-                limits.uri_bytes
-            ),
-        )
-        .into_response();
-    }
-    let headers = req.headers();
-    let header_bytes: usize = headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len())
-        .sum();
-    if headers.len() > limits.headers || header_bytes > limits.header_bytes {
-        return super::ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!(
-                "{} headers of {header_bytes} bytes; at most {} headers (server.max_headers) \
-                 of {} bytes (server.max_header_bytes)",
-                headers.len(),
-                limits.headers,
-                limits.header_bytes
-            ),
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// One request in flight on a connection, until dropped.
@@ -835,56 +750,6 @@ impl http_body::Body for CountedBody {
     }
 }
 
-/// `configured`, or less when the open-file limit cannot hold that many connections beside
-/// `reserve` descriptors. The soft limit is raised towards the hard one first, if needed.
-fn connection_cap(configured: usize, reserve: usize) -> usize {
-    let configured = configured.max(1);
-    let wanted = configured.saturating_add(reserve);
-    match open_file_limit(wanted) {
-        Some(limit) if limit < wanted => {
-            let cap = limit
-                .saturating_sub(reserve)
-                .max(MIN_CONNECTIONS)
-                .min(configured);
-            tracing::warn!(
-                configured,
-                max_connections = cap,
-                open_file_limit = limit,
-                reserved = reserve,
-                "server.max_connections lowered to fit the open-file limit (raise it with `ulimit -n`)"
-            );
-            cap
-        }
-        _ => configured,
-    }
-}
-
-/// The soft limit on open files, raised to `wanted` (or the hard limit) if it is lower.
-#[cfg(unix)]
-fn open_file_limit(wanted: usize) -> Option<usize> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-    let to_usize = |v| usize::try_from(v).unwrap_or(usize::MAX);
-    if to_usize(soft) >= wanted {
-        return Some(to_usize(soft));
-    }
-    let target = (wanted as nix::libc::rlim_t).min(hard);
-    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
-        tracing::info!(
-            from = soft,
-            to = target,
-            "raised the open-file limit for connections"
-        );
-        return Some(to_usize(target));
-    }
-    Some(to_usize(soft))
-}
-
-#[cfg(not(unix))]
-fn open_file_limit(_wanted: usize) -> Option<usize> {
-    None
-}
-
 /// A connection's socket (or its TLS stream, whose bytes are the requests' once decrypted),
 /// noting when its client first sent something, and giving hyper's own answer to a request
 /// head it could not read (see [`bare_parse_error`]) the JSON error body.
@@ -894,55 +759,6 @@ struct Counted<S> {
     /// The JSON answer being written in place of hyper's bodiless one, and how much of it
     /// has been written.
     replacing: Option<(Vec<u8>, usize)>,
-}
-
-/// The status of `data` when it is hyper's own answer to a request head it could not read:
-/// exactly a response head (nothing after it) of 400, 414 or 431 with `content-length: 0`,
-/// written while no request is in flight. tether's own error answers always have a body.
-fn bare_parse_error(data: &[u8]) -> Option<StatusCode> {
-    let head = std::str::from_utf8(data).ok()?.strip_suffix("\r\n\r\n")?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.strip_prefix("HTTP/1.")?.get(2..5)?;
-    let status = match status {
-        "400" => StatusCode::BAD_REQUEST,
-        "414" => StatusCode::URI_TOO_LONG,
-        "431" => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        _ => return None,
-    };
-    lines
-        .any(|l| l.eq_ignore_ascii_case("content-length: 0"))
-        .then_some(status)
-}
-
-/// The JSON answer (head and body, closing the connection) for hyper's bare `status`.
-fn json_parse_error(status: StatusCode) -> Vec<u8> {
-    let (code, message) = match status {
-        StatusCode::URI_TOO_LONG => (
-            "uri_too_long",
-            "the request target is longer than this server reads",
-        ),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-            "headers_too_large",
-            "the request's headers are larger, or more, than this server reads",
-        ),
-        _ => (
-            "malformed_request",
-            "the request is not valid HTTP/1.1 (its request line or a header)",
-        ),
-    };
-    let body = serde_json::to_string(&super::ErrorBody {
-        error: super::ErrorDetail {
-            code,
-            message: message.to_string(),
-        },
-    })
-    .unwrap_or_default();
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 impl<S: AsyncWrite + Unpin> Counted<S> {
@@ -1033,43 +849,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_hypers_bare_answers_to_unreadable_heads_are_replaced() {
-        let bare = |status: &str| {
-            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\ndate: Fri, 04 Dec 2026 04:00:00 GMT\r\n\r\n")
-        };
-        assert_eq!(
-            bare_parse_error(bare("400 Bad Request").as_bytes()),
-            Some(StatusCode::BAD_REQUEST)
-        );
-        assert_eq!(
-            bare_parse_error(bare("414 URI Too Long").as_bytes()),
-            Some(StatusCode::URI_TOO_LONG)
-        );
-        assert_eq!(
-            bare_parse_error(bare("431 Request Header Fields Too Large").as_bytes()),
-            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-        );
-        assert_eq!(bare_parse_error(bare("404 Not Found").as_bytes()), None);
-        let with_body = "HTTP/1.1 400 Bad Request\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(bare_parse_error(with_body.as_bytes()), None);
-        let answer = String::from_utf8(json_parse_error(StatusCode::BAD_REQUEST)).unwrap();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("content-length: {}", body.len())),
-            "{head}"
-        );
-        let body: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(body["error"]["code"], "malformed_request");
-    }
-
-    #[test]
-    fn the_cap_is_kept_when_the_limit_allows_it() {
-        assert_eq!(connection_cap(32, 8), 32);
-        assert_eq!(connection_cap(0, 8), 1);
-    }
 
     #[tokio::test]
     async fn a_drain_starts_once_and_is_seen_by_every_clone() {

@@ -2,6 +2,7 @@
 //! (for clients without a WebSocket), end it, and attach to it over a WebSocket (output as
 //! binary frames; input as binary frames, control as JSON text frames).
 
+use super::codes::ErrorCode;
 use std::time::Duration;
 
 use axum::{
@@ -19,21 +20,22 @@ use axum::{
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
+    error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorDetail},
     extract::{WsCaller, WS_PROTOCOL},
+    params::TerminalId,
     routes::{Access, Routes},
+    state::AppState,
+    terminal_frames::{whole_u16, Control, Out, Signal, Size},
     views::{self, time, Cursor, Page},
-    ApiError, ApiJson, ApiPath, ApiQuery,
 };
 use crate::{
     auth::Caller,
     config::TERMINAL_PROGRAMS,
     store::terminals::{self as rows, TerminalRow},
     terminals::{ring::Ring, Live, Refused, Snapshot, Start, Viewer, Why},
-    AppState,
 };
 
 /// The WebSocket's route.
@@ -43,34 +45,62 @@ const FRAME_BYTES: usize = 64 * 1024;
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::POST, "/api/terminals", Access::User, post(start))
-        .add(Method::GET, "/api/terminals", Access::User, get(list))
-        .add(Method::GET, "/api/terminals/{id}", Access::User, get(show))
+        .add(
+            Method::POST,
+            "/api/terminals",
+            Access::User,
+            post(start),
+            START_ERRORS,
+        )
+        .add(
+            Method::GET,
+            "/api/terminals",
+            Access::User,
+            get(list),
+            LIST_ERRORS,
+        )
+        .add(
+            Method::GET,
+            "/api/terminals/{id}",
+            Access::User,
+            get(show),
+            SHOW_ERRORS,
+        )
         .add(
             Method::DELETE,
             "/api/terminals/{id}",
             Access::User,
             delete(end),
+            END_ERRORS,
         )
         .add(
             Method::POST,
             "/api/terminals/{id}/input",
             Access::User,
             post(input),
+            INPUT_ERRORS,
         )
         .add(
             Method::POST,
             "/api/terminals/{id}/resize",
             Access::User,
             post(resize),
+            RESIZE_ERRORS,
         )
         .add(
             Method::GET,
             "/api/terminals/{id}/output",
             Access::User,
             get(output),
+            OUTPUT_ERRORS,
         )
-        .add(Method::GET, WS_ROUTE, Access::User, get(attach))
+        .add(
+            Method::GET,
+            WS_ROUTE,
+            Access::User,
+            get(attach),
+            ATTACH_ERRORS,
+        )
 }
 
 /// A terminal as the API shows it; for a live one, its in-memory state is the freshest.
@@ -153,7 +183,7 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Terminal
     rows::get(state.store.pool(), id)
         .await?
         .filter(|t| caller.can_see(&t.owner))
-        .ok_or_else(|| ApiError::not_found("terminal_not_found", format!("no terminal {id}")))
+        .ok_or_else(|| ApiError::new(ErrorCode::TerminalNotFound, format!("no terminal {id}")))
 }
 
 /// The live terminal, or 409 once it has ended.
@@ -166,8 +196,8 @@ fn running(state: &AppState, id: &str) -> Result<std::sync::Arc<Live>, ApiError>
 }
 
 fn ended() -> ApiError {
-    ApiError::conflict(
-        "terminal_ended",
+    ApiError::new(
+        ErrorCode::TerminalEnded,
         "this terminal has ended; its last output stays readable at /api/terminals/{id}/output",
     )
 }
@@ -176,11 +206,11 @@ fn refused(r: Refused, max_viewers: usize) -> ApiError {
     match r {
         Refused::Ended => ended(),
         Refused::TooManyViewers => ApiError::too_many(
-            "too_many_viewers",
+            ErrorCode::TooManyViewers,
             format!("{max_viewers} viewers are attached to this terminal (terminals.max_viewers)"),
             Duration::from_secs(5),
         ),
-        Refused::Resize => ApiError::invalid("invalid_size", "the terminal refused that size"),
+        Refused::Resize => ApiError::new(ErrorCode::InvalidSize, "the terminal refused that size"),
     }
 }
 
@@ -202,24 +232,25 @@ pub(super) struct StartRequest {
     rows: u16,
 }
 
-/// A side of a terminal: a whole number, which JSON may also write as `80.0`.
-fn whole_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    let n = f64::deserialize(d)?;
-    if n.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(&n) {
-        Ok(n as u16)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "{n} is not a whole number from 0 to {}",
-            u16::MAX
-        )))
-    }
-}
-
-/// A terminal's id in a path.
-#[derive(IntoParams)]
-#[into_params(names("id"), parameter_in = Path)]
-#[allow(dead_code)] // read by the document only
-pub(super) struct TerminalId(String);
+/// What [`start`] may answer besides the edge's errors (see `openapi`).
+const START_ERRORS: &[ErrorCode] = &[
+    ErrorCode::Forbidden,
+    ErrorCode::TerminalProgramNotAllowed,
+    ErrorCode::SessionNotFound,
+    ErrorCode::ProjectNotFound,
+    ErrorCode::ConversationInTerminal,
+    ErrorCode::TurnRunning,
+    ErrorCode::SessionEnded,
+    ErrorCode::SessionExpired,
+    ErrorCode::InvalidProgram,
+    ErrorCode::InvalidSize,
+    ErrorCode::InvalidProjectPath,
+    ErrorCode::ProjectNotADirectory,
+    ErrorCode::TooManyTerminals,
+    ErrorCode::TerminalStartFailed,
+    ErrorCode::AgentUnavailable,
+    ErrorCode::ShuttingDown,
+];
 
 /// Start a terminal
 ///
@@ -233,13 +264,6 @@ pub(super) struct TerminalId(String);
     request_body = StartRequest,
     responses(
         (status = 201, description = "The terminal, starting or running", body = TerminalView),
-        (status = 403, description = "`forbidden`: `projectPath`, or the session's folder, is outside `projects.roots` (checked again right before the start: a folder swapped for a symlink to elsewhere is refused); `terminal_program_not_allowed`: the caller's role may not open this program (`terminals.programs`)"),
-        (status = 404, description = "`session_not_found`: no such session (or not the caller's); `project_not_found`: `projectPath` does not exist"),
-        (status = 409, description = "`conversation_in_terminal`: another terminal holds this session's conversation; `turn_running`: the session's turn is running; `session_ended`: the session has ended"),
-        (status = 410, description = "`session_expired`: the session expired"),
-        (status = 422, description = "`invalid_program`: `program` is not `claude` or `shell` (or a shell with `sessionId`); `invalid_size`: `cols` or `rows` out of range; `invalid_project_path`: no folder given, or not an absolute path; `project_not_a_directory`: `projectPath` is a file"),
-        (status = 429, description = "`too_many_terminals`: `terminals.max` or `terminals.max_per_owner` are live"),
-        (status = 503, description = "`terminal_start_failed`: the program could not start; `agent_unavailable`: the agent command is not usable; `shutting_down`: the server is stopping"),
     ),
 )]
 async fn start(
@@ -275,8 +299,7 @@ fn may_open(state: &AppState, caller: &Caller, program: &str) -> Result<(), ApiE
     }
     let role = if caller.is_admin() { "admin" } else { "user" };
     Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "terminal_program_not_allowed",
+        ErrorCode::TerminalProgramNotAllowed,
         format!(
             "{role} tokens may not open {program} terminals here (terminals.programs.{role}: {})",
             if allowed.is_empty() {
@@ -293,6 +316,9 @@ pub(super) struct TerminalList {
     terminals: Vec<TerminalView>,
 }
 
+/// What [`list`] may answer besides the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[ErrorCode::InvalidLimit, ErrorCode::InvalidQuery];
+
 /// List terminals
 ///
 /// The caller's terminals, newest first (an admin sees all).
@@ -304,7 +330,6 @@ pub(super) struct TerminalList {
     params(("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many (default 100)")),
     responses(
         (status = 200, description = "The terminals", body = TerminalList),
-        (status = 422, description = "`invalid_limit`: `limit` is not 1 to 1000; `invalid_query`: a parameter is not a number"),
     ),
 )]
 async fn list(
@@ -317,6 +342,9 @@ async fn list(
     Ok(Json(TerminalList { terminals }))
 }
 
+/// What [`show`] may answer besides the edge's errors (see `openapi`).
+const SHOW_ERRORS: &[ErrorCode] = &[ErrorCode::TerminalNotFound];
+
 /// A terminal
 #[utoipa::path(
     get,
@@ -326,7 +354,6 @@ async fn list(
     params(TerminalId),
     responses(
         (status = 200, description = "The terminal", body = TerminalView),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
     ),
 )]
 async fn show(
@@ -337,6 +364,9 @@ async fn show(
     let t = visible(&state, &caller, &id).await?;
     Ok(Json(view(&state, t)))
 }
+
+/// What [`end`] may answer besides the edge's errors (see `openapi`).
+const END_ERRORS: &[ErrorCode] = &[ErrorCode::TerminalNotFound];
 
 /// End a terminal
 ///
@@ -350,7 +380,6 @@ async fn show(
     params(TerminalId),
     responses(
         (status = 200, description = "The terminal, ended", body = TerminalView),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
     ),
 )]
 async fn end(
@@ -378,6 +407,13 @@ pub(super) struct Written {
     written: usize,
 }
 
+/// What [`input`] may answer besides the edge's errors (see `openapi`).
+const INPUT_ERRORS: &[ErrorCode] = &[
+    ErrorCode::TerminalNotFound,
+    ErrorCode::TerminalEnded,
+    ErrorCode::InputTooLarge,
+];
+
 /// Type into a terminal
 #[utoipa::path(
     post,
@@ -388,9 +424,6 @@ pub(super) struct Written {
     request_body = InputRequest,
     responses(
         (status = 200, description = "Written", body = Written),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
-        (status = 409, description = "`terminal_ended`: the terminal has ended"),
-        (status = 413, description = "`input_too_large`: more than `terminals.max_input_bytes`"),
     ),
 )]
 async fn input(
@@ -403,8 +436,7 @@ async fn input(
     let max = state.settings.terminals.max_input_bytes.0 as usize;
     if req.text.len() > max {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "input_too_large",
+            ErrorCode::InputTooLarge,
             format!(
                 "input is {} bytes; the limit (terminals.max_input_bytes) is {max}",
                 req.text.len()
@@ -422,30 +454,12 @@ async fn input(
     Ok(Json(Written { written }))
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Size {
-    #[schema(minimum = 1, maximum = 1000, example = 120)]
-    #[serde(deserialize_with = "whole_u16")]
-    cols: u16,
-    #[schema(minimum = 1, maximum = 1000, example = 40)]
-    #[serde(deserialize_with = "whole_u16")]
-    rows: u16,
-}
-
-impl Size {
-    fn check(self) -> Result<Self, ApiError> {
-        let max = crate::terminals::MAX_SIDE;
-        if (1..=max).contains(&self.cols) && (1..=max).contains(&self.rows) {
-            Ok(self)
-        } else {
-            Err(ApiError::invalid(
-                "invalid_size",
-                format!("cols and rows must be 1 to {max}"),
-            ))
-        }
-    }
-}
+/// What [`resize`] may answer besides the edge's errors (see `openapi`).
+const RESIZE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::TerminalNotFound,
+    ErrorCode::TerminalEnded,
+    ErrorCode::InvalidSize,
+];
 
 /// Resize a terminal
 #[utoipa::path(
@@ -457,9 +471,6 @@ impl Size {
     request_body = Size,
     responses(
         (status = 200, description = "The terminal, resized", body = TerminalView),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
-        (status = 409, description = "`terminal_ended`: the terminal has ended"),
-        (status = 422, description = "`invalid_size`: `cols` or `rows` out of range"),
     ),
 )]
 async fn resize(
@@ -506,6 +517,9 @@ pub(super) struct OutputSlice {
     data: String,
 }
 
+/// What [`output`] may answer besides the edge's errors (see `openapi`).
+const OUTPUT_ERRORS: &[ErrorCode] = &[ErrorCode::TerminalNotFound, ErrorCode::InvalidQuery];
+
 /// A terminal's output
 ///
 /// The output after `offset`, for clients without a WebSocket: from the live buffer, or
@@ -518,8 +532,6 @@ pub(super) struct OutputSlice {
     params(TerminalId, OffsetQuery),
     responses(
         (status = 200, description = "The output after `offset`", body = OutputSlice),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
-        (status = 422, description = "`invalid_query`: `offset` is not a number"),
     ),
 )]
 async fn output(
@@ -551,13 +563,13 @@ async fn output(
     }))
 }
 
-/// A control frame from a viewer.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Control {
-    resize: Option<Size>,
-    signal: Option<String>,
-}
+/// What [`attach`] may answer besides the edge's errors (see `openapi`).
+const ATTACH_ERRORS: &[ErrorCode] = &[
+    ErrorCode::WebsocketRequired,
+    ErrorCode::TerminalNotFound,
+    ErrorCode::TerminalEnded,
+    ErrorCode::TooManyViewers,
+];
 
 /// Attach to a terminal (WebSocket)
 ///
@@ -573,10 +585,6 @@ struct Control {
     params(TerminalId, OffsetQuery),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol"),
-        (status = 400, description = "`websocket_required`: not a WebSocket upgrade request"),
-        (status = 404, description = "`terminal_not_found`: no such terminal (or not the caller's)"),
-        (status = 409, description = "`terminal_ended`: the terminal has ended"),
-        (status = 429, description = "`too_many_viewers`: `terminals.max_viewers` are attached"),
     ),
 )]
 async fn attach(
@@ -589,8 +597,7 @@ async fn attach(
     visible(&state, &caller, &id).await?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "websocket_required",
+            ErrorCode::WebsocketRequired,
             format!("this route is a WebSocket: {}", e.body_text()),
         )
     })?;
@@ -631,12 +638,11 @@ async fn serve_viewer(
     let mut ended = live.ended_watch();
     let first = live.read_since(offset);
     let mut offset = first.offset;
-    let hello = json!({"type": "attached", "offset": first.offset, "reset": first.reset});
-    if socket
-        .send(Message::Text(hello.to_string().into()))
-        .await
-        .is_err()
-    {
+    let hello = Out::Attached {
+        offset: first.offset,
+        reset: first.reset,
+    };
+    if socket.send(hello.message()).await.is_err() {
         return;
     }
     if send_output(&mut socket, first.bytes, &mut offset)
@@ -654,8 +660,8 @@ async fn serve_viewer(
                 let slice = live.read_since(offset);
                 if slice.reset {
                     // It fell behind by more than the buffer: say where the bytes start now.
-                    let reset = json!({"type": "reset", "offset": slice.offset});
-                    if socket.send(Message::Text(reset.to_string().into())).await.is_err() {
+                    let reset = Out::Reset { offset: slice.offset };
+                    if socket.send(reset.message()).await.is_err() {
                         return;
                     }
                     offset = slice.offset;
@@ -668,11 +674,13 @@ async fn serve_viewer(
                 let rest = live.read_since(offset);
                 let _ = send_output(&mut socket, rest.bytes, &mut offset).await;
                 let end = live.ended().unwrap_or_else(unknown_end);
-                let text = json!({
-                    "type": "ended", "state": end.state, "exitCode": end.exit_code,
-                    "reason": end.reason, "offset": offset,
-                });
-                let _ = socket.send(Message::Text(text.to_string().into())).await;
+                let text = Out::Ended {
+                    state: end.state,
+                    exit_code: end.exit_code,
+                    reason: &end.reason,
+                    offset,
+                };
+                let _ = socket.send(text.message()).await;
                 let _ = socket
                     .send(Message::Close(Some(CloseFrame { code: 1000, reason: "ended".into() })))
                     .await;
@@ -692,8 +700,10 @@ async fn serve_viewer(
                 }
                 Some(Ok(Message::Text(text))) => {
                     if let Err(e) = control(&state, &live, text.as_str()).await {
-                        let error = json!({"type": "error", "error": {"code": e.code, "message": e.message}});
-                        if socket.send(Message::Text(error.to_string().into())).await.is_err() {
+                        let error = Out::Error {
+                            error: ErrorDetail { code: e.code, message: e.message },
+                        };
+                        if socket.send(error.message()).await.is_err() {
                             return;
                         }
                     }
@@ -739,27 +749,19 @@ async fn control(
     live: &std::sync::Arc<Live>,
     text: &str,
 ) -> Result<(), ApiError> {
-    let control: Control = serde_json::from_str(text).map_err(|e| {
-        ApiError::invalid("invalid_control", format!("a control frame is {{\"resize\":{{\"cols\",\"rows\"}}}} or {{\"signal\":\"interrupt\"|\"terminate\"}}: {e}"))
-    })?;
+    let control = Control::parse(text)?;
     if let Some(size) = control.resize {
         let size = size.check()?;
         live.resize(size.cols, size.rows)
             .map_err(|r| refused(r, 0))?;
     }
-    match control.signal.as_deref() {
+    match control.signal {
         None => {}
-        Some("interrupt") => live
+        Some(Signal::Interrupt) => live
             .write(vec![0x03], state.terminals.lifetime_of_activity())
             .await
             .map_err(|r| refused(r, 0))?,
-        Some("terminate") => live.request_end(Why::Terminated),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "invalid_control",
-                format!("unknown signal {other:?}: \"interrupt\" or \"terminate\""),
-            ))
-        }
+        Some(Signal::Terminate) => live.request_end(Why::Terminated),
     }
     Ok(())
 }

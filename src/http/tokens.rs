@@ -2,6 +2,7 @@
 //! and `POST /api/pair`, where a phone trades a one-time code for a token of its own (no
 //! token needed).
 
+use super::codes::ErrorCode;
 use axum::{
     extract::State,
     http::StatusCode,
@@ -14,15 +15,15 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{
+    error::{ApiError, ApiJson, ApiPath},
     routes::{Access, Routes},
+    state::AppState,
     views::time,
-    ApiError, ApiJson, ApiPath,
 };
 use crate::{
     auth::{self, Admin, Caller},
     pairing::{self, RedeemError, Refused},
     store::{now_ms, tokens, tokens::TokenRow},
-    AppState,
 };
 use axum::http::Method;
 
@@ -31,14 +32,27 @@ const MAX_NAME: usize = 100;
 
 pub fn router() -> Routes {
     Routes::default()
-        .add(Method::GET, "/api/tokens", Access::Admin, get(list))
+        .add(
+            Method::GET,
+            "/api/tokens",
+            Access::Admin,
+            get(list),
+            LIST_ERRORS,
+        )
         .add(
             Method::DELETE,
             "/api/tokens/{id}",
             Access::User,
             delete(revoke),
+            REVOKE_ERRORS,
         )
-        .add(Method::POST, PAIR_ROUTE, Access::Public, post(pair))
+        .add(
+            Method::POST,
+            PAIR_ROUTE,
+            Access::Public,
+            post(pair),
+            PAIR_ERRORS,
+        )
 }
 
 /// The pairing route: the one besides health open without a token.
@@ -84,6 +98,9 @@ pub(super) struct TokenList {
     tokens: Vec<TokenView>,
 }
 
+/// [`list`] answers only the edge's errors (see `openapi`).
+const LIST_ERRORS: &[ErrorCode] = &[];
+
 /// Every API token (admin)
 ///
 /// Id, owner, role, name, creation, last use, revocation.
@@ -103,6 +120,9 @@ pub(super) async fn list(
     Ok(Json(TokenList { tokens }))
 }
 
+/// What [`revoke`] may answer besides the edge's errors (see `openapi`).
+const REVOKE_ERRORS: &[ErrorCode] = &[ErrorCode::TokenNotFound];
+
 /// Revoke a token
 ///
 /// The admin may revoke any token, a user its own. The token answers 401 from its next
@@ -116,7 +136,6 @@ pub(super) async fn list(
     params(("id" = String, Path, description = "The token's id (`tokenId`, its `jti`)")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 404, description = "`token_not_found`: no such token (or not the caller's)"),
     ),
 )]
 pub(super) async fn revoke(
@@ -128,7 +147,7 @@ pub(super) async fn revoke(
     tokens::get(pool, &id)
         .await?
         .filter(|t| caller.can_see(&t.owner))
-        .ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {id}")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::TokenNotFound, format!("no token {id}")))?;
     let disabled = auth::revoke_recorded(&state.store, &id, now_ms()).await?;
     state.auth.forget(&id);
     tracing::info!(token_id = %id, devices = disabled.len(), by = %caller.owner, "token revoked");
@@ -159,6 +178,15 @@ pub(super) struct Paired {
     owner: String,
 }
 
+/// What [`pair`] may answer besides the edge's errors (see `openapi`).
+const PAIR_ERRORS: &[ErrorCode] = &[
+    ErrorCode::Unauthorized,
+    ErrorCode::InvalidDeviceName,
+    ErrorCode::TooManyPairingAttempts,
+    ErrorCode::InternalError,
+    ErrorCode::StorageUnavailable,
+];
+
 /// Pair a phone
 ///
 /// No token needed: the phone trades a one-time code from `tether pair` (valid for
@@ -171,11 +199,6 @@ pub(super) struct Paired {
     request_body = PairRequest,
     responses(
         (status = 200, description = "Paired", body = Paired),
-        (status = 401, description = "`unauthorized`: the code is wrong, used or expired"),
-        (status = 422, description = "`invalid_device_name`: `deviceName` is longer than 100 characters or holds control or text-direction characters"),
-        (status = 429, description = "`too_many_pairing_attempts`: `auth.pairing_attempts_per_minute` wrong codes in the last minute from this address (an IPv6 address: from its /64), or one or more from it once everyone together has sent `auth.pairing_attempts_per_minute_total`"),
-        (status = 500, description = "`internal_error`: the server failed (its log says why)"),
-        (status = 503, description = "`storage_unavailable`: the database cannot be written (disk full, read-only, I/O error); nothing was changed"),
     ),
 )]
 pub(super) async fn pair(
@@ -192,14 +215,14 @@ pub(super) async fn pair(
         .map(str::trim)
         .filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.chars().count() > MAX_NAME) {
-        return Err(ApiError::invalid(
-            "invalid_device_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidDeviceName,
             format!("deviceName is at most {MAX_NAME} characters"),
         ));
     }
     if let Some(c) = name.and_then(super::devices::unsafe_name_char) {
-        return Err(ApiError::invalid(
-            "invalid_device_name",
+        return Err(ApiError::new(
+            ErrorCode::InvalidDeviceName,
             format!(
                 "deviceName must not hold control or text-direction characters (U+{:04X})",
                 c as u32
@@ -216,11 +239,12 @@ pub(super) async fn pair(
     )
     .await
     .map_err(|e| match e {
-        RedeemError::Refused(Refused::BadCode) => ApiError::unauthorized(
+        RedeemError::Refused(Refused::BadCode) => ApiError::new(
+            ErrorCode::Unauthorized,
             "this pairing code is wrong, used or expired; run `tether pair` for a new one",
         ),
         RedeemError::Refused(Refused::LockedOut(wait)) => ApiError::too_many(
-            "too_many_pairing_attempts",
+            ErrorCode::TooManyPairingAttempts,
             "too many wrong pairing codes in the last minute from this address \
                  (auth.pairing_attempts_per_minute), or from everyone \
                  (auth.pairing_attempts_per_minute_total); try again later",

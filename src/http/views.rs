@@ -1,11 +1,12 @@
 //! The JSON shapes the API returns (camelCase), built from store rows.
 
+use super::codes::ErrorCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::{
     sessions::{ProcessInfo, ProcessState, Usage},
     store::{
@@ -355,8 +356,8 @@ impl Page {
         match self.limit {
             None => Ok(DEFAULT_PAGE),
             Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(_) => Err(ApiError::invalid(
-                "invalid_limit",
+            Some(_) => Err(ApiError::new(
+                ErrorCode::InvalidLimit,
                 format!("limit must be 1 to {MAX_PAGE}"),
             )),
         }

@@ -1,7 +1,8 @@
 //! The outbox worker: claims due pushes, sends each through the gateway, records every
-//! answer in `push_attempts` and acts on it (apns.md's table, via [`classify`]): delivered,
-//! token disabled, retried with backoff and jitter, given up, or, on a configuration error,
-//! sending stopped until tether restarts, with the reason on `/health`.
+//! answer in `push_attempts` and acts on it (apns.md's table: [`classify`] reads the answer,
+//! [`policy`] decides): delivered, token disabled, retried with backoff and jitter, given
+//! up, or, on a configuration error, sending stopped until tether restarts, with the reason
+//! on `/health`.
 //!
 //! [`PushService::run`] loops until shutdown, woken by `push_wake` (a push was committed),
 //! by the next due retry, or by `push.poll_interval`; [`PushService::tick`] is one
@@ -540,53 +541,15 @@ impl PushService {
         json: Option<&str>,
     ) -> sqlx::Result<(PushStatus, bool)> {
         let p = &due.push;
-        let config = &self.inner.config;
         let described = answer.describe();
-        let mut next_attempt_at = p.next_attempt_at;
-        let mut error: Option<String> = None;
-        let status = match &answer.action {
-            Action::Delivered => PushStatus::Delivered,
-            Action::Logged => PushStatus::Logged,
-            Action::RenewTokenAndRetry => {
-                error = Some(format!("{described}: renewing the provider token"));
-                PushStatus::Sending
-            }
-            Action::DisableToken { .. } => PushStatus::Failed,
-            Action::Retry if attempts >= i64::from(config.max_attempts) => {
-                error = Some(format!(
-                    "gave up after {attempts} attempts; the last answer was {described}"
-                ));
-                PushStatus::Failed
-            }
-            Action::Retry => {
-                let delay = backoff(attempts as u32, config.backoff_base, config.backoff_max);
-                next_attempt_at = now + delay.as_millis() as i64;
-                error = Some(format!("{described}; retrying"));
-                PushStatus::Pending
-            }
-            Action::GiveUp => {
-                error = Some(match answer.status_code {
-                    Some(_) => format!("APNs refused the push ({described}); not retried"),
-                    None => format!("{described}; not sent"),
-                });
-                PushStatus::Failed
-            }
-            Action::ConfigError => {
-                error = Some(format!("{described}; sending is stopped"));
-                PushStatus::Pending
-            }
-        };
-
+        let step = policy(answer, attempts, &self.inner.config, now);
+        let status = step.status;
+        let next_attempt_at = step.retry_at.unwrap_or(p.next_attempt_at);
+        let mut error = step.error;
         let mut disabled = false;
-        let disable = match (&answer.action, p.device_id) {
-            (
-                Action::DisableToken {
-                    unless_registered_after,
-                },
-                Some(device_id),
-            ) => Some((device_id, *unless_registered_after)),
-            _ => None,
-        };
+        let disable = step
+            .disable
+            .and_then(|unless| p.device_id.map(|device_id| (device_id, unless)));
         if let Some((device_id, unless_registered_after)) = disable {
             let reason = format!("APNs: {described}");
             disabled =
@@ -707,6 +670,68 @@ impl PushService {
     }
 }
 
+/// What the worker does with one answer: the push's next state, when it is tried again,
+/// the ledger's words, and whether the device's token is disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub status: PushStatus,
+    /// When it is tried again (ms); None: as it was.
+    pub retry_at: Option<i64>,
+    pub error: Option<String>,
+    /// Disable the device's token, unless it registered again after this time (ms).
+    pub disable: Option<Option<i64>>,
+}
+
+/// The answer policy (apns.md's table), for the push's `attempts` so far: pure, so that
+/// it is tested without a database; the worker applies it.
+pub fn policy(answer: &Answer, attempts: i64, config: &WorkerConfig, now: i64) -> Step {
+    let described = answer.describe();
+    let step = |status, error: Option<String>| Step {
+        status,
+        retry_at: None,
+        error,
+        disable: None,
+    };
+    match &answer.action {
+        Action::Delivered => step(PushStatus::Delivered, None),
+        Action::Logged => step(PushStatus::Logged, None),
+        Action::RenewTokenAndRetry => step(
+            PushStatus::Sending,
+            Some(format!("{described}: renewing the provider token")),
+        ),
+        Action::DisableToken {
+            unless_registered_after,
+        } => Step {
+            disable: Some(*unless_registered_after),
+            ..step(PushStatus::Failed, None)
+        },
+        Action::Retry if attempts >= i64::from(config.max_attempts) => step(
+            PushStatus::Failed,
+            Some(format!(
+                "gave up after {attempts} attempts; the last answer was {described}"
+            )),
+        ),
+        Action::Retry => {
+            let delay = backoff(attempts as u32, config.backoff_base, config.backoff_max);
+            Step {
+                retry_at: Some(now + delay.as_millis() as i64),
+                ..step(PushStatus::Pending, Some(format!("{described}; retrying")))
+            }
+        }
+        Action::GiveUp => step(
+            PushStatus::Failed,
+            Some(match answer.status_code {
+                Some(_) => format!("APNs refused the push ({described}); not retried"),
+                None => format!("{described}; not sent"),
+            }),
+        ),
+        Action::ConfigError => step(
+            PushStatus::Pending,
+            Some(format!("{described}; sending is stopped")),
+        ),
+    }
+}
+
 /// The `/health` text for a configuration error: what APNs said and what to check.
 fn config_hint(answer: &Answer, described: &str) -> String {
     let check = match answer.reason.as_deref() {
@@ -755,5 +780,92 @@ mod tests {
             assert!((300_000..=600_000).contains(&huge), "{huge}");
         }
         assert_eq!(backoff(5, Duration::ZERO, max), Duration::ZERO);
+    }
+
+    fn answer(action: Action, status_code: Option<u16>) -> Answer {
+        Answer {
+            action,
+            status_code,
+            reason: None,
+            apns_id: None,
+            timestamp: None,
+            error: None,
+        }
+    }
+
+    fn config() -> WorkerConfig {
+        WorkerConfig {
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(30),
+            batch_size: 10,
+            concurrency: 4,
+            preview_chars: 100,
+            send_timeout: Duration::from_secs(10),
+            default_topic: None,
+        }
+    }
+
+    #[test]
+    fn the_policy_follows_the_answer() {
+        let (config, now) = (config(), 1_000_000);
+        let max = i64::from(config.max_attempts);
+        let step = |action, status_code, attempts| {
+            policy(&answer(action, status_code), attempts, &config, now)
+        };
+        let delivered = step(Action::Delivered, Some(200), 1);
+        assert_eq!(
+            (delivered.status, delivered.error),
+            (PushStatus::Delivered, None)
+        );
+        assert_eq!(step(Action::Logged, None, 1).status, PushStatus::Logged);
+
+        // A transient failure waits for its backoff, until the attempts are used up.
+        let retry = step(Action::Retry, Some(503), 1);
+        assert_eq!(retry.status, PushStatus::Pending);
+        let full = config.backoff_base.as_millis() as i64;
+        let at = retry.retry_at.expect("a retry is due");
+        assert!((now + full / 2..=now + full).contains(&at), "{at}");
+        let last = step(Action::Retry, Some(503), max);
+        assert_eq!((last.status, last.retry_at), (PushStatus::Failed, None));
+        assert!(last
+            .error
+            .unwrap()
+            .starts_with(&format!("gave up after {max} attempts")));
+
+        let gone = step(
+            Action::DisableToken {
+                unless_registered_after: Some(7),
+            },
+            Some(410),
+            1,
+        );
+        assert_eq!(
+            (gone.status, gone.disable),
+            (PushStatus::Failed, Some(Some(7)))
+        );
+
+        let refused = step(Action::GiveUp, Some(400), 1);
+        assert_eq!(refused.status, PushStatus::Failed);
+        assert_eq!(
+            refused.error.unwrap(),
+            "APNs refused the push (400); not retried"
+        );
+        assert_eq!(
+            step(Action::GiveUp, None, 1).error.unwrap(),
+            "give_up; not sent"
+        );
+
+        // Kept for when sending resumes, or sent again with a new provider token.
+        let stopped = step(Action::ConfigError, Some(403), 1);
+        assert_eq!(
+            (stopped.status, stopped.retry_at),
+            (PushStatus::Pending, None)
+        );
+        assert_eq!(
+            step(Action::RenewTokenAndRetry, Some(403), 1).status,
+            PushStatus::Sending
+        );
     }
 }

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{follow::TurnWatch, handle::Sessions};
 use crate::{
     config::{expand_home, ProjectSettings},
+    refusal::{callers_active, refused, AcceptError, Asker, Refusal},
     store::{self, messages, sessions},
 };
 use rusqlite::Connection;
@@ -26,46 +27,6 @@ const NEW_SESSION_WINDOW: Duration = Duration::from_secs(60);
 /// `Retry-After` for `too_many_sessions`: no time frees a slot (ending a session does), so a
 /// client is told to come back no sooner than this.
 const ACTIVE_SESSIONS_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// Why a message (or keep-alive) was refused; the HTTP edge turns each into its status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    Invalid,
-    TooLarge,
-    Forbidden,
-    NotFound,
-    /// The session was ended by its owner.
-    Conflict,
-    /// The session expired.
-    Gone,
-    /// A limit; try again after the duration.
-    TooMany(Duration),
-    Unavailable,
-}
-
-#[derive(Debug)]
-pub enum AcceptError {
-    Refused {
-        why: Refusal,
-        code: &'static str,
-        message: String,
-    },
-    Db(sqlx::Error),
-}
-
-impl From<sqlx::Error> for AcceptError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Db(e)
-    }
-}
-
-fn refused(why: Refusal, code: &'static str, message: impl Into<String>) -> AcceptError {
-    AcceptError::Refused {
-        why,
-        code,
-        message: message.into(),
-    }
-}
 
 /// Where a message goes: a session by its id as sent, or a new one in this folder.
 #[derive(Debug, Clone, Copy)]
@@ -111,8 +72,7 @@ impl Sessions {
     pub async fn accept(&self, m: Message<'_>) -> Result<Accepted, AcceptError> {
         if self.is_closing() {
             return Err(refused(
-                Refusal::Unavailable,
-                "shutting_down",
+                Refusal::ShuttingDown,
                 "tether is shutting down; try again in a moment",
             ));
         }
@@ -198,13 +158,11 @@ impl Sessions {
     ) -> Result<i64, AcceptError> {
         let expires_at = store::now_ms() + self.lifetime_ms();
         let mut tx = self.deps().store.begin_write().await?;
-        let found = sessions::extend(&mut *tx, session_id, expires_at)
-            .await?
-            .filter(|(o, _)| sees_all || o == owner);
-        let Some((_, state)) = found else {
-            return Err(not_found(session_id));
-        };
-        check_active(&state)?;
+        let found = sessions::extend(&mut *tx, session_id, expires_at).await?;
+        let asker = Asker { owner, sees_all };
+        callers_active(session_id, found, asker, |(o, state)| {
+            (o.as_str(), state.as_str())
+        })?;
         tx.commit().await?;
         tracing::info!(session_id, expires_at, "session kept alive");
         Ok(expires_at)
@@ -216,17 +174,12 @@ impl Sessions {
 
     fn validate(&self, m: &Message<'_>) -> Result<(), AcceptError> {
         if m.text.trim().is_empty() {
-            return Err(refused(
-                Refusal::Invalid,
-                "empty_message",
-                "message must not be empty",
-            ));
+            return Err(refused(Refusal::EmptyMessage, "message must not be empty"));
         }
         let limit = self.deps().session_settings.max_message_bytes;
         if m.text.len() > limit {
             return Err(refused(
-                Refusal::TooLarge,
-                "message_too_large",
+                Refusal::MessageTooLarge,
                 format!(
                     "message is {} bytes; the limit (sessions.max_message_bytes) is {limit}",
                     m.text.len()
@@ -236,8 +189,7 @@ impl Sessions {
         if let Some(cmid) = m.client_message_id {
             if cmid.is_empty() || cmid.len() > MAX_CLIENT_MESSAGE_ID {
                 return Err(refused(
-                    Refusal::Invalid,
-                    "invalid_client_message_id",
+                    Refusal::InvalidClientMessageId,
                     format!("clientMessageId must be 1 to {MAX_CLIENT_MESSAGE_ID} bytes"),
                 ));
             }
@@ -292,19 +244,21 @@ impl NewMessage {
     /// The existing session the message goes to, touched (active now, its end moved):
     /// refused when it is not the caller's, not active, or its queue is full.
     fn touch_existing(&self, tx: &Connection, id: &str) -> Checked<String> {
-        let touched = sessions::touch_for_accept(tx, id, self.now, self.expires_at)?
-            .filter(|(owner, _, _)| self.sees_all || *owner == self.owner);
-        let Some((_, state, queued)) = touched else {
-            return Ok(Err(not_found(id)));
+        let touched = sessions::touch_for_accept(tx, id, self.now, self.expires_at)?;
+        let asker = Asker {
+            owner: &self.owner,
+            sees_all: self.sees_all,
         };
-        if let Err(refusal) = check_active(&state) {
-            return Ok(Err(refusal));
-        }
+        let queued = match callers_active(id, touched, asker, |(o, state, _)| {
+            (o.as_str(), state.as_str())
+        }) {
+            Ok((_, _, queued)) => queued,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         let limit = self.sessions.deps().session_settings.max_queued_per_session;
         if queued >= i64::from(limit) {
             return Ok(Err(refused(
-                Refusal::TooMany(Duration::from_secs(5)),
-                "queue_full",
+                Refusal::QueueFull(Duration::from_secs(5)),
                 format!(
                     "{queued} messages are already waiting in this session \
                      (sessions.max_queued_per_session = {limit}); wait for a reply"
@@ -323,10 +277,13 @@ impl NewMessage {
         let load = sessions::owner_load(tx, owner, now - window)?;
         let active_limit = i64::from(deps.session_settings.max_active_per_owner);
         if load.active >= active_limit {
-            tracing::info!(owner, code = "too_many_sessions", "per-owner limit reached");
+            tracing::info!(
+                owner,
+                limit = "sessions.max_active_per_owner",
+                "per-owner limit reached"
+            );
             return Ok(Err(refused(
-                Refusal::TooMany(ACTIVE_SESSIONS_RETRY_AFTER),
-                "too_many_sessions",
+                Refusal::TooManySessions(ACTIVE_SESSIONS_RETRY_AFTER),
                 format!(
                     "{} sessions are active (sessions.max_active_per_owner = {active_limit}); \
                      end one (DELETE /api/sessions/{{id}}) or continue one with sessionId",
@@ -341,12 +298,11 @@ impl NewMessage {
             let wait = (oldest + window - now).max(0) as u64;
             tracing::info!(
                 owner,
-                code = "too_many_new_sessions",
+                limit = "limits.new_sessions_per_minute",
                 "per-owner limit reached"
             );
             return Ok(Err(refused(
-                Refusal::TooMany(Duration::from_millis(wait)),
-                "too_many_new_sessions",
+                Refusal::TooManyNewSessions(Duration::from_millis(wait)),
                 format!(
                     "{} sessions were started in the last minute (limits.new_sessions_per_minute \
                      = {rate}); try again later or continue one with sessionId",
@@ -381,38 +337,9 @@ impl NewMessage {
 
 /// A session id as sent, checked to be a UUID (in its canonical form).
 fn parse_session_id(id: &str) -> Result<String, AcceptError> {
-    Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| {
-        refused(
-            Refusal::Invalid,
-            "invalid_session_id",
-            "sessionId must be a UUID",
-        )
-    })
-}
-
-fn not_found(id: &str) -> AcceptError {
-    refused(
-        Refusal::NotFound,
-        "session_not_found",
-        format!("no session {id}"),
-    )
-}
-
-/// Refuses a session that is not active: 410 once it expired, 409 once its owner ended it.
-fn check_active(state: &str) -> Result<(), AcceptError> {
-    match state {
-        sessions::STATE_ACTIVE => Ok(()),
-        sessions::STATE_EXPIRED => Err(refused(
-            Refusal::Gone,
-            "session_expired",
-            "this session expired; its history stays readable; start a new one with projectPath",
-        )),
-        _ => Err(refused(
-            Refusal::Conflict,
-            "session_ended",
-            "this session has ended; start a new one with projectPath",
-        )),
-    }
+    Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| refused(Refusal::InvalidSessionId, "sessionId must be a UUID"))
 }
 
 /// An existing directory inside one of `projects.roots`, made canonical. The file-system
@@ -426,8 +353,7 @@ pub(crate) async fn resolve_project(
         .await
         .unwrap_or_else(|e| {
             Err(refused(
-                Refusal::Unavailable,
-                "internal_error",
+                Refusal::FolderUnchecked,
                 format!("the project folder could not be checked: {e}"),
             ))
         })
@@ -437,8 +363,7 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
     let path = expand_home(Path::new(raw.trim()));
     if raw.trim().is_empty() || !path.is_absolute() {
         return Err(refused(
-            Refusal::Invalid,
-            "invalid_project_path",
+            Refusal::InvalidProjectPath,
             "projectPath must be an absolute path",
         ));
     }
@@ -446,8 +371,7 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
     // tell a caller what lies beyond the folders it may use.
     let outside = || {
         refused(
-            Refusal::Forbidden,
-            "forbidden",
+            Refusal::OutsideProjects,
             format!("projectPath {raw} is outside the folders tether may use (projects.roots)"),
         )
     };
@@ -466,8 +390,7 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
                 .any(|r| path.starts_with(r))
         {
             return Err(refused(
-                Refusal::Invalid,
-                "project_not_found",
+                Refusal::ProjectNotFound,
                 format!("projectPath {raw} does not exist"),
             ));
         }
@@ -478,8 +401,7 @@ fn resolve_project_blocking(projects: &ProjectSettings, raw: &str) -> Result<Pat
     }
     if !canonical.is_dir() {
         return Err(refused(
-            Refusal::Invalid,
-            "project_not_a_directory",
+            Refusal::ProjectNotADirectory,
             format!("projectPath {raw} is not a directory"),
         ));
     }
@@ -498,8 +420,7 @@ pub(crate) fn checked_folder(
     let shown = path.display();
     let canonical = std::fs::canonicalize(path).map_err(|_| {
         refused(
-            Refusal::Invalid,
-            "project_not_found",
+            Refusal::ProjectNotFound,
             format!("the project folder {shown} no longer exists"),
         )
     })?;
@@ -510,8 +431,7 @@ pub(crate) fn checked_folder(
     {
         tracing::warn!(folder = %shown, resolved = %canonical.display(), "a project folder now leads outside projects.roots; not started");
         return Err(refused(
-            Refusal::Forbidden,
-            "forbidden",
+            Refusal::OutsideProjects,
             format!(
                 "the project folder {shown} now leads outside the folders tether may use \
                  (projects.roots); nothing was started in it"
@@ -520,20 +440,9 @@ pub(crate) fn checked_folder(
     }
     if !canonical.is_dir() {
         return Err(refused(
-            Refusal::Invalid,
-            "project_not_a_directory",
+            Refusal::ProjectNotADirectory,
             format!("the project folder {shown} is not a directory"),
         ));
     }
     Ok(canonical)
-}
-
-impl AcceptError {
-    /// What a person is told of it.
-    pub fn message(&self) -> String {
-        match self {
-            Self::Refused { message, .. } => message.clone(),
-            Self::Db(e) => format!("database error: {e}"),
-        }
-    }
 }

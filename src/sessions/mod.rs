@@ -35,7 +35,8 @@ pub mod spares;
 pub mod usage;
 
 pub(crate) use accept::{checked_folder, resolve_project};
-pub use accept::{AcceptError, Accepted, Message, Refusal, Target};
+pub use accept::{Accepted, Message, Target};
+pub use crate::refusal::{AcceptError, Refusal};
 pub use control::{Gone, ModeApplied, ProcessInfo, ProcessState};
 pub use follow::{TurnWatch, Watched};
 pub use handle::{Deps, Sessions};

@@ -32,7 +32,8 @@ pub use live::{Ended, Live, Refused, Snapshot, Viewer};
 use crate::{
     agent::{Agent, Launch},
     config::{AgentSettings, ProjectSettings, SessionSettings, TerminalSettings},
-    sessions::{checked_folder, resolve_project, AcceptError, HoldRefused, Refusal, Sessions},
+    refusal::{callers_active, refused, session_not_found, AcceptError, Asker, Refusal},
+    sessions::{checked_folder, resolve_project, HoldRefused, Sessions},
     store::{self, sessions as session_rows, terminals, terminals::TerminalRow, Store},
 };
 
@@ -124,14 +125,6 @@ struct Entry {
     task: Option<JoinHandle<()>>,
 }
 
-fn refused(why: Refusal, code: &'static str, message: impl Into<String>) -> AcceptError {
-    AcceptError::Refused {
-        why,
-        code,
-        message: message.into(),
-    }
-}
-
 impl Terminals {
     pub fn new(deps: Deps) -> Self {
         Self {
@@ -175,15 +168,13 @@ impl Terminals {
     pub async fn start(&self, s: Start<'_>) -> Result<TerminalRow, AcceptError> {
         if self.inner.closing.load(Ordering::SeqCst) {
             return Err(refused(
-                Refusal::Unavailable,
-                "shutting_down",
+                Refusal::ShuttingDown,
                 "tether is shutting down; try again in a moment",
             ));
         }
         if !(1..=MAX_SIDE).contains(&s.cols) || !(1..=MAX_SIDE).contains(&s.rows) {
             return Err(refused(
-                Refusal::Invalid,
-                "invalid_size",
+                Refusal::InvalidSize,
                 format!("cols and rows must be 1 to {MAX_SIDE}"),
             ));
         }
@@ -194,15 +185,13 @@ impl Terminals {
             ("shell", None) => ("shell", None),
             ("shell", Some(_)) => {
                 return Err(refused(
-                    Refusal::Invalid,
-                    "invalid_program",
+                    Refusal::InvalidProgram,
                     "a shell runs no conversation: sessionId needs program \"claude\"",
                 ))
             }
             _ => {
                 return Err(refused(
-                    Refusal::Invalid,
-                    "invalid_program",
+                    Refusal::InvalidProgram,
                     "program must be \"claude\" or \"shell\"",
                 ))
             }
@@ -212,8 +201,7 @@ impl Terminals {
             (None, Some(raw)) => resolve_project(&deps.projects, raw).await?,
             (None, None) => {
                 return Err(refused(
-                    Refusal::Invalid,
-                    "invalid_project_path",
+                    Refusal::InvalidProjectPath,
                     "projectPath is needed (or sessionId, to use that session's folder)",
                 ))
             }
@@ -239,14 +227,12 @@ impl Terminals {
                 return Err(match refusal {
                     HoldRefused::Held(_) => in_terminal(),
                     HoldRefused::TurnRunning => refused(
-                        Refusal::Conflict,
-                        "turn_running",
+                        Refusal::TurnRunning,
                         "a turn is running in this session; wait for its reply or interrupt it \
                          (POST /api/sessions/{id}/interrupt), then open the terminal",
                     ),
                     HoldRefused::Closing => refused(
-                        Refusal::Unavailable,
-                        "shutting_down",
+                        Refusal::ShuttingDown,
                         "tether is shutting down; try again in a moment",
                     ),
                 });
@@ -285,7 +271,7 @@ impl Terminals {
                     }
                     return Err(match e.downcast::<FolderRefused>() {
                         Ok(FolderRefused(refusal)) => refusal,
-                        Err(_) => refused(Refusal::Forbidden, "forbidden", reason),
+                        Err(_) => refused(Refusal::OutsideProjects, reason),
                     });
                 }
                 let reason = format!("could not start: {e}");
@@ -294,11 +280,7 @@ impl Terminals {
                 if let Some(session_id) = &session_id {
                     deps.sessions.release(session_id, &id);
                 }
-                return Err(refused(
-                    Refusal::Unavailable,
-                    "terminal_start_failed",
-                    reason,
-                ));
+                return Err(refused(Refusal::TerminalStartFailed, reason));
             }
         }
         terminals::get(deps.store.pool(), &id)
@@ -312,31 +294,17 @@ impl Terminals {
         s: &Start<'_>,
         id: &str,
     ) -> Result<session_rows::SessionRow, AcceptError> {
-        let not_found = || {
-            refused(
-                Refusal::NotFound,
-                "session_not_found",
-                format!("no session {id}"),
-            )
+        let id = Uuid::parse_str(id)
+            .map_err(|_| session_not_found(id))?
+            .to_string();
+        let session = session_rows::get(self.deps().store.pool(), &id).await?;
+        let asker = Asker {
+            owner: s.owner,
+            sees_all: s.sees_all,
         };
-        let id = Uuid::parse_str(id).map_err(|_| not_found())?.to_string();
-        let session = session_rows::get(self.deps().store.pool(), &id)
-            .await?
-            .filter(|row| s.sees_all || row.owner == s.owner)
-            .ok_or_else(not_found)?;
-        match session.state.as_str() {
-            session_rows::STATE_ACTIVE => Ok(session),
-            session_rows::STATE_EXPIRED => Err(refused(
-                Refusal::Gone,
-                "session_expired",
-                "this session expired; its history stays readable",
-            )),
-            _ => Err(refused(
-                Refusal::Conflict,
-                "session_ended",
-                "this session has ended",
-            )),
-        }
+        callers_active(&id, session, asker, |row| {
+            (row.owner.as_str(), row.state.as_str())
+        })
     }
 
     /// How the CLI continues the session's conversation (as its next chat process would),
@@ -376,14 +344,9 @@ impl Terminals {
             } else {
                 (owners, "terminals.max_per_owner", settings.max_per_owner)
             };
-            tracing::info!(
-                owner = s.owner,
-                code = "too_many_terminals",
-                "terminal limit reached"
-            );
+            tracing::info!(owner = s.owner, limit = key, "terminal limit reached");
             return Err(refused(
-                Refusal::TooMany(FULL_RETRY_AFTER),
-                "too_many_terminals",
+                Refusal::TooManyTerminals(FULL_RETRY_AFTER),
                 format!("{count} terminals are running ({key} = {limit}); end one (DELETE /api/terminals/{{id}})"),
             ));
         }
@@ -575,8 +538,7 @@ impl std::error::Error for FolderRefused {}
 
 fn in_terminal() -> AcceptError {
     refused(
-        Refusal::Conflict,
-        "conversation_in_terminal",
+        Refusal::ConversationInTerminal,
         "this session's conversation is open in another terminal; end that one first",
     )
 }
