@@ -168,7 +168,8 @@ impl Store {
 
     /// Runs `f` in one write transaction ([`Store::begin_write`]), committed when it
     /// succeeds; every failure, of a statement or of the commit, is noted (see
-    /// [`Store::storage_fault`]). For the transactions of a turn (accept, start, end).
+    /// [`Store::storage_fault`]). For the transactions of a turn (accept, start, end); `f`
+    /// holds the writer's turn, so it must not wait on anything but the database.
     pub async fn write<T, F>(&self, f: F) -> sqlx::Result<T>
     where
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, sqlx::Result<T>>,
