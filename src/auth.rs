@@ -19,7 +19,6 @@ use jsonwebtoken::{errors::ErrorKind, DecodingKey, EncodingKey, Header, Validati
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 use tokio::sync::watch;
 
@@ -146,7 +145,7 @@ struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     /// SHA-256 of the secret: tells a rotated file from the secret in use.
-    digest: [u8; 32],
+    digest: ring::digest::Digest,
 }
 
 impl Keys {
@@ -154,7 +153,7 @@ impl Keys {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            digest: Sha256::digest(secret).into(),
+            digest: ring::digest::digest(&ring::digest::SHA256, secret),
         }
     }
 }
@@ -491,7 +490,7 @@ impl Auth {
             Ok(Ok(secret)) => {
                 unreadable.store(false, Ordering::Relaxed);
                 let keys = Keys::new(&secret);
-                if keys.digest != self.keys().digest {
+                if keys.digest.as_ref() != self.keys().digest.as_ref() {
                     *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
                     tracing::warn!(
                         "the token secret was replaced (`tether secret rotate`): tokens signed \

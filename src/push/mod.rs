@@ -19,7 +19,7 @@ use sqlx::SqliteConnection;
 
 use crate::{
     config::PushSettings,
-    store::{self, devices, pushes, sessions::SessionRow},
+    store::{self, pushes, sessions::SessionRow},
 };
 
 pub use gateway::{classify, Action, Answer, Delivery, LogGateway, PushGateway, PushRequest};
@@ -238,25 +238,13 @@ impl<'a> PushEvent<'a> {
 /// exists exactly when the event it is about was committed. Enqueueing the same event
 /// (kind, session, message) again adds nothing. The row keeps the title and a plain-text
 /// form of the text; the worker cuts the preview and builds the payload when it sends.
-pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::Result<()> {
-    if !devices::owner_has_active(&mut *tx, &event.audience.owner).await? {
-        return Ok(()); // nobody to tell: no text to prepare
-    }
+/// One statement, whether or not the owner has a device. Returns how many pushes it added.
+pub async fn enqueue(tx: &mut SqliteConnection, event: &PushEvent<'_>) -> sqlx::Result<u64> {
     let text = stored_text(event);
     let added = pushes::insert_for_owner_devices(&mut *tx, &new_push(event, &text)).await?;
-    queued(event, added);
-    Ok(())
-}
-
-/// [`enqueue`], inside a transaction on the store's writer thread. Returns how many
-/// pushes it added (none when the owner has no device).
-pub fn enqueue_sync(tx: &rusqlite::Connection, event: &PushEvent<'_>) -> rusqlite::Result<u64> {
-    if !devices::owner_has_active_sync(tx, &event.audience.owner)? {
-        return Ok(0);
+    if added > 0 {
+        queued(event, added);
     }
-    let text = stored_text(event);
-    let added = pushes::insert_for_owner_devices_sync(tx, &new_push(event, &text))?;
-    queued(event, added);
     Ok(added)
 }
 

@@ -57,23 +57,16 @@ async fn harness_with(adjust: impl FnOnce(&mut WorkerConfig)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("tether.db"), 4).await.unwrap();
     let now = store::now_ms();
-    store
-        .write(move |tx| {
-            sessions::insert(
-                tx,
-                &sessions::NewSession {
-                    id: "5d9d4d8e-8a43-4b1e-9d55-0c2f6f1a7b10",
-                    owner: "me",
-                    agent: "claude",
-                    project_path: "/home/me/projects/demo",
-                    title: Some("demo"),
-                    now,
-                    expires_at: now + 24 * 3600 * 1000,
-                },
-            )
-        })
-        .await
-        .unwrap();
+    let session = sessions::NewSession {
+        id: "5d9d4d8e-8a43-4b1e-9d55-0c2f6f1a7b10",
+        owner: "me",
+        agent: "claude",
+        project_path: "/home/me/projects/demo",
+        title: Some("demo"),
+        now,
+        expires_at: now + 24 * 3600 * 1000,
+    };
+    sessions::insert(store.pool(), &session).await.unwrap();
     let session = sessions::get(store.pool(), "5d9d4d8e-8a43-4b1e-9d55-0c2f6f1a7b10")
         .await
         .unwrap()

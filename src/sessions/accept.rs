@@ -18,7 +18,7 @@ use crate::{
     refusal::{callers_active, refused, AcceptError, Asker, Refusal},
     store::{self, messages, sessions},
 };
-use rusqlite::Connection;
+use sqlx::SqliteConnection;
 
 /// Longest `clientMessageId` accepted.
 pub const MAX_CLIENT_MESSAGE_ID: usize = 128;
@@ -116,7 +116,7 @@ impl Sessions {
         let stored = self
             .deps()
             .store
-            .write_unless(move |tx| new.store(tx))
+            .write_unless(move |tx| Box::pin(new.store(tx)))
             .await;
         let (session_id, message_id) = match stored {
             Ok(Ok(ids)) => ids,
@@ -198,7 +198,7 @@ impl Sessions {
     }
 }
 
-/// A message to store, owned, for the writer thread.
+/// A message to store, owned, for the write transaction.
 struct NewMessage {
     sessions: Sessions,
     owner: String,
@@ -213,15 +213,15 @@ struct NewMessage {
 }
 
 /// Ok(Err(_)) refuses (and rolls back); Err is the database's.
-type Checked<T> = rusqlite::Result<Result<T, AcceptError>>;
+type Checked<T> = sqlx::Result<Result<T, AcceptError>>;
 
 impl NewMessage {
     /// In one transaction: the session found and touched (or created), and the message
     /// stored `queued`. Returns (session id, message id).
-    fn store(self, tx: &Connection) -> Checked<(String, i64)> {
+    async fn store(self, tx: &mut SqliteConnection) -> Checked<(String, i64)> {
         let found = match (&self.existing, &self.project) {
-            (Some(id), _) => self.touch_existing(tx, id)?,
-            (None, Some(project)) => self.create(tx, project)?,
+            (Some(id), _) => self.touch_existing(tx, id).await?,
+            (None, Some(project)) => self.create(tx, project).await?,
             (None, None) => unreachable!("a new session's folder is resolved"),
         };
         let session_id = match found {
@@ -237,14 +237,15 @@ impl NewMessage {
                 client_message_id: self.client_message_id.as_deref(),
                 now: self.now,
             },
-        )?;
+        )
+        .await?;
         Ok(Ok((session_id, message_id)))
     }
 
     /// The existing session the message goes to, touched (active now, its end moved):
     /// refused when it is not the caller's, not active, or its queue is full.
-    fn touch_existing(&self, tx: &Connection, id: &str) -> Checked<String> {
-        let touched = sessions::touch_for_accept(tx, id, self.now, self.expires_at)?;
+    async fn touch_existing(&self, tx: &mut SqliteConnection, id: &str) -> Checked<String> {
+        let touched = sessions::touch_for_accept(tx, id, self.now, self.expires_at).await?;
         let asker = Asker {
             owner: &self.owner,
             sees_all: self.sees_all,
@@ -270,11 +271,11 @@ impl NewMessage {
 
     /// A new session of the owner in `project`, within the owner's caps (read in the
     /// write transaction that creates it, so two requests cannot both take the last one).
-    fn create(&self, tx: &Connection, project: &Path) -> Checked<String> {
+    async fn create(&self, tx: &mut SqliteConnection, project: &Path) -> Checked<String> {
         let deps = self.sessions.deps();
         let (owner, now) = (self.owner.as_str(), self.now);
         let window = NEW_SESSION_WINDOW.as_millis() as i64;
-        let load = sessions::owner_load(tx, owner, now - window)?;
+        let load = sessions::owner_load(&mut *tx, owner, now - window).await?;
         let active_limit = i64::from(deps.session_settings.max_active_per_owner);
         if load.active >= active_limit {
             tracing::info!(
@@ -330,7 +331,8 @@ impl NewMessage {
                 now,
                 expires_at: self.expires_at,
             },
-        )?;
+        )
+        .await?;
         Ok(Ok(id))
     }
 }

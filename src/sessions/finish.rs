@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use rusqlite::Connection;
+use sqlx::SqliteConnection;
 
 use super::{
     actor::{Actor, Exit},
@@ -256,7 +256,9 @@ impl Actor {
             let id = msg.id;
             let failed = self
                 .store()
-                .write(move |tx| messages::finish(tx, id, &outcome).map(drop))
+                .write_alone(move |tx| {
+                    Box::pin(async move { messages::finish(tx, id, &outcome).await.map(drop) })
+                })
                 .await;
             match failed {
                 Ok(()) => return,
@@ -325,7 +327,10 @@ impl Actor {
             held: self.log.held(),
             numbering: self.log.numbering(),
         };
-        let stored = self.store().write(move |tx| write.store(tx)).await?;
+        let stored = self
+            .store()
+            .write(move |tx| Box::pin(write.store(tx)))
+            .await?;
         end.line = None;
         self.log
             .stored_numbered(stored.numbering, stored.rows, stored.message);
@@ -339,7 +344,7 @@ impl Actor {
     }
 }
 
-/// A turn's end, owned, for the store's writer thread.
+/// A turn's end, owned, for its write transaction.
 struct EndWrite {
     session_id: String,
     message_id: i64,
@@ -376,7 +381,7 @@ struct EndStored {
 }
 
 impl EndWrite {
-    fn store(mut self, tx: &Connection) -> rusqlite::Result<EndStored> {
+    async fn store(mut self, tx: &mut SqliteConnection) -> sqlx::Result<EndStored> {
         let outcome = messages::Outcome {
             status: self.status,
             error: self.error.as_deref(),
@@ -386,10 +391,10 @@ impl EndWrite {
             now: self.now,
         };
         let mut rows = Vec::with_capacity(2);
-        if !messages::finish(tx, self.message_id, &outcome)? {
+        let Some(ended) = messages::finish(&mut *tx, self.message_id, &outcome).await? else {
             // Already ended (by a shutdown sweep or an end of the session): once only.
             rows.extend(self.line);
-            events::append_all_sync(tx, self.held.iter().chain(&rows))?;
+            events::append_all(tx, self.held.iter().chain(&rows)).await?;
             return Ok(EndStored {
                 numbering: self.numbering,
                 rows,
@@ -397,23 +402,27 @@ impl EndWrite {
                 message: None,
                 pushes: 0,
             });
-        }
-        let reply_id = match &self.reply {
-            Some(text) => Some(messages::insert_reply(
-                tx,
-                &messages::Reply {
-                    session_id: &self.session_id,
-                    owner: &self.owner,
-                    reply_to: self.message_id,
-                    text,
-                    cost_usd: outcome.cost_usd.unwrap_or(0.0),
-                    duration_ms: outcome.duration_ms,
-                    usage: outcome.usage,
-                    now: outcome.now,
-                },
-            )?),
+        };
+        let reply = match &self.reply {
+            Some(text) => Some(
+                messages::insert_reply(
+                    &mut *tx,
+                    &messages::Reply {
+                        session_id: &self.session_id,
+                        owner: &self.owner,
+                        reply_to: self.message_id,
+                        text,
+                        cost_usd: outcome.cost_usd.unwrap_or(0.0),
+                        duration_ms: outcome.duration_ms,
+                        usage: outcome.usage,
+                        now: outcome.now,
+                    },
+                )
+                .await?,
+            ),
             None => None,
         };
+        let reply_id = reply.as_ref().map(|r| r.id);
         if self.close_approvals {
             let (status, reason) = match outcome.status {
                 Status::Failed => (
@@ -426,7 +435,7 @@ impl EndWrite {
                 ),
             };
             let turn = Scope::Turn(self.message_id);
-            for id in approvals::close_pending_sync(tx, turn, status, reason, outcome.now)? {
+            for id in approvals::close_pending(&mut *tx, turn, status, reason, outcome.now).await? {
                 rows.push(self.numbering.stage_tether(
                     "approval_decided",
                     json!({"approvalId": id, "status": status, "decidedBy": "tether", "reason": reason}),
@@ -440,12 +449,13 @@ impl EndWrite {
             });
         }
         sessions::record_turn(
-            tx,
+            &mut *tx,
             &self.session_id,
             self.conversation_id.as_deref(),
             outcome.cost_usd.unwrap_or(0.0),
             outcome.now,
-        )?;
+        )
+        .await?;
         let mut pushes = 0;
         if let Some((kind, audience)) = &self.push {
             let text = match &self.reply {
@@ -453,7 +463,7 @@ impl EndWrite {
                 None => outcome.error.unwrap_or_default(),
             };
             let about = Some(reply_id.unwrap_or(self.message_id));
-            pushes = push::enqueue_sync(tx, &PushEvent::new(*kind, audience, about, text))?;
+            pushes = push::enqueue(tx, &PushEvent::new(*kind, audience, about, text)).await?;
         }
         let kind = if outcome.status == Status::Completed {
             "turn_completed"
@@ -471,16 +481,12 @@ impl EndWrite {
             data["error"] = e.into();
         }
         rows.push(self.numbering.stage_tether(kind, data));
-        events::append_all_sync(tx, self.held.iter().chain(&rows))?;
-        let message = match messages::with_reply_sync(tx, self.message_id)? {
-            (Some(msg), reply) => Some((msg, reply)),
-            (None, _) => None,
-        };
+        events::append_all(tx, self.held.iter().chain(&rows)).await?;
         Ok(EndStored {
             numbering: self.numbering,
             rows,
             kind: Some(kind),
-            message,
+            message: Some((ended, reply)),
             pushes,
         })
     }

@@ -300,7 +300,7 @@ impl EventLog {
         self.numbering.stage_tether(name, data)
     }
 
-    /// The numbering as it stands, for a transaction on the writer thread that stages
+    /// The numbering as it stands, for a write transaction that stages
     /// events of its own; hand it back with [`Self::stored_numbered`] once committed.
     pub(super) fn numbering(&self) -> Numbering {
         self.numbering.clone()
@@ -360,11 +360,7 @@ impl EventLog {
         tx: &mut WriteTx,
         extra: &[EventRow],
     ) -> sqlx::Result<()> {
-        let rows: Vec<&EventRow> = self.pending.iter().chain(extra).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        events::append_all(tx, &rows).await
+        events::append_all(tx, self.pending.iter().chain(extra)).await
     }
 
     /// The held events were committed (with `extra`, written by the caller after them):
@@ -380,7 +376,7 @@ impl EventLog {
         }
         let held = self.held();
         let result = store
-            .write(move |tx| events::append_all_sync(tx, &held))
+            .write(move |tx| Box::pin(async move { events::append_all(tx, &held).await }))
             .await;
         match result {
             Ok(()) => self.stored(Vec::new()),

@@ -5,8 +5,8 @@
 //! finish ends `interrupted` saying the agent had it, and one it never read ends
 //! `interrupted` saying so.
 
-use rusqlite::Connection;
 use serde_json::json;
+use sqlx::SqliteConnection;
 
 use super::{
     handle::{Sessions, STOPPED_MID_TURN},
@@ -143,7 +143,11 @@ impl Sessions {
                 settled,
                 now: store::now_ms(),
             };
-            let pushes = self.deps().store.write(move |tx| end.store(tx)).await?;
+            let pushes = self
+                .deps()
+                .store
+                .write(move |tx| Box::pin(end.store(tx)))
+                .await?;
             if pushes > 0 {
                 self.deps().push_wake.notify_one();
             }
@@ -152,7 +156,7 @@ impl Sessions {
     }
 }
 
-/// A turn left running and how it ends, owned, for the store's writer thread.
+/// A turn left running and how it ends, owned, for its write transaction.
 struct LeftRunning {
     msg: MessageRow,
     conversation_id: String,
@@ -165,7 +169,7 @@ struct LeftRunning {
 impl LeftRunning {
     /// In one transaction: the message's end (once only), its reply, the session's last
     /// activity, the owner's push and tether's end event. Returns the pushes queued.
-    fn store(mut self, tx: &Connection) -> rusqlite::Result<u64> {
+    async fn store(mut self, tx: &mut SqliteConnection) -> sqlx::Result<u64> {
         let (id, now) = (self.msg.id, self.now);
         let outcome = messages::Outcome {
             status: self.settled.status,
@@ -175,11 +179,11 @@ impl LeftRunning {
             usage: None,
             now,
         };
-        if !messages::finish(tx, id, &outcome)? {
+        if messages::finish(&mut *tx, id, &outcome).await?.is_none() {
             return Ok(0); // it ended meanwhile
         }
         if self.settled.received {
-            messages::mark_delivered(tx, id, now)?;
+            messages::mark_delivered(&mut *tx, id, now).await?;
         }
         let reply_id = match &self.settled.reply {
             Some(text) => {
@@ -193,14 +197,15 @@ impl LeftRunning {
                     usage: None,
                     now,
                 };
-                let reply_id = messages::insert_reply(tx, &reply)?;
+                let reply_id = messages::insert_reply(&mut *tx, &reply).await?.id;
                 sessions::record_turn(
-                    tx,
+                    &mut *tx,
                     &self.msg.session_id,
                     Some(&self.conversation_id),
                     0.0,
                     now,
-                )?;
+                )
+                .await?;
                 Some(reply_id)
             }
             None => None,
@@ -214,8 +219,8 @@ impl LeftRunning {
                 id,
             ),
         };
-        let pushes =
-            push::enqueue_sync(tx, &PushEvent::new(kind, &self.audience, Some(about), text))?;
+        let event = PushEvent::new(kind, &self.audience, Some(about), text);
+        let pushes = push::enqueue(&mut *tx, &event).await?;
         let mut data = json!({"messageId": id, "status": outcome.status, "recovered": true});
         match (reply_id, outcome.error) {
             (Some(reply_id), _) => data["replyId"] = reply_id.into(),
@@ -228,7 +233,7 @@ impl LeftRunning {
             "turn_failed"
         };
         let row = self.numbering.stage_tether(name, data);
-        events::append_all_sync(tx, [&row])?;
+        events::append_all(tx, [&row]).await?;
         Ok(pushes)
     }
 }

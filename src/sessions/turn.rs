@@ -513,22 +513,25 @@ impl Actor {
         let mut numbering = self.log.numbering();
         let started = self
             .store()
-            .write(move |tx| {
-                if !messages::mark_running(tx, id, now)? {
-                    return Ok(None);
-                }
-                if let Some((pid, start_time, was_spare)) = process {
-                    sessions::set_process_sync(tx, &session_id, Some((pid, start_time)))?;
-                    if was_spare {
-                        spares::remove_sync(tx, pid)?;
+            .write_unless(move |tx| {
+                Box::pin(async move {
+                    if !messages::mark_running(&mut *tx, id, now).await? {
+                        return Ok(Err(()));
                     }
-                }
-                let row = numbering.stage_tether("turn_started", json!({"messageId": id}));
-                events::append_all_sync(tx, held.iter().chain([&row]))?;
-                Ok(Some((numbering, row)))
+                    if let Some((pid, start_time, was_spare)) = process {
+                        let process = Some((pid, start_time));
+                        sessions::set_process(&mut *tx, &session_id, process).await?;
+                        if was_spare {
+                            spares::remove(&mut *tx, pid).await?;
+                        }
+                    }
+                    let row = numbering.stage_tether("turn_started", json!({"messageId": id}));
+                    events::append_all(tx, held.iter().chain([&row])).await?;
+                    Ok(Ok((numbering, row)))
+                })
             })
             .await?;
-        let Some((numbering, row)) = started else {
+        let Ok((numbering, row)) = started else {
             return Ok(false);
         };
         self.log.stored_numbered(numbering, vec![row], None);
@@ -546,7 +549,7 @@ impl Actor {
         let (id, now) = (msg.id, crate::store::now_ms());
         let marked = self
             .store()
-            .write(move |tx| messages::mark_delivered(tx, id, now))
+            .write_alone(move |tx| Box::pin(messages::mark_delivered(tx, id, now)))
             .await;
         if let Err(e) = marked {
             tracing::warn!(error = %e, message_id = id, "could not record that the agent has the message");

@@ -145,11 +145,6 @@ pub enum Scope<'a> {
     All,
 }
 
-const CLOSE_PENDING: &str =
-    "UPDATE approvals SET status = ?2, reason = ?3, decided_by = 'tether', decided_at = ?4 \
-     WHERE status = 'pending' AND (?1 IS NULL OR message_id = ?1) \
-     AND (?5 IS NULL OR session_id = ?5) AND (?6 IS NULL OR id = ?6) RETURNING id";
-
 impl Scope<'_> {
     /// (approval id, message id, session id) to match; None matches any.
     fn keys(&self) -> (Option<i64>, Option<i64>, Option<&str>) {
@@ -172,33 +167,17 @@ pub async fn close_pending(
     now: i64,
 ) -> sqlx::Result<Vec<i64>> {
     let (id, message_id, session_id) = scope.keys();
-    sqlx::query_scalar(CLOSE_PENDING)
-        .bind(message_id)
-        .bind(status)
-        .bind(reason)
-        .bind(now)
-        .bind(session_id)
-        .bind(id)
-        .fetch_all(ex)
-        .await
-}
-
-/// [`close_pending`], on the writer.
-pub fn close_pending_sync(
-    db: &rusqlite::Connection,
-    scope: Scope<'_>,
-    status: ApprovalStatus,
-    reason: &str,
-    now: i64,
-) -> rusqlite::Result<Vec<i64>> {
-    let (id, message_id, session_id) = scope.keys();
-    let status = serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string));
-    db.prepare_cached(CLOSE_PENDING)?
-        .query_map(
-            rusqlite::params![message_id, status, reason, now, session_id, id],
-            |r| r.get(0),
-        )?
-        .collect()
+    sqlx::query_scalar(
+        "UPDATE approvals SET status = ?2, reason = ?3, decided_by = 'tether', decided_at = ?4 \
+         WHERE status = 'pending' AND (?1 IS NULL OR message_id = ?1) \
+         AND (?5 IS NULL OR session_id = ?5) AND (?6 IS NULL OR id = ?6) RETURNING id",
+    )
+    .bind(message_id)
+    .bind(status)
+    .bind(reason)
+    .bind(now)
+    .bind(session_id)
+    .bind(id)
+    .fetch_all(ex)
+    .await
 }

@@ -107,23 +107,6 @@ pub async fn disable_for_api_token(
     .await
 }
 
-/// Whether an owner has a device that can be pushed to.
-const OWNER_HAS_ACTIVE: &str =
-    "SELECT EXISTS (SELECT 1 FROM devices WHERE owner = ? AND disabled_at IS NULL)";
-
-pub async fn owner_has_active(ex: impl SqliteExecutor<'_>, owner: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar(OWNER_HAS_ACTIVE)
-        .bind(owner)
-        .fetch_one(ex)
-        .await
-}
-
-/// [`owner_has_active`], on the writer.
-pub fn owner_has_active_sync(db: &rusqlite::Connection, owner: &str) -> rusqlite::Result<bool> {
-    db.prepare_cached(OWNER_HAS_ACTIVE)?
-        .query_row([owner], |r| r.get(0))
-}
-
 pub async fn get(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<Option<DeviceRow>> {
     sqlx::query_as("SELECT * FROM devices WHERE id = ?")
         .bind(id)

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 
-use rusqlite::{params, Connection};
 use sqlx::{FromRow, SqliteExecutor};
 
 /// Longest event type kept; longer ones are cut.
@@ -42,8 +41,13 @@ pub struct EventRow {
 /// Rows per INSERT in [`append_all`] (five bound values each, far under SQLite's limit).
 const ROWS_PER_INSERT: usize = 500;
 
-/// Appends events in as few statements as can hold them (one for a turn's usual few).
-pub async fn append_all(ex: &mut sqlx::SqliteConnection, rows: &[&EventRow]) -> sqlx::Result<()> {
+/// Appends events in as few statements as can hold them (one for a turn's usual few;
+/// none for none).
+pub async fn append_all<'a>(
+    ex: &mut sqlx::SqliteConnection,
+    rows: impl IntoIterator<Item = &'a EventRow>,
+) -> sqlx::Result<()> {
+    let rows: Vec<&EventRow> = rows.into_iter().collect();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO events (session_id, seq, type, data, created_at) ",
@@ -56,20 +60,6 @@ pub async fn append_all(ex: &mut sqlx::SqliteConnection, rows: &[&EventRow]) -> 
                 .push_bind(e.created_at);
         });
         insert.build().execute(&mut *ex).await?;
-    }
-    Ok(())
-}
-
-/// [`append_all`], on the writer: one prepared statement, run once per event.
-pub fn append_all_sync<'a>(
-    db: &Connection,
-    rows: impl IntoIterator<Item = &'a EventRow>,
-) -> rusqlite::Result<()> {
-    let mut insert = db.prepare_cached(
-        "INSERT INTO events (session_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-    )?;
-    for e in rows {
-        insert.execute(params![e.session_id, e.seq, e.kind, e.data, e.created_at])?;
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! Queries on `messages`: user messages (the turn queue, in id order) and the replies.
 //! A user message moves `queued` → `running` → one terminal state, and only forward.
 
-use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, SqliteExecutor};
 
@@ -22,20 +21,6 @@ pub enum Status {
 impl Status {
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
-    }
-
-    /// The status named `name`, as stored.
-    pub fn parse(name: &str) -> Option<Status> {
-        [
-            Status::Queued,
-            Status::Running,
-            Status::Completed,
-            Status::Failed,
-            Status::Interrupted,
-            Status::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
     }
 
     /// The name stored in the `status` column.
@@ -81,15 +66,20 @@ pub struct NewUserMessage<'a> {
 }
 
 /// Queues a user message. A repeated `client_message_id` of the same owner fails with a
-/// unique violation (see [`super::is_unique_violation`]).
-/// Stores a user message `queued` (on the writer, see `Store::write`).
-pub fn insert_user(db: &Connection, m: &NewUserMessage<'_>) -> rusqlite::Result<i64> {
-    db.prepare_cached(
+/// unique violation (see [`super::is_unique_violation`]). Returns its id.
+pub async fn insert_user(ex: impl SqliteExecutor<'_>, m: &NewUserMessage<'_>) -> sqlx::Result<i64> {
+    let done = sqlx::query(
         "INSERT INTO messages (session_id, owner, role, status, text, client_message_id, created_at) \
          VALUES (?, ?, 'user', 'queued', ?, ?, ?)",
-    )?
-    .execute(params![m.session_id, m.owner, m.text, m.client_message_id, m.now])?;
-    Ok(db.last_insert_rowid())
+    )
+    .bind(m.session_id)
+    .bind(m.owner)
+    .bind(m.text)
+    .bind(m.client_message_id)
+    .bind(m.now)
+    .execute(ex)
+    .await?;
+    Ok(done.last_insert_rowid())
 }
 
 pub struct Reply<'a> {
@@ -103,24 +93,23 @@ pub struct Reply<'a> {
     pub now: i64,
 }
 
-/// Stores the agent's reply to a user message (on the writer).
-pub fn insert_reply(db: &Connection, r: &Reply<'_>) -> rusqlite::Result<i64> {
-    db.prepare_cached(
+/// Stores the agent's reply to a user message, returning it as stored.
+pub async fn insert_reply(ex: impl SqliteExecutor<'_>, r: &Reply<'_>) -> sqlx::Result<MessageRow> {
+    sqlx::query_as(
         "INSERT INTO messages (session_id, owner, role, status, text, reply_to, cost_usd, \
          duration_ms, usage, created_at, started_at, finished_at) \
-         VALUES (?1, ?2, 'assistant', 'completed', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8)",
-    )?
-    .execute(params![
-        r.session_id,
-        r.owner,
-        r.text,
-        r.reply_to,
-        r.cost_usd,
-        r.duration_ms,
-        r.usage,
-        r.now
-    ])?;
-    Ok(db.last_insert_rowid())
+         VALUES (?1, ?2, 'assistant', 'completed', ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) RETURNING *",
+    )
+    .bind(r.session_id)
+    .bind(r.owner)
+    .bind(r.text)
+    .bind(r.reply_to)
+    .bind(r.cost_usd)
+    .bind(r.duration_ms)
+    .bind(r.usage)
+    .bind(r.now)
+    .fetch_one(ex)
+    .await
 }
 
 pub async fn get(ex: impl SqliteExecutor<'_>, id: i64) -> sqlx::Result<Option<MessageRow>> {
@@ -147,55 +136,16 @@ pub async fn with_reply(
     ex: impl SqliteExecutor<'_>,
     id: i64,
 ) -> sqlx::Result<(Option<MessageRow>, Option<MessageRow>)> {
-    let rows: Vec<MessageRow> = sqlx::query_as(WITH_REPLY).bind(id).fetch_all(ex).await?;
-    Ok(first_and_reply(rows, id))
-}
-
-const WITH_REPLY: &str =
-    "SELECT * FROM messages WHERE id = ?1 OR (reply_to = ?1 AND role = 'assistant') ORDER BY id";
-
-fn first_and_reply(rows: Vec<MessageRow>, id: i64) -> (Option<MessageRow>, Option<MessageRow>) {
+    let rows: Vec<MessageRow> = sqlx::query_as(
+        "SELECT * FROM messages WHERE id = ?1 OR (reply_to = ?1 AND role = 'assistant') \
+         ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(ex)
+    .await?;
     let mut rows = rows.into_iter();
     let first = rows.next().filter(|m| m.id == id);
-    (first, rows.next())
-}
-
-/// [`with_reply`], on the writer (read back in the transaction that wrote them).
-pub fn with_reply_sync(
-    db: &Connection,
-    id: i64,
-) -> rusqlite::Result<(Option<MessageRow>, Option<MessageRow>)> {
-    let rows = db
-        .prepare_cached(WITH_REPLY)?
-        .query_map([id], |r| {
-            let status: String = r.get("status")?;
-            Ok(MessageRow {
-                id: r.get("id")?,
-                session_id: r.get("session_id")?,
-                owner: r.get("owner")?,
-                role: r.get("role")?,
-                status: Status::parse(&status).ok_or_else(|| {
-                    rusqlite::Error::InvalidColumnType(
-                        0,
-                        format!("status {status}"),
-                        rusqlite::types::Type::Text,
-                    )
-                })?,
-                text: r.get("text")?,
-                client_message_id: r.get("client_message_id")?,
-                reply_to: r.get("reply_to")?,
-                error: r.get("error")?,
-                cost_usd: r.get("cost_usd")?,
-                duration_ms: r.get("duration_ms")?,
-                usage: r.get("usage")?,
-                created_at: r.get("created_at")?,
-                started_at: r.get("started_at")?,
-                finished_at: r.get("finished_at")?,
-                delivered_at: r.get("delivered_at")?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(first_and_reply(rows, id))
+    Ok((first, rows.next()))
 }
 
 /// The reply to a user message, if one was stored.
@@ -236,23 +186,25 @@ pub async fn sessions_with_queued(ex: impl SqliteExecutor<'_>) -> sqlx::Result<V
         .await
 }
 
-/// Marks a queued message running (on the writer). False when it is no longer queued.
-pub fn mark_running(db: &Connection, id: i64, now: i64) -> rusqlite::Result<bool> {
-    let changed = db
-        .prepare_cached(
-            "UPDATE messages SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
-        )?
-        .execute(params![now, id])?;
-    Ok(changed == 1)
+/// Marks a queued message running. False when it is no longer queued.
+pub async fn mark_running(ex: impl SqliteExecutor<'_>, id: i64, now: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE messages SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+    )
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
-/// Records that the message's line was written to the agent's stdin (on the writer); the
-/// first time counts.
-pub fn mark_delivered(db: &Connection, id: i64, now: i64) -> rusqlite::Result<()> {
-    db.prepare_cached(
-        "UPDATE messages SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL",
-    )?
-    .execute(params![now, id])?;
+/// Records that the message's line was written to the agent's stdin; the first time counts.
+pub async fn mark_delivered(ex: impl SqliteExecutor<'_>, id: i64, now: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE messages SET delivered_at = ? WHERE id = ? AND delivered_at IS NULL")
+        .bind(now)
+        .bind(id)
+        .execute(ex)
+        .await?;
     Ok(())
 }
 
@@ -266,25 +218,27 @@ pub struct Outcome<'a> {
     pub now: i64,
 }
 
-/// Moves a user message to a terminal state (on the writer). Returns false (and changes
-/// nothing) if it already was in one: every message ends exactly once.
-pub fn finish(db: &Connection, id: i64, o: &Outcome<'_>) -> rusqlite::Result<bool> {
+/// Moves a user message to a terminal state, returning it as it ended. None (and nothing
+/// changes) if it already was in one: every message ends exactly once.
+pub async fn finish(
+    ex: impl SqliteExecutor<'_>,
+    id: i64,
+    o: &Outcome<'_>,
+) -> sqlx::Result<Option<MessageRow>> {
     debug_assert!(o.status.is_terminal());
-    let changed = db
-        .prepare_cached(
-            "UPDATE messages SET status = ?, error = ?, cost_usd = ?, duration_ms = ?, usage = ?, \
-             finished_at = ? WHERE id = ? AND status IN ('queued', 'running')",
-        )?
-        .execute(params![
-            o.status.as_str(),
-            o.error,
-            o.cost_usd,
-            o.duration_ms,
-            o.usage,
-            o.now,
-            id
-        ])?;
-    Ok(changed == 1)
+    sqlx::query_as(
+        "UPDATE messages SET status = ?, error = ?, cost_usd = ?, duration_ms = ?, usage = ?, \
+         finished_at = ? WHERE id = ? AND status IN ('queued', 'running') RETURNING *",
+    )
+    .bind(o.status)
+    .bind(o.error)
+    .bind(o.cost_usd)
+    .bind(o.duration_ms)
+    .bind(o.usage)
+    .bind(o.now)
+    .bind(id)
+    .fetch_optional(ex)
+    .await
 }
 
 /// The messages left `running` (by a crash, read at the next start), oldest first.

@@ -4,7 +4,6 @@
 //! `pending` → `cancelled` when its device goes; a row left `sending` by a crash goes back to
 //! `pending` at start.
 
-use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, SqliteExecutor};
 
@@ -107,52 +106,31 @@ pub struct NewPush<'a> {
 
 /// Adds the push for each active device of its owner, due now. A push already stored for
 /// the same event and device is left as it is. Returns the number of rows added.
-const INSERT_FOR_OWNER_DEVICES: &str =
-    "INSERT INTO pushes (device_id, owner, session_id, message_id, kind, title, subtitle, \
-     text, expires_at, approval_id, next_attempt_at, created_at, updated_at, terminal_id) \
-     SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8, ?8, ?11 FROM devices d \
-     WHERE d.owner = ?1 AND d.disabled_at IS NULL ORDER BY d.id \
-     ON CONFLICT DO NOTHING";
-
 pub async fn insert_for_owner_devices(
     ex: impl SqliteExecutor<'_>,
     p: &NewPush<'_>,
 ) -> sqlx::Result<u64> {
-    let done = sqlx::query(INSERT_FOR_OWNER_DEVICES)
-        .bind(p.owner)
-        .bind(p.session_id)
-        .bind(p.message_id)
-        .bind(p.kind)
-        .bind(p.title)
-        .bind(p.subtitle)
-        .bind(p.text)
-        .bind(p.now)
-        .bind(p.expires_at)
-        .bind(p.approval_id)
-        .bind(p.terminal_id)
-        .execute(ex)
-        .await?;
+    let done = sqlx::query(
+        "INSERT INTO pushes (device_id, owner, session_id, message_id, kind, title, subtitle, \
+         text, expires_at, approval_id, next_attempt_at, created_at, updated_at, terminal_id) \
+         SELECT d.id, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?8, ?8, ?8, ?11 FROM devices d \
+         WHERE d.owner = ?1 AND d.disabled_at IS NULL ORDER BY d.id \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(p.owner)
+    .bind(p.session_id)
+    .bind(p.message_id)
+    .bind(p.kind)
+    .bind(p.title)
+    .bind(p.subtitle)
+    .bind(p.text)
+    .bind(p.now)
+    .bind(p.expires_at)
+    .bind(p.approval_id)
+    .bind(p.terminal_id)
+    .execute(ex)
+    .await?;
     Ok(done.rows_affected())
-}
-
-/// [`insert_for_owner_devices`], on the writer.
-pub fn insert_for_owner_devices_sync(db: &Connection, p: &NewPush<'_>) -> rusqlite::Result<u64> {
-    let added = db
-        .prepare_cached(INSERT_FOR_OWNER_DEVICES)?
-        .execute(params![
-            p.owner,
-            p.session_id,
-            p.message_id,
-            p.kind,
-            p.title,
-            p.subtitle,
-            p.text,
-            p.now,
-            p.expires_at,
-            p.approval_id,
-            p.terminal_id
-        ])?;
-    Ok(added as u64)
 }
 
 /// Cancels one push not sent yet (claimed or pending): what it was about is moot.

@@ -1,6 +1,5 @@
 //! Queries on `sessions`: one row per conversation, from creation until it is ended.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use sqlx::{FromRow, SqliteExecutor};
 
 #[derive(Debug, Clone, FromRow)]
@@ -53,21 +52,21 @@ pub struct NewSession<'a> {
     pub expires_at: i64,
 }
 
-/// Stores a new session (on the writer, see `Store::write`).
-pub fn insert(db: &Connection, s: &NewSession<'_>) -> rusqlite::Result<()> {
-    db.prepare_cached(
+/// Stores a new session.
+pub async fn insert(ex: impl SqliteExecutor<'_>, s: &NewSession<'_>) -> sqlx::Result<()> {
+    sqlx::query(
         "INSERT INTO sessions (id, owner, agent, project_path, title, created_at, \
          last_activity_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
-    )?
-    .execute(params![
-        s.id,
-        s.owner,
-        s.agent,
-        s.project_path,
-        s.title,
-        s.now,
-        s.expires_at
-    ])?;
+    )
+    .bind(s.id)
+    .bind(s.owner)
+    .bind(s.agent)
+    .bind(s.project_path)
+    .bind(s.title)
+    .bind(s.now)
+    .bind(s.expires_at)
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
@@ -80,22 +79,23 @@ pub async fn get(ex: impl SqliteExecutor<'_>, id: &str) -> sqlx::Result<Option<S
 
 /// The accept path's one look at a session, which also marks it active now and moves its
 /// end to `expires_at` (clearing this period's warning): its owner, state and queue depth.
-/// The caller rolls back when it refuses the message. On the writer.
-pub fn touch_for_accept(
-    db: &Connection,
+/// The caller rolls back when it refuses the message.
+pub async fn touch_for_accept(
+    ex: impl SqliteExecutor<'_>,
     id: &str,
     now: i64,
     expires_at: i64,
-) -> rusqlite::Result<Option<(String, String, i64)>> {
-    db.prepare_cached(
+) -> sqlx::Result<Option<(String, String, i64)>> {
+    sqlx::query_as(
         "UPDATE sessions SET last_activity_at = ?2, expires_at = ?3, warned_at = NULL \
          WHERE id = ?1 RETURNING owner, state, \
          (SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND status = 'queued')",
-    )?
-    .query_row(params![id, now, expires_at], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-    })
-    .optional()
+    )
+    .bind(id)
+    .bind(now)
+    .bind(expires_at)
+    .fetch_optional(ex)
+    .await
 }
 
 /// A keep-alive: moves an active session's end to `expires_at` and clears this period's
@@ -213,20 +213,25 @@ pub async fn list(
 
 /// Records what a turn's `result` said about the conversation. A result with the
 /// conversation's id is the CLI's evidence that it holds the conversation: later starts
-/// resume it. On the writer.
-pub fn record_turn(
-    db: &Connection,
+/// resume it.
+pub async fn record_turn(
+    ex: impl SqliteExecutor<'_>,
     id: &str,
     agent_session_id: Option<&str>,
     cost_usd: f64,
     now: i64,
-) -> rusqlite::Result<()> {
-    db.prepare_cached(
+) -> sqlx::Result<()> {
+    sqlx::query(
         "UPDATE sessions SET agent_session_id = COALESCE(?1, agent_session_id), \
          transcript_started = transcript_started OR ?1 IS NOT NULL, \
          total_cost_usd = total_cost_usd + ?2, last_activity_at = ?3 WHERE id = ?4",
-    )?
-    .execute(params![agent_session_id, cost_usd, now, id])?;
+    )
+    .bind(agent_session_id)
+    .bind(cost_usd)
+    .bind(now)
+    .bind(id)
+    .execute(ex)
+    .await?;
     Ok(())
 }
 
@@ -245,35 +250,18 @@ pub async fn set_permission_mode(
     Ok(done.rows_affected() == 1)
 }
 
-const SET_PROCESS: &str =
-    "UPDATE sessions SET process_pid = ?, process_start_time = ? WHERE id = ?";
-
 /// Records (or clears) the live child process, so a later start can stop it if it survived us.
 pub async fn set_process(
     ex: impl SqliteExecutor<'_>,
     id: &str,
     process: Option<(u32, u64)>,
 ) -> sqlx::Result<()> {
-    sqlx::query(SET_PROCESS)
+    sqlx::query("UPDATE sessions SET process_pid = ?, process_start_time = ? WHERE id = ?")
         .bind(process.map(|p| p.0 as i64))
         .bind(process.map(|p| p.1 as i64))
         .bind(id)
         .execute(ex)
         .await?;
-    Ok(())
-}
-
-/// [`set_process`], on the writer.
-pub fn set_process_sync(
-    db: &Connection,
-    id: &str,
-    process: Option<(u32, u64)>,
-) -> rusqlite::Result<()> {
-    db.prepare_cached(SET_PROCESS)?.execute(params![
-        process.map(|p| p.0 as i64),
-        process.map(|p| p.1 as i64),
-        id
-    ])?;
     Ok(())
 }
 
@@ -323,17 +311,20 @@ pub struct OwnerLoad {
 }
 
 /// The owner's active sessions, and the sessions it created at or after `since` (ms).
-/// On the writer (read in the transaction that creates a session).
-pub fn owner_load(db: &Connection, owner: &str, since: i64) -> rusqlite::Result<OwnerLoad> {
-    db.prepare_cached(
-        "SELECT COALESCE(SUM(state = 'active'), 0), COALESCE(SUM(created_at >= ?2), 0), \
-         MIN(CASE WHEN created_at >= ?2 THEN created_at END) FROM sessions WHERE owner = ?1",
-    )?
-    .query_row(params![owner, since], |r| {
-        Ok(OwnerLoad {
-            active: r.get(0)?,
-            created_since: r.get(1)?,
-            oldest_since: r.get(2)?,
-        })
-    })
+/// Read in the transaction that creates a session.
+pub async fn owner_load(
+    ex: impl SqliteExecutor<'_>,
+    owner: &str,
+    since: i64,
+) -> sqlx::Result<OwnerLoad> {
+    sqlx::query_as(
+        "SELECT COALESCE(SUM(state = 'active'), 0) AS active, \
+         COALESCE(SUM(created_at >= ?2), 0) AS created_since, \
+         MIN(CASE WHEN created_at >= ?2 THEN created_at END) AS oldest_since \
+         FROM sessions WHERE owner = ?1",
+    )
+    .bind(owner)
+    .bind(since)
+    .fetch_one(ex)
+    .await
 }

@@ -27,16 +27,11 @@ pub async fn insert(ex: impl SqliteExecutor<'_>, s: &NewSpare<'_>) -> sqlx::Resu
 }
 
 /// Forgets a spare (stopped, or taken by a session that records its pid itself).
-const REMOVE: &str = "DELETE FROM spare_processes WHERE pid = ?";
-
 pub async fn remove(ex: impl SqliteExecutor<'_>, pid: u32) -> sqlx::Result<()> {
-    sqlx::query(REMOVE).bind(i64::from(pid)).execute(ex).await?;
-    Ok(())
-}
-
-/// [`remove`], on the writer.
-pub fn remove_sync(db: &rusqlite::Connection, pid: u32) -> rusqlite::Result<()> {
-    db.prepare_cached(REMOVE)?.execute([i64::from(pid)])?;
+    sqlx::query("DELETE FROM spare_processes WHERE pid = ?")
+        .bind(i64::from(pid))
+        .execute(ex)
+        .await?;
     Ok(())
 }
 

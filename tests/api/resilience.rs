@@ -226,22 +226,18 @@ async fn an_actor_that_cannot_load_its_session_tries_again() {
         let store = tether::store::Store::open(&settings.database.path, 1)
             .await
             .unwrap();
-        let session_id = id.clone();
-        store
-            .write(move |tx| {
-                tether::store::messages::insert_user(
-                    tx,
-                    &tether::store::messages::NewUserMessage {
-                        session_id: &session_id,
-                        owner: "me",
-                        text: "queued while down",
-                        client_message_id: None,
-                        now: tether::store::now_ms(),
-                    },
-                )
-            })
-            .await
-            .unwrap();
+        tether::store::messages::insert_user(
+            store.pool(),
+            &tether::store::messages::NewUserMessage {
+                session_id: &id,
+                owner: "me",
+                text: "queued while down",
+                client_message_id: None,
+                now: tether::store::now_ms(),
+            },
+        )
+        .await
+        .unwrap();
         store.close().await;
     }
     faults::arm(faults::SESSION_LOAD, &id, 3);
