@@ -34,9 +34,9 @@ mod spare_pool;
 pub mod spares;
 pub mod usage;
 
+pub use crate::refusal::{AcceptError, Refusal};
 pub(crate) use accept::{checked_folder, resolve_project};
 pub use accept::{Accepted, Message, Target};
-pub use crate::refusal::{AcceptError, Refusal};
 pub use control::{Gone, ModeApplied, ProcessInfo, ProcessState};
 pub use follow::{TurnWatch, Watched};
 pub use handle::{Deps, Sessions};

@@ -103,7 +103,7 @@ impl Store {
             // acknowledged, so a crash or SIGKILL of tether loses nothing. The WAL is synced
             // at checkpoints, not at every commit: a power cut or OS crash can lose the last
             // commits before it (never corrupting the file). FULL would sync every commit, a
-            // disk flush per step of every turn. See README, "Durability".
+            // disk flush per step of every turn. See docs/architecture.md, "Durability".
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
