@@ -2,8 +2,9 @@
 //! others. A file names another with a `crate::…`, `super::…` or `self::…` path (in a `use`
 //! or in code); `crate::a::Item` names the file of module `a` (its `a.rs` or `a/mod.rs`), and
 //! `crate::a::b::Item` the file of `a::b` when `b` is a module; when that file only re-exports
-//! `Item` (`pub use x::Item`), the path names the file that defines it as well. `mod`
-//! declarations and a parent's relative `use child::…` are not namings. Each binary under
+//! `Item` (`pub use x::Item`), the path names the file that defines it as well. A parent's
+//! relative path into a child module of its own (`child::Item`, `use child::…`) names the
+//! child's file; its `pub use child::…` re-exports and `mod` declarations are not namings. Each binary under
 //! `src/bin/` and `src/main.rs` is a crate of its own, whose `crate::` is its own root.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,6 +339,15 @@ fn raw_string_start(chars: &[char], i: usize) -> Option<(usize, usize)> {
 fn scan(text: &str) -> Scan {
     let tokens = tokens(text);
     let mut scan = Scan::default();
+    // The modules this file declares in files of their own (`mod name;`): a path that starts
+    // with one of their names outside a `pub use` names that file, as `self::name::…` would.
+    let children: BTreeSet<&str> = tokens
+        .windows(3)
+        .filter(|w| w[0] == "mod" && w[2] == ";")
+        .map(|w| w[1].as_str())
+        .collect();
+    // Inside a `pub use` (a re-export, followed through by whoever names it) until its `;`.
+    let mut in_reexport = false;
     // The inline modules open here, each with the brace depth inside it.
     let mut open: Vec<(String, usize)> = Vec::new();
     let mut depth = 0;
@@ -357,7 +367,9 @@ fn scan(text: &str) -> Scan {
                 scan.inline_modules
                     .push(open.iter().map(|(m, _)| m.clone()).collect());
             }
+            ";" => in_reexport = false,
             "use" if i > 0 && (tokens[i - 1] == "pub" || tokens[i - 1] == ")") => {
+                in_reexport = true;
                 let inside: Vec<String> = open.iter().map(|(m, _)| m.clone()).collect();
                 let mut leaves = Vec::new();
                 path_tree(&tokens, i + 1, Vec::new(), &mut leaves);
@@ -382,6 +394,22 @@ fn scan(text: &str) -> Scan {
                 let inside: Vec<String> = open.iter().map(|(m, _)| m.clone()).collect();
                 let mut leaves = Vec::new();
                 i = path_tree(&tokens, i, Vec::new(), &mut leaves);
+                for leaf in leaves {
+                    scan.paths.push(Reference {
+                        inside: inside.clone(),
+                        segments: leaf.segments,
+                    });
+                }
+                continue;
+            }
+            name if !in_reexport
+                && children.contains(name)
+                && tokens.get(i + 1).is_some_and(|t| t == "::")
+                && !(i > 0 && (tokens[i - 1] == "::" || tokens[i - 1] == "$")) =>
+            {
+                let inside: Vec<String> = open.iter().map(|(m, _)| m.clone()).collect();
+                let mut leaves = Vec::new();
+                i = path_tree(&tokens, i, vec!["self".to_string()], &mut leaves);
                 for leaf in leaves {
                     scan.paths.push(Reference {
                         inside: inside.clone(),
@@ -575,6 +603,27 @@ mod checker {
             ("src/s/r.rs", "fn g() { super::super::s::p::P::new(); }"),
         ]);
         assert_eq!(found, vec![vec!["src/s/p.rs", "src/s/q.rs", "src/s/r.rs"]]);
+    }
+
+    #[test]
+    fn a_parent_using_its_child_that_names_it_back_is_a_circle_but_a_re_export_is_not() {
+        let found = cycles(&[
+            ("src/lib.rs", "pub mod t; pub mod s;"),
+            // t/mod.rs uses its child in code; the child names t/mod.rs's `Terminals`.
+            (
+                "src/t/mod.rs",
+                "mod live;\npub struct Terminals;\nfn f() { live::Parts::new(); }",
+            ),
+            ("src/t/live.rs", "use super::Terminals;\npub struct Parts;"),
+            // s/mod.rs only maps its children; the child names a sibling through it.
+            (
+                "src/s/mod.rs",
+                "mod a; mod b;\npub use a::A;\npub use b::B;",
+            ),
+            ("src/s/a.rs", "pub struct A;"),
+            ("src/s/b.rs", "use super::A;\npub struct B;"),
+        ]);
+        assert_eq!(found, [vec!["src/t/live.rs", "src/t/mod.rs"]]);
     }
 
     #[test]

@@ -5,14 +5,17 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use a2::{Client, ClientConfig, Endpoint};
 
-use super::gateway::{Delivery, PushGateway, PushRequest, SendFuture};
-use crate::{config::ApnsSettings, store::devices::Environment};
+use super::gateway::{Delivery, LogGateway, PushGateway, PushRequest, SendFuture};
+use crate::{
+    config::{ApnsSettings, PushSettings},
+    store::devices::Environment,
+};
 
 /// Apple refuses provider tokens renewed more often than every 20 minutes
 /// (429 TooManyProviderTokenUpdates): a renewal asked for sooner keeps the current client.
@@ -184,6 +187,16 @@ impl PushGateway for ApnsGateway {
 
     fn needs_topic(&self) -> bool {
         true
+    }
+}
+
+/// The gateway the settings ask for: APNs when `push.apns.key_path` is set, else the log.
+pub fn gateway_from_settings(settings: &PushSettings) -> Arc<dyn PushGateway> {
+    if settings.apns.key_path.trim().is_empty() {
+        tracing::info!("no APNs key configured (push.apns.key_path): pushes go to the log");
+        Arc::new(LogGateway)
+    } else {
+        Arc::new(ApnsGateway::from_settings(&settings.apns))
     }
 }
 

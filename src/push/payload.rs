@@ -70,7 +70,7 @@ impl Notification<'_> {
 /// The visible text and the ids of a push, as the worker hands them to [`notification`].
 #[derive(Debug, Clone, Copy)]
 pub struct Content<'a> {
-    /// [`super::PushKind::as_str`] (the `kind` custom key).
+    /// [`PushKind::as_str`](super::kind::PushKind::as_str) (the `kind` custom key).
     pub kind: &'a str,
     pub title: &'a str,
     pub subtitle: Option<&'a str>,
@@ -282,7 +282,7 @@ fn prefix_bytes(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::PushKind;
+    use crate::push::kind::PushKind;
     use serde_json::{json, Value};
 
     const SESSION: &str = "3f2a9c1e-0d7b-4c55-9a34-6b1f0e2d8c47";

@@ -11,6 +11,7 @@ mod lifecycle;
 mod live;
 pub mod pty;
 pub mod ring;
+mod supervise;
 
 use std::{
     collections::HashMap,
@@ -27,7 +28,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub use lifecycle::TerminalReport;
-pub use live::{Ended, Live, Refused, Snapshot, Viewer};
+pub use live::{Ended, Live, Refused, Snapshot, Viewer, Why};
 
 use crate::{
     agent::{Agent, Launch},
@@ -61,36 +62,6 @@ pub struct Deps {
     pub retention: Duration,
     /// Wakes the push worker after a push row was committed.
     pub push_wake: Arc<Notify>,
-}
-
-/// Why a terminal is ended by tether (the `killed` state's reason).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Why {
-    /// `DELETE /api/terminals/{id}`.
-    Deleted,
-    /// A viewer sent `{"signal": "terminate"}`.
-    Terminated,
-    /// Its end came (`sessions.lifetime` after its last input or attach).
-    Expired,
-    /// No viewer and no output for `terminals.idle_timeout`.
-    Idle(Duration),
-    /// tether is shutting down.
-    Shutdown,
-}
-
-impl Why {
-    pub fn reason(&self) -> String {
-        match self {
-            Self::Deleted => "ended by its owner".into(),
-            Self::Terminated => "terminated by a viewer".into(),
-            Self::Expired => "expired".into(),
-            Self::Idle(after) => format!(
-                "idle: no viewer and no output for {} (terminals.idle_timeout)",
-                crate::sessions::lifecycle::human_duration(*after)
-            ),
-            Self::Shutdown => "tether shut down".into(),
-        }
-    }
 }
 
 /// A terminal to start, as the caller asked for it.
