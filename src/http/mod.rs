@@ -176,8 +176,7 @@ async fn guard(State(edge): State<Edge>, req: Request, next: Next) -> Response {
 mod tests {
     use std::collections::HashSet;
 
-    use axum::http::Method;
-    use utoipa::openapi::{path::PathItem, RefOr};
+    use utoipa::openapi::RefOr;
 
     use super::*;
 
@@ -195,24 +194,6 @@ mod tests {
         }
     }
 
-    /// Every operation of a path item, with its method.
-    fn operations(
-        item: &PathItem,
-    ) -> impl Iterator<Item = (Method, &utoipa::openapi::path::Operation)> {
-        [
-            (Method::GET, &item.get),
-            (Method::POST, &item.post),
-            (Method::PUT, &item.put),
-            (Method::DELETE, &item.delete),
-            (Method::PATCH, &item.patch),
-            (Method::HEAD, &item.head),
-            (Method::OPTIONS, &item.options),
-            (Method::TRACE, &item.trace),
-        ]
-        .into_iter()
-        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
-    }
-
     /// Every error response of the document names its codes, and every operation has an id
     /// of its own, a tag, and a success answer.
     #[test]
@@ -220,7 +201,7 @@ mod tests {
         let doc = openapi::document(&route_table());
         let mut ids = HashSet::new();
         for (path, item) in &doc.paths.paths {
-            for (method, op) in operations(item) {
+            for (method, op) in openapi::operations(item) {
                 let what = format!("{method} {path}");
                 let id = op.operation_id.clone().unwrap_or_default();
                 assert!(ids.insert(id.clone()), "{what}: operationId {id:?} twice");

@@ -435,7 +435,7 @@ pub async fn check_documented(
 }
 
 /// Every operation of a path item, with its method.
-fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
+pub(super) fn operations(item: &PathItem) -> impl Iterator<Item = (Method, &Operation)> {
     [
         (Method::GET, &item.get),
         (Method::POST, &item.post),
