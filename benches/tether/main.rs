@@ -223,6 +223,8 @@ async fn on_a_server_with_a_spare(
     eprintln!("first messages on a spare…");
     let server = Server::start(agent, dir, 1);
     let project = folder(dir, "bench");
+    // Spares are kept for the folders sessions were started in: one is, first.
+    server.new_sessions(&project, 1).await;
     let spare = measure::spare_firsts(&server, &project, sizes.firsts).await;
     let warm_p50 = warm.tether.p50();
     let mut rows = vec![

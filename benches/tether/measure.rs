@@ -113,11 +113,11 @@ pub async fn cold_firsts(agent: &Agent, dir: &Path, n: usize) -> Samples {
     Samples::from(&cold)
 }
 
-/// First messages of new sessions in `project`, each once a warm spare is ready.
+/// First messages of new sessions in `project`, each once a warm spare is ready there.
 pub async fn spare_firsts(server: &Server, project: &str, n: usize) -> Samples {
     let mut spare = Vec::new();
     for _ in 0..n {
-        server.spare_ready(1).await;
+        server.spare_ready(project, 1).await;
         let body = json!({"message": "first", "projectPath": project, "wait": true});
         spare.push(server.chat(body).await.0);
     }

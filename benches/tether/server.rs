@@ -179,8 +179,8 @@ impl Server {
         })
     }
 
-    /// Waits until a spare has waited `age` (it has finished starting).
-    pub async fn spare_ready(&self, age: u64) {
+    /// Waits until a spare in `project` has waited `age` (it has finished starting).
+    pub async fn spare_ready(&self, project: &str, age: u64) {
         loop {
             let v: Value = self
                 .client
@@ -192,11 +192,11 @@ impl Server {
                 .json()
                 .await
                 .unwrap();
-            let ready = v["spares"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["claimed"] == false && s["ageSeconds"].as_u64().unwrap_or(0) >= age);
+            let ready = v["spares"].as_array().unwrap().iter().any(|s| {
+                s["claimed"] == false
+                    && s["projectPath"] == project
+                    && s["ageSeconds"].as_u64().unwrap_or(0) >= age
+            });
             if ready {
                 return;
             }
