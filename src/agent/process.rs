@@ -1,8 +1,10 @@
 //! A running CLI child: its own process group (and, on Linux, a parent-death signal) so it
-//! dies with tether; stdin written and stdout read as bounded lines on tasks of their own, so
-//! a CLI that stops reading never blocks its owner; a short tail of stderr kept for error
-//! reasons; stopped the way the official SDKs do (close stdin, wait, SIGTERM the group, wait,
-//! SIGKILL the group), always reaped, and never leaving members of its group behind.
+//! dies with tether; stdin written at once when the pipe has room, else on a task of its
+//! own, so a CLI that stops reading never blocks its owner; stdout read as bounded lines by
+//! the owner itself (no hand-over between tasks per line); a short tail of stderr kept for
+//! error reasons; stopped the way the official SDKs do (close stdin, wait, SIGTERM the
+//! group, wait, SIGKILL the group), always reaped, and never leaving members of its group
+//! behind.
 
 use std::{
     collections::VecDeque,
@@ -10,7 +12,10 @@ use std::{
     io,
     path::PathBuf,
     process::{ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -19,13 +24,12 @@ use nix::{
     unistd::Pid,
 };
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
-    process::{Child, ChildStdin},
+    io::{AsyncBufRead, AsyncBufReadExt, BufReader},
+    net::unix::pipe,
+    process::{Child, ChildStdout},
     sync::{mpsc, oneshot},
 };
 
-/// Lines read ahead of the actor; the reader waits when this many are unread.
-const LINE_CHANNEL: usize = 64;
 /// Longest stderr line kept in the tail.
 const STDERR_LINE_BYTES: usize = 2048;
 
@@ -44,12 +48,23 @@ const GROUP_GONE_WAIT: Duration = Duration::from_secs(2);
 /// One line for the stdin writer, and where to say it was written.
 type Write = (Vec<u8>, oneshot::Sender<io::Result<()>>);
 
+/// The child's stdin. A line is written at once when the pipe has room for it and no line
+/// waits before it (a turn's message, nearly always), else by the writer task, in order.
+struct Stdin {
+    pipe: Arc<pipe::Sender>,
+    /// Lines for the writer task.
+    queue: mpsc::UnboundedSender<Write>,
+    /// Lines handed to the writer task and not yet written (or failed).
+    queued: Arc<AtomicUsize>,
+}
+
 /// A live child process speaking lines on stdio.
 pub struct AgentProcess {
     child: Child,
-    /// Lines for the writer task; dropping it closes the child's stdin.
-    stdin: Option<mpsc::UnboundedSender<Write>>,
-    lines: mpsc::Receiver<io::Result<Line>>,
+    /// Dropping it closes the child's stdin (once the writer task wrote what it holds).
+    stdin: Option<Stdin>,
+    /// Its stdout, read by the process's owner.
+    stdout: LineReader<BufReader<ChildStdout>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     pub pid: u32,
     /// The OS start time of the process (seconds since the epoch), to tell it from a later
@@ -94,10 +109,10 @@ impl AgentProcess {
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
         let stdin = child.stdin.take().expect("stdin is piped");
-        let (tx, lines) = mpsc::channel(LINE_CHANNEL);
-        tokio::spawn(forward_lines(BufReader::new(stdout), max_line_bytes, tx));
+        let pipe = Arc::new(pipe::Sender::from_owned_fd(stdin.into_owned_fd()?)?);
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_lines(stdin, queue));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(write_lines(pipe.clone(), queue, queued.clone()));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(stderr_lines)));
         tokio::spawn(keep_stderr_tail(
             BufReader::new(stderr),
@@ -106,39 +121,59 @@ impl AgentProcess {
             pid,
         ));
         Ok(Self {
-            stdin: Some(writes),
+            stdin: Some(Stdin {
+                pipe,
+                queue: writes,
+                queued,
+            }),
             child,
-            lines,
+            stdout: LineReader::new(BufReader::new(stdout), max_line_bytes),
             stderr_tail,
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
         })
     }
 
-    /// Hands one line (a newline is added) to the writer task, which writes lines in
-    /// order. The answer says when it was written whole, or why it could not be: a CLI
-    /// that never reads never blocks the caller, who can wait for this among other things.
+    /// Writes one line (a newline is added), in order after the lines before it: at once
+    /// when the pipe has room, else the rest by the writer task. The answer says when it
+    /// was written whole, or why it could not be: a CLI that never reads never blocks the
+    /// caller, who can wait for this among other things.
     pub fn write_line(&self, line: &str) -> oneshot::Receiver<io::Result<()>> {
         let (done, written) = oneshot::channel();
+        let Some(stdin) = &self.stdin else {
+            let _ = done.send(Err(stdin_closed()));
+            return written;
+        };
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let refused = match &self.stdin {
-            Some(stdin) => stdin.send((buf, done)).err().map(|e| e.0 .1),
-            None => Some(done),
-        };
-        if let Some(done) = refused {
-            let _ = done.send(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "stdin closed",
-            )));
+        // The owner is the only writer: with nothing queued, no line is being written.
+        if stdin.queued.load(Ordering::Acquire) == 0 {
+            match write_now(&stdin.pipe, &buf) {
+                Ok(n) if n == buf.len() => {
+                    let _ = done.send(Ok(()));
+                    return written;
+                }
+                Ok(n) => drop(buf.drain(..n)),
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                    return written;
+                }
+            }
+        }
+        stdin.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(refused) = stdin.queue.send((buf, done)) {
+            stdin.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = refused.0 .1.send(Err(stdin_closed()));
         }
         written
     }
 
     /// The next stdout line; `None` once stdout is closed (the process is exiting).
+    /// Cancel-safe (see [`LineReader::next`]); the process waits to write while its owner
+    /// does not read.
     pub async fn next_line(&mut self) -> Option<io::Result<Line>> {
-        self.lines.recv().await
+        self.stdout.next().await
     }
 
     /// Whether the process has exited (checked without waiting; it is reaped if so).
@@ -152,12 +187,18 @@ impl AgentProcess {
         tail.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
-    /// Waits for the process to exit (after stdout closed).
+    /// Waits for the process to exit, reading (and dropping) what it still prints
+    /// meanwhile, so that it is never stuck writing to a full pipe.
     pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        tokio::time::timeout(limit, self.child.wait())
-            .await
-            .ok()?
-            .ok()
+        let exited = async {
+            loop {
+                tokio::select! {
+                    status = self.child.wait() => return status,
+                    Some(_) = self.stdout.next() => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, exited).await.ok()?.ok()
     }
 
     /// Stops the process: close stdin and let it finish, then SIGTERM, then SIGKILL its
@@ -234,19 +275,52 @@ pub fn live_group_members(pgid: u32) -> usize {
 }
 
 /// Writes queued lines in order; each is answered once written (or failed). Ends, closing
-/// the child's stdin, when the sender is dropped or a write fails.
-async fn write_lines(mut stdin: ChildStdin, mut queue: mpsc::UnboundedReceiver<Write>) {
+/// the child's stdin (with the owner's handle gone), when the sender is dropped or a write
+/// fails.
+async fn write_lines(
+    pipe: Arc<pipe::Sender>,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    queued: Arc<AtomicUsize>,
+) {
     while let Some((buf, done)) = queue.recv().await {
-        let result = match stdin.write_all(&buf).await {
-            Ok(()) => stdin.flush().await,
-            Err(e) => Err(e),
+        let mut rest = &buf[..];
+        let result = loop {
+            if rest.is_empty() {
+                break Ok(());
+            }
+            if let Err(e) = pipe.writable().await {
+                break Err(e);
+            }
+            match write_now(&pipe, rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) => break Err(e),
+            }
         };
+        queued.fetch_sub(1, Ordering::AcqRel);
         let failed = result.is_err();
         let _ = done.send(result);
         if failed {
             return;
         }
     }
+}
+
+/// Writes what the pipe takes of `buf` without waiting: how many bytes (0 when it is full).
+fn write_now(pipe: &pipe::Sender, buf: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < buf.len() {
+        match pipe.try_write(&buf[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+fn stdin_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "stdin closed")
 }
 
 impl Drop for AgentProcess {
@@ -312,73 +386,91 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut tokio::process::Command) {}
 
-/// Reads `\n`-terminated lines, keeping at most `max` bytes of each, so a runaway line
-/// costs bounded memory. The channel closes at EOF.
-async fn forward_lines<R: AsyncBufRead + Unpin>(
-    mut reader: R,
+/// `\n`-terminated lines of a stream, each kept to at most `max` bytes, so a runaway line
+/// costs bounded memory. Read by its owner in place (no task of its own between them):
+/// [`LineReader::next`] is cancel-safe, a line's part read so far stays here, so it can
+/// wait in a `select!` beside other things.
+pub struct LineReader<R> {
+    reader: R,
     max: usize,
-    tx: mpsc::Sender<io::Result<Line>>,
-) {
-    loop {
-        match read_bounded_line(&mut reader, max).await {
-            Ok(Some(line)) => {
-                if tx.send(Ok(line)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-    }
+    /// The current line's kept bytes, and its full length so far.
+    kept: Vec<u8>,
+    len: usize,
+    /// EOF or an error was returned: nothing more comes.
+    done: bool,
 }
 
-/// One line of at most `max` kept bytes; `None` at EOF with nothing read.
-pub async fn read_bounded_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    max: usize,
-) -> io::Result<Option<Line>> {
-    let mut kept = Vec::new();
-    let mut len = 0usize;
-    loop {
-        let buf = reader.fill_buf().await?;
-        if buf.is_empty() {
-            if len == 0 {
-                return Ok(None);
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    pub fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            max,
+            kept: Vec::new(),
+            len: 0,
+            done: false,
+        }
+    }
+
+    /// The next line; `None` at EOF (a last line without `\n` comes first), and after an
+    /// error.
+    pub async fn next(&mut self) -> Option<io::Result<Line>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            // The only wait: what it filled stays in the buffer if this is cancelled.
+            let buf = match self.reader.fill_buf().await {
+                Ok(buf) => buf,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            if buf.is_empty() {
+                self.done = true;
+                return (self.len > 0).then(|| Ok(self.take()));
             }
-            break;
+            let (chunk, used, end) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], i + 1, true),
+                None => (buf, buf.len(), false),
+            };
+            let room = self.max.saturating_sub(self.kept.len());
+            self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.len += chunk.len();
+            self.reader.consume(used);
+            if end {
+                return Some(Ok(self.take()));
+            }
         }
-        let (chunk, used, end) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], i + 1, true),
-            None => (buf, buf.len(), false),
+    }
+
+    /// The line read so far, whole; the next starts empty.
+    fn take(&mut self) -> Line {
+        let mut kept = std::mem::take(&mut self.kept);
+        let len = std::mem::take(&mut self.len);
+        if kept.last() == Some(&b'\r') {
+            kept.pop();
+        }
+        let text = match String::from_utf8(kept) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         };
-        let room = max.saturating_sub(kept.len());
-        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        len += chunk.len();
-        reader.consume(used);
-        if end {
-            break;
+        Line {
+            text,
+            len,
+            truncated: len > self.max,
         }
     }
-    if kept.last() == Some(&b'\r') {
-        kept.pop();
-    }
-    Ok(Some(Line {
-        text: String::from_utf8_lossy(&kept).into_owned(),
-        len,
-        truncated: len > max,
-    }))
 }
 
 async fn keep_stderr_tail<R: AsyncBufRead + Unpin>(
-    mut reader: R,
+    reader: R,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
     pid: u32,
 ) {
-    while let Ok(Some(line)) = read_bounded_line(&mut reader, STDERR_LINE_BYTES).await {
+    let mut lines = LineReader::new(reader, STDERR_LINE_BYTES);
+    while let Some(Ok(line)) = lines.next().await {
         tracing::debug!(pid, line = %line.text, "agent stderr");
         if keep == 0 {
             continue;
@@ -399,17 +491,17 @@ mod tests {
     async fn long_lines_are_cut_and_the_next_line_is_intact() {
         let mut input = vec![b'x'; 100];
         input.extend_from_slice(b"\nshort\r\nlast");
-        let mut r = BufReader::with_capacity(7, &input[..]);
-        let first = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        let mut r = LineReader::new(BufReader::with_capacity(7, &input[..]), 10);
+        let first = r.next().await.unwrap().unwrap();
         assert_eq!(
             (first.text.len(), first.len, first.truncated),
             (10, 100, true)
         );
-        let second = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        let second = r.next().await.unwrap().unwrap();
         assert_eq!((second.text.as_str(), second.truncated), ("short", false));
-        let third = read_bounded_line(&mut r, 10).await.unwrap().unwrap();
+        let third = r.next().await.unwrap().unwrap();
         assert_eq!(third.text, "last");
-        assert!(read_bounded_line(&mut r, 10).await.unwrap().is_none());
+        assert!(r.next().await.is_none());
     }
 
     #[tokio::test]
@@ -421,6 +513,34 @@ mod tests {
         assert!(p.start_time > 0);
         let status = p.stop(Duration::from_secs(5)).await.unwrap();
         assert!(status.success());
+    }
+
+    #[tokio::test]
+    async fn a_read_given_up_mid_line_loses_nothing_of_it() {
+        use tokio::io::AsyncWriteExt;
+        let (mut cli, out) = tokio::io::duplex(64);
+        let mut lines = LineReader::new(BufReader::new(out), 100);
+        cli.write_all(b"hel").await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(20), lines.next()).await;
+        assert!(waited.is_err(), "no whole line yet");
+        cli.write_all(b"lo\nnext\n").await.unwrap();
+        assert_eq!(lines.next().await.unwrap().unwrap().text, "hello");
+        assert_eq!(lines.next().await.unwrap().unwrap().text, "next");
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_pipe_holds_is_written_whole_and_in_order() {
+        let cmd = tokio::process::Command::new("cat");
+        let mut p = AgentProcess::spawn(cmd, 1 << 20, 4).unwrap();
+        let long = "x".repeat(300_000);
+        let first = p.write_line(&long);
+        let second = p.write_line("after");
+        let read = p.next_line().await.unwrap().unwrap();
+        assert_eq!((read.len, read.truncated), (long.len(), false));
+        assert_eq!(p.next_line().await.unwrap().unwrap().text, "after");
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert!(p.stop(Duration::from_secs(5)).await.unwrap().success());
     }
 
     #[tokio::test]

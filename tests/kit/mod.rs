@@ -86,6 +86,8 @@ pub fn skipped(why: &str) {
 /// the same data folder and secret.
 #[derive(Clone, Debug, Default)]
 pub struct Launch {
+    /// Another tether build to run (the benchmark's baseline); this one's by default.
+    binary: Option<PathBuf>,
     config: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
     /// The open-file limit (soft and hard) set in the child before it runs (Unix).
@@ -104,6 +106,12 @@ impl Launch {
             config: Some(file.to_path_buf()),
             ..Self::default()
         }
+    }
+
+    /// Runs `binary` (another tether build) instead of the one built with the tests.
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = Some(binary.into());
+        self
     }
 
     /// A setting given the usual way, by environment: `("SERVER__MAX_CONNECTIONS", "64")`
@@ -133,7 +141,8 @@ impl Launch {
     /// `tether ARGS… [--config FILE]` with this launch's environment, and neither `RUST_LOG`
     /// nor `RUST_BACKTRACE` from the test's own.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        let binary = self.binary.as_deref();
+        let mut cmd = Command::new(binary.unwrap_or(Path::new(env!("CARGO_BIN_EXE_tether"))));
         cmd.args(args);
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
