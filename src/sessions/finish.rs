@@ -257,11 +257,17 @@ impl Actor {
             let failed = self
                 .store()
                 .write_alone(move |tx| {
-                    Box::pin(async move { messages::finish(tx, id, &outcome).await.map(drop) })
+                    Box::pin(async move { messages::finish(tx, id, &outcome).await })
                 })
                 .await;
             match failed {
-                Ok(()) => return,
+                Ok(failed) => {
+                    // Already ended otherwise (a shutdown sweep, the session's end): said then.
+                    if let Some(failed) = failed {
+                        self.log.publish_unstored_end(failed);
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, message_id = msg.id, "could not fail the message");
                     if !self.wait_to_retry(wait).await {

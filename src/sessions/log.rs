@@ -108,13 +108,18 @@ impl LiveRing {
 
     /// Adds a transient event after the stored ones published so far, and wakes listeners.
     pub(super) fn publish_transient(&self, kind: &str, data: String) {
+        self.publish_transient_end(kind, data, None);
+    }
+
+    /// [`LiveRing::publish_transient`], carrying the end of a turn (`ended`) when it is one.
+    fn publish_transient_end(&self, kind: &str, data: String, ended: Option<Arc<Ended>>) {
         let mut ring = self.lock();
         let ev = LiveEvent {
             seq: ring.last_seq,
             kind: kind.to_string(),
             data: data.into(),
             transient: true,
-            ended: None,
+            ended,
         };
         ring.push(ev);
         self.settle(ring);
@@ -287,6 +292,21 @@ impl EventLog {
         let mut data = serde_json::to_value(delta).unwrap_or_default();
         data["type"] = TEXT_DELTA.into();
         self.live.publish_transient(TEXT_DELTA, data.to_string());
+    }
+
+    /// A turn's end that could be stored only as its message's failure (no events): sent
+    /// live as a transient `tether.turn_failed`, so that whoever waits for the message (chat's
+    /// `wait`, a stream) hears of it now rather than at their deadline.
+    pub(super) fn publish_unstored_end(&self, failed: MessageRow) {
+        let data = serde_json::json!({
+            "type": "tether.turn_failed",
+            "messageId": failed.id,
+            "status": failed.status,
+            "error": failed.error,
+        });
+        let ended = Some(Arc::new((failed, None)));
+        self.live
+            .publish_transient_end("tether.turn_failed", data.to_string(), ended);
     }
 
     /// The next event, numbered, not yet stored. A number whose row is never stored (a

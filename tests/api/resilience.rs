@@ -169,14 +169,19 @@ async fn a_turn_end_that_cannot_be_stored_is_tried_again() {
 
 #[tokio::test]
 async fn a_turn_end_that_never_stores_fails_the_message_with_the_reason() {
-    if !crate::kit::full_tier("the turn end that never stores (about 30 s of write retries)") {
-        return;
-    }
     let app = spawn_app().await;
     let key = marker();
     faults::arm(faults::TURN_END_WRITE, &key, 100);
+    let asked = std::time::Instant::now();
     let res = app.chat_wait(&format!("hello {key}"), None).await;
     assert_eq!(res["status"], "failed", "{res}");
+    // The waiting request hears of the failure when it is stored, not at its deadline
+    // (server.wait_timeout, 30 s in the tests): the failure is sent live.
+    assert!(
+        asked.elapsed() < app.settings.server.wait_timeout,
+        "answered at the deadline, after {:?}",
+        asked.elapsed()
+    );
     assert!(
         res["error"].as_str().unwrap().contains("could not store"),
         "{res}"
