@@ -296,14 +296,14 @@ async fn a_turn_cut_off_by_shutdown_is_pushed_to_the_owner() {
 
 #[tokio::test]
 async fn a_cli_that_never_reads_a_large_message_does_not_block_interrupt_or_delete() {
-    if !crate::kit::full_tier("the CLI that never reads (about 10 s)") {
-        return;
-    }
-    // The CLI sleeps before reading stdin; a 100 KB line is bigger than a pipe buffer.
+    // The CLI sleeps before reading stdin; a 100 KB line is bigger than a pipe buffer. An
+    // interrupt it cannot read ends in a kill after agent.interrupt_grace: short here.
     let app = spawn_app_with(|s| {
         s.agent
             .env
             .insert("FAKE_CLAUDE_START_DELAY_MS".into(), "600000".into());
+        s.agent.interrupt_grace = Duration::from_secs(1);
+        s.agent.stop_grace = Duration::from_millis(500);
     })
     .await;
     let big = "x".repeat(99_000);
