@@ -114,6 +114,33 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp::start(settings, dir).await
 }
 
+/// `Application::build` (with `gateway` when given) on a data folder an app of this process
+/// may just have released. Its lock is free then, but a child that another test is starting
+/// holds a copy of every descriptor (the lock's too) from its fork until its exec: a start
+/// refused for that is tried again until the copy is gone. The lock is taken before anything
+/// is written, so a refused start changed nothing.
+pub async fn build_when_unlocked(
+    settings: &Settings,
+    gateway: Option<Arc<dyn PushGateway>>,
+) -> anyhow::Result<Application> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let built = match gateway.clone() {
+            Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
+            None => Application::build(settings.clone()).await,
+        };
+        match built {
+            Err(e)
+                if e.to_string().contains("already running on the data folder")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            built => return built,
+        }
+    }
+}
+
 impl TestApp {
     pub async fn start(settings: Settings, dir: Arc<TempDir>) -> Self {
         Self::start_with(settings, dir, None).await
@@ -127,26 +154,7 @@ impl TestApp {
         gateway: Option<Arc<dyn PushGateway>>,
     ) -> Self {
         let project = demo_project(dir.path());
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let app = loop {
-            let built = match gateway.clone() {
-                Some(gateway) => Application::build_with_gateway(settings.clone(), gateway).await,
-                None => Application::build(settings.clone()).await,
-            };
-            match built {
-                // An app stopped in this process released the data folder's lock, but a
-                // child that another test is starting holds a copy of every descriptor (the
-                // lock's too) from its fork until its exec: wait for that to pass. The lock
-                // is taken before anything is written, so a refused start changed nothing.
-                Err(e)
-                    if e.to_string().contains("already running on the data folder")
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                built => break built,
-            }
-        };
+        let app = build_when_unlocked(&settings, gateway).await;
         Self::serve(app.expect("app builds"), settings, dir, project).await
     }
 

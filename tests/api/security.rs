@@ -21,8 +21,8 @@ use tether::{
 };
 
 use crate::helpers::{
-    error_code, fake_claude, launch, pid_alive, serve, spawn_app, spawn_app_with, test_settings,
-    wait_for, write_config, TestApp,
+    build_when_unlocked, error_code, fake_claude, launch, pid_alive, serve, spawn_app,
+    spawn_app_with, test_settings, wait_for, write_config, TestApp,
 };
 
 const T1: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -281,7 +281,7 @@ async fn the_data_folder_database_and_secret_are_private() {
     let (settings, _dir) = app.stop().await;
     let secret = data.join("auth.secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Application::build(settings.clone())
+    let err = build_when_unlocked(&settings, None)
         .await
         .err()
         .expect("refused")

@@ -19,8 +19,8 @@ use tether::{
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::helpers::{
-    launch, pinned_client, pinned_client_builder, sha256_fingerprint, spawn_app_with,
-    test_settings, write_config, TestApp, DEADLINE,
+    build_when_unlocked, launch, pinned_client, pinned_client_builder, sha256_fingerprint,
+    spawn_app_with, test_settings, write_config, TestApp, DEADLINE,
 };
 
 fn self_signed(s: &mut Settings) {
@@ -151,7 +151,10 @@ async fn the_self_signed_certificate_outlives_a_restart_its_key_private() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let err = Application::build(settings).await.err().expect("refused");
+    let err = build_when_unlocked(&settings, None)
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("chmod 600"), "{err:#}");
 }
 
