@@ -32,6 +32,9 @@ use tokio::{
 
 /// Longest stderr line kept in the tail.
 const STDERR_LINE_BYTES: usize = 2048;
+/// How long, after the process exited, its last stderr lines may take to reach the tail
+/// (its stderr closes with it, unless something it started keeps it open).
+const STDERR_DRAIN: Duration = Duration::from_millis(500);
 
 /// One stdout line. `len` is its full length; when it exceeds the bound only the first
 /// `max_line_bytes` are in `text`.
@@ -66,6 +69,8 @@ pub struct AgentProcess {
     /// Its stdout, read by the process's owner.
     stdout: LineReader<BufReader<ChildStdout>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The task that reads stderr into the tail; it ends when stderr closes.
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
     pub pid: u32,
     /// The OS start time of the process (seconds since the epoch), to tell it from a later
     /// process that reuses its pid.
@@ -114,12 +119,12 @@ impl AgentProcess {
         let queued = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_lines(pipe.clone(), queue, queued.clone()));
         let stderr_tail = Arc::new(Mutex::new(VecDeque::with_capacity(stderr_lines)));
-        tokio::spawn(keep_stderr_tail(
+        let stderr_reader = Some(tokio::spawn(keep_stderr_tail(
             BufReader::new(stderr),
             stderr_tail.clone(),
             stderr_lines,
             pid,
-        ));
+        )));
         Ok(Self {
             stdin: Some(Stdin {
                 pipe,
@@ -129,6 +134,7 @@ impl AgentProcess {
             child,
             stdout: LineReader::new(BufReader::new(stdout), max_line_bytes),
             stderr_tail,
+            stderr_reader,
             pid,
             start_time: process_start_time(pid).unwrap_or(0),
         })
@@ -188,7 +194,9 @@ impl AgentProcess {
     }
 
     /// Waits for the process to exit, reading (and dropping) what it still prints
-    /// meanwhile, so that it is never stuck writing to a full pipe.
+    /// meanwhile, so that it is never stuck writing to a full pipe. Once it has exited, its
+    /// last stderr lines are in [`AgentProcess::stderr_tail`] (waited for at most
+    /// `STDERR_DRAIN`).
     pub async fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
         let exited = async {
             loop {
@@ -198,7 +206,12 @@ impl AgentProcess {
                 }
             }
         };
-        tokio::time::timeout(limit, exited).await.ok()?.ok()
+        let status = tokio::time::timeout(limit, exited).await.ok()?.ok()?;
+        // Once: a stderr kept open by what the process left running is not waited for again.
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(STDERR_DRAIN, reader).await;
+        }
+        Some(status)
     }
 
     /// Stops the process: close stdin and let it finish, then SIGTERM, then SIGKILL its

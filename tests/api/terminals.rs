@@ -395,15 +395,22 @@ async fn a_viewer_further_behind_than_the_buffer_gets_the_whole_buffer() {
 /// returns its pid.
 async fn start_job(screen: &mut Screen) -> u32 {
     screen
-        .type_text("(trap '' HUP; exec sleep 300) & echo bg=$!x$((1+1))\r")
+        .type_text("(trap '' HUP; echo trapped$((1+2)); exec sleep 300) & echo bg=$!x$((1+1))\r")
         .await;
     let text = screen.expect("x2\r\n").await;
-    text.rsplit("bg=")
+    let job = text
+        .rsplit("bg=")
         .next()
         .and_then(|s| s.split('x').next())
         .unwrap()
         .parse()
-        .unwrap()
+        .unwrap();
+    // The job ignores the hang-up only once its trap ran, which may be after the line above
+    // (the echo of the typed line shows `$((1+2))`, not its value).
+    while !screen.text().contains("trapped3") {
+        assert!(screen.read().await, "closed before the job's trap ran");
+    }
+    job
 }
 
 #[tokio::test]
