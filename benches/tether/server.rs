@@ -148,27 +148,16 @@ impl Server {
 
     /// Waits until a spare in `project` has waited `age` (it has finished starting).
     pub async fn spare_ready(&self, project: &str, age: u64) {
-        loop {
-            let v: Value = self
-                .client
-                .get(format!("{}/api/sessions/active", self.base))
-                .bearer_auth(&self.admin)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let ready = v["spares"].as_array().unwrap().iter().any(|s| {
+        kit::wait_for("a spare that finished starting", || async {
+            let v = self.process.get(&self.admin, "/api/sessions/active").await;
+            let ready = v["spares"].as_array()?.iter().any(|s| {
                 s["claimed"] == false
                     && s["projectPath"] == project
                     && s["ageSeconds"].as_u64().unwrap_or(0) >= age
             });
-            if ready {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ready.then_some(())
+        })
+        .await
     }
 
     pub fn stop(self) {

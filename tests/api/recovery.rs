@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use tether::config::Settings;
 
 use crate::helpers::{
-    argv, pid_alive, spawn_app, spawn_app_with, start_server, test_settings, wait_for, Server,
-    TestApp,
+    argv, pid_alive, spawn_app, spawn_app_with, start_server, test_settings, wait_for, TestApp,
 };
 
 fn resumed(run: &Value, session: &str) -> bool {
@@ -306,16 +305,12 @@ async fn sigterm_stops_the_binary_gracefully_and_reaps_its_children() {
     std::fs::create_dir_all(&project).unwrap();
     let mut server = start_server(&settings, dir.path());
     let token = server.token("me");
-    let res: Value = reqwest::Client::new()
-        .post(format!("{}/api/chat", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"message": "long [slow:60000]", "projectPath": project}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let res = server
+        .chat(
+            &token,
+            json!({"message": "long [slow:60000]", "projectPath": project}),
+        )
+        .await;
     let log = dir.path().join("fake-claude.log");
     let pid = wait_for("the CLI process", || async {
         let line = std::fs::read_to_string(&log)
@@ -495,19 +490,6 @@ async fn a_message_waiting_for_a_slot_when_tether_dies_is_answered_after_the_res
     assert_eq!(m["status"], "interrupted", "{m}");
 }
 
-/// GET as `token` on a server started as a binary.
-async fn get_from(server: &Server, token: &str, path: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}{path}", server.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The fake CLI's transcript of conversation `id` (under the test's `claude-config`).
 fn transcript_of(dir: &std::path::Path, id: &str) -> Option<String> {
     let folder = std::fs::read_dir(dir.join("claude-config/projects"))
@@ -562,7 +544,9 @@ async fn a_sigkill_after_the_cli_wrote_its_reply_is_recovered_from_the_transcrip
             .then_some(())
     })
     .await;
-    let m = get_from(&server, &token, &format!("/api/sessions/{id}/messages")).await;
+    let m = server
+        .get(&token, &format!("/api/sessions/{id}/messages"))
+        .await;
     let running = m["messages"]
         .as_array()
         .unwrap()
@@ -651,7 +635,9 @@ async fn a_sigkill_before_the_cli_read_the_message_says_it_never_received_it() {
     let id = sent["sessionId"].as_str().unwrap().to_string();
     let msg = sent["messageId"].as_i64().unwrap();
     wait_for("the message written to the CLI's stdin", || async {
-        let m = get_from(&server, &token, &format!("/api/sessions/{id}/messages")).await;
+        let m = server
+            .get(&token, &format!("/api/sessions/{id}/messages"))
+            .await;
         (m["messages"][0]["delivered"] == true).then_some(())
     })
     .await;

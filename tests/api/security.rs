@@ -317,16 +317,12 @@ async fn cli_processes_inherit_none_of_tethers_settings_variables() {
     let server = launch(&config).setting("LOG__FORMAT", "text").start();
     let token = server.token("me");
     let project = std::fs::canonicalize(dir.path().join("projects/demo")).unwrap();
-    let res: Value = reqwest::Client::new()
-        .post(server.url("/api/chat"))
-        .bearer_auth(&token)
-        .json(&json!({"message": "hi", "projectPath": project, "wait": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let res = server
+        .chat(
+            &token,
+            json!({"message": "hi", "projectPath": project, "wait": true}),
+        )
+        .await;
     drop(server);
     assert_eq!(res["status"], "completed", "{res}");
 

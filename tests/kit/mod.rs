@@ -251,16 +251,20 @@ impl Server {
 
     /// `POST /api/chat` with `token` and `body`: the JSON it answers.
     pub async fn chat(&self, token: &str, body: serde_json::Value) -> serde_json::Value {
-        reqwest::Client::new()
+        let request = reqwest::Client::new()
             .post(self.url("/api/chat"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+            .json(&body);
+        json_of(request.bearer_auth(token)).await
+    }
+
+    /// `GET path` with `token`: the JSON it answers.
+    pub async fn get(&self, token: &str, path: &str) -> serde_json::Value {
+        json_of(
+            reqwest::Client::new()
+                .get(self.url(path))
+                .bearer_auth(token),
+        )
+        .await
     }
 
     #[cfg(unix)]
@@ -324,4 +328,9 @@ fn set_open_file_limit_in_child(cmd: &mut Command, limit: u64) {
                 .map_err(std::io::Error::from)
         });
     }
+}
+
+/// Sends `request` and reads its answer as JSON.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
