@@ -1,8 +1,8 @@
 //! The outbox worker: claims due pushes, sends each through the gateway, records every
-//! answer in `push_attempts` and acts on it (apns.md's table: [`classify`] reads the answer,
-//! [`policy`] decides): delivered, token disabled, retried with backoff and jitter, given
-//! up, or, on a configuration error, sending stopped until tether restarts, with the reason
-//! on `/health`.
+//! answer in `push_attempts` and acts on it (the answer table of docs/push.md: [`classify`]
+//! reads the answer, [`policy`] decides): delivered, token disabled, retried with backoff
+//! and jitter, given up, or, on a configuration error, sending stopped until tether
+//! restarts, with the reason on `/health`.
 //!
 //! [`PushService::run`] loops until shutdown, woken by `push_wake` (a push was committed),
 //! by the next due retry, or by `push.poll_interval`; [`PushService::tick`] is one
@@ -682,8 +682,8 @@ pub struct Step {
     pub disable: Option<Option<i64>>,
 }
 
-/// The answer policy (apns.md's table), for the push's `attempts` so far: pure, so that
-/// it is tested without a database; the worker applies it.
+/// The answer policy (the answer table of docs/push.md), for the push's `attempts` so far:
+/// pure, so that it is tested without a database; the worker applies it.
 pub fn policy(answer: &Answer, attempts: i64, config: &WorkerConfig, now: i64) -> Step {
     let described = answer.describe();
     let step = |status, error: Option<String>| Step {
